@@ -1,0 +1,161 @@
+"""Every setting of a run: one dataclass, its presets, its checks, and the flags generated from it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from typing import Any
+
+
+class UsageError(Exception):
+    """A mistake the user can fix (bad flag, missing file, ...). Scripts print it on one line and exit 2."""
+
+
+def _f(default, help: str, choices=None, flag: bool = True):
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
+
+
+@dataclasses.dataclass
+class Config:
+    # --- data
+    data: str = _f("tfds", "'tfds' (download/prepare with tensorflow-datasets) or a local copy: a folder with "
+                   "train/<class>/ and test/<class>/ images, a .tar/.tar.gz of one, or the official "
+                   "cifar-10-python.tar.gz / cifar-10-batches-py folder")
+    dataset: str = _f("cifar10", "tfds dataset name, used when --data tfds")
+    cache_dir: str = _f("", "where decoded local datasets are cached as .npz (default ~/.cache/jaxae)")
+    # --- model
+    latent_dim: int = _f(3, "size of the latent code")
+    width: int = _f(64, "channels of the first conv stage; each further stage doubles them")
+    stages: int = _f(3, "stride-2 stages in the encoder (and x2 upsampling stages in the decoder)")
+    blocks: int = _f(1, "residual 3x3 conv blocks per stage after each down/upsampling")
+    hidden: int = _f(256, "width of the MLP between the conv features and the latent code")
+    norm: str = _f("layer", "normalisation inside the residual blocks", ["none", "layer", "group"])
+    upsample: str = _f("pixel_shuffle", "decoder upsampling: 'pixel_shuffle' (fast everywhere), 'conv_transpose' "
+                       "(nn.ConvTranspose, slow weight gradient on XLA:CPU), 'resize' (nearest + conv)",
+                       ["pixel_shuffle", "conv_transpose", "resize"])
+    dtype: str = _f("float32", "compute dtype (parameters stay float32); bfloat16 is for GPUs/TPUs",
+                    ["float32", "bfloat16"])
+    # --- objective
+    loss: str = _f("l2", "reconstruction loss, averaged per pixel", ["l2", "l1"])
+    noise: float = _f(0.0, "corruption strength of the input (0 = plain autoencoder); the target is the clean image")
+    corruption: str = _f("gaussian", "kind of input corruption: gaussian (std = noise), mask (fraction of pixels "
+                         "zeroed), salt_pepper (fraction of pixels set to 0 or 1)", ["gaussian", "mask", "salt_pepper"])
+    flip: bool = _f(True, "augment with random horizontal flips")
+    # --- optimisation
+    epochs: int = _f(60, "passes over the training set")
+    batch_size: int = _f(256, "global batch size, split evenly across all devices")
+    optimizer: str = _f("adamw", "optax optimiser", ["adam", "adamw"])
+    learning_rate: float = _f(2e-3, "peak learning rate of the warm-up + cosine schedule")
+    warmup_epochs: float = _f(1.0, "linear warm-up length in epochs")
+    weight_decay: float = _f(1e-4, "decoupled weight decay (adamw only)")
+    grad_clip: float = _f(1.0, "clip gradients to this global norm (0 = off)")
+    seed: int = _f(0, "seed of parameters, data order and noise: a run is reproducible from it")
+    # --- loop, logging, checkpoints
+    workdir: str = _f("runs/default", "folder for checkpoints, metrics, config and figures")
+    steps_per_call: int = _f(0, "training steps fused in one jitted call (lax.scan); 0 = per-backend default "
+                             "(1 on CPU, where a scan of steps is slower; 50 on GPU/TPU)")
+    log_every: int = _f(50, "fetch metrics to the host every N steps (progress bar, NaN check)")
+    save_every_epochs: int = _f(1, "save a checkpoint every N epochs (and always at the end)")
+    keep: int = _f(3, "checkpoints kept (most recent)")
+    fresh: bool = _f(False, "start over in a workdir that holds checkpoints (they are moved aside, not deleted)",
+                     flag=True)
+    preset: str = _f("default", "named group of defaults; explicit flags override it", None)
+    max_steps: int = _f(0, "stop after this many steps in total (0 = epochs x steps per epoch); for tests and budgets")
+
+    # Settings that change what a checkpoint means: resuming with a different value is refused.
+    MODEL_FIELDS = ("latent_dim", "width", "stages", "blocks", "hidden", "norm", "upsample")
+    RUN_FIELDS = MODEL_FIELDS + ("loss", "noise", "corruption", "flip", "epochs", "batch_size", "optimizer",
+                                 "learning_rate", "warmup_epochs", "weight_decay", "grad_clip", "seed", "data",
+                                 "dataset", "dtype")
+
+    def validate(self) -> "Config":
+        """Raise UsageError for values no run can use."""
+        for name in ("latent_dim", "width", "stages", "hidden", "epochs", "batch_size", "log_every",
+                     "save_every_epochs", "keep"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{_flag(name)} must be at least 1 (got {getattr(self, name)})")
+        for name in ("blocks", "steps_per_call", "max_steps"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{_flag(name)} must be 0 or more (got {getattr(self, name)})")
+        if not 0.0 <= self.noise <= (10.0 if self.corruption == "gaussian" else 1.0):
+            raise UsageError(f"--noise must be between 0 and {'10' if self.corruption == 'gaussian' else '1'} "
+                             f"for --corruption {self.corruption} (got {self.noise})")
+        if self.learning_rate <= 0:
+            raise UsageError(f"--learning-rate must be positive (got {self.learning_rate})")
+        for name in ("warmup_epochs", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{_flag(name)} must be 0 or more (got {getattr(self, name)})")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise UsageError(f"--{_flag(f.name)} must be one of {', '.join(choices)} "
+                                 f"(got {getattr(self, f.name)!r})")
+        if self.preset not in PRESETS:
+            raise UsageError(f"--preset must be one of {', '.join(PRESETS)} (got {self.preset!r})")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def replace(self, **kw) -> "Config":
+        return dataclasses.replace(self, **kw)
+
+
+# Named groups of defaults. "default" is the accelerator schedule `python train.py` runs;
+# "quick" fits a ~15 minute budget on a 2-core CPU. See docs/quality.md for the study behind them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "quick": {"width": 32, "hidden": 256, "epochs": 8, "batch_size": 128},
+    "tiny": {"width": 8, "stages": 2, "blocks": 0, "hidden": 16, "epochs": 1, "batch_size": 8,
+             "log_every": 2},
+}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def config_path(workdir: str) -> str:
+    return os.path.join(workdir, "config.json")
+
+
+def load_config(workdir: str) -> Config:
+    path = config_path(workdir)
+    if not os.path.exists(path):
+        raise UsageError(f"{workdir} holds no config.json: is it a jaxae workdir? Train into it with "
+                         f"`python train.py --workdir {workdir}` first")
+    with open(path) as fh:
+        return Config.from_dict(json.load(fh))
+
+
+def add_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """Add one --flag per Config field (or per field in `only`); unset flags stay None."""
+    for f in dataclasses.fields(Config):
+        if only is not None and f.name not in only:
+            continue
+        help_ = f.metadata["help"] + (f" (default: {f.default})" if f.name != "preset" else
+                                      f"; one of {', '.join(PRESETS)} (default: default)")
+        if f.type in ("bool", bool):
+            parser.add_argument(f"--{_flag(f.name)}", dest=f.name, default=None,
+                                action=argparse.BooleanOptionalAction, help=help_)
+        else:
+            typ = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            parser.add_argument(f"--{_flag(f.name)}", dest=f.name, type=typ, default=None, metavar=f.name.upper(),
+                                choices=f.metadata.get("choices"), help=help_)
+
+
+def from_args(args: argparse.Namespace) -> tuple[Config, set[str]]:
+    """Config from parsed flags: dataclass defaults < preset < explicit flags. Returns it and the explicit names."""
+    given = {k: v for k, v in vars(args).items() if v is not None and k in Config.__dataclass_fields__}
+    preset = given.get("preset", "default")
+    if preset not in PRESETS:
+        raise UsageError(f"--preset must be one of {', '.join(PRESETS)} (got {preset!r})")
+    cfg = Config(**{**PRESETS[preset], **given})
+    return cfg.validate(), set(given)

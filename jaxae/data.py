@@ -1,0 +1,270 @@
+"""Datasets as uint8 arrays: tfds, an image folder, a tar of one, or the official CIFAR-10 python archive.
+
+Every source returns the same `Dataset`: [N, H, W, C] uint8 images, int32 labels and the class names.
+Local sources are decoded once and cached as an .npz, so the second run starts in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import pickle
+import sys
+import tarfile
+import warnings
+
+import numpy as np
+
+from jaxae.config import UsageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
+SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass
+class Dataset:
+    train_images: np.ndarray  # [N, H, W, C] uint8
+    train_labels: np.ndarray  # [N] int32
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: list[str]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_images.shape[1:])
+
+
+def load(data: str, dataset: str = "cifar10", cache_dir: str = "") -> Dataset:
+    """Load `data` ('tfds' or a local path) into memory; raise UsageError with a fix when it cannot be read."""
+    if data == "tfds":
+        return load_tfds(dataset)
+    path = os.path.expanduser(data)
+    if not os.path.exists(path):
+        raise UsageError(f"--data {data}: no such file or folder. Give a folder with train/<class>/ and "
+                         f"test/<class>/ images, a .tar/.tar.gz of one, or cifar-10-python.tar.gz")
+    cache = _cache_file(path, cache_dir)
+    if cache and os.path.exists(cache):
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                return Dataset(z["train_images"], z["train_labels"], z["test_images"], z["test_labels"],
+                               [str(c) for c in z["class_names"]])
+        except Exception as e:  # a half-written or stale cache is rebuilt, never trusted
+            print(f"note: ignoring unreadable cache {cache} ({e}); decoding {data} again", file=sys.stderr)
+    ds = _load_path(path)
+    if cache:
+        _save_cache(cache, ds)
+    return ds
+
+
+def _load_path(path: str) -> Dataset:
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "data_batch_1")) or os.path.isdir(
+                os.path.join(path, "cifar-10-batches-py")):
+            return _cifar_python_dir(path)
+        return _image_folder(_DirReader(path), path)
+    if tarfile.is_tarfile(path):
+        with tarfile.open(path) as tar:
+            names = tar.getnames()
+            if any(n.rstrip("/").endswith("cifar-10-batches-py/data_batch_1") for n in names):
+                return _cifar_python_tar(tar)
+            return _image_folder(_TarReader(tar), path)
+    raise UsageError(f"--data {path}: not a folder or a tar archive. Give a folder with train/<class>/ and "
+                     f"test/<class>/ images, a .tar/.tar.gz of one, or cifar-10-python.tar.gz")
+
+
+# ---------------------------------------------------------------------------------------------- tfds
+
+def load_tfds(name: str) -> Dataset:
+    """tfds.load of the train and test splits (prepares the dataset on first use: needs TensorFlow)."""
+    try:
+        import tensorflow_datasets as tfds  # imported here: GPU boxes without tfds still run --data PATH
+    except ImportError as e:
+        raise UsageError(f"--data tfds needs tensorflow-datasets and tensorflow ({e}): `pip install -r "
+                         f"requirements.txt`, or pass --data PATH to a local copy") from None
+    try:
+        splits, info = tfds.load(name, split=list(SPLITS), batch_size=-1, as_supervised=True, with_info=True)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise UsageError(f"--dataset {name}: tfds knows no dataset of that name (try cifar10, mnist, "
+                         f"fashion_mnist)") from None
+    except (ValueError, KeyError) as e:
+        raise UsageError(f"--dataset {name}: cannot use its train/test splits as (image, label) pairs "
+                         f"({e})") from None
+    except Exception as e:  # download failures come as many types (OSError, DownloadError, ...)
+        if "download" in repr(e).lower() or isinstance(e, OSError):
+            raise UsageError(f"tfds could not download {name} ({type(e).__name__}); with no network, pass "
+                             f"--data PATH to a local copy (an image folder, a tar of one, or "
+                             f"cifar-10-python.tar.gz)") from None
+        raise
+    (tr_x, tr_y), (te_x, te_y) = tfds.as_numpy(splits)
+    names = list(info.features["label"].names)
+    return Dataset(_as_uint8(tr_x), tr_y.astype(np.int32), _as_uint8(te_x), te_y.astype(np.int32), names)
+
+
+def _as_uint8(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., None]
+    return x.astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------- image folders
+
+class _DirReader:
+    def __init__(self, root: str):
+        self.root = root
+
+    def files(self) -> list[str]:
+        out = []
+        for dirpath, _, filenames in os.walk(self.root):
+            out += [os.path.relpath(os.path.join(dirpath, f), self.root).replace(os.sep, "/") for f in filenames]
+        return out
+
+    def read(self, name: str) -> bytes:
+        with open(os.path.join(self.root, name), "rb") as fh:
+            return fh.read()
+
+
+class _TarReader:
+    def __init__(self, tar: tarfile.TarFile):
+        self.tar = tar
+
+    def files(self) -> list[str]:
+        return [m.name for m in self.tar.getmembers() if m.isfile()]
+
+    def read(self, name: str) -> bytes:
+        return self.tar.extractfile(name).read()
+
+
+def _image_folder(reader, where: str) -> Dataset:
+    """Decode <prefix>/{train,test}/<class>/<image> from a folder or tar; classes sorted by name."""
+    files = reader.files()
+    by_split: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
+    skipped = []
+    for name in files:
+        parts = name.split("/")
+        for i in range(len(parts) - 2):
+            if parts[i] in SPLITS and i + 3 == len(parts):
+                if os.path.basename(name).startswith("."):
+                    break
+                if not name.lower().endswith(IMAGE_EXTENSIONS):
+                    skipped.append(name)
+                    break
+                by_split[parts[i]].setdefault(parts[i + 1], []).append(name)
+                break
+    if not by_split["train"] and not by_split["test"]:
+        if not files:
+            raise UsageError(f"--data {where} is empty: it needs train/<class>/ and test/<class>/ image folders")
+        raise UsageError(f"--data {where} has no train/<class>/<image> files: put each split's images in one "
+                         f"sub-folder per class (train/cat/0001.png, test/cat/0002.png, ...)")
+    for split in SPLITS:
+        if not by_split[split]:
+            raise UsageError(f"--data {where} has no {split}/<class>/ images: both train/ and test/ are needed")
+    classes = sorted(set(by_split["train"]) | set(by_split["test"]))
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} file(s) that are not images (by extension), e.g. {skipped[0]}",
+                      stacklevel=2)
+    decoded = {}
+    converted = {}
+    for split in SPLITS:
+        items = [(f, classes.index(c)) for c in sorted(by_split[split]) for f in sorted(by_split[split][c])]
+        decoded[split] = ([_decode(reader, f, converted) for f, _ in items],
+                          np.array([y for _, y in items], np.int32), [f for f, _ in items])
+    imgs = decoded["train"][0] + decoded["test"][0]
+    names = decoded["train"][2] + decoded["test"][2]
+    sizes = {im.size for im in imgs}
+    if len(sizes) > 1:
+        first = imgs[0].size
+        odd = next(n for n, im in zip(names, imgs) if im.size != first)
+        raise UsageError(f"--data {where}: images have different sizes ({names[0]} is {first[0]}x{first[1]}, "
+                         f"{odd} is {imgs[names.index(odd)].size[0]}x{imgs[names.index(odd)].size[1]}); "
+                         f"resize them all to one size first")
+    modes = {im.mode for im in imgs}
+    target = "L" if modes <= {"L", "1", "I;16", "I", "F"} else "RGB"
+    if converted or modes - {target}:
+        counts = {m: sum(im.mode == m for im in imgs) for m in sorted(modes - {target})}
+        if counts:
+            print(f"note: converted {', '.join(f'{n} {m}' for m, n in counts.items())} image(s) to {target}",
+                  file=sys.stderr)
+    out = []
+    for split in SPLITS:
+        arr = np.stack([np.asarray(im.convert(target)) for im in decoded[split][0]])
+        out += [_as_uint8(arr), decoded[split][1]]
+    return Dataset(out[0], out[1], out[2], out[3], classes)
+
+
+def _decode(reader, name: str, converted: dict):
+    from PIL import Image, UnidentifiedImageError
+    try:
+        im = Image.open(io.BytesIO(reader.read(name)))
+        im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UsageError(f"cannot read image {name}: {e}. Remove or replace the file") from None
+    if im.mode in ("RGBA", "LA", "P", "PA"):  # drop alpha / palette; composited on black
+        im = im.convert("RGB" if im.mode != "LA" else "L")
+        converted[name] = True
+    return im
+
+
+# ---------------------------------------------------------------------- official CIFAR-10 (python)
+
+def _cifar_batches(read) -> Dataset:
+    meta = pickle.loads(read("batches.meta"), encoding="latin1")
+    def batch(name):
+        d = pickle.loads(read(name), encoding="latin1")
+        x = np.asarray(d["data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        return x, np.asarray(d["labels"], np.int32)
+    train = [batch(f"data_batch_{i}") for i in range(1, 6)]
+    tx, ty = batch("test_batch")
+    return Dataset(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), tx, ty,
+                   list(meta["label_names"]))
+
+
+def _cifar_python_dir(path: str) -> Dataset:
+    if os.path.isdir(os.path.join(path, "cifar-10-batches-py")):
+        path = os.path.join(path, "cifar-10-batches-py")
+    def read(name):
+        with open(os.path.join(path, name), "rb") as fh:
+            return fh.read()
+    try:
+        return _cifar_batches(read)
+    except FileNotFoundError as e:
+        raise UsageError(f"--data {path}: incomplete CIFAR-10 python folder ({e.filename} missing)") from None
+
+
+def _cifar_python_tar(tar: tarfile.TarFile) -> Dataset:
+    prefix = next(n for n in tar.getnames() if n.rstrip("/").endswith("cifar-10-batches-py/data_batch_1"))
+    prefix = prefix[: -len("data_batch_1")]
+    try:
+        return _cifar_batches(lambda name: tar.extractfile(prefix + name).read())
+    except KeyError as e:
+        raise UsageError(f"incomplete CIFAR-10 python archive: {e} missing") from None
+
+
+# ------------------------------------------------------------------------------------------ cache
+
+def _cache_file(path: str, cache_dir: str) -> str:
+    path = os.path.abspath(path)
+    st = os.stat(path)
+    stamp = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    if os.path.isdir(path):  # a folder's own mtime misses edits deep inside: hash the listing too
+        for dirpath, _, filenames in sorted(os.walk(path)):
+            for f in sorted(filenames):
+                s = os.stat(os.path.join(dirpath, f))
+                stamp += f"|{dirpath}/{f}:{s.st_size}:{s.st_mtime_ns}"
+    digest = hashlib.sha1(stamp.encode()).hexdigest()[:16]
+    root = cache_dir or os.environ.get("JAXAE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jaxae"))
+    return os.path.join(root, f"{os.path.basename(path.rstrip('/'))}-{digest}.npz")
+
+
+def _save_cache(cache: str, ds: Dataset) -> None:
+    try:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        tmp = cache + f".tmp{os.getpid()}.npz"
+        np.savez(tmp, train_images=ds.train_images, train_labels=ds.train_labels, test_images=ds.test_images,
+                 test_labels=ds.test_labels, class_names=np.array(ds.class_names))
+        os.replace(tmp, cache)  # atomic: a killed run never leaves a half cache behind
+    except OSError as e:
+        print(f"note: could not write the dataset cache {cache} ({e}); the next run decodes again",
+              file=sys.stderr)

@@ -1,0 +1,389 @@
+"""create_train_state, train_step, the epoch loop and train_and_evaluate."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxae import checkpoints, corruption, losses
+from jaxae.config import Config, UsageError, config_path, load_config
+from jaxae.data import Dataset, load
+from jaxae.models import model_from_config
+
+AXIS = "batch"
+
+
+class TrainState(train_state.TrainState):
+    key: jax.Array  # root PRNG key: step keys are fold_in(key, step), so any step can be replayed
+
+
+class TrainingStopped(Exception):
+    """Training cannot go on (non-finite loss, ...): message for people, exit status 1, checkpoints kept."""
+
+
+# ------------------------------------------------------------------------------------ state
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return n_train // batch_size
+
+
+def make_optimizer(cfg: Config, total_steps: int, spe: int) -> optax.GradientTransformation:
+    warmup = min(int(cfg.warmup_epochs * spe), max(total_steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(total_steps, warmup + 1),
+                                                  end_value=cfg.learning_rate * 0.01)
+    if cfg.optimizer == "adamw":
+        opt = optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    else:
+        opt = optax.adam(schedule)
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt) if cfg.grad_clip > 0 else opt
+
+
+def create_train_state(cfg: Config, image_shape, total_steps: int, spe: int) -> TrainState:
+    """Fresh parameters and optimiser state from cfg.seed."""
+    model = model_from_config(cfg, image_shape)
+    root = jax.random.PRNGKey(cfg.seed)
+    init_key, train_key = jax.random.split(root)
+    params = jax.jit(model.init)(init_key, jnp.zeros((1, *image_shape), jnp.float32))["params"]
+    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(cfg, total_steps, spe),
+                             key=train_key)
+
+
+# ------------------------------------------------------------------------------------- step
+
+def prepare_batch(key: jax.Array, images_u8: jax.Array, cfg: Config, axis_name: str | None = AXIS):
+    """uint8 batch -> (corrupted input, clean target) in [0, 1], per-example keys from the step key.
+
+    Example i of the *global* batch always gets key split(key, global_batch)[i], whatever the number of
+    devices, so a run on 2 devices sees the same noise and flips as a run on 1.
+    """
+    x = images_u8.astype(jnp.float32) / 255.0
+    local = x.shape[0]
+    if axis_name is None:
+        n_dev, dev = 1, 0
+    else:
+        n_dev, dev = lax.psum(1, axis_name), lax.axis_index(axis_name)
+    keys = jax.random.split(key, local * n_dev)
+    keys = lax.dynamic_slice_in_dim(keys, dev * local, local)
+    flip_keys, noise_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+    if cfg.flip:
+        flip = jax.vmap(lambda k: jax.random.bernoulli(k))(flip_keys)
+        x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
+    return corruption.corrupt(cfg.corruption, noise_keys, x, cfg.noise), x
+
+
+def train_step(state: TrainState, batch: jax.Array, key: jax.Array, cfg: Config,
+               axis_name: str | None = AXIS) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimiser step on a uint8 batch: (state, batch, key) -> (state, metrics). Pure; gradients and
+    metrics are averaged over `axis_name` (the pmap axis) when it is given."""
+    inputs, targets = prepare_batch(key, batch, cfg, axis_name)
+    loss_fn = losses.LOSSES[cfg.loss]
+
+    def compute_loss(params):
+        return loss_fn(state.apply_fn({"params": params}, inputs), targets)
+
+    loss, grads = jax.value_and_grad(compute_loss)(state.params)
+    if axis_name is not None:
+        grads, loss = lax.pmean((grads, loss), axis_name)
+    return state.apply_gradients(grads=grads), {"loss": loss}
+
+
+def _train_steps(state, images, perm, cfg: Config, n_steps: int, spe: int, axis_name: str | None = AXIS):
+    """n_steps consecutive steps; each gathers its batch from the on-device dataset by the epoch's
+    permutation (perm: [spe, local_batch]) at position state.step % spe."""
+    def one(state, _):
+        pos = state.step % spe
+        batch = images[perm[pos]]
+        return train_step(state, batch, jax.random.fold_in(state.key, state.step), cfg, axis_name)
+
+    if n_steps == 1:  # no scan: on XLA:CPU a scan of whole steps ran > 5x slower than separate calls
+        state, metrics = one(state, None)
+        return state, jax.tree.map(lambda m: m[None], metrics)
+    return lax.scan(one, state, None, length=n_steps)
+
+
+def make_p_train_steps(cfg: Config, n_steps: int, spe: int) -> Callable:
+    """pmap of `n_steps` train steps over all devices: unreplicated state and dataset in, state out."""
+    fn = functools.partial(_train_steps, cfg=cfg, n_steps=n_steps, spe=spe)
+    return jax.pmap(fn, axis_name=AXIS, in_axes=(None, None, 0), out_axes=(None, None), donate_argnums=(0,))
+
+
+def default_steps_per_call(cfg: Config, spe: int) -> int:
+    if cfg.steps_per_call:
+        return min(cfg.steps_per_call, spe)
+    # Measured (docs/performance.md): on GPU the per-step dispatch is half the step time at B=256, so a
+    # whole epoch in one call pays; on XLA:CPU a scan of steps was several times slower.
+    return 1 if jax.default_backend() == "cpu" else spe
+
+
+# ------------------------------------------------------------------------------- evaluation
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "batch_size"))
+def _recon_errors(apply_fn, params, images, mask, batch_size: int):
+    def body(carry, i):
+        x = lax.dynamic_slice_in_dim(images, i * batch_size, batch_size).astype(jnp.float32) / 255.0
+        m = lax.dynamic_slice_in_dim(mask, i * batch_size, batch_size)
+        r = apply_fn({"params": params}, x)
+        se = losses.per_example("l2", r, x) * m
+        ae = losses.per_example("l1", r, x) * m
+        return (carry[0] + se.sum(), carry[1] + ae.sum()), None
+    (se, ae), _ = lax.scan(body, (0.0, 0.0), jnp.arange(images.shape[0] // batch_size))
+    n = mask.sum()
+    return se / n, ae / n
+
+
+def pad_to_multiple(images: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+    n = images.shape[0]
+    padded = -(-n // multiple) * multiple
+    mask = np.zeros(padded, np.float32)
+    mask[:n] = 1
+    if padded > n:
+        images = np.concatenate([images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
+    return images, mask
+
+
+def reconstruction_error(state: TrainState, images_dev, mask_dev, batch_size: int) -> dict[str, float]:
+    """Test MSE and MAE of clean reconstructions over a padded on-device split."""
+    mse, mae = jax.device_get(_recon_errors(state.apply_fn, state.params, images_dev, mask_dev, batch_size))
+    return {"test_mse": float(mse), "test_mae": float(mae)}
+
+
+# ------------------------------------------------------------------------------------- loop
+
+def _resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
+    """Decide fresh start vs resume; on resume, the saved config wins and contradicting flags are refused."""
+    has_ckpt = checkpoints.has_checkpoints(cfg.workdir)
+    if not has_ckpt:
+        return cfg, False
+    if cfg.fresh:
+        moved = checkpoints.move_aside(cfg.workdir)
+        print(f"--fresh: moved the previous run's checkpoints and metrics to {moved}")
+        return cfg, False
+    saved = load_config(cfg.workdir)
+    for name in Config.RUN_FIELDS:
+        if name in explicit and getattr(saved, name) != getattr(cfg, name):
+            raise UsageError(f"{cfg.workdir} holds a run with --{name.replace('_', '-')} {getattr(saved, name)}, "
+                             f"not {getattr(cfg, name)}: drop the flag to resume it, or pass --fresh to start "
+                             f"over (old checkpoints are moved aside), or use another --workdir")
+    keep = {name: getattr(cfg, name) for name in dataclasses.asdict(cfg) if name not in Config.RUN_FIELDS}
+    return saved.replace(**keep, preset=saved.preset), True
+
+
+def _device_layout(batch_size: int) -> tuple[int, int]:
+    n_dev = jax.device_count()
+    if batch_size % n_dev:
+        raise UsageError(f"--batch-size {batch_size} does not split evenly over {n_dev} devices: use a multiple "
+                         f"of {n_dev}")
+    return n_dev, batch_size // n_dev
+
+
+def epoch_permutation(seed: int, epoch: int, n: int, spe: int, batch_size: int) -> np.ndarray:
+    """The global order of epoch `epoch`: [spe, batch_size] indices, a function of seed and epoch only."""
+    rng = np.random.default_rng([seed, epoch])
+    return rng.permutation(n)[: spe * batch_size].reshape(spe, batch_size).astype(np.int32)
+
+
+def local_permutation(perm: np.ndarray, n_dev: int) -> np.ndarray:
+    """[spe, B] global order -> [local devices, spe, B / n_dev]: this process's devices' columns."""
+    spe, b = perm.shape
+    per_dev = perm.reshape(spe, n_dev, b // n_dev).transpose(1, 0, 2)
+    ids = [d.id for d in jax.devices()]
+    local = [ids.index(d.id) for d in jax.local_devices()]
+    return np.ascontiguousarray(per_dev[local])
+
+
+class _Stop:
+    """SIGTERM / Ctrl-C: finish the call in flight, save, exit (0 for SIGTERM, 130 for Ctrl-C)."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _log(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Dataset | None = None,
+                       progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) the run in cfg.workdir; returns the final metrics. Exit status in result['exit']."""
+    cfg, resuming = _resolve_workdir(cfg.validate(), set(explicit))
+    n_dev, local_batch = _device_layout(cfg.batch_size)
+    ds = ds if ds is not None else load(cfg.data, cfg.dataset, cfg.cache_dir)
+    n_train = ds.train_images.shape[0]
+    spe = steps_per_epoch(n_train, cfg.batch_size)
+    if spe == 0:
+        raise UsageError(f"--batch-size {cfg.batch_size} is larger than the training set ({n_train} images)")
+    total = cfg.epochs * spe if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * spe)
+    k = default_steps_per_call(cfg, spe)
+
+    os.makedirs(cfg.workdir, exist_ok=True)
+    if not os.access(cfg.workdir, os.W_OK):
+        raise UsageError(f"--workdir {cfg.workdir} is not writable: pick a folder you can write to")
+    state = create_train_state(cfg, ds.image_shape, cfg.epochs * spe, spe)
+    mngr = checkpoints.manager(cfg.workdir, cfg.keep)
+    if resuming:
+        state = checkpoints.restore(mngr, state)
+        _log(f"resuming {cfg.workdir} from step {int(state.step)} (epoch {int(state.step) // spe})")
+    else:
+        checkpoints.save_config(cfg)
+    _log("config: " + json.dumps(dataclasses.asdict(cfg), sort_keys=True))
+    _log(f"data: {n_train} train / {ds.test_images.shape[0]} test images of {ds.image_shape}, "
+         f"{len(ds.class_names)} classes; {jax.device_count()} {jax.default_backend()} device(s), "
+         f"{spe} steps/epoch, {k} step(s) per call, {total} steps in all")
+
+    metrics_file = os.path.join(cfg.workdir, "metrics.jsonl")
+    _truncate_metrics(metrics_file, int(state.step))
+    writer = _tensorboard(cfg.workdir)
+
+    mesh = Mesh(np.array(jax.local_devices()), (AXIS,))
+    replicated = NamedSharding(mesh, P())
+    images = jax.device_put(ds.train_images, replicated)  # once: every batch is a gather on device
+    test_x, test_mask = pad_to_multiple(ds.test_images, 500)
+    test_x, test_mask = jax.device_put(test_x, jax.local_devices()[0]), jax.device_put(test_mask,
+                                                                                       jax.local_devices()[0])
+    fns: dict[int, Callable] = {}
+    result: dict[str, Any] = {"exit": 0}
+    step = int(state.step)
+    with _Stop() as stop:
+        while step < total and stop.signum is None:
+            epoch = step // spe
+            perm = jax.device_put(local_permutation(epoch_permutation(cfg.seed, epoch, n_train, spe,
+                                                                      cfg.batch_size), n_dev),
+                                  NamedSharding(mesh, P(AXIS)))
+            end = min((epoch + 1) * spe, total)
+            bar = _bar(progress, epoch, cfg.epochs, step - epoch * spe, end - epoch * spe)
+            pending, t_last, n_last = [], time.perf_counter(), step
+            losses_epoch = []
+            while step < end and stop.signum is None:
+                n = min(k, end - step)
+                if n not in fns:
+                    fns[n] = make_p_train_steps(cfg, n, spe)
+                state, m = fns[n](state, images, perm)
+                pending.append((step, m["loss"]))
+                step += n
+                if step - n_last >= cfg.log_every or step == end:
+                    fetched = _check_finite(pending)
+                    losses_epoch += fetched
+                    now = time.perf_counter()
+                    rate = (step - n_last) * cfg.batch_size / (now - t_last)
+                    if bar is not None:
+                        bar.update(step - n_last)
+                        bar.set_postfix(loss=f"{np.mean(fetched):.4f}", img_s=f"{rate:,.0f}")
+                    pending, t_last, n_last = [], now, step
+            if pending:
+                losses_epoch += _check_finite(pending)
+            if bar is not None:
+                bar.close()
+            epoch_done = step == end and (step % spe == 0 or step == total)
+            if epoch_done:
+                record = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses_epoch)),
+                          **reconstruction_error(state, test_x, test_mask, 500), "time": time.time()}
+                _write_metrics(metrics_file, writer, record)
+                _log(f"epoch {epoch + 1}/{cfg.epochs}  train {cfg.loss} {record['train_loss']:.5f}  "
+                     f"test mse {record['test_mse']:.5f}  test mae {record['test_mae']:.5f}")
+                result.update(record)
+                if (epoch + 1) % cfg.save_every_epochs == 0 or step == total:
+                    checkpoints.save(mngr, state)
+        if step < total:  # stopped by a signal: keep what was done
+            checkpoints.save(mngr, state)
+            result["exit"] = 0 if stop.signum == signal.SIGTERM else 130
+            _log(f"stopped by {signal.Signals(stop.signum).name} at step {step}: checkpoint saved; run the "
+                 f"same command to resume")
+        else:
+            checkpoints.save(mngr, state)
+    mngr.wait_until_finished()
+    mngr.close()
+    if writer is not None:
+        writer.close()
+    result["step"] = step
+    result["state"] = state
+    return result
+
+
+def _check_finite(pending) -> list[float]:
+    """Fetch the pending losses (one host sync per log interval) and stop on the first non-finite one."""
+    out = []
+    for first, losses_dev in pending:
+        vals = np.asarray(jax.device_get(losses_dev)).reshape(-1)
+        bad = np.flatnonzero(~np.isfinite(vals))
+        if bad.size:
+            raise TrainingStopped(f"loss became {vals[bad[0]]} at step {first + int(bad[0]) + 1}: training "
+                                  f"diverged, most likely the learning rate is too high (try --learning-rate "
+                                  f"a few times lower); the last good checkpoint is kept")
+        out += vals.tolist()
+    return out
+
+
+def _bar(progress: bool, epoch: int, epochs: int, initial: int, total: int):
+    if not progress or jax.process_index() != 0:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
+                dynamic_ncols=True, file=sys.stderr,
+                mininterval=0.5 if sys.stderr.isatty() else 30)
+
+
+def _tensorboard(workdir: str):
+    if jax.process_index() != 0:
+        return None
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:  # optional (the GPU box has no tensorboardX): metrics.jsonl has everything
+        return None
+    return SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+
+def _write_metrics(path: str, writer, record: dict) -> None:
+    if jax.process_index() != 0:
+        return
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    if writer is not None:
+        for k, v in record.items():
+            if k not in ("epoch", "step", "time"):
+                writer.add_scalar(k, v, record["step"])
+        writer.flush()
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """On resume, drop records of steps after the restored checkpoint (they will be redone)."""
+    if not os.path.exists(path) or jax.process_index() != 0:
+        return
+    with open(path) as fh:
+        lines = [l for l in fh if l.strip()]
+    keep = [l for l in lines if json.loads(l).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        with open(path + ".tmp", "w") as fh:
+            fh.writelines(keep)
+        os.replace(path + ".tmp", path)

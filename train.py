@@ -1,0 +1,37 @@
+"""Train a (denoising) convolutional autoencoder: flags -> Config -> jaxae.train.train_and_evaluate.
+
+    python train.py --noise 0.2
+    python train.py --data path/to/cifar10 --loss l1 --latent-dim 3 --epochs 30 --workdir runs/l1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    from jaxae import config
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    config.add_flags(parser)
+    args = parser.parse_args(argv)
+    cfg, explicit = config.from_args(args)
+
+    from jaxae import figures
+    from jaxae.train import TrainingStopped, train_and_evaluate
+
+    try:
+        result = train_and_evaluate(cfg, explicit)
+    except TrainingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    figures.loss_curve(cfg.workdir)
+    if "test_mse" in result:
+        print(f"done: step {result['step']}, test mse {result['test_mse']:.5f}, workdir {cfg.workdir}")
+    return result["exit"]
+
+
+if __name__ == "__main__":
+    from jaxae.cli import run_main
+    run_main(main)
