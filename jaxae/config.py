@@ -31,6 +31,7 @@ class Config:
     stages: int = _f(3, "stride-2 stages in the encoder (and x2 upsampling stages in the decoder)")
     blocks: int = _f(1, "residual 3x3 conv blocks per stage after each down/upsampling")
     hidden: int = _f(256, "width of the MLP between the conv features and the latent code")
+    mlp_layers: int = _f(1, "hidden layers of that MLP, on each side of the code")
     norm: str = _f("layer", "normalisation inside the residual blocks", ["none", "layer", "group"])
     upsample: str = _f("pixel_shuffle", "decoder upsampling: 'pixel_shuffle' (fast everywhere), 'conv_transpose' "
                        "(nn.ConvTranspose, slow weight gradient on XLA:CPU), 'resize' (nearest + conv)",
@@ -65,14 +66,14 @@ class Config:
     max_steps: int = _f(0, "stop after this many steps in total (0 = epochs x steps per epoch); for tests and budgets")
 
     # Settings that change what a checkpoint means: resuming with a different value is refused.
-    MODEL_FIELDS = ("latent_dim", "width", "stages", "blocks", "hidden", "norm", "upsample")
+    MODEL_FIELDS = ("latent_dim", "width", "stages", "blocks", "hidden", "mlp_layers", "norm", "upsample")
     RUN_FIELDS = MODEL_FIELDS + ("loss", "noise", "corruption", "flip", "epochs", "batch_size", "optimizer",
                                  "learning_rate", "warmup_epochs", "weight_decay", "grad_clip", "seed", "data",
                                  "dataset", "dtype")
 
     def validate(self) -> "Config":
         """Raise UsageError for values no run can use."""
-        for name in ("latent_dim", "width", "stages", "hidden", "epochs", "batch_size", "log_every",
+        for name in ("latent_dim", "width", "stages", "hidden", "mlp_layers", "epochs", "batch_size", "log_every",
                      "save_every_epochs", "keep"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{_flag(name)} must be at least 1 (got {getattr(self, name)})")

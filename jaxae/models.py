@@ -78,6 +78,7 @@ class Encoder(nn.Module):
     stages: int = 3
     blocks: int = 1
     hidden: int = 256
+    mlp_layers: int = 1
     norm: str = "layer"
     dtype: jnp.dtype = jnp.float32
 
@@ -89,7 +90,8 @@ class Encoder(nn.Module):
             for _ in range(self.blocks):
                 x = ResBlock(self.norm, self.dtype)(x)
         x = x.reshape(x.shape[0], -1)
-        x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype)(x))
+        for _ in range(self.mlp_layers):
+            x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype)(x))
         return nn.Dense(self.latent_dim, dtype=jnp.float32)(x).astype(jnp.float32)
 
 
@@ -100,6 +102,7 @@ class Decoder(nn.Module):
     stages: int = 3
     blocks: int = 1
     hidden: int = 256
+    mlp_layers: int = 1
     norm: str = "layer"
     upsample: str = "pixel_shuffle"
     dtype: jnp.dtype = jnp.float32
@@ -110,7 +113,9 @@ class Decoder(nn.Module):
         shapes = stage_shapes(height, width, self.stages)
         h0, w0 = shapes[-1]
         c0 = self.width * 2 ** (self.stages - 1)
-        x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype)(z.astype(self.dtype)))
+        x = z.astype(self.dtype)
+        for _ in range(self.mlp_layers):
+            x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype)(x))
         x = nn.gelu(nn.Dense(h0 * w0 * c0, dtype=self.dtype)(x)).reshape(z.shape[0], h0, w0, c0)
         for i in reversed(range(self.stages)):
             for _ in range(self.blocks):
@@ -131,13 +136,14 @@ class Autoencoder(nn.Module):
     stages: int = 3
     blocks: int = 1
     hidden: int = 256
+    mlp_layers: int = 1
     norm: str = "layer"
     upsample: str = "pixel_shuffle"
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
         common = dict(width=self.width, stages=self.stages, blocks=self.blocks, hidden=self.hidden,
-                      norm=self.norm, dtype=self.dtype)
+                      mlp_layers=self.mlp_layers, norm=self.norm, dtype=self.dtype)
         self.encoder = Encoder(latent_dim=self.latent_dim, **common)
         self.decoder = Decoder(image_shape=tuple(self.image_shape), upsample=self.upsample, **common)
 
@@ -159,5 +165,5 @@ def model_from_config(cfg, image_shape: Sequence[int]) -> Autoencoder:
         raise UsageError(f"images of {h}x{w} are too small for --stages {cfg.stages}: use --stages "
                          f"{max(1, min(h, w).bit_length() - 1)} or fewer")
     return Autoencoder(image_shape=tuple(image_shape), latent_dim=cfg.latent_dim, width=cfg.width,
-                       stages=cfg.stages, blocks=cfg.blocks, hidden=cfg.hidden, norm=cfg.norm,
+                       stages=cfg.stages, blocks=cfg.blocks, hidden=cfg.hidden, mlp_layers=cfg.mlp_layers, norm=cfg.norm,
                        upsample=cfg.upsample, dtype=jnp.dtype(cfg.dtype))

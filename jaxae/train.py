@@ -348,7 +348,10 @@ def _check_finite(pending) -> list[float]:
 def _bar(progress: bool, epoch: int, epochs: int, initial: int, total: int):
     if not progress or jax.process_index() != 0:
         return None
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:  # a bare accelerator box may lack tqdm: train without a bar
+        return None
     return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
                 dynamic_ncols=True, file=sys.stderr,
                 mininterval=0.5 if sys.stderr.isatty() else 30)
