@@ -270,8 +270,8 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
     replicated = NamedSharding(mesh, P())
     images = jax.device_put(ds.train_images, replicated)  # once: every batch is a gather on device
     test_x, test_mask = pad_to_multiple(ds.test_images, 500)
-    test_x, test_mask = jax.device_put(test_x, jax.local_devices()[0]), jax.device_put(test_mask,
-                                                                                       jax.local_devices()[0])
+    # Replicated like the parameters that come out of the pmap: jit refuses arguments on different devices.
+    test_x, test_mask = jax.device_put((test_x, test_mask), replicated)
     fns: dict[int, Callable] = {}
     result: dict[str, Any] = {"exit": 0}
     step = int(state.step)
