@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from jaxae.config import Config, UsageError, config_path
@@ -22,6 +24,20 @@ def manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointM
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
+def check_workdir(workdir: str) -> None:
+    """Create `workdir` and prove it takes a file, before any data is loaded or anything trained."""
+    probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "w") as fh:
+            fh.write("ok")
+        os.remove(probe)
+    except OSError as e:  # root ignores permission bits, so this catches files-in-the-way and full disks too
+        fix = ("free some space or pick another --workdir" if disk_full(e)
+               else "pick a folder you can write to with --workdir")
+        raise UsageError(f"--workdir {workdir} is not writable ({e.strerror}: {e.filename}): {fix}") from None
+
+
 def has_checkpoints(workdir: str) -> bool:
     d = checkpoint_dir(workdir)
     return os.path.isdir(d) and any(name.isdigit() for name in os.listdir(d))
@@ -33,37 +49,117 @@ def _as_tree(state) -> dict:
     return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "key": state.key}
 
 
+@jax.jit
+def _checksum(tree) -> jax.Array:
+    """uint32 sum of every 32-bit word of the tree times an odd, position-dependent weight: a checkpoint
+    whose bytes were changed on disk (orbax stores no checksum of its own) almost surely disagrees."""
+    total = jnp.uint32(0)
+    for i, leaf in enumerate(jax.tree.leaves(tree)):
+        leaf = jnp.asarray(leaf)
+        if leaf.dtype.itemsize == 4:
+            words = jax.lax.bitcast_convert_type(leaf, jnp.uint32)
+        else:  # 8- and 16-bit leaves (bfloat16, bool): widen their bits
+            words = jax.lax.bitcast_convert_type(leaf, jnp.dtype(f"uint{8 * leaf.dtype.itemsize}"))
+        words = words.astype(jnp.uint32).ravel()
+        weights = (jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(i * 40503)) | 1
+        total = total + jnp.sum(words * weights, dtype=jnp.uint32)
+    return total
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether `e` (or an exception it wraps, as orbax's async save does) is 'no space left on device'."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _save_failed(mngr: ocp.CheckpointManager, e: BaseException) -> UsageError | None:
+    if not disk_full(e):
+        return None
+    done = [s for s in mngr.all_steps() if os.path.isdir(os.path.join(mngr.directory, str(s)))]
+    last = f"step {max(done)} is the last complete checkpoint and is intact" if done else "no checkpoint was saved"
+    return UsageError(f"the disk holding {mngr.directory} is full (no space left on device) while saving a "
+                      f"checkpoint; {last}. Free some space (or pass --keep 1, or --workdir on a bigger disk) "
+                      f"and run the same command again to resume")
+
+
 def save(mngr: ocp.CheckpointManager, state, force: bool = True) -> None:
-    """Start an async save of `state` at its step (call mngr.wait_until_finished() before exiting)."""
+    """Start an async save of `state` at its step (call `finish(mngr)` before exiting)."""
     step = int(jax.device_get(state.step))
     if step in mngr.all_steps():
         return
-    mngr.save(step, args=ocp.args.StandardSave(_as_tree(state)), force=force)
+    tree = _as_tree(state)
+    try:
+        mngr.save(step, args=ocp.args.StandardSave({**tree, "checksum": _checksum(tree)}), force=force)
+    except Exception as e:  # the sync part of the save, or the previous async one, failed
+        raise _save_failed(mngr, e) or e
 
 
-def restore(mngr: ocp.CheckpointManager, state, step: int | None = None):
+def finish(mngr: ocp.CheckpointManager) -> None:
+    """Wait for the async saves in flight (a run must not exit with its last checkpoint half written)."""
+    try:
+        mngr.wait_until_finished()
+    except Exception as e:
+        raise _save_failed(mngr, e) or e
+    finally:
+        mngr.close()
+
+
+def _unfinished_saves(mngr: ocp.CheckpointManager) -> list[str]:
+    d = str(mngr.directory)
+    return sorted(n for n in os.listdir(d) if ".orbax-checkpoint-tmp" in n) if os.path.isdir(d) else []
+
+
+def restore(mngr: ocp.CheckpointManager, state, step: int | None = None, set_aside: bool = False):
     """Restore into the structure of `state` (a freshly created TrainState): the latest complete step, or
-    `step`. A checkpoint that cannot be read is reported and the previous one tried; none is deleted."""
+    `step`. A checkpoint that cannot be read or fails its checksum is reported and the previous one tried;
+    none is deleted. With `set_aside` (a resuming run) an unreadable step is moved to
+    WORKDIR/unreadable-checkpoints/, so that the run can save that step again."""
+    tmp = _unfinished_saves(mngr)
+    if tmp:  # orbax writes into <step>.orbax-checkpoint-tmp-* and renames when complete: a kill leaves these
+        print(f"note: ignoring {len(tmp)} unfinished checkpoint save(s) in {mngr.directory} left by an "
+              f"interrupted run ({tmp[0]}{', ...' if len(tmp) > 1 else ''}); delete them to free space",
+              file=sys.stderr)
     steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
+        raise UsageError(f"no checkpoint in {mngr.directory}: train first with `python train.py --workdir "
+                         f"{os.path.dirname(str(mngr.directory))}`")
     if step is not None:
         if step not in steps:
             raise UsageError(f"no checkpoint at step {step} in {mngr.directory}; saved steps: "
-                             f"{', '.join(map(str, sorted(steps))) or 'none'}")
+                             f"{', '.join(map(str, sorted(steps)))}")
         steps = [step]
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _as_tree(state))
+    tree = _as_tree(state)
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {**tree, "checksum": _checksum(tree)})
     for s in steps:
         try:
-            tree = mngr.restore(s, args=ocp.args.StandardRestore(target))
-        except Exception as e:  # a truncated or corrupt step: say so, keep it on disk, fall back
+            got = mngr.restore(s, args=ocp.args.StandardRestore(target))
+            stored, actual = jax.device_get((got.pop("checksum"), _checksum(got)))
+            if stored != actual:
+                raise ValueError(f"checksum mismatch: stored {int(stored):#x}, contents {int(actual):#x}")
+        except Exception as e:  # a truncated, garbled or foreign step: say so, keep it on disk, fall back
+            where = _set_aside(mngr, s) if set_aside else "left on disk for inspection; trying the previous one"
             print(f"warning: checkpoint step {s} in {mngr.directory} cannot be read ({type(e).__name__}: "
-                  f"{str(e)[:200]}); trying the previous one. It is left on disk for inspection.",
-                  file=sys.stderr)
+                  f"{str(e)[:200]}); {where}.", file=sys.stderr)
             if step is not None:
                 raise UsageError(f"checkpoint step {s} cannot be read; pick another --step") from None
             continue
-        return state.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"],
-                             key=tree["key"])
-    raise UsageError(f"no readable checkpoint in {mngr.directory}")
+        if s != steps[0]:
+            print(f"warning: restored the previous good checkpoint, step {s}", file=sys.stderr)
+        return state.replace(step=got["step"], params=got["params"], opt_state=got["opt_state"], key=got["key"])
+    raise UsageError(f"no readable checkpoint in {mngr.directory} (see the warnings above; none was deleted): "
+                     f"start over with --fresh or another --workdir")
+
+
+def _set_aside(mngr: ocp.CheckpointManager, step: int) -> str:
+    dest = os.path.join(os.path.dirname(str(mngr.directory)), "unreadable-checkpoints",
+                        f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    os.replace(os.path.join(str(mngr.directory), str(step)), dest)
+    mngr.reload()
+    return f"moved it to {dest} (not deleted); trying the previous one"
 
 
 def save_config(cfg: Config) -> None:

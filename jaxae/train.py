@@ -22,7 +22,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxae import checkpoints, corruption, losses
-from jaxae.config import Config, UsageError, config_path, load_config
+from jaxae.config import PRESETS, Config, UsageError, config_path, load_config
 from jaxae.data import Dataset, load
 from jaxae.models import model_from_config
 
@@ -175,13 +175,17 @@ def _resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
         print(f"--fresh: moved the previous run's checkpoints and metrics to {moved}")
         return cfg, False
     saved = load_config(cfg.workdir)
+    # A --preset sets fields too: resuming a default-preset run with --preset tiny must not silently mix.
+    via_preset = set(PRESETS.get(cfg.preset, {})) - explicit if "preset" in explicit else set()
     for name in Config.RUN_FIELDS:
-        if name in explicit and getattr(saved, name) != getattr(cfg, name):
+        if name in explicit | via_preset and getattr(saved, name) != getattr(cfg, name):
+            given = (f"--preset {cfg.preset} sets --{name.replace('_', '-')} {getattr(cfg, name)}"
+                     if name in via_preset else f"not {getattr(cfg, name)}")
             raise UsageError(f"{cfg.workdir} holds a run with --{name.replace('_', '-')} {getattr(saved, name)}, "
-                             f"not {getattr(cfg, name)}: drop the flag to resume it, or pass --fresh to start "
-                             f"over (old checkpoints are moved aside), or use another --workdir")
+                             f"{given}: drop the flag to resume it, or pass --fresh to start over (old "
+                             f"checkpoints are moved aside), or use another --workdir")
     keep = {name: getattr(cfg, name) for name in dataclasses.asdict(cfg) if name not in Config.RUN_FIELDS}
-    return saved.replace(**keep, preset=saved.preset), True
+    return saved.replace(**{**keep, "preset": saved.preset}), True
 
 
 def _device_layout(batch_size: int) -> tuple[int, int]:
@@ -239,6 +243,7 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
     """Train (or resume) the run in cfg.workdir; returns the final metrics. Exit status in result['exit']."""
     cfg, resuming = _resolve_workdir(cfg.validate(), set(explicit))
     n_dev, local_batch = _device_layout(cfg.batch_size)
+    checkpoints.check_workdir(cfg.workdir)  # before the data: a typo in --workdir should not cost a decode
     ds = ds if ds is not None else load(cfg.data, cfg.dataset, cfg.cache_dir)
     n_train = ds.train_images.shape[0]
     spe = steps_per_epoch(n_train, cfg.batch_size)
@@ -247,13 +252,10 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
     total = cfg.epochs * spe if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * spe)
     k = default_steps_per_call(cfg, spe)
 
-    os.makedirs(cfg.workdir, exist_ok=True)
-    if not os.access(cfg.workdir, os.W_OK):
-        raise UsageError(f"--workdir {cfg.workdir} is not writable: pick a folder you can write to")
     state = create_train_state(cfg, ds.image_shape, cfg.epochs * spe, spe)
     mngr = checkpoints.manager(cfg.workdir, cfg.keep)
     if resuming:
-        state = checkpoints.restore(mngr, state)
+        state = checkpoints.restore(mngr, state, set_aside=True)
         _log(f"resuming {cfg.workdir} from step {int(state.step)} (epoch {int(state.step) // spe})")
     else:
         checkpoints.save_config(cfg)
@@ -275,55 +277,60 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
     fns: dict[int, Callable] = {}
     result: dict[str, Any] = {"exit": 0}
     step = int(state.step)
+    bar = None
     with _Stop() as stop:
-        while step < total and stop.signum is None:
-            epoch = step // spe
-            perm = jax.device_put(local_permutation(epoch_permutation(cfg.seed, epoch, n_train, spe,
-                                                                      cfg.batch_size), n_dev),
-                                  NamedSharding(mesh, P(AXIS)))
-            end = min((epoch + 1) * spe, total)
-            bar = _bar(progress, epoch, cfg.epochs, step - epoch * spe, end - epoch * spe)
-            pending, t_last, n_last = [], time.perf_counter(), step
-            losses_epoch = []
-            while step < end and stop.signum is None:
-                n = min(k, end - step)
-                if n not in fns:
-                    fns[n] = make_p_train_steps(cfg, n, spe)
-                state, m = fns[n](state, images, perm)
-                pending.append((step, m["loss"]))
-                step += n
-                if step - n_last >= cfg.log_every or step == end:
-                    fetched = _check_finite(pending)
-                    losses_epoch += fetched
-                    now = time.perf_counter()
-                    rate = (step - n_last) * cfg.batch_size / (now - t_last)
-                    if bar is not None:
-                        bar.update(step - n_last)
-                        bar.set_postfix(loss=f"{np.mean(fetched):.4f}", img_s=f"{rate:,.0f}")
-                    pending, t_last, n_last = [], now, step
-            if pending:
-                losses_epoch += _check_finite(pending)
+        try:
+            while step < total and stop.signum is None:
+                epoch = step // spe
+                perm = jax.device_put(local_permutation(epoch_permutation(cfg.seed, epoch, n_train, spe,
+                                                                          cfg.batch_size), n_dev),
+                                      NamedSharding(mesh, P(AXIS)))
+                end = min((epoch + 1) * spe, total)
+                bar = _bar(progress, epoch, cfg.epochs, step - epoch * spe, end - epoch * spe)
+                pending, t_last, n_last = [], time.perf_counter(), step
+                losses_epoch = []
+                while step < end and stop.signum is None:
+                    n = min(k, end - step)
+                    if n not in fns:
+                        fns[n] = make_p_train_steps(cfg, n, spe)
+                    state, m = fns[n](state, images, perm)
+                    pending.append((step, m["loss"]))
+                    step += n
+                    if step - n_last >= cfg.log_every or step == end:
+                        fetched = _check_finite(pending, cfg, mngr)
+                        losses_epoch += fetched
+                        now = time.perf_counter()
+                        rate = (step - n_last) * cfg.batch_size / (now - t_last)
+                        if bar is not None:
+                            bar.update(step - n_last)
+                            bar.set_postfix(loss=f"{np.mean(fetched):.4f}", img_s=f"{rate:,.0f}")
+                        pending, t_last, n_last = [], now, step
+                if pending:
+                    losses_epoch += _check_finite(pending, cfg, mngr)
+                if bar is not None:
+                    bar.close()
+                epoch_done = step == end and (step % spe == 0 or step == total)
+                if epoch_done:
+                    record = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses_epoch)),
+                              **reconstruction_error(state, test_x, test_mask, 500), "time": time.time()}
+                    _write_metrics(metrics_file, writer, record)
+                    _log(f"epoch {epoch + 1}/{cfg.epochs}  train {cfg.loss} {record['train_loss']:.5f}  "
+                         f"test mse {record['test_mse']:.5f}  test mae {record['test_mae']:.5f}")
+                    result.update(record)
+                    if (epoch + 1) % cfg.save_every_epochs == 0 or step == total:
+                        _save(mngr, state, cfg)
+            if step < total:  # stopped by a signal: keep what was done
+                _save(mngr, state, cfg)
+                result["exit"] = 0 if stop.signum == signal.SIGTERM else 130
+                _log(f"stopped by {signal.Signals(stop.signum).name} at step {step}: checkpoint saved; run the "
+                     f"same command to resume")
+            else:
+                _save(mngr, state, cfg)
+        finally:
             if bar is not None:
                 bar.close()
-            epoch_done = step == end and (step % spe == 0 or step == total)
-            if epoch_done:
-                record = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses_epoch)),
-                          **reconstruction_error(state, test_x, test_mask, 500), "time": time.time()}
-                _write_metrics(metrics_file, writer, record)
-                _log(f"epoch {epoch + 1}/{cfg.epochs}  train {cfg.loss} {record['train_loss']:.5f}  "
-                     f"test mse {record['test_mse']:.5f}  test mae {record['test_mae']:.5f}")
-                result.update(record)
-                if (epoch + 1) % cfg.save_every_epochs == 0 or step == total:
-                    checkpoints.save(mngr, state)
-        if step < total:  # stopped by a signal: keep what was done
-            checkpoints.save(mngr, state)
-            result["exit"] = 0 if stop.signum == signal.SIGTERM else 130
-            _log(f"stopped by {signal.Signals(stop.signum).name} at step {step}: checkpoint saved; run the "
-                 f"same command to resume")
-        else:
-            checkpoints.save(mngr, state)
-    mngr.wait_until_finished()
-    mngr.close()
+            # Even when the run stops with an error, the save in flight (a good checkpoint) is completed.
+            checkpoints.finish(mngr)
     if writer is not None:
         writer.close()
     result["step"] = step
@@ -331,18 +338,37 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
     return result
 
 
-def _check_finite(pending) -> list[float]:
+def _check_finite(pending, cfg: Config, mngr) -> list[float]:
     """Fetch the pending losses (one host sync per log interval) and stop on the first non-finite one."""
     out = []
     for first, losses_dev in pending:
         vals = np.asarray(jax.device_get(losses_dev)).reshape(-1)
         bad = np.flatnonzero(~np.isfinite(vals))
         if bad.size:
-            raise TrainingStopped(f"loss became {vals[bad[0]]} at step {first + int(bad[0]) + 1}: training "
-                                  f"diverged, most likely the learning rate is too high (try --learning-rate "
-                                  f"a few times lower); the last good checkpoint is kept")
+            _diverged(f"loss became {vals[bad[0]]} at step {first + int(bad[0]) + 1}", cfg, mngr)
         out += vals.tolist()
     return out
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _save(mngr, state, cfg: Config) -> None:
+    """Save, unless the parameters went non-finite in the steps since the last loss (which is computed
+    before the update): a checkpoint is never written from a diverged state."""
+    if not bool(_all_finite(state.params)):
+        _diverged(f"parameters became non-finite by step {int(state.step)}", cfg, mngr)
+    checkpoints.save(mngr, state)
+
+
+def _diverged(what: str, cfg: Config, mngr) -> None:
+    last = mngr.latest_step()
+    kept = f"the last good checkpoint, step {last}, is kept" if last is not None else "no checkpoint was saved"
+    raise TrainingStopped(f"{what} with --learning-rate {cfg.learning_rate}: training diverged, most likely "
+                          f"the learning rate is too high; {kept}. Run again with a few times lower "
+                          f"--learning-rate and --fresh (old checkpoints are moved aside) or another --workdir")
 
 
 def _bar(progress: bool, epoch: int, epochs: int, initial: int, total: int):
