@@ -30,8 +30,8 @@ class Config:
     width: int = _f(64, "channels of the first conv stage; each further stage doubles them")
     stages: int = _f(3, "stride-2 stages in the encoder (and x2 upsampling stages in the decoder)")
     blocks: int = _f(1, "residual 3x3 conv blocks per stage after each down/upsampling")
-    hidden: int = _f(256, "width of the MLP between the conv features and the latent code")
-    mlp_layers: int = _f(1, "hidden layers of that MLP, on each side of the code")
+    hidden: int = _f(512, "width of the MLP between the conv features and the latent code")
+    mlp_layers: int = _f(3, "hidden layers of that MLP, on each side of the code")
     norm: str = _f("layer", "normalisation inside the residual blocks", ["none", "layer", "group"])
     upsample: str = _f("pixel_shuffle", "decoder upsampling: 'pixel_shuffle' (fast everywhere), 'conv_transpose' "
                        "(nn.ConvTranspose, slow weight gradient on XLA:CPU), 'resize' (nearest + conv)",
@@ -45,7 +45,7 @@ class Config:
                          "zeroed), salt_pepper (fraction of pixels set to 0 or 1)", ["gaussian", "mask", "salt_pepper"])
     flip: bool = _f(True, "augment with random horizontal flips")
     # --- optimisation
-    epochs: int = _f(60, "passes over the training set")
+    epochs: int = _f(30, "passes over the training set")
     batch_size: int = _f(256, "global batch size, split evenly across all devices")
     optimizer: str = _f("adamw", "optax optimiser", ["adam", "adamw"])
     learning_rate: float = _f(2e-3, "peak learning rate of the warm-up + cosine schedule")

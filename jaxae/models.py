@@ -77,8 +77,8 @@ class Encoder(nn.Module):
     width: int = 64
     stages: int = 3
     blocks: int = 1
-    hidden: int = 256
-    mlp_layers: int = 1
+    hidden: int = 512
+    mlp_layers: int = 3
     norm: str = "layer"
     dtype: jnp.dtype = jnp.float32
 
@@ -101,8 +101,8 @@ class Decoder(nn.Module):
     width: int = 64
     stages: int = 3
     blocks: int = 1
-    hidden: int = 256
-    mlp_layers: int = 1
+    hidden: int = 512
+    mlp_layers: int = 3
     norm: str = "layer"
     upsample: str = "pixel_shuffle"
     dtype: jnp.dtype = jnp.float32
@@ -135,8 +135,8 @@ class Autoencoder(nn.Module):
     width: int = 64
     stages: int = 3
     blocks: int = 1
-    hidden: int = 256
-    mlp_layers: int = 1
+    hidden: int = 512
+    mlp_layers: int = 3
     norm: str = "layer"
     upsample: str = "pixel_shuffle"
     dtype: jnp.dtype = jnp.float32
