@@ -1,0 +1,36 @@
+"""Evaluate a trained run: restore its checkpoint, encode the test set, compare with PCA, draw the latent space.
+
+    python evaluate.py --workdir runs/default            # latest checkpoint, config read from the workdir
+    python evaluate.py --workdir runs/default --step 2000 --out runs/default/eval-2000
+    open runs/default/eval/index.html
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="the run's folder (holds config.json and checkpoints/)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step to evaluate (default: the latest)")
+    parser.add_argument("--out", default=None, help="output folder (default: WORKDIR/eval); a previous "
+                        "evaluation there is moved aside, not deleted")
+    parser.add_argument("--data", default=None, help="data source (default: the one the run was trained on); "
+                        "'tfds' or a local folder / tar, as train.py --data")
+    parser.add_argument("--interp-steps", type=int, default=10, help="decoded steps per interpolation row and "
+                        "per traversal row (default: 10)")
+    parser.add_argument("--cache-dir", default=None, help="where decoded local datasets are cached (default: "
+                        "the run's, else ~/.cache/jaxae)")
+    args = parser.parse_args(argv)
+
+    from jaxae.evaluate import run
+
+    run(args.workdir, step=args.step, out=args.out, data=args.data, interp_steps=args.interp_steps,
+        cache_dir=args.cache_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    from jaxae.cli import run_main
+    run_main(main)

@@ -1,0 +1,481 @@
+"""Restore a run, encode the test split, compare with PCA, and write the figures, pages and metrics."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxae import checkpoints, corruption, figures, pages
+from jaxae.config import Config, UsageError, load_config
+from jaxae.data import Dataset, load
+from jaxae.train import TrainState, create_train_state, pad_to_multiple, steps_per_epoch
+
+BATCH = 500          # images per scan step when encoding / reconstructing a split
+KNN_K = 10
+KNN_CHUNK = 500      # test codes per k-NN chunk: 500 x 50k distances = 100 MB, not 10k x 50k = 2 GB
+NOISE_SEED = 1234    # corrupted test inputs are the same in every evaluation of every run
+
+
+# ------------------------------------------------------------------------------------ restore
+
+def restore(workdir: str, step: int | None = None, data: str | None = None,
+            cache_dir: str | None = None) -> tuple[Config, TrainState, Dataset]:
+    """The run's saved config, its (latest or `step`) checkpoint and its dataset."""
+    cfg = load_config(workdir)
+    if not checkpoints.has_checkpoints(workdir):
+        raise UsageError(f"{workdir} holds no checkpoint yet: train it first (`python train.py --workdir "
+                         f"{workdir}`) or point --workdir at a run that has a checkpoints/ folder")
+    cfg = cfg.replace(data=data or cfg.data, cache_dir=cfg.cache_dir if cache_dir is None else cache_dir)
+    ds = load(cfg.data, cfg.dataset, cfg.cache_dir)
+    spe = max(steps_per_epoch(ds.train_images.shape[0], cfg.batch_size), 1)
+    # Only the structure is needed (restore overwrites every leaf): tracing create_train_state and filling
+    # zeros skips compiling model.init, which took tens of seconds on a busy 2-core CPU.
+    abstract = jax.eval_shape(lambda: create_train_state(cfg, ds.image_shape, cfg.epochs * spe, spe))
+    state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
+    mngr = checkpoints.manager(workdir, create=False)
+    try:
+        state = checkpoints.restore(mngr, state, step)
+    finally:
+        mngr.close()
+    return cfg, state, ds
+
+
+# ----------------------------------------------------------------------------- PCA baseline
+
+def fit_pca(x: jax.Array, n_components: int, iters: int = 8, oversample: int = 20, seed: int = 0) -> dict:
+    """Top principal components of the rows of x [N, D]: {"mean": [D], "components": [k, D]} (rows orthonormal).
+
+    A randomised subspace iteration on the centred data: it only multiplies X by thin [D, k + oversample]
+    matrices, so 50k CIFAR images cost seconds, where X^T X (3072^2 x 50k) or a full SVD cost minutes on
+    CPU; with this many power iterations the leading components match the exact ones (test_evaluate).
+    """
+    return _fit_pca(jnp.asarray(x), n_components, iters, oversample, seed)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "iters", "oversample", "seed"))
+def _fit_pca(x, k: int, iters: int, oversample: int, seed: int):
+    x = x.astype(jnp.float32)
+    mean = x.mean(0)
+    l = min(k + oversample, *x.shape)
+    xc = lambda v: x @ v - mean @ v            # (X - mean) v without a centred copy of X
+    xtc = lambda u: x.T @ u - jnp.outer(mean, u.sum(0))
+    q = jnp.linalg.qr(xtc(jax.random.normal(jax.random.PRNGKey(seed), (x.shape[0], l))))[0]
+    q = lax.fori_loop(0, iters, lambda _, q: jnp.linalg.qr(xtc(xc(q)))[0], q)
+    # Rayleigh-Ritz: exact SVD of the small projected matrix (X - mean) Q.
+    _, _, vt = jnp.linalg.svd(xc(q), full_matrices=False)
+    return {"mean": mean, "components": (q @ vt.T).T[:k]}
+
+
+def pca_encode(pca: dict, x: jax.Array) -> jax.Array:
+    return (x.reshape(x.shape[0], -1) - pca["mean"]) @ pca["components"].T
+
+
+def pca_decode(pca: dict, z: jax.Array, shape) -> jax.Array:
+    # Not clipped to [0, 1], so the figures match data/README.md's numpy reference.
+    return (z @ pca["components"] + pca["mean"]).reshape(z.shape[0], *shape)
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> jax.Array:
+    g = jnp.exp(-0.5 * ((jnp.arange(size) - (size - 1) / 2) / sigma) ** 2)
+    return g / g.sum()
+
+
+def ssim(a: jax.Array, b: jax.Array, max_val: float = 1.0) -> jax.Array:
+    """SSIM of each image pair [B, H, W, C] -> [B] (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5,
+    K1 0.01, K2 0.03, 'valid' filtering), averaged over positions and channels."""
+    g = _gaussian_window()
+    c = a.shape[-1]
+
+    def blur(x):  # separable depthwise Gaussian filter, 'valid' borders
+        x = lax.conv_general_dilated(x, jnp.tile(g[:, None, None, None], (1, 1, 1, c)), (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+        return lax.conv_general_dilated(x, jnp.tile(g[None, :, None, None], (1, 1, 1, c)), (1, 1), "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+
+    c1, c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return s.mean(axis=(1, 2, 3))
+
+
+def psnr(mse: float) -> float:
+    """Global PSNR in dB of images in [0, 1]: 10 log10(1 / MSE over the whole split)."""
+    return float(10 * np.log10(1.0 / mse))
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "batch_size"))
+def _map_batches(fn: Callable, params, images, batch_size: int):
+    """fn(params, x in [0, 1], example indices) over a padded uint8 split on device in one scan, with no
+    host sync per batch: a pytree of [N, ...] outputs."""
+    def body(_, i):
+        x = lax.dynamic_slice_in_dim(images, i * batch_size, batch_size).astype(jnp.float32) / 255.0
+        return None, fn(params, x, i * batch_size + jnp.arange(batch_size))
+    _, out = lax.scan(body, None, jnp.arange(images.shape[0] // batch_size))
+    return jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:]), out)
+
+
+# The functions handed to _map_batches / _roundtrip are static jit arguments: frozen dataclasses compare
+# by value, so a second evaluation of an equal model in the same process reuses the compiled code.
+
+@dataclasses.dataclass(frozen=True)
+class _Method:
+    """model.apply(..., method=name) as a (params, x) function."""
+    apply_fn: Callable
+    name: str
+
+    def __call__(self, p, x):
+        return self.apply_fn({"params": p}, x, method=self.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PcaDecode:
+    shape: tuple
+
+    def __call__(self, p, z):
+        return pca_decode(p, z, self.shape)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Codec:
+    """A model seen as encode / decode functions of (params, ...): the autoencoder or the PCA baseline."""
+    name: str
+    encode: Callable  # (params, x [B, H, W, C] in [0, 1]) -> [B, k]
+    decode: Callable  # (params, z [B, k]) -> [B, H, W, C]
+    params: Any
+
+
+def autoencoder_codec(state: TrainState) -> Codec:
+    return Codec("autoencoder", _Method(state.apply_fn, "encode"), _Method(state.apply_fn, "decode"), state.params)
+
+
+def pca_codec(pca: dict, image_shape) -> Codec:
+    return Codec(f"PCA-{pca['components'].shape[0]}", pca_encode, _PcaDecode(tuple(image_shape)), pca)
+
+
+@functools.partial(jax.jit, static_argnames=("encode", "decode"))
+def _roundtrip(encode: Callable, decode: Callable, params, x):
+    return decode(params, encode(params, x))
+
+
+def reconstruct(codec: Codec, x) -> jax.Array:
+    return _roundtrip(codec.encode, codec.decode, codec.params, x)
+
+
+def batch_size_for(n: int) -> int:
+    return min(BATCH, n)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Encode:
+    encode: Callable
+
+    def __call__(self, p, x, idx):
+        return self.encode(p, x)
+
+
+def encode_split(codec: Codec, images_dev) -> jax.Array:
+    """Codes of a padded on-device uint8 split (pad rows included)."""
+    return _map_batches(_Encode(codec.encode), codec.params, images_dev, batch_size_for(images_dev.shape[0]))
+
+
+def corrupt_fixed(kind: str, strength: float, x: jax.Array, idx: jax.Array) -> jax.Array:
+    """The trained corruption with a fixed key per test example: every evaluation sees the same noisy set."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(NOISE_SEED), i))(idx)
+    return corruption.corrupt(kind, keys, x, strength)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Errors:
+    """Per-example squared error, absolute error and SSIM of decode(encode(corrupt(x))) against x."""
+    encode: Callable
+    decode: Callable
+    kind: str
+    strength: float
+
+    def __call__(self, p, x, idx):
+        r = self.decode(p, self.encode(p, corrupt_fixed(self.kind, self.strength, x, idx)))
+        d = (r - x).reshape(x.shape[0], -1)
+        return jnp.square(d).mean(1), jnp.abs(d).mean(1), ssim(r, x)
+
+
+def reconstruction_metrics(codec: Codec, images_dev, mask: np.ndarray, kind: str = "gaussian",
+                           strength: float = 0.0) -> dict:
+    """MSE, MAE, global PSNR and SSIM of the reconstructions of x (corrupted by kind, strength) against x."""
+    fn = _Errors(codec.encode, codec.decode, kind, strength)
+    out = _map_batches(fn, codec.params, images_dev, batch_size_for(images_dev.shape[0]))
+    se, ae, ss = (np.asarray(v)[mask > 0] for v in out)
+    mse = float(se.mean())
+    return {"mse": mse, "mae": float(ae.mean()), "psnr": psnr(mse), "ssim": float(ss.mean())}
+
+
+# ------------------------------------------------------------------------------------- k-NN
+
+@functools.partial(jax.jit, static_argnames=("k", "chunk"))
+def nearest_neighbours(queries: jax.Array, base: jax.Array, k: int = KNN_K, chunk: int = KNN_CHUNK) -> jax.Array:
+    """Indices [Nq, k] of the k nearest rows of base (Euclidean), nearest first; the queries go through
+    in chunks so only chunk x len(base) distances exist at once."""
+    n = queries.shape[0]
+    q = jnp.pad(queries, ((0, -n % chunk), (0, 0))).reshape(-1, chunk, queries.shape[1])
+    base_sq = jnp.sum(base * base, axis=1)
+
+    def one(qc):
+        d = base_sq[None, :] - 2 * qc @ base.T  # + |q|^2, the same for every base row of a query
+        return lax.top_k(-d, k)[1]
+    return lax.map(one, q).reshape(-1, k)[:n]
+
+
+def knn_accuracy(neighbours: np.ndarray, base_labels: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
+    """Majority vote of the neighbours' labels; a tie goes to the class with the nearer neighbours."""
+    votes = np.zeros((len(labels), n_classes))
+    weight = 1 + 1e-3 * (neighbours.shape[1] - np.arange(neighbours.shape[1])) / neighbours.shape[1]
+    np.add.at(votes, (np.arange(len(labels))[:, None], base_labels[neighbours]), weight)
+    return float(np.mean(votes.argmax(1) == labels))
+
+
+# ----------------------------------------------------------------------------------- pictures
+
+def pick_pairs(labels: np.ndarray, n: int) -> list[tuple[int, int]]:
+    """n pairs of test indices, each from two different classes when there are two (deterministic)."""
+    classes = np.unique(labels)
+    by_class = {c: np.flatnonzero(labels == c) for c in classes}
+    pairs = []
+    for r in range(n):
+        shift = 1 + (r // len(classes)) % max(len(classes) - 1, 1)  # 1 .. C-1: never the same class
+        a, b = classes[r % len(classes)], classes[(r + shift) % len(classes)]
+        ia, ib = by_class[a][r // len(classes) % len(by_class[a])], by_class[b][-(r // len(classes)) - 1]
+        pairs.append((int(ia), int(ib)))
+    return pairs
+
+
+def project_to_3d(codes: np.ndarray, fit_on: np.ndarray) -> tuple[np.ndarray, list[str], str]:
+    """Codes as 3-D points for the plots, their axis names and a note saying how they were made."""
+    d = codes.shape[1]
+    if d == 3:
+        return codes, [f"latent {i + 1}" for i in range(3)], ""
+    if d < 3:
+        pad = np.zeros((len(codes), 3 - d), codes.dtype)
+        return (np.concatenate([codes, pad], 1), [f"latent {i + 1}" for i in range(d)] + ["(none)"] * (3 - d),
+                f"the code has {d} dimension(s); the missing axes are 0")
+    pca = jax.device_get(fit_pca(fit_on, 3))
+    return (np.asarray(pca_encode(pca, codes)), [f"PC {i + 1} of the code" for i in range(3)],
+            f"{d}-D codes projected to 3-D with PCA (fit on the training codes)")
+
+
+def _identity(_, x):
+    return x
+
+
+def _u8(x) -> np.ndarray:
+    return np.asarray(np.clip(np.asarray(x) * 255.0 + 0.5, 0, 255), np.uint8)
+
+
+def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, out: str,
+                 interp_steps: int) -> dict[str, str]:
+    """Every figure of the evaluation -> {name: file name in `out`}."""
+    names = ds.class_names
+    test_y = ds.test_labels
+    cls = lambda i, y=test_y: names[int(y[i])]
+    files = {}
+    pts, axes, note = project_to_3d(codes["ae_test"], codes["ae_train"])
+    what = f"Autoencoder latent space of {len(pts):,} test images"
+    title = what + (f" ({note})" if note else "")
+    files["latent_3d"] = figures.latent_views(pts, test_y, names, os.path.join(out, "latent_3d.png"), title, axes)
+    files["latent_pairs"] = figures.latent_pairs(pts, test_y, names, os.path.join(out, "latent_pairs.png"),
+                                                 title, axes)
+    keep = np.random.default_rng(0).permutation(len(pts))[:2000]
+    files["latent_3d_html"] = pages.scatter3d(os.path.join(out, "latent_3d.html"), pts, test_y, names,
+                                              keep, ds.test_images[keep], title, axes)
+
+    dec = lambda z: np.asarray(_roundtrip(_identity, ae.decode, ae.params, jnp.asarray(z, jnp.float32)))
+    x = lambda idx: ds.test_images[np.asarray(idx)].astype(np.float32) / 255.0
+
+    pairs = pick_pairs(test_y, min(8, len(test_y)))
+    za, zb = (np.asarray(_roundtrip(ae.encode, _identity, ae.params, x([p[i] for p in pairs]))) for i in (0, 1))
+    t = np.linspace(0.0, 1.0, interp_steps)
+    z = za[:, None] * (1 - t[None, :, None]) + zb[:, None] * t[None, :, None]
+    steps = _u8(dec(z.reshape(-1, z.shape[-1]))).reshape(len(pairs), interp_steps, *ds.image_shape)
+    rows = np.concatenate([ds.test_images[[p[0] for p in pairs]][:, None], steps,
+                           ds.test_images[[p[1] for p in pairs]][:, None]], 1)
+    files["interpolation"] = figures.image_grid(
+        rows, os.path.join(out, "interpolation.png"),
+        f"Linear interpolation in the latent space: decode((1-t) z_A + t z_B), {interp_steps} steps",
+        ["A"] + [f"t={v:.2f}" for v in t] + ["B"], [f"{cls(a)} > {cls(b)}" for a, b in pairs])
+
+    idx = pick_pairs(test_y, 12)
+    sel = np.array([a for a, _ in idx])
+    inputs = x(sel)
+    recon_rows = [("original", ds.test_images[sel])]
+    if cfg.noise > 0:
+        noisy = np.asarray(corrupt_fixed(cfg.corruption, cfg.noise, jnp.asarray(inputs), jnp.asarray(sel)))
+        recon_rows.append((f"{cfg.corruption} {cfg.noise:g}", _u8(noisy)))
+    for c in (ae, pca):
+        recon_rows.append((c.name, _u8(reconstruct(c, inputs))))
+    if cfg.noise > 0:
+        for c in (ae, pca):
+            recon_rows.append((f"{c.name} of noisy", _u8(reconstruct(c, noisy))))
+    files["reconstructions"] = figures.image_grid(
+        np.stack([r for _, r in recon_rows]), os.path.join(out, "reconstructions.png"),
+        "Test images and their reconstructions" + (f" (inputs corrupted: {cfg.corruption}, strength {cfg.noise:g})"
+                                                    if cfg.noise > 0 else ""),
+        [cls(i) for i in sel], [n for n, _ in recon_rows])
+
+    c = codes["ae_test"]
+    lo, hi = np.percentile(c, 1, axis=0), np.percentile(c, 99, axis=0)
+    dims = range(min(c.shape[1], 8))
+    sweep = np.repeat(np.median(c, axis=0)[None, None], len(dims), 0).repeat(interp_steps, 1)
+    for d in dims:
+        sweep[d, :, d] = np.linspace(lo[d], hi[d], interp_steps)
+    trav = _u8(dec(sweep.reshape(-1, c.shape[1]))).reshape(len(dims), interp_steps, *ds.image_shape)
+    files["traversal"] = figures.image_grid(
+        trav, os.path.join(out, "traversal.png"),
+        "Latent traversal: one coordinate swept from its 1st to 99th percentile, the others at their median",
+        [f"{q:.0f}%" for q in np.linspace(1, 99, interp_steps)],
+        [f"latent {d + 1}: {lo[d]:.2f}..{hi[d]:.2f}" for d in dims])
+
+    queries = np.array([a for a, _ in pick_pairs(test_y, min(8, len(test_y)))])
+    k = min(8, len(ds.train_images))
+    nn = np.asarray(nearest_neighbours(jnp.asarray(c[queries]), jnp.asarray(codes["ae_train"]), k=k, chunk=8))
+    same = (ds.train_labels[nn] == test_y[queries, None]).sum(1)
+    files["neighbours"] = figures.image_grid(
+        np.concatenate([ds.test_images[queries][:, None], ds.train_images[nn]], 1),
+        os.path.join(out, "neighbours.png"),
+        f"Test queries and their {k} nearest training images in the autoencoder's latent space",
+        ["query"] + [f"#{i + 1}" for i in range(k)],
+        [f"{cls(q)}: {s}/{k} same" for q, s in zip(queries, same)])
+    return files
+
+
+# ----------------------------------------------------------------------------------------- run
+
+def _timed(fn, *args):
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - t
+
+
+def run(workdir: str, step: int | None = None, out: str | None = None, data: str | None = None,
+        interp_steps: int = 10, cache_dir: str | None = None) -> dict[str, Any]:
+    """Evaluate the run in `workdir` into `out` (default WORKDIR/eval); returns the metrics."""
+    t_start = time.perf_counter()
+    if interp_steps < 2:
+        raise UsageError(f"--interp-steps must be at least 2 (got {interp_steps})")
+    cfg, state, ds = restore(workdir, step, data, cache_dir)
+    out = out or os.path.join(workdir, "eval")
+    tmp = _start_output(out)
+    step_done = int(jax.device_get(state.step))
+    print(f"evaluating {workdir} at step {step_done}: {ds.test_images.shape[0]} test images, "
+          f"{ds.train_images.shape[0]} training images, {cfg.latent_dim}-D code", flush=True)
+
+    dev = jax.local_devices()[0]
+    test_x, test_mask = pad_to_multiple(ds.test_images, batch_size_for(len(ds.test_images)))
+    train_x, _ = pad_to_multiple(ds.train_images, batch_size_for(len(ds.train_images)))
+    test_x, train_x = jax.device_put(test_x, dev), jax.device_put(train_x, dev)
+    n_test, n_train = len(ds.test_images), len(ds.train_images)
+
+    ae = autoencoder_codec(state)
+    encode_split(ae, test_x).block_until_ready()  # compile outside the timing
+    ae_test, t_encode = _timed(encode_split, ae, test_x)
+    ae_train = encode_split(ae, train_x)
+    pca_params, t_pca = _timed(lambda: fit_pca(ds.train_images.reshape(n_train, -1).astype(np.float32) / 255.0,
+                                               cfg.latent_dim))
+    pca = pca_codec(pca_params, ds.image_shape)
+    codes = {"ae_test": ae_test[:n_test], "ae_train": ae_train[:n_train],
+             "pca_test": encode_split(pca, test_x)[:n_test], "pca_train": encode_split(pca, train_x)[:n_train]}
+
+    results: dict[str, dict] = {}
+    for codec, key in ((ae, "ae"), (pca, "pca")):
+        m = {f"test_{k}": v for k, v in reconstruction_metrics(codec, test_x, test_mask).items()}
+        if cfg.noise > 0:
+            m.update({f"noisy_test_{k}": v for k, v in
+                      reconstruction_metrics(codec, test_x, test_mask, cfg.corruption, cfg.noise).items()})
+        nn = np.asarray(nearest_neighbours(codes[f"{key}_test"], codes[f"{key}_train"]))
+        m[f"knn{KNN_K}_accuracy"] = knn_accuracy(nn, ds.train_labels, ds.test_labels, len(ds.class_names))
+        results[codec.name] = m
+    codes = {k: np.asarray(v) for k, v in codes.items()}
+
+    _save_latents(tmp, codes["ae_test"], ds)
+    files = make_figures(cfg, ae, pca, ds, codes, tmp, interp_steps)
+    curve = figures.loss_curve(workdir, os.path.join(tmp, "loss_curve.png"), results[pca.name]["test_mse"])
+    if curve:
+        files["loss_curve"] = os.path.basename(curve)
+    metrics = {"workdir": os.path.abspath(workdir), "step": step_done, "data": cfg.data, "n_test": n_test,
+               "n_train": n_train, "latent_dim": cfg.latent_dim, "models": results,
+               "seconds": {"encode_test": t_encode, "pca_fit": t_pca,
+                           "total": time.perf_counter() - t_start},
+               "config": json.loads(cfg.to_json())}
+    table = format_table(results)
+    pages.index(os.path.join(tmp, "index.html"), cfg, metrics, table, files)
+    with open(os.path.join(tmp, "metrics.json"), "w") as fh:
+        json.dump(metrics, fh, indent=2)
+    _finish_output(tmp, out)
+    print(table)
+    print(f"encoded {n_test:,} test images in {t_encode:.2f} s ({n_test / t_encode:,.0f} images/s); PCA fit "
+          f"{t_pca:.2f} s; evaluate took {time.perf_counter() - t_start:.1f} s in all")
+    print(f"wrote {out}/index.html")
+    return metrics
+
+
+def format_table(results: dict[str, dict]) -> str:
+    names = list(results)
+    rows = [k for k in results[names[0]]]
+    label = {"mse": "MSE", "mae": "MAE", "psnr": "PSNR (dB)", "ssim": "SSIM"}
+    lines = [f"{'test split':<26}" + "".join(f"{n:>14}" for n in names)]
+    for r in rows:
+        if r.startswith("knn"):
+            text = f"{KNN_K}-NN class accuracy"
+            vals = [f"{100 * results[n][r]:.1f} %" for n in names]
+        else:
+            kind = r.split("_")[-1]
+            text = ("noisy input " if r.startswith("noisy") else "") + label[kind]
+            vals = [f"{results[n][r]:.2f}" if kind == "psnr" else f"{results[n][r]:.4f}" for n in names]
+        lines.append(f"{text:<26}" + "".join(f"{v:>14}" for v in vals))
+    return "\n".join(lines)
+
+
+def _save_latents(out: str, codes: np.ndarray, ds: Dataset) -> None:
+    np.savez(os.path.join(out, "latents.npz"), codes=codes, labels=ds.test_labels,
+             class_names=np.array(ds.class_names))
+    with open(os.path.join(out, "latents.csv"), "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["index", "label", "class"] + [f"z{i + 1}" for i in range(codes.shape[1])])
+        for i, (z, y) in enumerate(zip(codes, ds.test_labels)):
+            w.writerow([i, int(y), ds.class_names[int(y)]] + [f"{v:.6g}" for v in z])
+
+
+def _start_output(out: str) -> str:
+    """A fresh sibling folder to write into; it replaces `out` only once everything is written."""
+    parent = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(out))}.partial-{os.getpid()}")
+        os.makedirs(tmp, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write there ({e.strerror}); pick a writable folder") from None
+    return tmp
+
+
+def _finish_output(tmp: str, out: str) -> None:
+    """Move a previous evaluation aside (never delete a result), then put the new one in its place."""
+    if os.path.exists(out):
+        if os.path.isdir(out) and not os.listdir(out):
+            os.rmdir(out)
+        else:
+            old = f"{out.rstrip('/')}-previous-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.replace(out, old)
+            print(f"note: moved the previous contents of {out} to {old}")
+    os.replace(tmp, out)

@@ -1,0 +1,231 @@
+"""HTML pages of an evaluation: the rotatable 3-D latent view and the index that gathers everything.
+
+Both are self-contained: data, thumbnails and script are inline, so they open offline (no CDN).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+
+import numpy as np
+
+from jaxae.figures import class_colours
+
+
+def _hex(rgba) -> str:
+    return "#" + "".join(f"{int(round(255 * c)):02x}" for c in rgba[:3])
+
+
+def _sprite(images: np.ndarray) -> tuple[str, int]:
+    """uint8 images [n, H, W, C] -> a base64 PNG sprite sheet of ceil(sqrt(n)) columns, and that count."""
+    from PIL import Image
+
+    n, h, w = images.shape[:3]
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, -1)
+    cols = max(1, math.ceil(math.sqrt(n)))
+    sheet = np.zeros((math.ceil(n / cols) * h, cols * w, 3), np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = im
+    buf = io.BytesIO()
+    Image.fromarray(sheet).save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode(), cols
+
+
+def _script_json(obj) -> str:
+    return json.dumps(obj, separators=(",", ":")).replace("</", "<\\/")  # never closes the <script>
+
+
+def scatter3d(out: str, points: np.ndarray, labels: np.ndarray, class_names, thumb_index: np.ndarray,
+              thumbs: np.ndarray, title: str, axis_names) -> str:
+    """A rotatable 3-D scatter of `points` [N, 3] coloured by class -> out (HTML). Points whose index is in
+    `thumb_index` carry the matching image of `thumbs`, shown on hover or click."""
+    thumb_of = np.full(len(points), -1, np.int64)
+    thumb_of[np.asarray(thumb_index)] = np.arange(len(thumb_index))
+    sprite, cols = _sprite(np.asarray(thumbs))
+    data = {"p": np.round(np.asarray(points, np.float64), 4).tolist(), "y": np.asarray(labels).tolist(),
+            "t": thumb_of.tolist(), "names": list(class_names),
+            "colours": [_hex(c) for c in class_colours(len(class_names))], "axes": list(axis_names),
+            "cols": cols, "th": int(thumbs.shape[1]), "tw": int(thumbs.shape[2])}
+    page = (_PAGE.replace("%TITLE%", html.escape(title)).replace("%DATA%", _script_json(data))
+            .replace("%SPRITE%", sprite).replace("%NTHUMB%", f"{len(thumb_index):,}")
+            .replace("%N%", f"{len(points):,}"))
+    with open(out, "w") as fh:
+        fh.write(page)
+    return os.path.basename(out)
+
+
+_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>%TITLE%</title>
+<style>
+body{font-family:sans-serif;margin:0;background:#fafafa;color:#222}
+header{padding:8px 14px}h1{font-size:18px;margin:0 0 4px}
+#help{font-size:13px;color:#555}#wrap{display:flex}
+canvas{background:#fff;border:1px solid #ccc;cursor:grab;margin-left:14px}
+#legend{font-size:14px;padding:0 14px}#legend div{cursor:pointer;margin:3px 0;user-select:none}
+#legend span{display:inline-block;width:12px;height:12px;border-radius:6px;margin-right:6px}
+#legend .off{opacity:.3}#tip{position:absolute;display:none;background:#fff;border:1px solid #888;
+padding:6px;font-size:13px;pointer-events:none;box-shadow:2px 2px 6px #0003}
+#tip canvas{border:0;margin:4px 0 0;display:block;cursor:default}
+</style></head><body>
+<header><h1>%TITLE%</h1><div id="help">Drag to rotate, wheel to zoom, hover a point for its class and image,
+click to pin it. Showing %NTHUMB% points that carry their image;
+<label><input type="checkbox" id="all"> show all %N% points</label> (the others have no image).
+Click a class in the legend to hide or show it.</div></header>
+<div id="wrap"><canvas id="c" width="900" height="700"></canvas><div id="legend"><b>class</b></div></div>
+<div id="tip"></div>
+<img id="sprite" style="display:none" src="data:image/png;base64,%SPRITE%">
+<script>
+const D = %DATA%;
+const cv = document.getElementById("c"), ctx = cv.getContext("2d"), tip = document.getElementById("tip");
+const sprite = document.getElementById("sprite"), N = D.p.length;
+// centre on the median and scale so 98% of the points fall inside the unit cube
+const centre = [0, 1, 2].map(a => { const v = D.p.map(p => p[a]).sort((x, y) => x - y); return v[N >> 1]; });
+const spread = [0, 1, 2].map(a => { const v = D.p.map(p => Math.abs(p[a] - centre[a])).sort((x, y) => x - y);
+  return v[Math.floor(0.98 * (N - 1))] || 1; });
+const P = D.p.map(p => p.map((v, a) => (v - centre[a]) / spread[a]));
+let yaw = 0.6, pitch = 0.35, zoom = 1, showAll = false, pinned = -1, hover = -1;
+const hidden = new Set();
+function project(p) {
+  const cy = Math.cos(yaw), sy = Math.sin(yaw), cp = Math.cos(pitch), sp = Math.sin(pitch);
+  const x = cy * p[0] + sy * p[1], y0 = -sy * p[0] + cy * p[1];
+  const y = cp * p[2] - sp * y0, z = sp * p[2] + cp * y0;       // z: depth, larger = nearer
+  const s = zoom * 250 / (1 - 0.15 * z);                         // mild perspective
+  return [cv.width / 2 + s * x, cv.height / 2 - s * y, z];
+}
+let screen = [];
+function visible(i) { return (showAll || D.t[i] >= 0) && !hidden.has(D.y[i]); }
+function draw() {
+  ctx.clearRect(0, 0, cv.width, cv.height);
+  ctx.strokeStyle = "#999"; ctx.fillStyle = "#333"; ctx.font = "13px sans-serif";
+  for (let a = 0; a < 3; a++) {                                    // axes through the median code
+    const e = [0, 0, 0], f = [0, 0, 0]; e[a] = -1.2; f[a] = 1.2;
+    const A = project(e), B = project(f);
+    ctx.beginPath(); ctx.moveTo(A[0], A[1]); ctx.lineTo(B[0], B[1]); ctx.stroke();
+    ctx.fillText(D.axes[a] + " +", B[0] + 4, B[1]);
+  }
+  screen = P.map(project);
+  const order = [];
+  for (let i = 0; i < N; i++) if (visible(i)) order.push(i);
+  order.sort((i, j) => screen[i][2] - screen[j][2]);              // far first: near points stay on top
+  const r = showAll ? 2 : 3;
+  for (const i of order) {
+    ctx.fillStyle = D.colours[D.y[i]];
+    ctx.fillRect(screen[i][0] - r, screen[i][1] - r, 2 * r, 2 * r);
+  }
+  const sel = pinned >= 0 ? pinned : hover;
+  if (sel >= 0) { ctx.strokeStyle = "#000"; ctx.lineWidth = 2;
+    ctx.strokeRect(screen[sel][0] - 6, screen[sel][1] - 6, 12, 12); ctx.lineWidth = 1; }
+}
+function nearest(mx, my) {
+  let best = -1, bd = 64;                                          // within 8 px
+  for (let i = 0; i < N; i++) if (visible(i)) {
+    const dx = screen[i][0] - mx, dy = screen[i][1] - my, d = dx * dx + dy * dy;
+    if (d < bd || (d === bd && screen[i][2] > screen[best][2])) { bd = d; best = i; }
+  }
+  return best;
+}
+function showTip(i, px, py) {
+  if (i < 0) { tip.style.display = "none"; return; }
+  const p = D.p[i];
+  tip.innerHTML = "<b>" + D.names[D.y[i]] + "</b> (test image " + i + ")<br>" +
+    D.axes.map((a, k) => a + ": " + p[k].toFixed(3)).join("<br>");
+  if (D.t[i] >= 0) {
+    const c = document.createElement("canvas"), s = Math.max(1, Math.round(96 / D.tw));
+    c.width = D.tw * s; c.height = D.th * s;
+    const g = c.getContext("2d"); g.imageSmoothingEnabled = false;
+    g.drawImage(sprite, (D.t[i] % D.cols) * D.tw, Math.floor(D.t[i] / D.cols) * D.th, D.tw, D.th,
+                0, 0, c.width, c.height);
+    tip.appendChild(c);
+  } else tip.innerHTML += "<br><i>no image embedded for this point</i>";
+  tip.style.left = (px + 14) + "px"; tip.style.top = (py + 14) + "px"; tip.style.display = "block";
+}
+let drag = null, moved = false;
+cv.addEventListener("mousedown", e => { drag = [e.clientX, e.clientY]; moved = false; cv.style.cursor = "grabbing"; });
+window.addEventListener("mouseup", e => {
+  if (drag && !moved) { const rc = cv.getBoundingClientRect();
+    pinned = nearest(e.clientX - rc.left, e.clientY - rc.top); showTip(pinned, e.pageX, e.pageY); draw(); }
+  drag = null; cv.style.cursor = "grab"; });
+cv.addEventListener("mousemove", e => {
+  const rc = cv.getBoundingClientRect();
+  if (drag) {
+    const dx = e.clientX - drag[0], dy = e.clientY - drag[1];
+    if (Math.abs(dx) + Math.abs(dy) > 2) moved = true;
+    yaw += dx * 0.01; pitch = Math.max(-1.55, Math.min(1.55, pitch + dy * 0.01));
+    drag = [e.clientX, e.clientY]; draw(); return;
+  }
+  if (pinned >= 0) return;
+  hover = nearest(e.clientX - rc.left, e.clientY - rc.top); showTip(hover, e.pageX, e.pageY); draw();
+});
+cv.addEventListener("mouseleave", () => { if (pinned < 0) { hover = -1; tip.style.display = "none"; draw(); } });
+cv.addEventListener("wheel", e => { e.preventDefault(); zoom *= Math.exp(-e.deltaY * 0.001); draw(); },
+                    {passive: false});
+document.getElementById("all").addEventListener("change", e => { showAll = e.target.checked; draw(); });
+const legend = document.getElementById("legend");
+D.names.forEach((n, k) => {
+  const d = document.createElement("div");
+  d.innerHTML = '<span style="background:' + D.colours[k] + '"></span>' + n;
+  d.onclick = () => { hidden.has(k) ? hidden.delete(k) : hidden.add(k); d.classList.toggle("off"); draw(); };
+  legend.appendChild(d);
+});
+draw();
+</script></body></html>
+"""
+
+
+def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> str:
+    """WORKDIR/eval/index.html: the run's settings, the metrics table and every figure, with captions."""
+    esc = html.escape
+    noise = (f"{cfg.corruption} corruption, strength {cfg.noise:g} (denoising autoencoder)" if cfg.noise > 0
+             else "none (plain autoencoder)")
+    settings = [("latent dimension", cfg.latent_dim), ("loss", cfg.loss.upper()), ("input noise", noise),
+                ("model", f"width {cfg.width}, {cfg.stages} stages, {cfg.blocks} res-block(s)/stage, "
+                          f"MLP {cfg.mlp_layers} x {cfg.hidden}, norm {cfg.norm}, {cfg.upsample}"),
+                ("training", f"{cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr "
+                             f"{cfg.learning_rate:g}, seed {cfg.seed}; checkpoint step {metrics['step']}"),
+                ("data", f"{cfg.data} ({metrics['n_train']:,} train / {metrics['n_test']:,} test images)")]
+    s = metrics["seconds"]
+    captions = {
+        "latent_3d": "The test images' codes in 3-D, coloured by class, from four angles.",
+        "latent_pairs": "The same codes as three 2-D projections.",
+        "interpolation": "Each row: test image A, decodings of points on the straight line from A's code to "
+                         "B's code (t = 0 is A's reconstruction, t = 1 is B's), test image B.",
+        "reconstructions": "Test images (top row) and their reconstructions by the autoencoder and by PCA "
+                           "with as many components as the code has dimensions.",
+        "traversal": "Each row sweeps one latent coordinate across its observed range (1st to 99th "
+                     "percentile of the test codes) with the other coordinates at their median.",
+        "neighbours": "Each row: a test image and its nearest training images by distance between codes.",
+        "loss_curve": "Training loss and test MSE per epoch; the dashed line is the PCA baseline.",
+    }
+    body = [f"<h1>Evaluation of {esc(metrics['workdir'])} at step {metrics['step']}</h1>",
+            "<h2>Run</h2><table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>"
+                                            for k, v in settings) + "</table>",
+            "<h2>Metrics on the test split</h2>",
+            f"<pre>{esc(table)}</pre>",
+            "<p>MSE, MAE: per pixel and channel, pixels in [0, 1]. PSNR: 10 log10(1 / MSE) over the whole split. "
+            "SSIM: 11x11 Gaussian window (sigma 1.5), mean over positions and channels. k-NN: class of each "
+            "test code by a vote of its 10 nearest training codes. PCA is fit on the training images."
+            + (" Noisy input: the test images corrupted as in training (fixed seed), compared with the clean "
+               "image." if cfg.noise > 0 else "") + "</p>",
+            f"<p>Encoding the {metrics['n_test']:,} test images took {s['encode_test']:.2f} s; the whole "
+            f"evaluation {s['total']:.0f} s.</p>",
+            f"<p><b><a href=\"{files['latent_3d_html']}\">Open the rotatable 3-D view</a></b> (drag, zoom, "
+            f"hover a point to see its image). Codes: <a href=\"latents.csv\">latents.csv</a>, "
+            f"<a href=\"latents.npz\">latents.npz</a>; numbers: <a href=\"metrics.json\">metrics.json</a>.</p>"]
+    for name, caption in captions.items():
+        if name in files:
+            body.append(f"<h2>{esc(name.replace('_', ' '))}</h2><p>{esc(caption)}</p>"
+                        f"<img src=\"{esc(files[name])}\" alt=\"{esc(name)}\">")
+    page = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>jaxae evaluation</title><style>"
+            "body{font-family:sans-serif;max-width:1500px;margin:20px}img{max-width:100%;border:1px solid #ddd}"
+            "th{text-align:left;padding-right:14px}pre{background:#f4f4f4;padding:8px;display:inline-block}"
+            "</style></head><body>" + "\n".join(body) + "</body></html>\n")
+    with open(out, "w") as fh:
+        fh.write(page)
+    return os.path.basename(out)

@@ -1,0 +1,157 @@
+"""evaluate: restore a tiny trained run, encode, metrics, PCA baseline, k-NN, figures and pages."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make_image_folder, tiny_config
+from PIL import Image
+
+from jaxae import checkpoints, evaluate, figures
+from jaxae.config import UsageError
+from jaxae.train import train_and_evaluate
+
+STEPS = 4  # --interp-steps of the runs below
+N_TEST = 24  # 2 classes x 12
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One tiny denoising run, evaluated twice into the same folder (the second moves the first aside)."""
+    tmp = tmp_path_factory.mktemp("eval")
+    data = make_image_folder(tmp / "data", n_train=40, n_test=N_TEST // 2)
+    cfg = tiny_config(tmp, data=data, max_steps=4, noise=0.1)
+    trained = train_and_evaluate(cfg, progress=False)
+    out = str(tmp / "eval")
+    first = evaluate.run(cfg.workdir, out=out, interp_steps=STEPS)
+    previous = glob.glob(out + "-previous-*")
+    second = evaluate.run(cfg.workdir, out=out, interp_steps=STEPS)
+    moved = [p for p in glob.glob(out + "-previous-*") if p not in previous]
+    return {"cfg": cfg, "trained": trained, "out": out, "first": first, "second": second, "moved": moved}
+
+
+def test_every_output_file_is_written(run):
+    names = ["index.html", "metrics.json", "latents.npz", "latents.csv", "latent_3d.html", "latent_3d.png",
+             "latent_pairs.png", "interpolation.png", "reconstructions.png", "traversal.png", "neighbours.png",
+             "loss_curve.png"]
+    for name in names:
+        assert os.path.getsize(os.path.join(run["out"], name)) > 0, name
+    index = open(os.path.join(run["out"], "index.html")).read()
+    for name in names[2:]:
+        assert name in index, f"index.html does not link {name}"
+    assert "gaussian corruption, strength 0.1" in index and "latent dimension" in index
+
+
+def test_a_previous_evaluation_is_moved_aside_not_deleted(run):
+    assert len(run["moved"]) == 1
+    assert os.path.exists(os.path.join(run["moved"][0], "metrics.json"))
+
+
+def test_image_grids_have_the_expected_pixel_sizes(run):
+    def size(name):
+        return Image.open(os.path.join(run["out"], name)).size
+    # rows: 8 pairs; columns: A, STEPS decoded points, B
+    assert size("interpolation.png") == figures.grid_size(8, STEPS + 2, 16, 16)
+    # original, corrupted, AE, PCA, AE of noisy, PCA of noisy x 12 examples
+    assert size("reconstructions.png") == figures.grid_size(6, 12, 16, 16)
+    assert size("traversal.png") == figures.grid_size(3, STEPS, 16, 16)  # one row per latent axis
+    assert size("neighbours.png") == figures.grid_size(8, 1 + 8, 16, 16)  # query + 8 neighbours
+    assert figures.grid_size(8, STEPS + 2, 16, 16) == (figures.LABEL_W + 6 * 34 + 2,
+                                                       figures.TITLE_H + figures.HEADER_H + 8 * 34 + 2)
+
+
+def test_latents_have_one_code_per_test_image_and_are_deterministic(run):
+    a = np.load(os.path.join(run["moved"][0], "latents.npz"))
+    b = np.load(os.path.join(run["out"], "latents.npz"))
+    assert b["codes"].shape == (N_TEST, 3) and b["labels"].shape == (N_TEST,)
+    assert list(b["class_names"]) == ["cat", "dog"]
+    np.testing.assert_array_equal(a["codes"], b["codes"])
+    rows = open(os.path.join(run["out"], "latents.csv")).read().splitlines()
+    assert rows[0] == "index,label,class,z1,z2,z3" and len(rows) == N_TEST + 1
+    np.testing.assert_allclose([float(v) for v in rows[1].split(",")[3:]], b["codes"][0], rtol=1e-5)
+
+
+def test_metrics_are_finite_and_agree_with_training(run):
+    m = json.load(open(os.path.join(run["out"], "metrics.json")))
+    assert m["step"] == 4 and m["n_test"] == N_TEST and set(m["models"]) == {"autoencoder", "PCA-3"}
+    for model in m["models"].values():
+        assert set(model) == {"test_mse", "test_mae", "test_psnr", "test_ssim", "noisy_test_mse", "noisy_test_mae",
+                              "noisy_test_psnr", "noisy_test_ssim", "knn10_accuracy"}
+        assert all(np.isfinite(v) for v in model.values())
+        assert model["test_psnr"] == pytest.approx(10 * np.log10(1 / model["test_mse"]))
+        assert -1 <= model["test_ssim"] <= 1 and 0 <= model["knn10_accuracy"] <= 1
+    # the same clean-test MSE as the training loop's own evaluation (a second code path)
+    assert m["models"]["autoencoder"]["test_mse"] == pytest.approx(run["trained"]["test_mse"], rel=1e-4)
+    assert m["models"] == run["first"]["models"]
+
+
+def test_a_workdir_without_checkpoint_is_a_clear_error(tmp_path, capsys):
+    cfg = tiny_config(tmp_path)
+    checkpoints.save_config(cfg)
+    with pytest.raises(UsageError, match="holds no checkpoint"):
+        evaluate.run(cfg.workdir)
+    import evaluate as script  # the thin script: one line on stderr, exit status 2
+    from jaxae.cli import run_main
+    with pytest.raises(SystemExit) as exit_:
+        run_main(script.main, ["--workdir", cfg.workdir])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "no checkpoint" in err and "\n" not in err
+    with pytest.raises(UsageError, match="no config.json"):
+        evaluate.run(str(tmp_path / "nothing"))
+
+
+def test_pca_reconstructs_low_rank_data_exactly():
+    rng = np.random.default_rng(0)
+    mean = rng.uniform(0, 1, 48)
+    x = (mean + rng.normal(size=(200, 3)) @ rng.normal(size=(3, 48))).astype(np.float32)
+    pca = evaluate.fit_pca(x, 3)
+    c = np.asarray(pca["components"])
+    np.testing.assert_allclose(c @ c.T, np.eye(3), atol=1e-5)
+    recon = evaluate.pca_decode(pca, evaluate.pca_encode(pca, jnp.asarray(x)), (48,))
+    np.testing.assert_allclose(recon, x, atol=1e-4)
+
+
+def test_pca_finds_the_leading_components_of_full_rank_data():
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(500, 40)) * np.linspace(5, 0.1, 40)).astype(np.float32)  # decaying variances
+    c = np.asarray(evaluate.fit_pca(x, 4)["components"])
+    _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    np.testing.assert_allclose(c.T @ c, vt[:4].T @ vt[:4], atol=1e-4)  # the same subspace
+
+
+def test_ssim_is_one_for_identical_images_and_drops_with_noise():
+    x = jnp.asarray(np.random.default_rng(0).uniform(0.2, 0.8, (2, 16, 16, 3)), jnp.float32)
+    np.testing.assert_allclose(evaluate.ssim(x, x), 1.0, rtol=1e-5)
+    noisy = [x + s * jax.random.normal(jax.random.PRNGKey(0), x.shape) for s in (0.02, 0.1, 0.3)]
+    scores = [float(evaluate.ssim(n, x).mean()) for n in noisy]
+    assert 1 > scores[0] > scores[1] > scores[2]
+    np.testing.assert_allclose(evaluate.ssim(noisy[1], x), evaluate.ssim(x, noisy[1]), rtol=1e-5)
+
+
+def test_nearest_neighbours_match_brute_force_at_any_chunk_size():
+    rng = np.random.default_rng(0)
+    base, queries = rng.normal(size=(300, 3)).astype(np.float32), rng.normal(size=(37, 3)).astype(np.float32)
+    want = np.argsort(((queries[:, None] - base[None]) ** 2).sum(-1), axis=1)[:, :5]
+    for chunk in (4, 37, 64):
+        got = np.asarray(evaluate.nearest_neighbours(jnp.asarray(queries), jnp.asarray(base), k=5, chunk=chunk))
+        np.testing.assert_array_equal(got, want)
+
+
+def test_knn_accuracy_votes_and_breaks_ties_by_nearness():
+    base_labels = np.array([0, 1, 1, 2])
+    neighbours = np.array([[1, 2, 0], [0, 1, 3], [0, 3, 2]])  # votes: 1 | tie 0,1,2 -> 0 | tie 0,2,1 -> 0
+    assert evaluate.knn_accuracy(neighbours, base_labels, np.array([1, 0, 0]), 3) == 1.0
+    assert evaluate.knn_accuracy(neighbours, base_labels, np.array([1, 1, 2]), 3) == pytest.approx(1 / 3)
+
+
+def test_pairs_come_from_two_classes():
+    labels = np.repeat([0, 1], 12)
+    pairs = evaluate.pick_pairs(labels, 8)
+    assert all(labels[a] != labels[b] for a, b in pairs) and len(set(pairs)) == 8
