@@ -6,6 +6,7 @@ import json
 import os
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,12 +23,13 @@ def read_metrics(workdir: str) -> list[dict]:
 def loss_curve(workdir: str, out: str | None = None, pca_mse: float | None = None) -> str | None:
     """Train loss and test MSE per epoch -> WORKDIR/loss_curve.png."""
     records = read_metrics(workdir)
+    train_label = _train_label(workdir)
     if not records:
         return None
     out = out or os.path.join(workdir, "loss_curve.png")
     epochs = [r["epoch"] for r in records]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    ax.plot(epochs, [r["train_loss"] for r in records], "o-", ms=3, label="train loss (corrupted input)")
+    ax.plot(epochs, [r["train_loss"] for r in records], "o-", ms=3, label=train_label)
     ax.plot(epochs, [r["test_mse"] for r in records], "s-", ms=3, label="test MSE (clean input)")
     if pca_mse is not None:
         ax.axhline(pca_mse, color="gray", ls="--", lw=1, label=f"PCA baseline MSE {pca_mse:.4f}")
@@ -41,3 +43,143 @@ def loss_curve(workdir: str, out: str | None = None, pca_mse: float | None = Non
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def _train_label(workdir: str) -> str:
+    """What the train curve measured: the loss, and whether the inputs were corrupted (from config.json)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return "train loss"
+    with open(path) as fh:
+        cfg = json.load(fh)
+    loss = cfg.get("loss", "l2").upper()
+    if cfg.get("noise", 0) > 0:
+        return f"train {loss} (input corrupted: {cfg.get('corruption', 'gaussian')} {cfg['noise']:g})"
+    return f"train {loss} (clean input)"
+
+
+# ------------------------------------------------------------------------------ latent space
+
+VIEWS = ((20, -60), (20, 30), (60, -45), (5, 120))  # (elevation, azimuth) of the 3-D scatter panels
+
+
+def class_colours(n: int):
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _scatter(ax, points, labels, class_names, size: float):
+    colours = class_colours(len(class_names))
+    order = np.random.default_rng(0).permutation(len(points))  # no class is always drawn on top
+    p, y = points[order], labels[order]
+    ax.scatter(*p.T, c=[colours[i] for i in y], s=size, alpha=0.6, linewidths=0)
+
+
+def _legend(fig, class_names):
+    handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=n)
+               for c, n in zip(class_colours(len(class_names)), class_names)]
+    fig.legend(handles=handles, loc="center right", title="class", frameon=False)
+
+
+def _central(points, labels, title: str):
+    """The points inside the 0.5-99.5th percentile box of every axis (a few far outliers would otherwise
+    squeeze the cloud into a corner), their labels, and the title saying how many were left out."""
+    lo, hi = np.percentile(points, 0.5, axis=0), np.percentile(points, 99.5, axis=0)
+    margin = 0.05 * (hi - lo)
+    keep = np.all((points >= lo - margin) & (points <= hi + margin), axis=1)
+    if keep.all():
+        return points, labels, title
+    return (points[keep], labels[keep], f"{title}\n{(~keep).sum():,} outlying points (beyond the 0.5-99.5th "
+            f"percentile of an axis) not drawn")
+
+
+def latent_views(points, labels, class_names, out: str, title: str, axis_names) -> str:
+    """3-D scatter of the codes coloured by class, seen from len(VIEWS) angles -> out (PNG)."""
+    points, labels, title = _central(np.asarray(points), np.asarray(labels), title)
+    fig = plt.figure(figsize=(11, 9), dpi=100)
+    size = 2.0 if len(points) > 2000 else 8.0
+    for i, (elev, azim) in enumerate(VIEWS):
+        ax = fig.add_subplot(2, 2, i + 1, projection="3d")
+        _scatter(ax, points, labels, class_names, size)
+        ax.view_init(elev=elev, azim=azim)
+        ax.set_xlabel(axis_names[0])
+        ax.set_ylabel(axis_names[1])
+        ax.set_zlabel(axis_names[2])
+        ax.set_title(f"view: elevation {elev}, azimuth {azim}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    _legend(fig, class_names)
+    fig.suptitle(title)
+    fig.subplots_adjust(left=0.02, right=0.86, bottom=0.03, top=0.92, wspace=0.05, hspace=0.12)
+    fig.savefig(out)
+    plt.close(fig)
+    return os.path.basename(out)
+
+
+def latent_pairs(points, labels, class_names, out: str, title: str, axis_names) -> str:
+    """The three 2-D projections (1-2, 1-3, 2-3) of the 3-D codes -> out (PNG)."""
+    points, labels, title = _central(np.asarray(points), np.asarray(labels), title)
+    fig, axs = plt.subplots(1, 3, figsize=(15, 5), dpi=100)
+    size = 1.5 if len(points) > 2000 else 8.0
+    for ax, (a, b) in zip(axs, ((0, 1), (0, 2), (1, 2))):
+        _scatter(ax, points[:, [a, b]], labels, class_names, size)
+        ax.set_xlabel(axis_names[a])
+        ax.set_ylabel(axis_names[b])
+        ax.set_title(f"{axis_names[a]} vs {axis_names[b]}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+    _legend(fig, class_names)
+    fig.suptitle(title)
+    fig.subplots_adjust(left=0.05, right=0.88, bottom=0.1, top=0.84, wspace=0.25)
+    fig.savefig(out)
+    plt.close(fig)
+    return os.path.basename(out)
+
+
+# ------------------------------------------------------------------------------ image grids
+
+# Layout of image_grid in pixels, so a grid's size is known in advance (grid_size).
+TILE_SCALE = 2      # each image is enlarged by this (nearest neighbour) so 32x32 stays legible
+PAD = 2             # between tiles and around the grid
+TITLE_H = 28        # the title band
+HEADER_H = 18       # the column labels
+LABEL_W = 150       # the row labels
+
+
+def grid_size(rows: int, cols: int, height: int, width: int) -> tuple[int, int]:
+    """(width, height) in pixels of image_grid's output for rows x cols tiles of height x width images."""
+    th, tw = height * TILE_SCALE, width * TILE_SCALE
+    return LABEL_W + cols * (tw + PAD) + PAD, TITLE_H + HEADER_H + rows * (th + PAD) + PAD
+
+
+def _fit(draw, text: str, font, width: int) -> str:
+    """text, shortened with '...' until it fits in `width` pixels."""
+    while len(text) > 1 and draw.textlength(text, font=font) > width:
+        text = text.removesuffix("...")[:-1] + "..."
+    return text
+
+
+def image_grid(images, out: str, title: str, col_labels, row_labels) -> str:
+    """A labelled grid of uint8 images [rows, cols, H, W, C] -> out (PNG, size grid_size(...))."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    images = np.asarray(images)
+    rows, cols, h, w = images.shape[:4]
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, -1)
+    th, tw = h * TILE_SCALE, w * TILE_SCALE
+    canvas = Image.new("RGB", grid_size(rows, cols, h, w), "white")
+    draw = ImageDraw.Draw(canvas)
+    font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=11)
+    draw.text((PAD, 6), _fit(draw, title, font, canvas.width - 2 * PAD), fill="black", font=font)
+    for j, label in enumerate(col_labels):
+        x = LABEL_W + PAD + j * (tw + PAD)
+        draw.text((x + tw / 2, TITLE_H + HEADER_H / 2), _fit(draw, str(label), small, tw + PAD), fill="black",
+                  font=small, anchor="mm")
+    for i in range(rows):
+        y = TITLE_H + HEADER_H + PAD + i * (th + PAD)
+        draw.text((PAD, y + th / 2), _fit(draw, str(row_labels[i]), small, LABEL_W - 2 * PAD), fill="black",
+                  font=small, anchor="lm")
+        for j in range(cols):
+            tile = Image.fromarray(images[i, j]).resize((tw, th), Image.NEAREST)
+            canvas.paste(tile, (LABEL_W + PAD + j * (tw + PAD), y))
+    canvas.save(out)
+    return os.path.basename(out)

@@ -53,9 +53,11 @@ def scatter3d(out: str, points: np.ndarray, labels: np.ndarray, class_names, thu
             "t": thumb_of.tolist(), "names": list(class_names),
             "colours": [_hex(c) for c in class_colours(len(class_names))], "axes": list(axis_names),
             "cols": cols, "th": int(thumbs.shape[1]), "tw": int(thumbs.shape[2])}
+    showing = (f"Showing a random {len(thumb_index):,} of the {len(points):,} points, each with its image; "
+               f'<label><input type="checkbox" id="all"> show all {len(points):,}</label> (the others have no '
+               f"image)." if len(thumb_index) < len(points) else f"All {len(points):,} points carry their image.")
     page = (_PAGE.replace("%TITLE%", html.escape(title)).replace("%DATA%", _script_json(data))
-            .replace("%SPRITE%", sprite).replace("%NTHUMB%", f"{len(thumb_index):,}")
-            .replace("%N%", f"{len(points):,}"))
+            .replace("%SPRITE%", sprite).replace("%SHOWING%", showing))
     with open(out, "w") as fh:
         fh.write(page)
     return os.path.basename(out)
@@ -75,8 +77,7 @@ padding:6px;font-size:13px;pointer-events:none;box-shadow:2px 2px 6px #0003}
 #tip canvas{border:0;margin:4px 0 0;display:block;cursor:default}
 </style></head><body>
 <header><h1>%TITLE%</h1><div id="help">Drag to rotate, wheel to zoom, hover a point for its class and image,
-click to pin it. Showing %NTHUMB% points that carry their image;
-<label><input type="checkbox" id="all"> show all %N% points</label> (the others have no image).
+click to pin it. %SHOWING%
 Click a class in the legend to hide or show it.</div></header>
 <div id="wrap"><canvas id="c" width="900" height="700"></canvas><div id="legend"><b>class</b></div></div>
 <div id="tip"></div>
@@ -166,7 +167,7 @@ cv.addEventListener("mousemove", e => {
 cv.addEventListener("mouseleave", () => { if (pinned < 0) { hover = -1; tip.style.display = "none"; draw(); } });
 cv.addEventListener("wheel", e => { e.preventDefault(); zoom *= Math.exp(-e.deltaY * 0.001); draw(); },
                     {passive: false});
-document.getElementById("all").addEventListener("change", e => { showAll = e.target.checked; draw(); });
+document.getElementById("all")?.addEventListener("change", e => { showAll = e.target.checked; draw(); });
 const legend = document.getElementById("legend");
 D.names.forEach((n, k) => {
   const d = document.createElement("div");
@@ -175,6 +176,12 @@ D.names.forEach((n, k) => {
   legend.appendChild(d);
 });
 draw();
+// #pin=I in the address pins point I at load (used by tools/screenshot.py to check the tooltip renders)
+const pin = /^#pin=(\d+)$/.exec(location.hash);
+if (pin && +pin[1] < N) { pinned = +pin[1]; if (!visible(pinned)) { showAll = true; draw(); }
+  const rc = cv.getBoundingClientRect();
+  sprite.decode().catch(() => {}).then(() => { showTip(pinned, rc.left + window.scrollX + screen[pinned][0],
+    rc.top + window.scrollY + screen[pinned][1]); draw(); }); }
 </script></body></html>
 """
 

@@ -120,7 +120,7 @@ def test_pca_reconstructs_low_rank_data_exactly():
 
 def test_pca_finds_the_leading_components_of_full_rank_data():
     rng = np.random.default_rng(1)
-    x = (rng.normal(size=(500, 40)) * np.linspace(5, 0.1, 40)).astype(np.float32)  # decaying variances
+    x = (rng.normal(size=(500, 40)) * np.geomspace(5, 0.01, 40)).astype(np.float32)  # decaying spectrum
     c = np.asarray(evaluate.fit_pca(x, 4)["components"])
     _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
     np.testing.assert_allclose(c.T @ c, vt[:4].T @ vt[:4], atol=1e-4)  # the same subspace

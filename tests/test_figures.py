@@ -1,0 +1,80 @@
+"""figures and pages: pixel sizes of the grids, the loss curve's labels, the self-contained 3-D page."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+
+import numpy as np
+from PIL import Image
+
+from jaxae import figures, pages
+
+
+def test_image_grid_has_the_size_grid_size_promises(tmp_path):
+    rng = np.random.default_rng(0)
+    for rows, cols, h, w, c in ((2, 5, 16, 16, 3), (3, 1, 28, 20, 1)):
+        images = rng.integers(0, 256, (rows, cols, h, w, c), dtype=np.uint8)
+        out = tmp_path / f"grid{c}.png"
+        figures.image_grid(images, str(out), "a title that is long " * 5, [f"c{j}" for j in range(cols)],
+                           [f"row {i}" for i in range(rows)])
+        im = Image.open(out)
+        assert im.size == figures.grid_size(rows, cols, h, w) and im.mode == "RGB"
+        # the first tile sits at its computed place, enlarged TILE_SCALE times with nearest neighbour
+        x0, y0 = figures.LABEL_W + figures.PAD, figures.TITLE_H + figures.HEADER_H + figures.PAD
+        tile = np.asarray(im)[y0:y0 + h * figures.TILE_SCALE:figures.TILE_SCALE,
+                              x0:x0 + w * figures.TILE_SCALE:figures.TILE_SCALE]
+        np.testing.assert_array_equal(tile, np.broadcast_to(images[0, 0], (h, w, 3)))
+
+
+def _write_run(workdir, noise):
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as fh:
+        json.dump({"loss": "l1", "noise": noise, "corruption": "mask"}, fh)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as fh:
+        for e in (1, 2):
+            fh.write(json.dumps({"epoch": e, "step": 10 * e, "train_loss": 0.1 / e, "test_mse": 0.05 / e}) + "\n")
+
+
+def test_loss_curve_labels_the_train_input_from_the_config(tmp_path):
+    _write_run(tmp_path / "plain", 0.0)
+    _write_run(tmp_path / "denoising", 0.3)
+    assert figures._train_label(str(tmp_path / "plain")) == "train L1 (clean input)"
+    assert figures._train_label(str(tmp_path / "denoising")) == "train L1 (input corrupted: mask 0.3)"
+    out = figures.loss_curve(str(tmp_path / "plain"), pca_mse=0.03)
+    assert Image.open(out).size == (840, 504)
+    assert figures.loss_curve(str(tmp_path / "empty")) is None
+
+
+def test_latent_scatter_figures_have_fixed_sizes(tmp_path):
+    rng = np.random.default_rng(0)
+    pts, labels = rng.normal(size=(60, 3)), np.repeat(np.arange(3), 20)
+    names = ["a", "b", "c"]
+    axes = ["latent 1", "latent 2", "latent 3"]
+    figures.latent_views(pts, labels, names, str(tmp_path / "v.png"), "title", axes)
+    figures.latent_pairs(pts, labels, names, str(tmp_path / "p.png"), "title", axes)
+    assert Image.open(tmp_path / "v.png").size == (1100, 900)
+    assert Image.open(tmp_path / "p.png").size == (1500, 500)
+
+
+def test_3d_page_is_self_contained_and_carries_points_and_thumbnails(tmp_path):
+    rng = np.random.default_rng(0)
+    pts, labels = rng.normal(size=(50, 3)), np.repeat(np.arange(2), 25)
+    keep = np.arange(0, 50, 5)
+    thumbs = rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
+    out = tmp_path / "page.html"
+    pages.scatter3d(str(out), pts, labels, ["cat</script>", "dog"], keep, thumbs, "My title", ["x", "y", "z"])
+    page = out.read_text()
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", page)  # nothing fetched from the network
+    assert page.count("</script>") == 1  # a class name cannot end the script early
+    data = json.loads(re.search(r"const D = (\{.*?\});\n", page).group(1))
+    assert len(data["p"]) == 50 and data["y"] == labels.tolist()
+    assert [data["t"][i] for i in keep] == list(range(10)) and data["t"].count(-1) == 40
+    assert data["names"][0] == "cat</script>" and "<title>My title</title>" in page
+    sprite = re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1)
+    sheet = np.asarray(Image.open(io.BytesIO(base64.b64decode(sprite))))
+    assert sheet.shape == (3 * 8, 4 * 8, 3) and data["cols"] == 4  # ceil(sqrt(10)) = 4 columns, 3 rows
+    np.testing.assert_array_equal(sheet[8:16, 0:8], thumbs[4])  # thumbnail 4: row 1, column 0

@@ -1,0 +1,58 @@
+"""Screenshot an HTML page (the rotatable 3-D latent view) with headless Chromium, to check that it renders.
+
+    python tools/screenshot.py runs/default/eval/latent_3d.html --out /tmp/latent_3d.png
+
+Needs Debian's `chromium` package (`apt-get install -y chromium`) or another Chromium / Chrome on PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
+def find_browser() -> str | None:
+    return next((p for p in map(shutil.which, BROWSERS) if p), None)
+
+
+def main(argv=None) -> int:
+    from jaxae.config import UsageError
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("page", help="the HTML file to render")
+    parser.add_argument("--out", default=None, help="PNG to write (default: the page's name with .png)")
+    parser.add_argument("--pin", type=int, default=None, help="test image index to pin, so the screenshot "
+                        "shows its tooltip (class, coordinates, thumbnail)")
+    parser.add_argument("--size", default="1200,900", help="window width,height in pixels (default 1200,900)")
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.page):
+        raise UsageError(f"{args.page}: no such file; give the latent_3d.html that evaluate.py wrote")
+    browser = find_browser()
+    if browser is None:
+        raise UsageError(f"no headless browser found (looked for {', '.join(BROWSERS)} on PATH): install "
+                         f"Debian's chromium with `apt-get install -y chromium`")
+    out = os.path.abspath(args.out or os.path.splitext(args.page)[0] + ".png")
+    with tempfile.TemporaryDirectory() as profile:  # a throwaway profile: no state shared with a user's browser
+        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+               f"--user-data-dir={profile}", f"--window-size={args.size}", "--virtual-time-budget=5000",
+               f"--screenshot={out}", "file://" + os.path.abspath(args.page)
+               + (f"#pin={args.pin}" if args.pin is not None else "")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 or not os.path.exists(out):
+        print(f"error: {os.path.basename(browser)} failed (exit {proc.returncode}): "
+              f"{proc.stderr.strip().splitlines()[-1:] or ''}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from jaxae.cli import run_main
+    run_main(main)
