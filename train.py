@@ -18,16 +18,20 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg, explicit = config.from_args(args)
 
-    from jaxae import figures
+    from jaxae import distributed, figures
     from jaxae.train import TrainingStopped, train_and_evaluate
+
+    distributed.initialize(cfg)  # before anything touches a device
+    import jax
 
     try:
         result = train_and_evaluate(cfg, explicit)
     except TrainingStopped as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    figures.loss_curve(cfg.workdir)
-    if "test_mse" in result:
+    if jax.process_index() == 0:
+        figures.loss_curve(cfg.workdir)
+    if "test_mse" in result and jax.process_index() == 0:
         print(f"done: step {result['step']}, test mse {result['test_mse']:.5f}, workdir {cfg.workdir}")
     return result["exit"]
 

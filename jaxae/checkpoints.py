@@ -9,7 +9,9 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxae.config import Config, UsageError, config_path
 
@@ -47,6 +49,29 @@ def _as_tree(state) -> dict:
     # What a checkpoint holds: everything needed to continue bit for bit. The data position is the step:
     # epoch = step // steps_per_epoch and the epoch's order comes from the seed.
     return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "key": state.key}
+
+
+def _global(tree):
+    """Multi-process runs: pmap hands every process its own local copy of the (identical) state, while orbax
+    expects global arrays; make each leaf a global array replicated over all devices, so that orbax writes
+    it once (from the primary process) and the checkpoint restores on any number of processes."""
+    if jax.process_count() == 1:
+        return tree
+    sharding = NamedSharding(Mesh(np.array(jax.devices()), ("all",)), P())
+
+    def to_global(x):
+        x = x if isinstance(x, jax.Array) else jnp.asarray(x)
+        local = x.addressable_shards[0].data
+        return jax.make_array_from_single_device_arrays(
+            x.shape, sharding, [jax.device_put(local, d) for d in jax.local_devices()])
+    return jax.tree.map(to_global, tree)
+
+
+def _local(tree):
+    """The inverse of _global: this process's own copy of each leaf."""
+    if jax.process_count() == 1:
+        return tree
+    return jax.tree.map(lambda x: x.addressable_shards[0].data, tree)
 
 
 @jax.jit
@@ -92,7 +117,7 @@ def save(mngr: ocp.CheckpointManager, state, force: bool = True) -> None:
         return
     tree = _as_tree(state)
     try:
-        mngr.save(step, args=ocp.args.StandardSave({**tree, "checksum": _checksum(tree)}), force=force)
+        mngr.save(step, args=ocp.args.StandardSave(_global({**tree, "checksum": _checksum(tree)})), force=force)
     except Exception as e:  # the sync part of the save, or the previous async one, failed
         raise _save_failed(mngr, e) or e
 
@@ -132,10 +157,10 @@ def restore(mngr: ocp.CheckpointManager, state, step: int | None = None, set_asi
                              f"{', '.join(map(str, sorted(steps)))}")
         steps = [step]
     tree = _as_tree(state)
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {**tree, "checksum": _checksum(tree)})
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _global({**tree, "checksum": _checksum(tree)}))
     for s in steps:
         try:
-            got = mngr.restore(s, args=ocp.args.StandardRestore(target))
+            got = _local(mngr.restore(s, args=ocp.args.StandardRestore(target)))
             stored, actual = jax.device_get((got.pop("checksum"), _checksum(got)))
             if stored != actual:
                 raise ValueError(f"checksum mismatch: stored {int(stored):#x}, contents {int(actual):#x}")

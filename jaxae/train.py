@@ -171,8 +171,12 @@ def _resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
     if not has_ckpt:
         return cfg, False
     if cfg.fresh:
-        moved = checkpoints.move_aside(cfg.workdir)
-        print(f"--fresh: moved the previous run's checkpoints and metrics to {moved}")
+        if jax.process_index() == 0:
+            moved = checkpoints.move_aside(cfg.workdir)
+            print(f"--fresh: moved the previous run's checkpoints and metrics to {moved}")
+        if jax.process_count() > 1:  # the others must not look at the workdir while it is being moved
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("jaxae-fresh")
         return cfg, False
     saved = load_config(cfg.workdir)
     # A --preset sets fields too: resuming a default-preset run with --preset tiny must not silently mix.
@@ -257,7 +261,7 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
     if resuming:
         state = checkpoints.restore(mngr, state, set_aside=True)
         _log(f"resuming {cfg.workdir} from step {int(state.step)} (epoch {int(state.step) // spe})")
-    else:
+    elif jax.process_index() == 0:
         checkpoints.save_config(cfg)
     _log("config: " + json.dumps(dataclasses.asdict(cfg), sort_keys=True))
     _log(f"data: {n_train} train / {ds.test_images.shape[0]} test images of {ds.image_shape}, "
