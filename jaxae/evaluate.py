@@ -16,13 +16,13 @@ import numpy as np
 from jax import lax
 
 from jaxae import checkpoints, corruption, figures, pages
+from jaxae.metrics import (KNN_K, fit_pca, knn_accuracy, nearest_neighbours, pca_decode, pca_encode, psnr,
+                           ssim)
 from jaxae.config import Config, UsageError, load_config
 from jaxae.data import Dataset, load
 from jaxae.train import TrainState, create_train_state, pad_to_multiple, steps_per_epoch
 
 BATCH = 500          # images per scan step when encoding / reconstructing a split
-KNN_K = 10
-KNN_CHUNK = 500      # test codes per k-NN chunk: 500 x 50k distances = 100 MB, not 10k x 50k = 2 GB
 NOISE_SEED = 1234    # corrupted test inputs are the same in every evaluation of every run
 
 
@@ -48,76 +48,6 @@ def restore(workdir: str, step: int | None = None, data: str | None = None,
     finally:
         mngr.close()
     return cfg, state, ds
-
-
-# ----------------------------------------------------------------------------- PCA baseline
-
-def fit_pca(x: jax.Array, n_components: int, scale: float = 1.0, iters: int = 4, oversample: int = 20,
-            seed: int = 0) -> dict:
-    """Top principal components of the rows of x * scale (x [N, D], e.g. uint8 with scale 1/255):
-    {"mean": [D], "components": [k, D]} (rows orthonormal).
-
-    A randomised subspace iteration on the centred data: it only multiplies X by thin [D, k + oversample]
-    matrices, so 50k CIFAR images cost seconds, where X^T X (3072^2 x 50k) or a full SVD cost minutes on
-    CPU; with this many power iterations the leading components match the exact ones (test_evaluate).
-    """
-    return _fit_pca(jnp.asarray(x), scale, n_components, iters, oversample, seed)
-
-
-@functools.partial(jax.jit, static_argnames=("k", "iters", "oversample", "seed"))
-def _fit_pca(x, scale, k: int, iters: int, oversample: int, seed: int):
-    x = x.astype(jnp.float32) * scale
-    mean = x.mean(0)
-    l = min(k + oversample, *x.shape)
-    xc = lambda v: x @ v - mean @ v            # (X - mean) v without a centred copy of X
-    xtc = lambda u: (u.T @ x).T - jnp.outer(mean, u.sum(0))  # u^T X: faster than X^T u on XLA:CPU
-    q = jnp.linalg.qr(xtc(jax.random.normal(jax.random.PRNGKey(seed), (x.shape[0], l))))[0]
-    q = lax.fori_loop(0, iters, lambda _, q: jnp.linalg.qr(xtc(xc(q)))[0], q)
-    # Rayleigh-Ritz: exact SVD of the small projected matrix (X - mean) Q.
-    _, _, vt = jnp.linalg.svd(xc(q), full_matrices=False)
-    return {"mean": mean, "components": (q @ vt.T).T[:k]}
-
-
-def pca_encode(pca: dict, x: jax.Array) -> jax.Array:
-    return (x.reshape(x.shape[0], -1) - pca["mean"]) @ pca["components"].T
-
-
-def pca_decode(pca: dict, z: jax.Array, shape) -> jax.Array:
-    # Not clipped to [0, 1], so the figures match data/README.md's numpy reference.
-    return (z @ pca["components"] + pca["mean"]).reshape(z.shape[0], *shape)
-
-
-# ---------------------------------------------------------------------------------- metrics
-
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> jax.Array:
-    g = jnp.exp(-0.5 * ((jnp.arange(size) - (size - 1) / 2) / sigma) ** 2)
-    return g / g.sum()
-
-
-def ssim(a: jax.Array, b: jax.Array, max_val: float = 1.0) -> jax.Array:
-    """SSIM of each image pair [B, H, W, C] -> [B] (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5,
-    K1 0.01, K2 0.03, 'valid' filtering), averaged over positions and channels."""
-    g = _gaussian_window()
-    c = a.shape[-1]
-
-    def blur(x):  # separable depthwise Gaussian filter, 'valid' borders
-        x = lax.conv_general_dilated(x, jnp.tile(g[:, None, None, None], (1, 1, 1, c)), (1, 1), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
-        return lax.conv_general_dilated(x, jnp.tile(g[None, :, None, None], (1, 1, 1, c)), (1, 1), "VALID",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
-
-    c1, c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a ** 2
-    var_b = blur(b * b) - mu_b ** 2
-    cov = blur(a * b) - mu_a * mu_b
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
-    return s.mean(axis=(1, 2, 3))
-
-
-def psnr(mse: float) -> float:
-    """Global PSNR in dB of images in [0, 1]: 10 log10(1 / MSE over the whole split)."""
-    return float(10 * np.log10(1.0 / mse))
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "batch_size"))
@@ -223,30 +153,6 @@ def reconstruction_metrics(codec: Codec, images_dev, mask: np.ndarray, kind: str
     se, ae, ss = (np.asarray(v)[mask > 0] for v in out)
     mse = float(se.mean())
     return {"mse": mse, "mae": float(ae.mean()), "psnr": psnr(mse), "ssim": float(ss.mean())}
-
-
-# ------------------------------------------------------------------------------------- k-NN
-
-@functools.partial(jax.jit, static_argnames=("k", "chunk"))
-def nearest_neighbours(queries: jax.Array, base: jax.Array, k: int = KNN_K, chunk: int = KNN_CHUNK) -> jax.Array:
-    """Indices [Nq, k] of the k nearest rows of base (Euclidean), nearest first; the queries go through
-    in chunks so only chunk x len(base) distances exist at once."""
-    n = queries.shape[0]
-    q = jnp.pad(queries, ((0, -n % chunk), (0, 0))).reshape(-1, chunk, queries.shape[1])
-    base_sq = jnp.sum(base * base, axis=1)
-
-    def one(qc):
-        d = base_sq[None, :] - 2 * qc @ base.T  # + |q|^2, the same for every base row of a query
-        return lax.top_k(-d, k)[1]
-    return lax.map(one, q).reshape(-1, k)[:n]
-
-
-def knn_accuracy(neighbours: np.ndarray, base_labels: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
-    """Majority vote of the neighbours' labels; a tie goes to the class with the nearer neighbours."""
-    votes = np.zeros((len(labels), n_classes))
-    weight = 1 + 1e-3 * (neighbours.shape[1] - np.arange(neighbours.shape[1])) / neighbours.shape[1]
-    np.add.at(votes, (np.arange(len(labels))[:, None], base_labels[neighbours]), weight)
-    return float(np.mean(votes.argmax(1) == labels))
 
 
 # ----------------------------------------------------------------------------------- pictures

@@ -63,7 +63,7 @@ def scatter3d(out: str, points: np.ndarray, labels: np.ndarray, class_names, thu
     return os.path.basename(out)
 
 
-_PAGE = """<!DOCTYPE html>
+_PAGE = r"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>%TITLE%</title>
 <style>
 body{font-family:sans-serif;margin:0;background:#fafafa;color:#222}

@@ -1,0 +1,54 @@
+"""metrics: the PCA baseline, SSIM and k-nearest neighbours on hand-made data."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxae import metrics
+
+
+def test_pca_reconstructs_low_rank_data_exactly():
+    rng = np.random.default_rng(0)
+    mean = rng.uniform(0, 1, 48)
+    x = (mean + rng.normal(size=(200, 3)) @ rng.normal(size=(3, 48))).astype(np.float32)
+    pca = metrics.fit_pca(x, 3)
+    c = np.asarray(pca["components"])
+    np.testing.assert_allclose(c @ c.T, np.eye(3), atol=1e-5)
+    recon = metrics.pca_decode(pca, metrics.pca_encode(pca, jnp.asarray(x)), (48,))
+    np.testing.assert_allclose(recon, x, atol=1e-4)
+
+
+def test_pca_finds_the_leading_components_of_full_rank_data():
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(500, 40)) * np.geomspace(5, 0.01, 40)).astype(np.float32)  # decaying spectrum
+    c = np.asarray(metrics.fit_pca(x, 4)["components"])
+    _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    np.testing.assert_allclose(c.T @ c, vt[:4].T @ vt[:4], atol=1e-4)  # the same subspace
+
+
+def test_ssim_is_one_for_identical_images_and_drops_with_noise():
+    x = jnp.asarray(np.random.default_rng(0).uniform(0.2, 0.8, (2, 16, 16, 3)), jnp.float32)
+    np.testing.assert_allclose(metrics.ssim(x, x), 1.0, rtol=1e-5)
+    noisy = [x + s * jax.random.normal(jax.random.PRNGKey(0), x.shape) for s in (0.02, 0.1, 0.3)]
+    scores = [float(metrics.ssim(n, x).mean()) for n in noisy]
+    assert 1 > scores[0] > scores[1] > scores[2]
+    np.testing.assert_allclose(metrics.ssim(noisy[1], x), metrics.ssim(x, noisy[1]), rtol=1e-5)
+
+
+def test_nearest_neighbours_match_brute_force_at_any_chunk_size():
+    rng = np.random.default_rng(0)
+    base, queries = rng.normal(size=(300, 3)).astype(np.float32), rng.normal(size=(37, 3)).astype(np.float32)
+    want = np.argsort(((queries[:, None] - base[None]) ** 2).sum(-1), axis=1)[:, :5]
+    for chunk in (4, 37, 64):
+        got = np.asarray(metrics.nearest_neighbours(jnp.asarray(queries), jnp.asarray(base), k=5, chunk=chunk))
+        np.testing.assert_array_equal(got, want)
+
+
+def test_knn_accuracy_votes_and_breaks_ties_by_nearness():
+    base_labels = np.array([0, 1, 1, 2])
+    neighbours = np.array([[1, 2, 0], [0, 1, 3], [0, 3, 2]])  # votes: 1 | tie 0,1,2 -> 0 | tie 0,2,1 -> 0
+    assert metrics.knn_accuracy(neighbours, base_labels, np.array([1, 0, 0]), 3) == 1.0
+    assert metrics.knn_accuracy(neighbours, base_labels, np.array([1, 1, 2]), 3) == pytest.approx(1 / 3)
