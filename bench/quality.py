@@ -1,0 +1,92 @@
+"""Train within a wall-clock budget, then evaluate: test MSE, PSNR and 10-NN accuracy next to PCA.
+
+    python bench/quality.py --data ../shared/data/cifar10-jpeg.tar.gz --minutes 15 --workdir runs/q15 \
+        --preset quick
+
+The number of epochs (and so the warm-up + cosine schedule) is fitted to the budget from a timed
+calibration of the real train step; any train.py flag may follow. The workdir is a normal one:
+`python evaluate.py --workdir DIR` reads it (this script already ran it into DIR/eval).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def calibrate(cfg, ds, calls: int = 3) -> tuple[float, float, float]:
+    """(seconds per training step, seconds per test evaluation, seconds of compilation) of `cfg`."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jaxae import train
+
+    n = ds.train_images.shape[0]
+    spe = train.steps_per_epoch(n, cfg.batch_size)
+    k = train.default_steps_per_call(cfg, spe)
+    k = min(k, max(1, 40 // calls)) if k > 1 else 1
+    mesh = Mesh(np.array(jax.local_devices()), (train.AXIS,))
+    images = jax.device_put(ds.train_images, NamedSharding(mesh, P()))
+    perm = jax.device_put(train.local_permutation(train.epoch_permutation(cfg.seed, 0, n, spe, cfg.batch_size),
+                                                  jax.device_count()), NamedSharding(mesh, P(train.AXIS)))
+    state = train.create_train_state(cfg, ds.image_shape, cfg.epochs * spe, spe)
+    fn = train.make_p_train_steps(cfg, k, spe)
+    t0 = time.perf_counter()
+    state, m = fn(state, images, perm)
+    jax.block_until_ready(m)
+    t_compile = time.perf_counter() - t0
+    n_steps = max(calls, 20 // k) * k
+    t0 = time.perf_counter()
+    for _ in range(n_steps // k):
+        state, m = fn(state, images, perm)
+    jax.block_until_ready(m)
+    t_step = (time.perf_counter() - t0) / n_steps
+    test_x, mask = train.pad_to_multiple(ds.test_images, 500)
+    test_x, mask = jax.device_put((test_x, mask), NamedSharding(mesh, P()))
+    train.reconstruction_error(state, test_x, mask, 500)
+    t0 = time.perf_counter()
+    train.reconstruction_error(state, test_x, mask, 500)
+    return t_step, time.perf_counter() - t0, t_compile
+
+
+def main(argv=None) -> int:
+    from jaxae import config
+    from jaxae.data import load
+    from jaxae.evaluate import run as evaluate
+    from jaxae.train import steps_per_epoch, train_and_evaluate
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of the training (default 15)")
+    config.add_flags(p)
+    args = p.parse_args(argv)
+    if args.minutes <= 0:
+        raise config.UsageError(f"--minutes must be positive (got {args.minutes})")
+    cfg, explicit = config.from_args(args)
+    t_start = time.perf_counter()
+    ds = load(cfg.data, cfg.dataset, cfg.cache_dir)
+    spe = steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)
+    t_step, t_eval, t_compile = calibrate(cfg, ds)
+    budget = args.minutes * 60 - (time.perf_counter() - t_start) - 2 * t_compile
+    epochs = max(1, int(budget / (spe * t_step + t_eval)))
+    print(f"calibration: {t_step * 1e3:.1f} ms/step ({cfg.batch_size / t_step:,.0f} img/s), test pass "
+          f"{t_eval:.1f} s, compile {t_compile:.1f} s -> {epochs} epochs fit in {args.minutes:g} min", flush=True)
+    cfg = cfg.replace(epochs=epochs)
+    t0 = time.perf_counter()
+    train_and_evaluate(cfg, explicit | {"epochs"}, ds=ds)
+    t_train = time.perf_counter() - t0
+    metrics = evaluate(cfg.workdir, cache_dir=cfg.cache_dir)
+    ae, pca = metrics["models"]["autoencoder"], metrics["models"][f"PCA-{cfg.latent_dim}"]
+    print(f"\nquality run: {epochs} epochs in {t_train / 60:.1f} min (budget {args.minutes:g} min); "
+          f"test MSE {ae['test_mse']:.5f} = {ae['test_mse'] / pca['test_mse']:.3f} x PCA-{cfg.latent_dim} "
+          f"({pca['test_mse']:.5f}); PSNR {ae['test_psnr']:.2f} dB vs {pca['test_psnr']:.2f} dB; "
+          f"10-NN {ae['knn10_accuracy']:.1%} vs {pca['knn10_accuracy']:.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    from jaxae.cli import run_main
+    run_main(main)
