@@ -11,6 +11,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -20,6 +21,7 @@ from jaxae.metrics import (KNN_K, fit_pca, knn_accuracy, nearest_neighbours, pca
                            ssim)
 from jaxae.config import Config, UsageError, load_config
 from jaxae.data import Dataset, load
+from jaxae.models import model_from_config
 from jaxae.train import TrainState, create_train_state, pad_to_multiple, steps_per_epoch
 
 BATCH = 500          # images per scan step when encoding / reconstructing a split
@@ -66,12 +68,13 @@ def _map_batches(fn: Callable, params, images, batch_size: int):
 
 @dataclasses.dataclass(frozen=True)
 class _Method:
-    """model.apply(..., method=name) as a (params, x) function."""
-    apply_fn: Callable
+    """model.apply(..., method=name) as a (params, x) function. It holds the module, not the bound
+    `model.apply`: bound methods compare by identity, equal Flax modules compare equal."""
+    model: nn.Module
     name: str
 
     def __call__(self, p, x):
-        return self.apply_fn({"params": p}, x, method=self.name)
+        return self.model.apply({"params": p}, x, method=self.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +94,8 @@ class Codec:
     params: Any
 
 
-def autoencoder_codec(state: TrainState) -> Codec:
-    return Codec("autoencoder", _Method(state.apply_fn, "encode"), _Method(state.apply_fn, "decode"), state.params)
+def autoencoder_codec(model: nn.Module, params) -> Codec:
+    return Codec("autoencoder", _Method(model, "encode"), _Method(model, "decode"), params)
 
 
 def pca_codec(pca: dict, image_shape) -> Codec:
@@ -295,7 +298,7 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     test_x, train_x = jax.device_put(test_x, dev), jax.device_put(train_x, dev)
     n_test, n_train = len(ds.test_images), len(ds.train_images)
 
-    ae = autoencoder_codec(state)
+    ae = autoencoder_codec(model_from_config(cfg, ds.image_shape), state.params)
     encode_split(ae, test_x).block_until_ready()  # compile outside the timing
     ae_test, t_encode = _timed(encode_split, ae, test_x)
     ae_train = encode_split(ae, train_x)
