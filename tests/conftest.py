@@ -26,6 +26,13 @@ import jax
 
 jax.config.update("jax_num_cpu_devices", 2)
 
+# Compile time, not run time, dominates the suite: XLA:CPU's LLVM backend spends ~1.5 s CPU compiling each
+# threefry random op at its default optimisation level (a tiny model's jitted init: 29 s; at level 0:
+# 3 s), and the tiny shapes here run fast either way. Read when the backend starts, so set it now;
+# subprocesses inherit it (see SUBPROCESS_ENV).
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 

@@ -1,0 +1,106 @@
+"""Encoder / Decoder / Autoencoder: shapes, output range, encode/decode, gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from jaxae import losses
+from jaxae.config import UsageError
+from jaxae.models import Autoencoder, Decoder, Encoder, depth_to_space, model_from_config, stage_shapes
+
+SMALL = dict(width=4, hidden=8)
+
+
+@pytest.mark.parametrize("image_shape,stages", [((32, 32, 3), 3), ((28, 28, 1), 3)])
+@pytest.mark.parametrize("latent_dim", [1, 3, 8])
+def test_shapes_and_range(image_shape, stages, latent_dim):
+    model = Autoencoder(image_shape=image_shape, latent_dim=latent_dim, stages=stages, **SMALL)
+
+    @jax.jit  # one compile per model: eager Flax dispatches (and compiles) op by op
+    def run(x):
+        params = model.init(jax.random.PRNGKey(1), x)["params"]
+        z = model.apply({"params": params}, x, method=Autoencoder.encode)
+        decoded = model.apply({"params": params}, z, method=Autoencoder.decode)
+        far = model.apply({"params": params}, jnp.full((3, latent_dim), 100.0), method=Autoencoder.decode)
+        return z, model.apply({"params": params}, x), decoded, far
+
+    z, recon, decoded, far = run(jax.random.uniform(jax.random.PRNGKey(0), (2, *image_shape)))
+    assert z.shape == (2, latent_dim) and z.dtype == jnp.float32
+    assert recon.shape == (2, *image_shape)
+    assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
+    # __call__ is decode(encode(x)); decode takes any latent point, far outside the data too.
+    np.testing.assert_allclose(decoded, recon, rtol=1e-6)
+    assert far.shape == (3, *image_shape) and float(far.min()) >= 0.0 and float(far.max()) <= 1.0
+
+
+@pytest.mark.parametrize("upsample", ["pixel_shuffle", "conv_transpose", "resize"])
+def test_encoder_and_decoder_modules_alone(upsample):
+    enc = Encoder(latent_dim=3, stages=2, **SMALL)
+    dec = Decoder(image_shape=(16, 16, 3), stages=2, upsample=upsample, **SMALL)
+    x = jnp.full((4, 16, 16, 3), 0.5)
+    z, y = jax.jit(lambda x: (z := enc.init_with_output(jax.random.PRNGKey(0), x)[0],
+                              dec.init_with_output(jax.random.PRNGKey(1), z)[0]))(x)
+    assert z.shape == (4, 3)
+    assert y.shape == (4, 16, 16, 3) and bool(jnp.all((y >= 0) & (y <= 1)))
+
+
+def test_stage_shapes_and_depth_to_space():
+    assert stage_shapes(32, 32, 3) == [(32, 32), (16, 16), (8, 8), (4, 4)]
+    assert stage_shapes(28, 28, 3) == [(28, 28), (14, 14), (7, 7), (4, 4)]
+    x = jnp.arange(2 * 1 * 1 * 4).reshape(2, 1, 1, 4)
+    y = depth_to_space(x, 2)
+    assert y.shape == (2, 2, 2, 1)
+    np.testing.assert_array_equal(y[0, :, :, 0], [[0, 1], [2, 3]])
+
+
+def test_model_from_config_refuses_images_too_small(tiny_config, tmp_path):
+    model = model_from_config(tiny_config(tmp_path, latent_dim=5), (16, 16, 3))
+    assert model.latent_dim == 5 and model.width == 8 and model.image_shape == (16, 16, 3)
+    with pytest.raises(UsageError, match="--stages"):
+        model_from_config(tiny_config(tmp_path, stages=3), (4, 4, 3))
+
+
+@pytest.fixture(scope="module")
+def grad_setup():
+    """A tiny model with every kind of layer (residual blocks with LayerNorm, MLP) and its loss gradient."""
+    model = Autoencoder(image_shape=(8, 8, 3), latent_dim=3, width=4, stages=2, blocks=1, hidden=8, norm="layer")
+    x = jax.random.uniform(jax.random.PRNGKey(0), (4, 8, 8, 3))
+    params = jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]
+    return params, jax.jit(jax.grad(lambda p: losses.l2(model.apply({"params": p}, x), x)))(params)
+
+
+def test_every_parameter_gets_a_nonzero_gradient(grad_setup):
+    params, grads = grad_setup
+    flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+    assert len(flat) == len(jax.tree.leaves(params)) > 10
+    dead = [jax.tree_util.keystr(path) for path, g in flat if not bool(jnp.any(g != 0))]
+    assert not dead, f"parameters with zero gradient: {dead}"
+    assert all(bool(jnp.all(jnp.isfinite(g))) for _, g in flat)
+
+
+class _Float64Numpy:
+    """jax.numpy with float32 meaning float64: the model pins its code and output to float32 by design."""
+    float32 = jnp.float64
+
+    def __getattr__(self, name):
+        return getattr(jnp, name)
+
+
+def test_gradients_match_finite_differences_in_float64(monkeypatch):
+    # check_grads compares the VJP with central differences along a random direction through every
+    # parameter; in float64 a small eps keeps both round-off and the h^2 term far below its tolerance
+    # (LayerNorm over a few near-equal channels is strongly curved at init).
+    from jaxae import models
+
+    monkeypatch.setattr(models, "jnp", _Float64Numpy())
+    with jax.enable_x64(True):
+        model = Autoencoder(image_shape=(8, 8, 3), latent_dim=3, width=4, stages=2, blocks=1, hidden=8,
+                            norm="layer", dtype=jnp.float64)
+        x = jax.random.uniform(jax.random.PRNGKey(0), (4, 8, 8, 3), jnp.float64)
+        params = jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+        loss = jax.jit(lambda p: losses.l2(model.apply({"params": p}, x), x))
+        assert loss(params).dtype == jnp.float64
+        check_grads(loss, (params,), order=1, modes=("rev", "fwd"), eps=1e-6)
