@@ -1,0 +1,325 @@
+"""Steady-state training throughput of jaxae's model vs its PyTorch twin, against the hardware's matmul peak.
+
+    python bench/throughput.py                               # the default model, CPU: 1 and 2 devices
+    python bench/throughput.py --preset quick --batch-sizes 128,256 --out /tmp/tp.json
+    python bench/throughput.py --batch-sizes 256,1024 --steps-per-call 1,10,epoch   # on a GPU
+
+For each device count (one subprocess each: the CPU device count must be set before JAX starts) and batch
+size it times jaxae's own pmapped step (`jaxae.train.make_p_train_steps`, what `train.py` runs) on synthetic
+uint8 data of CIFAR shape held on the device: compile excluded, >= --steps steps per timing, best and median
+of --repeats timings. It also reports FLOPs per image (XLA cost analysis of one train step), the achieved
+FLOP/s as a percentage of a 2048^2 f32 matmul measured in the same process, encode img/s over 10k test
+images, and peak RSS. The PyTorch twin (bench/torch_twin.py: same layers, batch, flips, AdamW + clipping)
+runs in its own subprocess, eager and with torch.compile, on CUDA when there is one. Needs jax, flax, optax
+(and torch for the twin); not tensorflow, tfds or tensorboardX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+IMAGE_SHAPE = (32, 32, 3)
+N_TRAIN, N_TEST = 50000, 10000
+
+
+def _parse_list(s: str) -> list[str]:
+    return [v.strip() for v in s.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jaxae.config import Config, add_flags
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-sizes", default="auto",
+                   help="comma-separated global batch sizes; auto = 256 on CPU, 256,1024 on GPU (default: auto)")
+    p.add_argument("--devices", default="auto",
+                   help="comma-separated device counts, one subprocess each; auto = 1,2 on CPU (forced with "
+                        "jax_num_cpu_devices), all local devices on GPU (default: auto)")
+    p.add_argument("--steps-per-call", dest="spc", default="auto",
+                   help="comma-separated steps per jitted call to time ('epoch' = a whole epoch, 50000 // "
+                        "batch); auto = 1 on CPU, 1,10,epoch on GPU (default: auto)")
+    p.add_argument("--steps", type=int, default=20, help="training steps per timing, at least 20 (default: 20)")
+    p.add_argument("--repeats", type=int, default=3, help="timings per measurement, at least 3 (default: 3)")
+    p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the PyTorch twin, eager and torch.compile (default: on)")
+    p.add_argument("--torch-compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="time torch.compile too (default: on)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch.set_num_threads for the twin on CPU; 0 = os.cpu_count() (default: 0)")
+    p.add_argument("--out", default="bench/out/throughput.json", help="JSON results (default: %(default)s)")
+    p.add_argument("--_worker", default="", help=argparse.SUPPRESS)
+    p.add_argument("--_ndev", type=int, default=0, help=argparse.SUPPRESS)
+    model_fields = Config.MODEL_FIELDS + ("dtype", "preset", "loss", "noise", "corruption", "flip", "optimizer",
+                                          "learning_rate", "weight_decay", "grad_clip")
+    add_flags(p, only=model_fields)
+    return p
+
+
+def _config(args):
+    from jaxae.config import from_args
+    cfg, _ = from_args(args)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------- jax worker
+
+def _time_calls(fn, n_calls: int, repeats: int) -> list[float]:
+    import jax
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = None
+        for _ in range(n_calls):
+            out = fn()
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of an n x n f32 matmul under jit on the default device: the practical compute peak."""
+    import jax
+    import jax.numpy as jnp
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+    reps = max(1, int(0.3 / max(_time_calls(lambda: f(a), 1, 1)[0], 1e-6)))  # ~0.3 s per timing
+    return 2 * n ** 3 * reps / min(_time_calls(lambda: f(a), reps, repeats))
+
+
+def _peak_rss_mb() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def jax_worker(args) -> dict:
+    if args._ndev:
+        import jax
+        jax.config.update("jax_num_cpu_devices", args._ndev)  # before the backend starts; CPU only
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from jaxae import train as T
+
+    cfg = _config(args)
+    backend = jax.default_backend()
+    n_dev = jax.device_count()
+    if args._ndev and backend != "cpu" and args._ndev != n_dev:
+        return {"skipped": f"{args._ndev} devices asked, {n_dev} {backend} device(s) present"}
+    peak = matmul_peak()
+    rng = np.random.default_rng(0)
+    train_u8 = rng.integers(0, 256, (N_TRAIN, *IMAGE_SHAPE), dtype=np.uint8)
+    test_u8 = rng.integers(0, 256, (N_TEST, *IMAGE_SHAPE), dtype=np.uint8)
+    mesh = Mesh(np.array(jax.local_devices()), (T.AXIS,))
+    images = jax.device_put(train_u8, NamedSharding(mesh, P()))
+    rows = []
+    for bs in [int(b) for b in _batch_sizes(args, backend)]:
+        if bs % n_dev:
+            continue
+        cfg_b = cfg.replace(batch_size=bs)
+        spe = T.steps_per_epoch(N_TRAIN, bs)
+        state = T.create_train_state(cfg_b, IMAGE_SHAPE, 10 * spe, spe)
+        perm = T.local_permutation(T.epoch_permutation(0, 0, N_TRAIN, spe, bs), n_dev)
+        perm = jax.device_put(perm, NamedSharding(mesh, P(T.AXIS)))
+        # FLOPs of one step on one device's share, from XLA's cost analysis of the compiled step.
+        step1 = jax.jit(lambda s, b, k: T.train_step(s, b, k, cfg_b, None))
+        ca = step1.lower(state, images[: bs // n_dev], state.key).compile().cost_analysis()
+        ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+        flops_img = float(ca.get("flops", float("nan"))) / (bs // n_dev)
+        for spc in _steps_per_call(args, backend, spe):
+            fn = T.make_p_train_steps(cfg_b, spc, spe)
+            holder = {"state": state}
+
+            def call():
+                holder["state"], m = fn(holder["state"], images, perm)
+                return m["loss"]
+
+            t0 = time.perf_counter()
+            jax.block_until_ready(call())
+            compile_s = time.perf_counter() - t0
+            n_calls = max(1, -(-max(args.steps, 20) // spc))
+            times = _time_calls(call, n_calls, max(args.repeats, 3))
+            loss = float(np.asarray(call()).reshape(-1)[-1])
+            rates = [n_calls * spc * bs / t for t in times]
+            best = max(rates)
+            rows.append({"impl": "jaxae", "backend": backend, "devices": n_dev, "batch": bs, "steps_per_call": spc,
+                         "img_s_best": best, "img_s_median": statistics.median(rates), "compile_s": compile_s,
+                         "flops_per_img": flops_img, "flops_s": best * flops_img,
+                         "pct_matmul_peak": 100 * best * flops_img / peak, "loss": loss})
+            del holder
+    enc = _encode_rate(cfg, test_u8, args.repeats)
+    return {"backend": backend, "devices": n_dev, "matmul_peak_flops": peak, "encode": enc, "rows": rows,
+            "peak_rss_mb": _peak_rss_mb(), "device_kind": jax.devices()[0].device_kind}
+
+
+def _encode_rate(cfg, test_u8, repeats: int) -> dict:
+    """Seconds to encode the 10k test images (batches of 1000, one jitted call each), after compile."""
+    import jax
+    import jax.numpy as jnp
+    from jaxae.models import model_from_config
+
+    model = model_from_config(cfg, IMAGE_SHAPE)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, *IMAGE_SHAPE)))["params"]
+    enc = jax.jit(lambda p, x: model.apply({"params": p}, x.astype(jnp.float32) / 255.0, method="encode"))
+    x = jax.device_put(test_u8)
+    chunks = [x[i:i + 1000] for i in range(0, len(test_u8), 1000)]
+    jax.block_until_ready(enc(params, chunks[0]))
+    times = _time_calls(lambda: [enc(params, c) for c in chunks], 1, max(repeats, 3))
+    return {"images": len(test_u8), "seconds_best": min(times), "img_s_best": len(test_u8) / min(times)}
+
+
+def _batch_sizes(args, backend: str) -> list[str]:
+    if args.batch_sizes != "auto":
+        return _parse_list(args.batch_sizes)
+    return ["256"] if backend == "cpu" else ["256", "1024"]
+
+
+def _steps_per_call(args, backend: str, spe: int) -> list[int]:
+    vals = ["1"] if args.spc == "auto" and backend == "cpu" else (
+        ["1", "10", "epoch"] if args.spc == "auto" else _parse_list(args.spc))
+    return sorted({spe if v == "epoch" else min(int(v), spe) for v in vals})
+
+
+# --------------------------------------------------------------------------------------- torch worker
+
+def torch_worker(args) -> dict:
+    import torch
+
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    from torch_twin import time_training
+
+    cfg = _config(args)
+    cuda = torch.cuda.is_available()
+    threads = 0 if cuda else (args.threads or os.cpu_count())
+    if threads:
+        torch.set_num_threads(threads)
+    rows = []
+    modes = [False] + ([True] if args.torch_compile else [])
+    for bs in [int(b) for b in _batch_sizes(args, "gpu" if cuda else "cpu")]:
+        for comp in modes:
+            try:
+                r = time_training(IMAGE_SHAPE, cfg.latent_dim, cfg.width, cfg.stages, cfg.blocks, cfg.hidden,
+                                  cfg.mlp_layers, cfg.norm, cfg.upsample, batch_size=bs, steps=max(args.steps, 20),
+                                  repeats=max(args.repeats, 3), compile=comp, bf16=cfg.dtype == "bfloat16",
+                                  learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  grad_clip=cfg.grad_clip)
+            except Exception as e:  # torch.compile needs a working compiler toolchain: report, go on
+                rows.append({"impl": "torch.compile" if comp else "torch eager", "batch": bs,
+                             "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"})
+                continue
+            rows.append({"impl": "torch.compile" if comp else "torch eager", "backend": r["device"],
+                         "devices": 1, "threads": threads or None, "batch": bs, "steps_per_call": 1,
+                         "img_s_best": r["img_s_best"], "img_s_median": r["img_s_median"],
+                         "compile_s": r["warmup_s"], "loss": r["loss"]})
+    return {"rows": rows, "peak_rss_mb": _peak_rss_mb(), "torch": torch.__version__}
+
+
+# ------------------------------------------------------------------------------------------- driver
+
+def _run_worker(kind: str, argv: list[str], ndev: int = 0) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--_worker", kind, "--_ndev", str(ndev)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        return {"error": f"{kind} worker (devices={ndev}) failed with exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _device_counts(args) -> list[int]:
+    if args.devices != "auto":
+        return [int(d) for d in _parse_list(args.devices)]
+    return [1, 2]  # on a GPU box the worker for 2 reports itself skipped when only one GPU is present
+
+
+def _fmt(v, spec):
+    return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+
+def print_table(result: dict) -> None:
+    rows = result["rows"]
+    head = (f"{'impl':14s} {'backend':7s} {'dev':>3s} {'batch':>5s} {'steps/call':>10s} {'img/s best':>10s} "
+            f"{'median':>8s} {'GFLOP/img':>9s} {'GFLOP/s':>8s} {'% mm peak':>9s} {'compile s':>9s}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['impl']:14s} batch {r.get('batch')}: {r['error']}")
+            continue
+        gf = r.get("flops_per_img")
+        print(f"{r['impl']:14s} {r['backend']:7s} {r['devices']:3d} {r['batch']:5d} {r['steps_per_call']:10d} "
+              f"{r['img_s_best']:10,.0f} {r['img_s_median']:8,.0f} {_fmt(gf and gf / 1e9, '9.3f')} "
+              f"{_fmt(r.get('flops_s') and r['flops_s'] / 1e9, '8.1f')} {_fmt(r.get('pct_matmul_peak'), '9.1f')} "
+              f"{r['compile_s']:9.1f}")
+    for w in result["jax_workers"]:
+        if "rows" in w:
+            print(f"jaxae {w['devices']} {w['backend']} device(s) ({w['device_kind']}): matmul peak "
+                  f"{w['matmul_peak_flops'] / 1e9:,.0f} GFLOP/s; encode {w['encode']['images']} images "
+                  f"{w['encode']['seconds_best']:.3f} s ({w['encode']['img_s_best']:,.0f} img/s); "
+                  f"peak RSS {w['peak_rss_mb']:,.0f} MB")
+        else:
+            print(f"jaxae worker: {w.get('skipped') or w.get('error')}")
+    t = result.get("torch_worker")
+    if t and "rows" in t:
+        print(f"torch {t['torch']}: peak RSS {t['peak_rss_mb']:,.0f} MB")
+    elif t:
+        print(f"torch worker: {t.get('error')}")
+    for bs, ratio in sorted(result["ratios"].items(), key=lambda kv: int(kv[0])):
+        print(f"batch {bs}: best jaxae / best PyTorch = {ratio['ratio']:.2f}x "
+              f"({ratio['jaxae']:,.0f} vs {ratio['torch']:,.0f} img/s, {ratio['torch_impl']})")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    if args._worker:
+        res = jax_worker(args) if args._worker == "jax" else torch_worker(args)
+        print("RESULT " + json.dumps(res), flush=True)
+        return 0
+    from jaxae.config import UsageError
+    try:
+        cfg = _config(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"model: {json.dumps({k: getattr(cfg, k) for k in cfg.MODEL_FIELDS + ('dtype',)})}", flush=True)
+    result = {"config": cfg.__dict__, "argv": argv, "jax_workers": [], "rows": [], "time": time.time()}
+    for ndev in _device_counts(args):
+        w = _run_worker("jax", argv, ndev)
+        result["jax_workers"].append(w)
+        result["rows"] += w.get("rows", [])
+        print(f"jaxae on {ndev} device(s) done", flush=True)
+    if args.torch:
+        t = _run_worker("torch", argv)
+        result["torch_worker"] = t
+        result["rows"] += t.get("rows", [])
+    result["ratios"] = {}
+    ok = [r for r in result["rows"] if "error" not in r]
+    for bs in sorted({r["batch"] for r in ok}):
+        j = [r for r in ok if r["batch"] == bs and r["impl"] == "jaxae"]
+        t = [r for r in ok if r["batch"] == bs and r["impl"] != "jaxae"]
+        if j and t:
+            bj, bt = max(j, key=lambda r: r["img_s_best"]), max(t, key=lambda r: r["img_s_best"])
+            result["ratios"][str(bs)] = {"ratio": bj["img_s_best"] / bt["img_s_best"], "jaxae": bj["img_s_best"],
+                                         "torch": bt["img_s_best"], "torch_impl": bt["impl"]}
+    print_table(result)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=2)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

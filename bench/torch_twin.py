@@ -1,0 +1,183 @@
+"""PyTorch twin of jaxae's Autoencoder, for side-by-side throughput (bench/throughput.py). Bench-only: jaxae
+never imports torch.
+
+Same layers, widths, activations, norms and upsampling as jaxae.models.Autoencoder; the same step (flip
+augmentation, MSE, AdamW + global-norm clipping) on a uint8 dataset held on the device. Compute-identical,
+not bit-identical: stride-2 'SAME' convs pad (1, 1) here where XLA pads (0, 1), and PixelShuffle orders
+channels differently; neither changes the FLOPs or the memory traffic.
+
+    from bench.torch_twin import time_training
+    time_training(width=64, batch_size=256, steps=20, repeats=3, compile=False)
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _stage_shapes(h: int, w: int, stages: int) -> list[tuple[int, int]]:
+    shapes = [(h, w)]
+    for _ in range(stages):
+        h, w = (h + 1) // 2, (w + 1) // 2
+        shapes.append((h, w))
+    return shapes
+
+
+class ChannelLayerNorm(nn.Module):
+    """flax nn.LayerNorm on NHWC: normalise each pixel over its channels."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.ln = nn.LayerNorm(c, eps=1e-6)
+
+    def forward(self, x):
+        return self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _norm(kind: str, c: int) -> nn.Module:
+    if kind == "layer":
+        return ChannelLayerNorm(c)
+    if kind == "group":
+        return nn.GroupNorm(8, c, eps=1e-6)
+    return nn.Identity()
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c: int, norm: str):
+        super().__init__()
+        self.norm, self.conv = _norm(norm, c), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv(F.gelu(self.norm(x)))
+
+
+class Upsample(nn.Module):
+    def __init__(self, cin: int, cout: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        if kind == "pixel_shuffle":
+            self.conv = nn.Conv2d(cin, 4 * cout, 3, padding=1)
+        elif kind == "conv_transpose":
+            self.conv = nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1)
+        else:
+            self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+
+    def forward(self, x):
+        if self.kind == "pixel_shuffle":
+            return F.pixel_shuffle(self.conv(x), 2)
+        if self.kind == "conv_transpose":
+            return self.conv(x)
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class Autoencoder(nn.Module):
+    """jaxae.models.Autoencoder in PyTorch (NCHW)."""
+
+    def __init__(self, image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blocks=1, hidden=256,
+                 mlp_layers=1, norm="layer", upsample="pixel_shuffle"):
+        super().__init__()
+        h, w, c = image_shape
+        self.shapes = _stage_shapes(h, w, stages)
+        enc, cin = [], c
+        for i in range(stages):
+            cout = width * 2 ** i
+            enc += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GELU()]
+            enc += [ResBlock(cout, norm) for _ in range(blocks)]
+            cin = cout
+        h0, w0 = self.shapes[-1]
+        self.c0 = width * 2 ** (stages - 1)
+        mlp, d = [], h0 * w0 * self.c0
+        for _ in range(mlp_layers):
+            mlp += [nn.Linear(d, hidden), nn.GELU()]
+            d = hidden
+        self.encoder = nn.Sequential(*enc, nn.Flatten(), *mlp, nn.Linear(d, latent_dim))
+        mlp, d = [], latent_dim
+        for _ in range(mlp_layers):
+            mlp += [nn.Linear(d, hidden), nn.GELU()]
+            d = hidden
+        self.dec_mlp = nn.Sequential(*mlp, nn.Linear(d, h0 * w0 * self.c0), nn.GELU())
+        self.ups = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        cin = self.c0
+        for i in reversed(range(stages)):
+            self.blocks.append(nn.Sequential(*[ResBlock(cin, norm) for _ in range(blocks)]))
+            cout = width * 2 ** max(i - 1, 0)
+            self.ups.append(Upsample(cin, cout, upsample))
+            cin = cout
+        self.out = nn.Conv2d(cin, c, 3, padding=1)
+
+    def forward(self, x):
+        z = self.encoder((x - 0.5) * 2.0)
+        h0, w0 = self.shapes[-1]
+        y = self.dec_mlp(z).reshape(x.shape[0], self.c0, h0, w0)
+        for j, (blocks, up) in enumerate(zip(self.blocks, self.ups)):
+            th, tw = self.shapes[len(self.shapes) - 2 - j]
+            y = F.gelu(up(blocks(y))[:, :, :th, :tw])
+        return torch.sigmoid(self.out(y))
+
+
+def time_training(image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blocks=1, hidden=256, mlp_layers=1,
+                  norm="layer", upsample="pixel_shuffle", batch_size=256, steps=20, repeats=3, compile=False,
+                  threads: int | None = None, device: str | None = None, bf16: bool = False, n_data=50000,
+                  learning_rate=2e-3, weight_decay=1e-4, grad_clip=1.0, seed=0) -> dict:
+    """Steady-state training img/s of the twin: a warm-up, then `repeats` timings of `steps` steps each."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(seed)
+    model = Autoencoder(image_shape, latent_dim, width, stages, blocks, hidden, mlp_layers, norm, upsample).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    h, w, c = image_shape
+    data = torch.randint(0, 256, (n_data, c, h, w), dtype=torch.uint8, device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def step(idx):
+        x = data[idx].float().div_(255.0).contiguous(memory_format=torch.channels_last)
+        flip = torch.rand(x.shape[0], 1, 1, 1, device=device, generator=gen) < 0.5
+        x = torch.where(flip, x.flip(3), x)
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+            loss = F.mse_loss(model(x).float(), x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        return loss
+
+    fn = step
+    if compile:
+        fn = torch.compile(step)
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def batches(n):
+        return [torch.randint(0, n_data, (batch_size,), device=device, generator=gen) for _ in range(n)]
+
+    t0 = time.perf_counter()
+    for idx in batches(3):  # warm-up (and compile)
+        loss = fn(idx)
+    float(loss)
+    sync()
+    warmup_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        idxs = batches(steps)
+        sync()
+        t = time.perf_counter()
+        for idx in idxs:
+            loss = fn(idx)
+        sync()
+        times.append(time.perf_counter() - t)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"the torch twin's loss became {float(loss)}")
+    rates = [steps * batch_size / t for t in times]
+    return {"img_s_best": max(rates), "img_s_median": statistics.median(rates), "warmup_s": warmup_s,
+            "params": sum(p.numel() for p in model.parameters()), "device": device, "loss": float(loss)}
