@@ -1,0 +1,65 @@
+"""Config: flags generated from the dataclass, presets, checks, JSON round trip."""
+
+import argparse
+import dataclasses
+
+import pytest
+
+from jaxae.config import PRESETS, Config, UsageError, add_flags, config_path, from_args, load_config
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    return from_args(parser.parse_args(list(argv)))
+
+
+def test_every_field_has_a_flag_with_help():
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    dests = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(Config):
+        assert f.name in dests, f"no flag for {f.name}"
+        assert dests[f.name].help and dests[f.name].option_strings[0] == f"--{f.name.replace('_', '-')}"
+    assert set(Config.RUN_FIELDS) <= {f.name for f in dataclasses.fields(Config)}
+    assert set(Config.MODEL_FIELDS) <= set(Config.RUN_FIELDS)
+
+
+def test_defaults_preset_and_explicit_flags():
+    cfg, explicit = parse()
+    assert cfg == Config() and explicit == set()
+    cfg, explicit = parse("--preset", "tiny", "--width", "12", "--no-flip", "--noise", "0.2")
+    assert cfg.width == 12 and cfg.flip is False and cfg.noise == 0.2
+    assert cfg.stages == PRESETS["tiny"]["stages"] and cfg.batch_size == PRESETS["tiny"]["batch_size"]
+    assert explicit == {"preset", "width", "flip", "noise"}
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--batch-size", "0"], "--batch-size"),
+    (["--noise", "-0.1"], "--noise"),
+    (["--corruption", "mask", "--noise", "1.5"], "--noise"),
+    (["--learning-rate", "0"], "--learning-rate"),
+    (["--weight-decay", "-1"], "--weight-decay"),
+    (["--max-steps", "-3"], "--max-steps"),
+    (["--preset", "huge"], "--preset"),
+])
+def test_invalid_values_are_usage_errors_naming_the_flag(argv, flag):
+    with pytest.raises(UsageError, match=flag):
+        parse(*argv)
+
+
+def test_unknown_choice_is_rejected_by_argparse():
+    with pytest.raises(SystemExit) as e:
+        parse("--loss", "l3")
+    assert e.value.code == 2
+
+
+def test_json_round_trip_and_load_config(tmp_path):
+    cfg = Config(**PRESETS["tiny"], workdir=str(tmp_path), noise=0.3, loss="l1")
+    (tmp_path / "config.json").write_text(cfg.to_json())
+    assert config_path(str(tmp_path)) == str(tmp_path / "config.json")
+    assert load_config(str(tmp_path)) == cfg
+    # keys written by a newer version are ignored, not fatal
+    assert Config.from_dict({**dataclasses.asdict(cfg), "future_setting": 1}) == cfg
+    with pytest.raises(UsageError, match="no config.json"):
+        load_config(str(tmp_path / "elsewhere"))
