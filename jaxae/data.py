@@ -84,7 +84,7 @@ def load_tfds(name: str) -> Dataset:
         raise UsageError(f"--data tfds needs tensorflow-datasets and tensorflow ({e}): `pip install -r "
                          f"requirements.txt`, or pass --data PATH to a local copy") from None
     try:
-        splits, info = tfds.load(name, split=list(SPLITS), batch_size=-1, as_supervised=True, with_info=True)
+        splits, info = tfds.load(name, split=list(SPLITS), as_supervised=True, with_info=True)
     except tfds.core.registered.DatasetNotFoundError:
         raise UsageError(f"--dataset {name}: tfds knows no dataset of that name (try cifar10, mnist, "
                          f"fashion_mnist)") from None
@@ -97,7 +97,9 @@ def load_tfds(name: str) -> Dataset:
                              f"--data PATH to a local copy (an image folder, a tar of one, or "
                              f"cifar-10-python.tar.gz)") from None
         raise
-    (tr_x, tr_y), (te_x, te_y) = tfds.as_numpy(splits)
+    # Read in batches, not with batch_size=-1: that sizes one batch from info.splits, which
+    # tfds.testing.mock_data leaves unknown (TensorFlow then aborts the process in vector::reserve).
+    (tr_x, tr_y), (te_x, te_y) = [[np.concatenate(a) for a in zip(*tfds.as_numpy(s.batch(4096)))] for s in splits]
     names = list(info.features["label"].names)
     return Dataset(_as_uint8(tr_x), tr_y.astype(np.int32), _as_uint8(te_x), te_y.astype(np.int32), names)
 
