@@ -178,10 +178,12 @@ D.names.forEach((n, k) => {
 draw();
 // #pin=I in the address pins point I at load (used by tools/screenshot.py to check the tooltip renders)
 const pin = /^#pin=(\d+)$/.exec(location.hash);
-if (pin && +pin[1] < N) { pinned = +pin[1]; if (!visible(pinned)) { showAll = true; draw(); }
+if (pin && +pin[1] < N) { pinned = +pin[1]; if (!visible(pinned)) { showAll = true; document.getElementById("all").checked = true; }
   const rc = cv.getBoundingClientRect();
-  sprite.decode().catch(() => {}).then(() => { showTip(pinned, rc.left + window.scrollX + screen[pinned][0],
-    rc.top + window.scrollY + screen[pinned][1]); draw(); }); }
+  const show = () => { showTip(pinned, rc.left + window.scrollX + screen[pinned][0],
+                               rc.top + window.scrollY + screen[pinned][1]); draw(); };
+  show();
+  if (!sprite.complete) sprite.addEventListener("load", show); }
 </script></body></html>
 """
 

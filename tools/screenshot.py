@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     out = os.path.abspath(args.out or os.path.splitext(args.page)[0] + ".png")
     with tempfile.TemporaryDirectory() as profile:  # a throwaway profile: no state shared with a user's browser
         cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               f"--user-data-dir={profile}", f"--window-size={args.size}", "--virtual-time-budget=5000",
+               f"--user-data-dir={profile}", f"--window-size={args.size}", "--virtual-time-budget=10000",
                f"--screenshot={out}", "file://" + os.path.abspath(args.page)
                + (f"#pin={args.pin}" if args.pin is not None else "")]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
