@@ -1,0 +1,135 @@
+"""Data sources (tfds, image folder, tar, official CIFAR-10 python archive) and the .npz cache."""
+
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import synthetic_images
+from jaxae import data
+from jaxae.config import UsageError
+
+CLASSES = ("cat", "dog", "ship")
+
+
+def expected_split(n: int, seed: int) -> np.ndarray:
+    """What make_image_folder wrote for one split, in load order (classes sorted, files sorted)."""
+    return np.concatenate([synthetic_images(n, label, 16, 3, seed) for label in range(len(CLASSES))])
+
+
+def check_folder_dataset(ds: data.Dataset, n_train: int = 4, n_test: int = 2, exact: bool = True) -> None:
+    assert ds.class_names == list(CLASSES)
+    assert ds.train_images.shape == (3 * n_train, 16, 16, 3) and ds.train_images.dtype == np.uint8
+    assert ds.test_images.shape == (3 * n_test, 16, 16, 3)
+    np.testing.assert_array_equal(ds.train_labels, np.repeat([0, 1, 2], n_train))
+    np.testing.assert_array_equal(ds.test_labels, np.repeat([0, 1, 2], n_test))
+    assert ds.train_labels.dtype == np.int32 and ds.image_shape == (16, 16, 3)
+    train, test = expected_split(n_train, 0), expected_split(n_test, 1)
+    if exact:  # PNG is lossless
+        np.testing.assert_array_equal(ds.train_images, train)
+        np.testing.assert_array_equal(ds.test_images, test)
+    else:  # JPEG: close, not equal
+        assert np.abs(ds.train_images.astype(float) - train).mean() < 8
+
+
+@pytest.fixture
+def folder(tmp_path, make_image_folder):
+    return make_image_folder(tmp_path / "cifar", classes=CLASSES, n_train=4, n_test=2)
+
+
+def test_image_folder_png(folder, tmp_path):
+    check_folder_dataset(data.load(folder, cache_dir=str(tmp_path / "cache")))
+
+
+def test_image_folder_jpeg_and_grayscale(tmp_path, make_image_folder):
+    jpeg = make_image_folder(tmp_path / "jpeg", classes=CLASSES, n_train=4, n_test=2, ext="jpg")
+    check_folder_dataset(data.load(jpeg, cache_dir=str(tmp_path / "cache")), exact=False)
+    grey = make_image_folder(tmp_path / "grey", classes=CLASSES, n_train=4, n_test=2, mode="L")
+    ds = data.load(grey, cache_dir=str(tmp_path / "cache"))
+    assert ds.train_images.shape == (12, 16, 16, 1) and ds.test_images.shape == (6, 16, 16, 1)
+
+
+@pytest.mark.parametrize("suffix,mode", [(".tar.gz", "w:gz"), (".tar", "w")])
+def test_tar_of_an_image_folder(folder, tmp_path, suffix, mode):
+    archive = tmp_path / f"cifar{suffix}"
+    with tarfile.open(archive, mode) as tar:
+        tar.add(folder, arcname="cifar10")  # a top-level folder inside, as archives usually have
+    check_folder_dataset(data.load(str(archive), cache_dir=str(tmp_path / "cache")))
+
+
+def write_cifar_python(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The official layout: cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}, pickled dicts
+    whose 'data' rows are 3072 bytes: the red plane, then green, then blue, each 32x32 row-major."""
+    folder = os.path.join(str(root), "cifar-10-batches-py")
+    os.makedirs(folder)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 12).tolist()
+
+    def dump(name, x, y):
+        with open(os.path.join(folder, name), "wb") as fh:
+            pickle.dump({"data": x.transpose(0, 3, 1, 2).reshape(len(x), 3072), "labels": y,
+                         "batch_label": name}, fh, protocol=2)
+
+    for i in range(5):
+        dump(f"data_batch_{i + 1}", images[2 * i:2 * i + 2], labels[2 * i:2 * i + 2])
+    dump("test_batch", images[10:], labels[10:])
+    with open(os.path.join(folder, "batches.meta"), "wb") as fh:
+        pickle.dump({"label_names": [f"name{c}" for c in range(10)], "num_vis": 3072}, fh, protocol=2)
+    return images[:10], np.array(labels[:10]), images[10:], np.array(labels[10:])
+
+
+def test_official_cifar_python_archive_and_folder(tmp_path):
+    tr_x, tr_y, te_x, te_y = write_cifar_python(tmp_path / "extracted")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "extracted" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    for path in (archive, tmp_path / "extracted", tmp_path / "extracted" / "cifar-10-batches-py"):
+        ds = data.load(str(path), cache_dir=str(tmp_path / "cache"))
+        np.testing.assert_array_equal(ds.train_images, tr_x)
+        np.testing.assert_array_equal(ds.train_labels, tr_y)
+        np.testing.assert_array_equal(ds.test_images, te_x)
+        np.testing.assert_array_equal(ds.test_labels, te_y)
+        assert ds.class_names == [f"name{c}" for c in range(10)] and ds.image_shape == (32, 32, 3)
+
+
+def test_second_load_reads_the_npz_cache(folder, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    first = data.load(folder, cache_dir=str(cache_dir))
+    assert len(list(cache_dir.glob("*.npz"))) == 1
+
+    def no_decoding(path):
+        raise AssertionError("decoded again instead of reading the cache")
+
+    monkeypatch.setattr(data, "_load_path", no_decoding)
+    second = data.load(folder, cache_dir=str(cache_dir))
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):
+        np.testing.assert_array_equal(getattr(second, name), getattr(first, name))
+    assert second.class_names == first.class_names
+    monkeypatch.undo()
+
+    # An image added to the folder changes the cache key: decoded again, with the new image.
+    os.replace(os.path.join(folder, "test", "cat", "0000.png"), os.path.join(folder, "test", "cat", "9999.png"))
+    Image.fromarray(synthetic_images(1, 2, 16, 3, 5)[0]).save(os.path.join(folder, "test", "cat", "0000.png"))
+    third = data.load(folder, cache_dir=str(cache_dir))
+    assert third.test_images.shape[0] == first.test_images.shape[0] + 1
+    assert len(list(cache_dir.glob("*.npz"))) == 2
+
+
+def test_missing_path_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="no such file or folder"):
+        data.load(str(tmp_path / "nowhere"), cache_dir=str(tmp_path / "cache"))
+
+
+def test_tfds_with_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12):
+        ds = data.load("tfds", "cifar10")
+    assert ds.train_images.shape == (12, 32, 32, 3) and ds.train_images.dtype == np.uint8
+    assert ds.test_images.shape == (12, 32, 32, 3)
+    assert ds.train_labels.shape == (12,) and ds.train_labels.dtype == np.int32
+    assert 0 <= ds.train_labels.min() and ds.train_labels.max() < 10
+    assert len(ds.class_names) == 10
