@@ -1,0 +1,299 @@
+"""Training that survives kills and bad input: signals, exact resume, NaN stops, corrupt checkpoints, and one
+clear line with exit status 2 for every bad input (issue 7; docs/errors.md lists the messages)."""
+
+from __future__ import annotations
+
+import errno
+import glob
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import REPO, make_image_folder, tiny_config, tiny_dataset
+from jaxae import checkpoints, data
+from jaxae.config import UsageError
+from jaxae.train import TrainingStopped, create_train_state, train_and_evaluate
+
+ENV = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def script(*args, cwd=REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=120)
+
+
+def tiny_args(data_dir, workdir, *extra) -> list[str]:
+    return ["train.py", "--preset", "tiny", "--data", str(data_dir), "--workdir", str(workdir),
+            "--cache-dir", os.path.join(os.path.dirname(str(workdir)), "cache"), *extra]
+
+
+def tree_hash(root) -> dict[str, str]:
+    """sha256 of every file under `root`, by relative path."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(str(root), "**"), recursive=True)):
+        if os.path.isfile(path):
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def params_hash(workdir) -> tuple[int, str]:
+    cfg = tiny_config(os.path.dirname(str(workdir)))
+    state = create_train_state(cfg, (16, 16, 3), 1, 1)
+    mngr = checkpoints.manager(str(workdir), create=False)
+    state = checkpoints.restore(mngr, state)
+    mngr.close()
+    return int(state.step), hashlib.sha256(b"".join(np.asarray(x).tobytes()
+                                                    for x in jax.tree.leaves(state.params))).hexdigest()
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:") or ": error:" in l]
+    assert len(errors) == 1, proc.stderr
+    for w in words:
+        assert w in errors[0], errors[0]
+    return errors[0]
+
+
+# ------------------------------------------------------------------------------ bad input, exit 2
+
+def _bad_data(kind: str, root: str) -> str:
+    from PIL import Image
+    if kind == "missing":
+        return os.path.join(root, "nope")
+    if kind == "empty":
+        os.makedirs(os.path.join(root, "empty"))
+        return os.path.join(root, "empty")
+    if kind == "no_classes":  # images straight in train/ and test/, no class folders
+        for split in ("train", "test"):
+            os.makedirs(os.path.join(root, "flat", split))
+            Image.new("RGB", (16, 16)).save(os.path.join(root, "flat", split, "0.png"))
+        return os.path.join(root, "flat")
+    folder = make_image_folder(os.path.join(root, kind), n_train=4, n_test=2)
+    if kind == "truncated":
+        path = os.path.join(folder, "train", "cat", "0001.png")
+        with open(path, "rb") as fh:
+            head = fh.read()[:40]
+        with open(path, "wb") as fh:
+            fh.write(head)
+    if kind == "mixed_sizes":
+        Image.new("RGB", (20, 16)).save(os.path.join(folder, "test", "dog", "0000.png"))
+    return folder
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("missing", ["no such file or folder", "train/<class>/"]),
+    ("empty", ["is empty", "train/<class>/"]),
+    ("no_classes", ["no train/<class>/<image>", "one sub-folder per class"]),
+    ("truncated", ["cannot read image train/cat/0001.png", "Remove or replace"]),
+    ("mixed_sizes", ["different sizes", "test/dog/0000.png is 20x16", "resize them"]),
+])
+def test_bad_data_is_one_line_exit_2_and_writes_no_checkpoint(tmp_path, kind, words):
+    workdir = tmp_path / "run"
+    proc = script(*tiny_args(_bad_data(kind, str(tmp_path)), workdir))
+    assert_one_line_error(proc, *words)
+    assert not os.path.exists(workdir / "checkpoints") and not os.path.exists(workdir / "config.json")
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--noise", "-0.1"], ["--noise must be between 0 and 10", "-0.1"]),
+    (["--batch-size", "0"], ["--batch-size must be at least 1"]),
+    (["--batch-size", "7"], ["--batch-size 7 does not split evenly over 2 devices", "multiple of 2"]),
+    (["--loss", "l3"], ["--loss", "invalid choice", "l3"]),  # argparse's own one-line error
+])
+def test_invalid_flags_exit_2(tmp_path, flags, words):
+    proc = script(*tiny_args(tmp_path / "nodata", tmp_path / "run", *flags))
+    assert_one_line_error(proc, *words)
+
+
+def test_unwritable_workdir_exit_2(tmp_path):
+    folder = make_image_folder(tmp_path / "img", n_train=4, n_test=2)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = script(*tiny_args(folder, blocker / "x"))
+    assert_one_line_error(proc, "is not writable", "pick a folder you can write to")
+    assert blocker.read_text() == "not a folder"
+
+
+def test_config_mismatch_refused_naming_the_flag(tmp_path):
+    workdir = tmp_path / "run"
+    cfg = tiny_config(tmp_path, data=str(tmp_path / "img"))
+    checkpoints.save_config(cfg)
+    os.makedirs(workdir / "checkpoints" / "8")  # has_checkpoints: the refusal comes before any restore
+    before = tree_hash(workdir)
+    proc = script(*tiny_args(tmp_path / "img", workdir, "--latent-dim", "5"))
+    assert_one_line_error(proc, "--latent-dim 3, not 5", "--fresh")
+    proc = script(*tiny_args(tmp_path / "img", workdir, "--preset", "quick"))
+    assert_one_line_error(proc, "--preset quick sets")
+    assert tree_hash(workdir) == before
+
+
+def test_evaluate_without_checkpoint_exit_2(tmp_path):
+    checkpoints.save_config(tiny_config(tmp_path))
+    proc = script("evaluate.py", "--workdir", str(tmp_path / "run"))
+    assert_one_line_error(proc, "no checkpoint", "train")
+
+
+def test_restore_from_empty_manager_is_usage_error(tmp_path):
+    cfg = tiny_config(tmp_path)
+    mngr = checkpoints.manager(cfg.workdir)
+    with pytest.raises(UsageError, match="no checkpoint in .*python train.py --workdir"):
+        checkpoints.restore(mngr, create_train_state(cfg, (16, 16, 3), 1, 1))
+
+
+def test_stray_files_skipped_with_warning_and_gray_rgba_converted(tmp_path, capsys):
+    from PIL import Image
+    folder = make_image_folder(tmp_path / "img", n_train=4, n_test=2)
+    (tmp_path / "img" / "train" / "cat" / "notes.txt").write_text("not an image")
+    Image.new("L", (16, 16), 128).save(tmp_path / "img" / "train" / "dog" / "gray.png")
+    Image.new("RGBA", (16, 16), (10, 20, 30, 0)).save(tmp_path / "img" / "test" / "cat" / "alpha.png")
+    with pytest.warns(UserWarning, match="skipped 1 file.*notes.txt"):
+        ds = data.load(folder, cache_dir=str(tmp_path / "cache"))
+    assert ds.train_images.shape == (9, 16, 16, 3) and ds.test_images.shape == (5, 16, 16, 3)
+    note = capsys.readouterr().err
+    assert "note: converted 1 L image(s) to RGB" in note
+    gray = ds.train_images[ds.train_labels == 1][0]  # dog/gray.png sorts first among the dogs
+    assert (gray == 128).all()
+
+
+def test_unknown_tfds_dataset_and_no_network(monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(UsageError, match="--dataset no_such_set: tfds knows no dataset of that name"):
+        data.load("tfds", "no_such_set")
+
+    class DownloadError(Exception):  # what tfds raises when it cannot reach the network
+        pass
+
+    def offline(*a, **k):
+        raise DownloadError("Failed to get url https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
+    monkeypatch.setattr(tfds, "load", offline)
+    with pytest.raises(UsageError, match="could not download cifar10.*pass --data PATH"):
+        data.load("tfds", "cifar10")
+
+
+# ----------------------------------------------------------------- checkpoints: disk, corruption
+
+def test_full_disk_is_usage_error_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, epochs=3)
+    real_save = ocp.CheckpointManager.save
+    calls = []
+
+    def save(self, step, *a, **k):
+        calls.append(step)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, step, *a, **k)
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    with pytest.raises(UsageError, match="is full.*step 4 is the last complete checkpoint and is intact.*Free"):
+        train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+    assert params_hash(cfg.workdir)[0] == 4
+
+
+def test_corrupt_checkpoint_reported_and_previous_restored(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, epochs=2)
+    train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+    ckdir = checkpoints.checkpoint_dir(cfg.workdir)
+    assert sorted(os.listdir(ckdir)) == ["4", "8"]
+    step4 = checkpoints.restore(checkpoints.manager(cfg.workdir), create_train_state(cfg, (16, 16, 3), 1, 1),
+                                step=4)
+    # Garble the middle of every data file of step 8: orbax itself would read such bytes without complaint.
+    for path in glob.glob(os.path.join(ckdir, "8", "**", "d", "*"), recursive=True):
+        with open(path, "r+b") as fh:
+            size = os.path.getsize(path)
+            fh.seek(size // 2)
+            fh.write(bytes(b ^ 0xFF for b in fh.read(8)) if size > 16 else b"")
+    capsys.readouterr()
+    state = checkpoints.restore(checkpoints.manager(cfg.workdir), create_train_state(cfg, (16, 16, 3), 1, 1),
+                                set_aside=True)
+    err = capsys.readouterr().err
+    assert "checkpoint step 8" in err and "cannot be read" in err and "restored the previous good" in err
+    assert int(state.step) == 4
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(step4.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert sorted(os.listdir(ckdir)) == ["4"]
+    moved = glob.glob(os.path.join(cfg.workdir, "unreadable-checkpoints", "8-*"))
+    assert len(moved) == 1 and os.listdir(moved[0])  # set aside, not deleted
+
+
+def test_truncated_checkpoint_falls_back(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, epochs=2)
+    train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+    ckdir = checkpoints.checkpoint_dir(cfg.workdir)
+    biggest = max(glob.glob(os.path.join(ckdir, "8", "**", "d", "*"), recursive=True), key=os.path.getsize)
+    os.truncate(biggest, 10)
+    state = checkpoints.restore(checkpoints.manager(cfg.workdir), create_train_state(cfg, (16, 16, 3), 1, 1))
+    assert int(state.step) == 4
+    assert "checkpoint step 8" in capsys.readouterr().err
+    assert os.path.isdir(os.path.join(ckdir, "8"))  # without set_aside (evaluate): left where it was
+
+
+# ------------------------------------------------------------------------------------- NaN
+
+def test_nan_stops_with_step_and_learning_rate_and_keeps_last_checkpoint(tmp_path):
+    folder = make_image_folder(tmp_path / "img", n_train=16, n_test=4)
+    args = tiny_args(folder, tmp_path / "run", "--learning-rate", "1e6", "--epochs", "3")
+    # Step 0 runs at learning rate 0 (warm-up), so a 1-step run saves finite parameters...
+    first = script(*args, "--max-steps", "1")
+    assert first.returncode == 0, first.stderr
+    before = tree_hash(tmp_path / "run" / "checkpoints")
+    assert "1/_CHECKPOINT_METADATA" in before
+    # ...and resuming it at full learning rate diverges.
+    proc = script(*args)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    line = [l for l in proc.stderr.splitlines() if l.startswith("error:")][0]
+    assert "became nan at step" in line or "non-finite by step" in line
+    assert "--learning-rate 1000000.0" in line and "the last good checkpoint, step 1, is kept" in line
+    assert tree_hash(tmp_path / "run" / "checkpoints") == before
+
+
+# --------------------------------------------------------------------- signals and exact resume
+
+def _run_until(args, first_line: str, sig: int, delay: float = 0.0) -> tuple[int, str, str]:
+    """Start `python args`, send `sig` `delay` s after a stdout line starting with `first_line`."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(first_line):
+            time.sleep(delay)
+            proc.send_signal(sig)
+            break
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, "".join(lines) + out, err
+
+
+def test_sigterm_sigint_sigkill_then_resume_is_bitwise_identical(tmp_path):
+    folder = make_image_folder(tmp_path / "img", n_train=16, n_test=4)  # 4 steps per epoch at batch 8
+    straight = script(*tiny_args(folder, tmp_path / "a" / "run", "--epochs", "4", "--seed", "2"))
+    assert straight.returncode == 0, straight.stderr
+    args = tiny_args(folder, tmp_path / "b" / "run", "--epochs", "4", "--seed", "2")
+    ckdir = tmp_path / "b" / "run" / "checkpoints"
+
+    code, out, err = _run_until(args, "epoch 1/4", signal.SIGTERM)
+    assert code == 0, err
+    stopped = int(out.split("stopped by SIGTERM at step ")[1].split(":")[0])
+    assert stopped >= 4 and str(stopped) in os.listdir(ckdir)  # saved at the step it stopped at
+
+    code, out, err = _run_until(args, "resuming", signal.SIGINT)
+    assert code == 130, err
+    assert f"from step {stopped}" in out
+
+    code, out, _ = _run_until(args, "epoch", signal.SIGKILL, delay=0.05)
+    assert code == -signal.SIGKILL
+
+    final = script(*args)
+    assert final.returncode == 0, final.stderr
+    assert "resuming" in final.stdout and "done: step 16" in final.stdout
+    assert params_hash(tmp_path / "b" / "run") == params_hash(tmp_path / "a" / "run")
