@@ -1,0 +1,90 @@
+"""The train step: pmap over 2 CPU devices equals one device; the loop in-process on 2 devices."""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config, tiny_dataset
+from jaxae import train
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    # Noise and flips on: prepare_batch's per-example keys must make them independent of the device split.
+    cfg = tiny_config(tmp_path_factory.mktemp("train"), noise=0.2, flip=True, warmup_epochs=0.0)
+    ds = tiny_dataset(n_train=32, n_test=16)
+    spe = train.steps_per_epoch(32, cfg.batch_size)
+    state = train.create_train_state(cfg, ds.image_shape, 2 * spe, spe)
+    return cfg, ds, spe, state
+
+
+def test_prepare_batch_clean_target_and_corrupted_input(setup):
+    cfg, ds, _, _ = setup
+    batch = jnp.asarray(ds.train_images[:8])
+    inputs, targets = jax.jit(functools.partial(train.prepare_batch, cfg=cfg, axis_name=None))(
+        jax.random.PRNGKey(3), batch)
+    x = np.asarray(batch, np.float32) / 255.0
+    flipped = np.asarray(targets)
+    # each target is the clean image, mirrored or not
+    same = np.isclose(flipped, x, atol=1e-6).all(axis=(1, 2, 3))
+    mirrored = np.isclose(flipped, x[:, :, ::-1], atol=1e-6).all(axis=(1, 2, 3))
+    assert (same | mirrored).all() and same.any() and mirrored.any()
+    noise = np.asarray(inputs) - flipped
+    assert 0.1 < noise.std() < 0.25 and float(inputs.min()) >= 0 and float(inputs.max()) <= 1
+
+
+def test_pmap_on_two_devices_equals_one_device(setup):
+    cfg, ds, spe, state = setup
+    assert jax.device_count() == 2
+    n_steps = 3
+    perm = train.epoch_permutation(cfg.seed, 0, ds.train_images.shape[0], spe, cfg.batch_size)
+    images = jnp.asarray(ds.train_images)
+
+    # One device: the plain jitted step on the whole global batch.
+    step = jax.jit(functools.partial(train.train_step, cfg=cfg, axis_name=None))
+    one = state
+    one_losses = []
+    for i in range(n_steps):
+        one, m = step(one, images[perm[i]], jax.random.fold_in(one.key, one.step))
+        one_losses.append(float(m["loss"]))
+
+    # Two devices: each gets its half of every global batch; gradients are pmean-ed. (A copy: the
+    # pmapped call donates its input state.)
+    p_step = train.make_p_train_steps(cfg, 1, spe)
+    local_perm = train.local_permutation(perm, 2)
+    assert local_perm.shape == (2, spe, cfg.batch_size // 2)
+    two, two_losses = jax.tree.map(jnp.copy, state), []
+    for i in range(n_steps):
+        two, m = p_step(two, images, local_perm)
+        two_losses.append(float(np.asarray(m["loss"]).reshape(-1)[0]))
+
+    assert int(two.step) == int(one.step) == n_steps
+    np.testing.assert_allclose(two_losses, one_losses, rtol=1e-5)
+    # The steps really moved the parameters (by far more than the tolerance below).
+    assert max(float(jnp.abs(a - b).max()) for a, b in
+               zip(jax.tree.leaves(one.params), jax.tree.leaves(state.params))) > 1e-3
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(one.opt_state), jax.tree.leaves(two.opt_state)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+
+
+def test_train_and_evaluate_on_two_devices(setup, tmp_path):
+    cfg, ds, spe, _ = setup
+    cfg = cfg.replace(workdir=str(tmp_path / "run"), epochs=4, learning_rate=1e-2)
+    result = train.train_and_evaluate(cfg, ds=ds, progress=False)
+    assert result["exit"] == 0 and result["step"] == 4 * spe == int(result["state"].step)
+    with open(os.path.join(cfg.workdir, "metrics.jsonl")) as fh:
+        records = [json.loads(line) for line in fh]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4] and [r["step"] for r in records] == [4, 8, 12, 16]
+    assert all(np.isfinite([r["train_loss"], r["test_mse"], r["test_mae"]]).all() for r in records)
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert records[-1]["test_mse"] < records[0]["test_mse"]
+    assert result["test_mse"] == records[-1]["test_mse"]
+    saved = [int(n) for n in os.listdir(os.path.join(cfg.workdir, "checkpoints")) if n.isdigit()]
+    assert max(saved) == 4 * spe
