@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 
 def stage_shapes(height: int, width: int, stages: int) -> list[tuple[int, int]]:
@@ -23,6 +25,57 @@ def depth_to_space(x: jax.Array, r: int = 2) -> jax.Array:
     b, h, w, c = x.shape
     x = x.reshape(b, h, w, r, r, c // (r * r))
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * r, w * r, c // (r * r))
+
+
+def _tap_matmul_conv(inputs, kernel, strides, padding, lhs_dilation=None, rhs_dilation=None,
+                     dimension_numbers=None, feature_group_count=1, precision=None):
+    """lax.conv_general_dilated for flax's NHWC/HWIO convs, whose kernel gradient is a sum of one matmul per
+    kernel tap instead of XLA's weight-gradient convolution (see _conv_tap_dw). Other convs: plain lax."""
+    # CPU only: on GPU cuDNN's weight-gradient kernels are fast and this path was not measured there.
+    plain = (jax.default_backend() != "cpu" or (lhs_dilation or (1, 1)) != (1, 1) or (rhs_dilation or (1, 1)) != (1, 1) or feature_group_count != 1
+             or inputs.ndim != 4)
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(inputs.shape[1:3], kernel.shape[:2], strides, padding)
+    if plain:
+        return lax.conv_general_dilated(inputs, kernel, strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, precision=precision)
+    return _conv_tap_dw(inputs, kernel, tuple(strides), tuple(tuple(p) for p in padding), precision)
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_tap_dw(x, w, strides, padding, precision):
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC, precision=precision)
+
+
+def _conv_tap_dw_fwd(x, w, strides, padding, precision):
+    return _conv_tap_dw(x, w, strides, padding, precision), (x, w)
+
+
+def _conv_tap_dw_bwd(strides, padding, precision, res, g):
+    # XLA:CPU computes a conv's kernel gradient as a convolution whose "kernel" is the whole output
+    # gradient (H x W x batch): a tiny output and a huge contraction, far off Eigen's fast path. For the
+    # pixel-shuffle conv (4x more output than input channels) that was 5-7x slower than its forward pass.
+    # Written as one [B*H*W, Cin]^T @ [B*H*W, Cout] matmul per kernel tap it ran 2x faster (and the whole
+    # step ~20 %). For the other convs (Cout <= 2 Cin, or Cout = 3) the tap matmuls were slower than XLA's
+    # own, so only Upsample uses this (docs/performance.md). dx is XLA's own, unchanged.
+    x, w = res
+    dx = jax.vjp(lambda x_: lax.conv_general_dilated(x_, w, strides, padding, dimension_numbers=_NHWC,
+                                                     precision=precision), x)[1](g)[0]
+    kh, kw, cin, cout = w.shape
+    ho, wo = g.shape[1:3]
+    sh, sw = strides
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    g2 = g.reshape(-1, cout)
+    taps = [lax.slice(xp, (0, i, j, 0), (x.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, cin),
+                      (1, sh, sw, 1)).reshape(-1, cin).T @ g2
+            for i in range(kh) for j in range(kw)]
+    return dx, jnp.stack(taps).reshape(kh, kw, cin, cout).astype(w.dtype)
+
+
+_conv_tap_dw.defvjp(_conv_tap_dw_fwd, _conv_tap_dw_bwd)
 
 
 def _norm(kind: str, dtype) -> nn.Module | None:
@@ -54,16 +107,20 @@ class Upsample(nn.Module):
     pixel_shuffle: a 3x3 conv to 4*features channels, then depth-to-space (ESPCN). Its weight gradient is an
     ordinary stride-1 convolution. nn.ConvTranspose's weight gradient lowers to a window-reversed
     convolution that leaves XLA:CPU's Eigen fast path (jax-ml/jax#23783, openxla/xla#34273) and trained
-    about 4x slower on CPU (bench/upsample.py, docs/performance.md); on GPU the two run at the same speed.
+    about 4x slower on CPU (docs/performance.md); on GPU the two run at the same speed.
     """
     features: int
     kind: str = "pixel_shuffle"
     dtype: jnp.dtype = jnp.float32
+    fast_grad: bool = True  # the tap-matmul kernel gradient (_conv_tap_dw); False = XLA's own, for tests
 
     @nn.compact
     def __call__(self, x):
         if self.kind == "pixel_shuffle":
-            return depth_to_space(nn.Conv(4 * self.features, (3, 3), dtype=self.dtype)(x))
+            # Same parameters and forward pass as nn.Conv; only the kernel gradient is computed differently.
+            conv = nn.Conv(4 * self.features, (3, 3), dtype=self.dtype,
+                           conv_general_dilated=_tap_matmul_conv if self.fast_grad else None)
+            return depth_to_space(conv(x))
         if self.kind == "conv_transpose":
             return nn.ConvTranspose(self.features, (3, 3), strides=(2, 2), dtype=self.dtype)(x)
         b, h, w, c = x.shape
