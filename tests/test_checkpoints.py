@@ -1,0 +1,90 @@
+"""Orbax checkpoints: save -> restore is exact (optimiser state too), --keep, --step, move_aside, config."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from jaxae import checkpoints, train
+from jaxae.config import UsageError, load_config
+
+
+@pytest.fixture(scope="module")
+def fresh_state(tmp_path_factory):
+    cfg = tiny_config(tmp_path_factory.mktemp("ckpt"))
+    return train.create_train_state(cfg, (16, 16, 3), 20, 4)
+
+
+def scrambled(state, step: int, seed: int):
+    """`state` with every float leaf (params, Adam moments) randomised and a non-zero step count: a state
+    that a restore into a fresh one cannot match by accident."""
+    rng = np.random.default_rng(seed)
+    def scramble(x):
+        x = np.asarray(x)
+        if np.issubdtype(x.dtype, np.floating):
+            return jnp.asarray(rng.normal(size=x.shape).astype(x.dtype))
+        return jnp.asarray(x + step)  # optimiser step counts
+    return state.replace(step=jnp.asarray(step, jnp.int32), params=jax.tree.map(scramble, state.params),
+                         opt_state=jax.tree.map(scramble, state.opt_state),
+                         key=jax.random.PRNGKey(seed + 100))
+
+
+def assert_same(a, b):
+    la, ta = jax.tree.flatten(a)
+    lb, tb = jax.tree.flatten(b)
+    assert ta == tb
+    for x, y in zip(la, lb):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(x, y)
+
+
+def test_save_restore_round_trip_is_exact(fresh_state, tmp_path):
+    saved = scrambled(fresh_state, 7, 0)
+    mngr = checkpoints.manager(str(tmp_path))
+    checkpoints.save(mngr, saved)
+    checkpoints.finish(mngr)
+    assert checkpoints.has_checkpoints(str(tmp_path))
+
+    restored = checkpoints.restore(checkpoints.manager(str(tmp_path)), fresh_state)
+    assert int(restored.step) == 7
+    assert_same(restored.params, saved.params)
+    assert_same(restored.opt_state, saved.opt_state)  # optax NamedTuples, not plain lists
+    assert_same(restored.key, saved.key)
+    assert type(restored.opt_state) is type(fresh_state.opt_state)
+
+
+def test_keep_most_recent_and_restore_a_given_step(fresh_state, tmp_path):
+    mngr = checkpoints.manager(str(tmp_path), keep=2)
+    states = {step: scrambled(fresh_state, step, step) for step in (1, 2, 3)}
+    for state in states.values():
+        checkpoints.save(mngr, state)
+    checkpoints.finish(mngr)
+    mngr = checkpoints.manager(str(tmp_path), keep=2)
+    assert sorted(mngr.all_steps()) == [2, 3]
+    assert_same(checkpoints.restore(mngr, fresh_state).params, states[3].params)
+    assert_same(checkpoints.restore(mngr, fresh_state, step=2).params, states[2].params)
+    with pytest.raises(UsageError, match="no checkpoint at step 1"):
+        checkpoints.restore(mngr, fresh_state, step=1)
+    mngr.close()
+
+
+def test_move_aside_deletes_nothing_and_config_is_saved(fresh_state, tmp_path):
+    cfg = tiny_config(tmp_path, workdir=str(tmp_path / "run"), noise=0.1)
+    checkpoints.save_config(cfg)
+    assert load_config(cfg.workdir) == cfg
+    mngr = checkpoints.manager(cfg.workdir)
+    checkpoints.save(mngr, scrambled(fresh_state, 4, 1))
+    checkpoints.finish(mngr)
+    with open(os.path.join(cfg.workdir, "metrics.jsonl"), "w") as fh:
+        fh.write(json.dumps({"epoch": 1, "step": 4}) + "\n")
+
+    moved = checkpoints.move_aside(cfg.workdir)
+    assert not checkpoints.has_checkpoints(cfg.workdir)
+    assert os.path.isdir(os.path.join(moved, "checkpoints", "4"))
+    assert os.path.exists(os.path.join(moved, "metrics.jsonl")) and os.path.exists(os.path.join(moved, "config.json"))
+    assert os.path.dirname(moved) == cfg.workdir
