@@ -1,0 +1,115 @@
+"""End to end: `python train.py` in a subprocess on a tiny image folder.
+
+One module-scoped run is stopped by --max-steps and resumed by the same command; the tests then check what
+it wrote, and that refused or fresh re-runs behave. Subprocesses see 1 CPU device unless told otherwise,
+and share a persistent compilation cache so that each run after the first skips most compiles.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import REPO, make_image_folder
+
+EPOCHS = 6
+STEPS_PER_EPOCH = 8  # 2 classes x 32 train images / batch 8
+STOP_AT = 16
+
+
+def run_train(args, env_extra=None, cache=None):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_NUM_CPU_DEVICES", None)  # 1 device unless a test asks for more
+    env.update(env_extra or {})
+    if cache:
+        env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    return subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def error_lines(proc) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = make_image_folder(root / "data", classes=("a", "b"), n_train=32, n_test=8, size=16)
+    workdir = str(root / "run")
+    args = ["--preset", "tiny", "--data", data, "--cache-dir", str(root / "cache"), "--workdir", workdir,
+            "--epochs", str(EPOCHS), "--learning-rate", "5e-3", "--warmup-epochs", "0", "--noise", "0.1"]
+    cache = str(root / "jax-cache")
+    stopped = run_train(args + ["--max-steps", str(STOP_AT)], cache=cache)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    steps_after_stop = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+    resumed = run_train(args, cache=cache)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return dict(args=args, workdir=workdir, stopped=stopped, resumed=resumed, cache=cache,
+                steps_after_stop=steps_after_stop)
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def test_max_steps_stops_and_the_same_command_resumes(run):
+    assert max(run["steps_after_stop"]) == STOP_AT
+    assert f"from step {STOP_AT}" in run["resumed"].stdout
+    assert "resuming" not in run["stopped"].stdout
+
+
+def test_loss_falls_and_the_run_writes_its_files(run):
+    workdir = run["workdir"]
+    records = read_metrics(workdir)
+    assert [r["epoch"] for r in records] == list(range(1, EPOCHS + 1))
+    assert [r["step"] for r in records] == [STEPS_PER_EPOCH * e for e in range(1, EPOCHS + 1)]
+    assert records[-1]["train_loss"] < 0.8 * records[0]["train_loss"]
+    assert records[-1]["test_mse"] < records[0]["test_mse"]
+    with open(os.path.join(workdir, "config.json")) as fh:
+        saved = json.load(fh)
+    assert saved["epochs"] == EPOCHS and saved["noise"] == 0.1 and saved["width"] == 8
+    steps = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
+    assert max(steps) == EPOCHS * STEPS_PER_EPOCH
+    with Image.open(os.path.join(workdir, "loss_curve.png")) as im:
+        assert im.size[0] > 200 and im.size[1] > 100
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+    assert f"done: step {EPOCHS * STEPS_PER_EPOCH}" in run["resumed"].stdout
+
+
+def test_changing_a_run_setting_on_resume_is_refused(run):
+    before = read_metrics(run["workdir"])
+    proc = run_train(run["args"] + ["--epochs", str(EPOCHS + 1)], cache=run["cache"])
+    assert proc.returncode == 2
+    lines = error_lines(proc)
+    assert len(lines) == 1 and "--epochs" in lines[0] and "--fresh" in lines[0], proc.stderr
+    assert read_metrics(run["workdir"]) == before
+
+
+def test_fresh_moves_the_old_run_aside(run, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(run["workdir"], workdir)
+    args = [a if a != run["workdir"] else workdir for a in run["args"]]
+    proc = run_train(args + ["--fresh", "--max-steps", "2"], cache=run["cache"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    previous = [d for d in os.listdir(workdir) if d.startswith("previous-")]
+    assert len(previous) == 1
+    old = os.path.join(workdir, previous[0])
+    assert str(EPOCHS * STEPS_PER_EPOCH) in os.listdir(os.path.join(old, "checkpoints"))
+    assert len(read_metrics(old)) == EPOCHS
+    assert [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()] == [2]
+    assert "resuming" not in proc.stdout
+
+
+def test_batch_size_not_divisible_by_devices_is_one_line_exit_2(tmp_path):
+    data = make_image_folder(tmp_path / "data", n_train=8, n_test=2)
+    proc = run_train(["--preset", "tiny", "--batch-size", "7", "--workdir", str(tmp_path / "run"), "--data", data,
+                      "--cache-dir", str(tmp_path / "cache")], env_extra={"JAX_NUM_CPU_DEVICES": "2"})
+    assert proc.returncode == 2
+    lines = error_lines(proc)
+    assert len(lines) == 1 and "--batch-size 7" in lines[0] and "2 devices" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not os.path.exists(os.path.join(tmp_path, "run", "checkpoints"))
