@@ -103,6 +103,10 @@ def disk_full(e: BaseException) -> bool:
 def _save_failed(mngr: ocp.CheckpointManager, e: BaseException) -> UsageError | None:
     if not disk_full(e):
         return None
+    try:  # let the saves already in flight complete: the last good checkpoint may be one of them
+        mngr.wait_until_finished()
+    except Exception:
+        pass
     done = [s for s in mngr.all_steps() if os.path.isdir(os.path.join(mngr.directory, str(s)))]
     last = f"step {max(done)} is the last complete checkpoint and is intact" if done else "no checkpoint was saved"
     return UsageError(f"the disk holding {mngr.directory} is full (no space left on device) while saving a "

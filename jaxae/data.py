@@ -184,10 +184,16 @@ def _image_folder(reader, where: str) -> Dataset:
                          f"resize them all to one size first")
     modes = {im.mode for im in imgs}
     target = "L" if modes <= {"L", "1", "I;16", "I", "F"} else "RGB"
-    if converted or modes - {target}:
-        counts = {m: sum(im.mode == m for im in imgs) for m in sorted(modes - {target})}
-        if counts:
-            print(f"note: converted {', '.join(f'{n} {m}' for m, n in counts.items())} image(s) to {target}",
+    # Original modes of everything that is not already `target`: alpha/palette images were converted in
+    # _decode, the rest is converted below. Either way the user hears about it once.
+    counts: dict[str, int] = {}
+    for name, im in zip(names, imgs):
+        mode = converted.get(name, im.mode)
+        if mode != target:
+            counts[mode] = counts.get(mode, 0) + 1
+    counts = dict(sorted(counts.items()))
+    if counts:
+        print(f"note: converted {', '.join(f'{n} {m}' for m, n in counts.items())} image(s) to {target}",
                   file=sys.stderr)
     out = []
     for split in SPLITS:
@@ -202,10 +208,11 @@ def _decode(reader, name: str, converted: dict):
         im = Image.open(io.BytesIO(reader.read(name)))
         im.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UsageError(f"cannot read image {name}: {e}. Remove or replace the file") from None
+        why = "truncated, or not an image" if isinstance(e, UnidentifiedImageError) else str(e)  # PIL names a BytesIO
+        raise UsageError(f"cannot read image {name} ({why}): remove or replace the file") from None
     if im.mode in ("RGBA", "LA", "P", "PA"):  # drop alpha / palette; composited on black
+        converted[name] = im.mode
         im = im.convert("RGB" if im.mode != "LA" else "L")
-        converted[name] = True
     return im
 
 

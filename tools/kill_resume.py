@@ -58,13 +58,13 @@ def _reader(proc: subprocess.Popen, lines: queue.Queue) -> None:
 
 
 def run(cmd: list[str], env: dict, log, kill_after: float | None = None) -> tuple[int | None, list[str]]:
-    """Run `cmd`; when `kill_after` is given, SIGKILL it that many seconds after its first 'epoch' line (once
-    compiled, when that epoch's save starts). Returns (exit status, or None when killed; stdout lines with
+    """Run `cmd`; when `kill_after` is given, SIGKILL it that many seconds after its second 'epoch' line (once
+    the steps, the evaluation and the first save are compiled). Returns (exit status, or None when killed; stdout lines with
     their times)."""
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_reader, args=(proc, lines), daemon=True).start()
-    out, deadline = [], None
+    out, deadline, epochs_seen = [], None, 0
     while True:
         try:
             line = lines.get(timeout=0.01)
@@ -74,7 +74,8 @@ def run(cmd: list[str], env: dict, log, kill_after: float | None = None) -> tupl
             break
         if line:
             out.append((time.monotonic(), line.rstrip("\n")))
-            if line.startswith("epoch ") and kill_after is not None and deadline is None:
+            epochs_seen += line.startswith("epoch ")
+            if epochs_seen == 2 and kill_after is not None and deadline is None:
                 deadline = time.monotonic() + kill_after
         if deadline is not None and time.monotonic() >= deadline and proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -129,15 +130,15 @@ def main() -> int:
     epoch_s = float(np.median(np.diff(epoch_times)))
     print(f"uninterrupted run: {out[-1][1]}  ({time.monotonic() - t0:.0f} s, {epoch_s:.2f} s per epoch)")
 
-    # Each life is killed 0 to 4 s after its first epoch ends (a life's first save alone takes ~1 s): early
-    # kills land in that async save, later ones between or in later saves.
+    # Each life is killed 0 to 3 epochs after its second epoch ends: into that epoch's async save, between
+    # saves, or in a later one.
     rng = np.random.default_rng(args.seed)
     killed_dir = os.path.join(scratch, "killed")
     kills, lives, code = 0, 0, None
     resumed_at = []  # the step each restart resumed from: the last complete checkpoint before the kill
     while code != 0:
         lives += 1
-        delay = float(rng.uniform(0.0, 4.0)) if kills < args.kills else None
+        delay = float(rng.uniform(0.0, 3 * epoch_s)) if kills < args.kills else None
         code, out = run(command(killed_dir), env, log, kill_after=delay)
         if lives > 1:
             found = [m for m in (re.search(r"resuming .* from step (\d+)", line) for _, line in out) if m]
@@ -149,7 +150,7 @@ def main() -> int:
             names = os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []
             tmp = [n for n in names if "orbax-checkpoint-tmp" in n]
             saved = sorted(int(n) for n in names if n.isdigit())
-            print(f"  life {lives}: SIGKILL {delay:.2f} s after its first epoch; complete checkpoints {saved}, "
+            print(f"  life {lives}: SIGKILL {delay:.2f} s after its second epoch; complete checkpoints {saved}, "
                   f"unfinished saves left behind: {len(tmp)}")
         elif code != 0:
             print(f"a restarted run failed (exit {code}); see {log.name}")
