@@ -103,4 +103,4 @@ def test_gradients_match_finite_differences_in_float64(monkeypatch):
         params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
         loss = jax.jit(lambda p: losses.l2(model.apply({"params": p}, x), x))
         assert loss(params).dtype == jnp.float64
-        check_grads(loss, (params,), order=1, modes=("rev", "fwd"), eps=1e-6)
+        check_grads(loss, (params,), order=1, modes=("rev",), eps=1e-6)  # rev: the model has custom VJPs
