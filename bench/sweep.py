@@ -19,21 +19,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PCA3_MSE = 0.0323  # ../shared/data/README.md, the same JPEG copy of CIFAR-10
 
 
-def _encode(state, images, bs=1000):
-    import jax, numpy as np
-    f = jax.jit(lambda p, x: state.apply_fn({"params": p}, x.astype("float32") / 255.0, method="encode"))
-    return np.concatenate([np.asarray(f(state.params, images[i:i + bs])) for i in range(0, len(images), bs)])
+def knn10(cfg, state, ds) -> float:
+    """10-NN class accuracy of the test codes against the training codes (jaxae.evaluate's functions)."""
+    import jax
+    import numpy as np
+    from jaxae.evaluate import autoencoder_codec, batch_size_for, encode_split
+    from jaxae.metrics import knn_accuracy, nearest_neighbours
+    from jaxae.models import model_from_config
+    from jaxae.train import pad_to_multiple
 
-
-def _knn(tr, ytr, te, yte, k=10):
-    import jax, jax.numpy as jnp, numpy as np
-    @jax.jit
-    def votes(q):
-        d = jnp.sum(q**2, 1)[:, None] - 2 * q @ tr.T + jnp.sum(tr**2, 1)[None]
-        _, idx = jax.lax.top_k(-d, k)
-        return jnp.argmax(jax.nn.one_hot(jnp.asarray(ytr)[idx], 10).sum(1), 1)
-    pred = np.concatenate([np.asarray(votes(te[i:i + 1000])) for i in range(0, len(te), 1000)])
-    return float(np.mean(pred == yte))
+    codec = autoencoder_codec(model_from_config(cfg, ds.image_shape), state.params)
+    codes = []
+    for x in (ds.test_images, ds.train_images):
+        padded, _ = pad_to_multiple(x, batch_size_for(len(x)))
+        codes.append(encode_split(codec, jax.device_put(padded, jax.local_devices()[0]))[:len(x)])
+    nn = np.asarray(nearest_neighbours(codes[0], codes[1], k=10))
+    return knn_accuracy(nn, ds.train_labels, ds.test_labels, len(ds.class_names))
 
 
 def main(argv=None) -> int:
@@ -62,9 +63,7 @@ def main(argv=None) -> int:
         res = train_and_evaluate(cfg, ds=ds, progress=False)
         wall = time.perf_counter() - t0
         state = res["state"]
-        tr = _encode(state, ds.train_images)
-        te = _encode(state, ds.test_images)
-        knn = _knn(tr, ds.train_labels, te, ds.test_labels)
+        knn = knn10(cfg, state, ds)
         row = {"name": name, **over, "test_mse": res["test_mse"], "x_pca3": res["test_mse"] / PCA3_MSE,
                "knn10": knn, "train_loss": res["train_loss"], "wall_s": wall, "base": base}
         print(f"RESULT {name:40s} mse {row['test_mse']:.5f} ({row['x_pca3']:.3f} x PCA-3)  10-NN {knn:.1%}  "
