@@ -139,7 +139,8 @@ def jax_worker(args) -> dict:
         flops_img = float(ca.get("flops", float("nan"))) / (bs // n_dev)
         for spc in _steps_per_call(args, backend, spe):
             fn = T.make_p_train_steps(cfg_b, spc, spe)
-            holder = {"state": state}
+            # the step donates its state: give each timing its own copy (on GPU, reuse of a donated one fails)
+            holder = {"state": jax.tree.map(jnp.copy, state)}
 
             def call():
                 holder["state"], m = fn(holder["state"], images, perm)
