@@ -114,7 +114,7 @@ class Config:
 
 
 # Named groups of defaults. "default" is the accelerator schedule `python train.py` runs;
-# "quick" fits a ~15 minute budget on a 2-core CPU. See docs/quality.md for the study behind them.
+# "quick" is a smaller model for CPUs (about 6 minutes an epoch on 2 cores; bench/quality.py fits epochs to a budget). See docs/quality.md for the study behind them.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "quick": {"width": 32, "hidden": 256, "epochs": 8, "batch_size": 128},
