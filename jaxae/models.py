@@ -128,9 +128,8 @@ class Upsample(nn.Module):
         return nn.Conv(self.features, (3, 3), dtype=self.dtype)(x)
 
 
-class Encoder(nn.Module):
-    """[B, H, W, C] images in [0, 1] -> [B, latent_dim] codes."""
-    latent_dim: int = 3
+class _Arch(nn.Module):
+    """The size and kind of network the Encoder, the Decoder and the Autoencoder share (fields only)."""
     width: int = 64
     stages: int = 3
     blocks: int = 1
@@ -138,6 +137,17 @@ class Encoder(nn.Module):
     mlp_layers: int = 3
     norm: str = "layer"
     dtype: jnp.dtype = jnp.float32
+
+    def arch(self) -> dict:
+        return {name: getattr(self, name) for name in _ARCH_FIELDS}
+
+
+_ARCH_FIELDS = ("width", "stages", "blocks", "hidden", "mlp_layers", "norm", "dtype")
+
+
+class Encoder(_Arch):
+    """[B, H, W, C] images in [0, 1] -> [B, latent_dim] codes."""
+    latent_dim: int = 3
 
     @nn.compact
     def __call__(self, x):
@@ -152,17 +162,10 @@ class Encoder(nn.Module):
         return nn.Dense(self.latent_dim, dtype=jnp.float32)(x).astype(jnp.float32)
 
 
-class Decoder(nn.Module):
+class Decoder(_Arch):
     """[B, latent_dim] codes -> [B, H, W, C] images in [0, 1] (a sigmoid output)."""
     image_shape: Sequence[int] = (32, 32, 3)
-    width: int = 64
-    stages: int = 3
-    blocks: int = 1
-    hidden: int = 512
-    mlp_layers: int = 3
-    norm: str = "layer"
     upsample: str = "pixel_shuffle"
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, z):
@@ -185,24 +188,15 @@ class Decoder(nn.Module):
         return nn.sigmoid(x.astype(jnp.float32))
 
 
-class Autoencoder(nn.Module):
+class Autoencoder(_Arch):
     """Encoder + Decoder; `encode` and `decode` are exposed for evaluation (decoding arbitrary points)."""
     image_shape: Sequence[int] = (32, 32, 3)
     latent_dim: int = 3
-    width: int = 64
-    stages: int = 3
-    blocks: int = 1
-    hidden: int = 512
-    mlp_layers: int = 3
-    norm: str = "layer"
     upsample: str = "pixel_shuffle"
-    dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        common = dict(width=self.width, stages=self.stages, blocks=self.blocks, hidden=self.hidden,
-                      mlp_layers=self.mlp_layers, norm=self.norm, dtype=self.dtype)
-        self.encoder = Encoder(latent_dim=self.latent_dim, **common)
-        self.decoder = Decoder(image_shape=tuple(self.image_shape), upsample=self.upsample, **common)
+        self.encoder = Encoder(latent_dim=self.latent_dim, **self.arch())
+        self.decoder = Decoder(image_shape=tuple(self.image_shape), upsample=self.upsample, **self.arch())
 
     def encode(self, x):
         return self.encoder(x)
