@@ -31,8 +31,7 @@ def calibrate(cfg, ds, calls: int = 3) -> tuple[float, float, float]:
     k = min(k, max(1, 40 // calls)) if k > 1 else 1
     mesh = Mesh(np.array(jax.local_devices()), (train.AXIS,))
     images = jax.device_put(ds.train_images, NamedSharding(mesh, P()))
-    perm = jax.device_put(train.local_permutation(train.epoch_permutation(cfg.seed, 0, n, spe, cfg.batch_size),
-                                                  jax.device_count()), NamedSharding(mesh, P(train.AXIS)))
+    perm = train.device_epoch_order(cfg.seed, 0, n, spe, cfg.batch_size, mesh)
     state = train.create_train_state(cfg, ds.image_shape, cfg.epochs * spe, spe)
     fn = train.make_p_train_steps(cfg, k, spe)
     t0 = time.perf_counter()

@@ -130,8 +130,7 @@ def jax_worker(args) -> dict:
         cfg_b = cfg.replace(batch_size=bs)
         spe = T.steps_per_epoch(N_TRAIN, bs)
         state = T.create_train_state(cfg_b, IMAGE_SHAPE, 10 * spe, spe)
-        perm = T.local_permutation(T.epoch_permutation(0, 0, N_TRAIN, spe, bs), n_dev)
-        perm = jax.device_put(perm, NamedSharding(mesh, P(T.AXIS)))
+        perm = T.device_epoch_order(0, 0, N_TRAIN, spe, bs, mesh)
         # FLOPs of one step on one device's share, from XLA's cost analysis of the compiled step.
         step1 = jax.jit(lambda s, b, k: T.train_step(s, b, k, cfg_b, None))
         ca = step1.lower(state, images[: bs // n_dev], state.key).compile().cost_analysis()

@@ -5,14 +5,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import signal
 import sys
 import time
 from typing import Any, Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +20,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxae import checkpoints, corruption, losses
-from jaxae.config import PRESETS, Config, UsageError, config_path, load_config
+from jaxae.config import PRESETS, Config, UsageError, load_config
 from jaxae.data import Dataset, load
 from jaxae.models import model_from_config
 
@@ -215,6 +213,13 @@ def local_permutation(perm: np.ndarray, n_dev: int) -> np.ndarray:
     return np.ascontiguousarray(per_dev[local])
 
 
+def device_epoch_order(seed: int, epoch: int, n: int, spe: int, batch_size: int, mesh: Mesh) -> jax.Array:
+    """Epoch `epoch`'s order as this process's devices' share, [local devices, spe, B / n_dev], on them:
+    the `perm` argument of the pmapped steps (uploaded once per epoch)."""
+    order = local_permutation(epoch_permutation(seed, epoch, n, spe, batch_size), jax.device_count())
+    return jax.device_put(order, NamedSharding(mesh, P(AXIS)))
+
+
 class _Stop:
     """SIGTERM / Ctrl-C: finish the call in flight, save, exit (0 for SIGTERM, 130 for Ctrl-C)."""
 
@@ -286,9 +291,7 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
         try:
             while step < total and stop.signum is None:
                 epoch = step // spe
-                perm = jax.device_put(local_permutation(epoch_permutation(cfg.seed, epoch, n_train, spe,
-                                                                          cfg.batch_size), n_dev),
-                                      NamedSharding(mesh, P(AXIS)))
+                perm = device_epoch_order(cfg.seed, epoch, n_train, spe, cfg.batch_size, mesh)
                 end = min((epoch + 1) * spe, total)
                 bar = _bar(progress, epoch, cfg.epochs, step - epoch * spe, end - epoch * spe)
                 pending, t_last, n_last = [], time.perf_counter(), step
