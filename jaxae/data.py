@@ -131,12 +131,15 @@ class _DirReader:
 class _TarReader:
     def __init__(self, tar: tarfile.TarFile):
         self.tar = tar
+        # By member, not by name: TarFile.getmember(name) searches the whole member list each time, which
+        # made decoding CIFAR-10's 60,000 files quadratic (about a minute instead of seconds).
+        self.members = {m.name: m for m in tar.getmembers() if m.isfile()}
 
     def files(self) -> list[str]:
-        return [m.name for m in self.tar.getmembers() if m.isfile()]
+        return list(self.members)
 
     def read(self, name: str) -> bytes:
-        return self.tar.extractfile(name).read()
+        return self.tar.extractfile(self.members[name]).read()
 
 
 def _image_folder(reader, where: str) -> Dataset:
