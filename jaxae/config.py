@@ -32,6 +32,9 @@ class Config:
     blocks: int = _f(1, "residual 3x3 conv blocks per stage after each down/upsampling")
     hidden: int = _f(512, "width of the MLP between the conv features and the latent code")
     mlp_layers: int = _f(3, "hidden layers of that MLP, on each side of the code")
+    mlp: str = _f("plain", "that MLP: 'plain' (Dense+GELU layers) or 'residual' (pre-LayerNorm residual blocks)",
+                  ["plain", "residual"])
+    fourier: int = _f(0, "decoder input: the code plus sin/cos of this many learned projections of it (0 = the code)")
     norm: str = _f("layer", "normalisation inside the residual blocks", ["none", "layer", "group"])
     upsample: str = _f("pixel_shuffle", "decoder upsampling: 'pixel_shuffle' (fast everywhere), 'conv_transpose' "
                        "(nn.ConvTranspose, slow weight gradient on XLA:CPU), 'resize' (nearest + conv)",
@@ -70,7 +73,8 @@ class Config:
     max_steps: int = _f(0, "stop after this many steps in total (0 = epochs x steps per epoch); for tests and budgets")
 
     # Settings that change what a checkpoint means: resuming with a different value is refused.
-    MODEL_FIELDS = ("latent_dim", "width", "stages", "blocks", "hidden", "mlp_layers", "norm", "upsample")
+    MODEL_FIELDS = ("latent_dim", "width", "stages", "blocks", "hidden", "mlp_layers", "mlp", "fourier", "norm",
+                    "upsample")
     RUN_FIELDS = MODEL_FIELDS + ("loss", "noise", "corruption", "flip", "epochs", "batch_size", "optimizer",
                                  "learning_rate", "warmup_epochs", "weight_decay", "grad_clip", "seed", "data",
                                  "dataset", "dtype")
@@ -84,6 +88,8 @@ class Config:
         for name in ("blocks", "steps_per_call", "max_steps"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{_flag(name)} must be 0 or more (got {getattr(self, name)})")
+        if self.fourier < 0:
+            raise UsageError(f"--fourier must be 0 (off) or a positive number of frequencies, not {self.fourier}")
         if not 0.0 <= self.noise <= (10.0 if self.corruption == "gaussian" else 1.0):
             raise UsageError(f"--noise must be between 0 and {'10' if self.corruption == 'gaussian' else '1'} "
                              f"for --corruption {self.corruption} (got {self.noise})")

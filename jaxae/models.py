@@ -135,6 +135,8 @@ class _Arch(nn.Module):
     blocks: int = 1
     hidden: int = 512
     mlp_layers: int = 3
+    mlp: str = "plain"
+    fourier: int = 0
     norm: str = "layer"
     dtype: jnp.dtype = jnp.float32
 
@@ -142,7 +144,38 @@ class _Arch(nn.Module):
         return {name: getattr(self, name) for name in _ARCH_FIELDS}
 
 
-_ARCH_FIELDS = ("width", "stages", "blocks", "hidden", "mlp_layers", "norm", "dtype")
+_ARCH_FIELDS = ("width", "stages", "blocks", "hidden", "mlp_layers", "mlp", "fourier", "norm", "dtype")
+
+
+def mlp(x, hidden: int, layers: int, kind: str = "plain", dtype=jnp.float32):
+    """`layers` hidden layers of `hidden` units with GELU, inside the caller's compact scope (so the plain
+    MLP's parameters keep the names Dense_0.. of the module that calls it, as before this option existed).
+
+    plain: Dense -> gelu, repeated. residual: one Dense -> gelu to `hidden`, then pre-norm residual blocks
+    h + Dense(gelu(LayerNorm(h))), which keep training stable when the stack is deep.
+    """
+    for i in range(layers):
+        if kind == "residual" and i > 0:
+            x = x + nn.Dense(hidden, dtype=dtype)(nn.gelu(nn.LayerNorm(dtype=dtype)(x)))
+        else:
+            x = nn.gelu(nn.Dense(hidden, dtype=dtype)(x))
+    return x
+
+
+class FourierFeatures(nn.Module):
+    """z -> [z, sin(zW), cos(zW)] with a learned [latent_dim, n] frequency matrix W (init N(0, scale^2)).
+
+    A decoder fed the raw 3-D code is a smooth function of 3 numbers (MLPs are biased towards low
+    frequencies); sinusoids of the code let it vary faster along the code's axes (Tancik et al. 2020).
+    """
+    n: int
+    scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, z):
+        w = self.param("frequencies", nn.initializers.normal(self.scale), (z.shape[-1], self.n), jnp.float32)
+        h = z.astype(jnp.float32) @ w
+        return jnp.concatenate([z, jnp.sin(h), jnp.cos(h)], axis=-1)
 
 
 class Encoder(_Arch):
@@ -156,9 +189,7 @@ class Encoder(_Arch):
             x = nn.gelu(nn.Conv(self.width * 2 ** i, (3, 3), strides=(2, 2), dtype=self.dtype)(x))
             for _ in range(self.blocks):
                 x = ResBlock(self.norm, self.dtype)(x)
-        x = x.reshape(x.shape[0], -1)
-        for _ in range(self.mlp_layers):
-            x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype)(x))
+        x = mlp(x.reshape(x.shape[0], -1), self.hidden, self.mlp_layers, self.mlp, self.dtype)
         return nn.Dense(self.latent_dim, dtype=jnp.float32)(x).astype(jnp.float32)
 
 
@@ -173,9 +204,8 @@ class Decoder(_Arch):
         shapes = stage_shapes(height, width, self.stages)
         h0, w0 = shapes[-1]
         c0 = self.width * 2 ** (self.stages - 1)
-        x = z.astype(self.dtype)
-        for _ in range(self.mlp_layers):
-            x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype)(x))
+        x = FourierFeatures(self.fourier)(z) if self.fourier else z
+        x = mlp(x.astype(self.dtype), self.hidden, self.mlp_layers, self.mlp, self.dtype)
         x = nn.gelu(nn.Dense(h0 * w0 * c0, dtype=self.dtype)(x)).reshape(z.shape[0], h0, w0, c0)
         for i in reversed(range(self.stages)):
             for _ in range(self.blocks):
@@ -216,5 +246,6 @@ def model_from_config(cfg, image_shape: Sequence[int]) -> Autoencoder:
         raise UsageError(f"images of {h}x{w} are too small for --stages {cfg.stages}: use --stages "
                          f"{max(1, min(h, w).bit_length() - 1)} or fewer")
     return Autoencoder(image_shape=tuple(image_shape), latent_dim=cfg.latent_dim, width=cfg.width,
-                       stages=cfg.stages, blocks=cfg.blocks, hidden=cfg.hidden, mlp_layers=cfg.mlp_layers, norm=cfg.norm,
+                       stages=cfg.stages, blocks=cfg.blocks, hidden=cfg.hidden, mlp_layers=cfg.mlp_layers, mlp=cfg.mlp,
+                       fourier=cfg.fourier, norm=cfg.norm,
                        upsample=cfg.upsample, dtype=jnp.dtype(cfg.dtype))
