@@ -4,6 +4,9 @@
         --base '{"epochs": 20}' --grid '[{}, {"width": 32}, {"loss": "l1"}]'
 
 Each grid entry overrides the base config; each run leaves a normal workdir under --root.
+--jobs N runs the grid in N worker processes side by side on the same accelerator (entry i goes to worker
+i mod N; each worker takes 1/N of the GPU memory). Compiles and per-epoch evaluations are host-bound; workers
+overlap them with each other's training.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -37,6 +41,22 @@ def knn10(cfg, state, ds) -> float:
     return knn_accuracy(nn, ds.train_labels, ds.test_labels, len(ds.class_names))
 
 
+def run_workers(args) -> int:
+    """Decode the data once (so the workers read the .npz cache), then run grid[i::jobs] in worker i."""
+    from jaxae.data import load
+    load(args.data, cache_dir=args.cache_dir)
+    grid = json.loads(args.grid)
+    env = {**os.environ, "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / args.jobs:.2f}"}
+    procs = []
+    for i in range(args.jobs):
+        part = grid[i::args.jobs]
+        if part:
+            procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), "--data", args.data,
+                                           "--base", args.base, "--grid", json.dumps(part), "--root", args.root,
+                                           "--out", args.out, "--cache-dir", args.cache_dir], env=env))
+    return max(p.wait() for p in procs)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
@@ -45,7 +65,10 @@ def main(argv=None) -> int:
     p.add_argument("--root", default="runs/sweep", help="parent folder of the runs' workdirs")
     p.add_argument("--out", default="runs/sweep.jsonl", help="JSON lines, one per run (appended)")
     p.add_argument("--cache-dir", default="")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes sharing the accelerator (default: 1)")
     args = p.parse_args(argv)
+    if args.jobs > 1:
+        return run_workers(args)
 
     import jax
     from jaxae.config import Config
