@@ -210,7 +210,7 @@ def torch_worker(args) -> dict:
         for comp in modes:
             try:
                 r = time_training(IMAGE_SHAPE, cfg.latent_dim, cfg.width, cfg.stages, cfg.blocks, cfg.hidden,
-                                  cfg.mlp_layers, cfg.norm, cfg.upsample, batch_size=bs, steps=max(args.steps, 20),
+                                  cfg.mlp_layers, cfg.norm, cfg.upsample, cfg.head, batch_size=bs, steps=max(args.steps, 20),
                                   repeats=max(args.repeats, 3), compile=comp, bf16=cfg.dtype == "bfloat16",
                                   learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   grad_clip=cfg.grad_clip)
@@ -300,7 +300,9 @@ def main(argv=None) -> int:
         result["jax_workers"].append(w)
         result["rows"] += w.get("rows", [])
         print(f"jaxae on {ndev} device(s) done", flush=True)
-    if args.torch:
+    if args.torch and (cfg.mlp != "plain" or cfg.fourier):
+        print("note: the PyTorch twin has no --mlp residual or --fourier; timing jaxae alone", flush=True)
+    elif args.torch:
         t = _run_worker("torch", argv)
         result["torch_worker"] = t
         result["rows"] += t.get("rows", [])

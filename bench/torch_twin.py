@@ -79,7 +79,7 @@ class Autoencoder(nn.Module):
     """jaxae.models.Autoencoder in PyTorch (NCHW)."""
 
     def __init__(self, image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blocks=1, hidden=256,
-                 mlp_layers=1, norm="layer", upsample="pixel_shuffle"):
+                 mlp_layers=1, norm="layer", upsample="pixel_shuffle", head="conv"):
         super().__init__()
         h, w, c = image_shape
         self.shapes = _stage_shapes(h, w, stages)
@@ -106,10 +106,11 @@ class Autoencoder(nn.Module):
         cin = self.c0
         for i in reversed(range(stages)):
             self.blocks.append(nn.Sequential(*[ResBlock(cin, norm) for _ in range(blocks)]))
-            cout = width * 2 ** max(i - 1, 0)
+            cout = c if i == 0 and head == "upsample" else width * 2 ** max(i - 1, 0)
             self.ups.append(Upsample(cin, cout, upsample))
             cin = cout
-        self.out = nn.Conv2d(cin, c, 3, padding=1)
+        self.head = head
+        self.out = nn.Conv2d(cin, c, 3, padding=1) if head == "conv" else nn.Identity()
 
     def forward(self, x):
         z = self.encoder((x - 0.5) * 2.0)
@@ -117,12 +118,14 @@ class Autoencoder(nn.Module):
         y = self.dec_mlp(z).reshape(x.shape[0], self.c0, h0, w0)
         for j, (blocks, up) in enumerate(zip(self.blocks, self.ups)):
             th, tw = self.shapes[len(self.shapes) - 2 - j]
-            y = F.gelu(up(blocks(y))[:, :, :th, :tw])
+            y = up(blocks(y))[:, :, :th, :tw]
+            if j < len(self.ups) - 1 or self.head == "conv":
+                y = F.gelu(y)
         return torch.sigmoid(self.out(y))
 
 
 def time_training(image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blocks=1, hidden=256, mlp_layers=1,
-                  norm="layer", upsample="pixel_shuffle", batch_size=256, steps=20, repeats=3, compile=False,
+                  norm="layer", upsample="pixel_shuffle", head="conv", batch_size=256, steps=20, repeats=3, compile=False,
                   threads: int | None = None, device: str | None = None, bf16: bool = False, n_data=50000,
                   learning_rate=2e-3, weight_decay=1e-4, grad_clip=1.0, seed=0) -> dict:
     """Steady-state training img/s of the twin: a warm-up, then `repeats` timings of `steps` steps each."""
@@ -130,7 +133,7 @@ def time_training(image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blo
         torch.set_num_threads(threads)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
-    model = Autoencoder(image_shape, latent_dim, width, stages, blocks, hidden, mlp_layers, norm, upsample).to(device)
+    model = Autoencoder(image_shape, latent_dim, width, stages, blocks, hidden, mlp_layers, norm, upsample, head).to(device)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     h, w, c = image_shape

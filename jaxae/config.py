@@ -39,6 +39,9 @@ class Config:
     upsample: str = _f("pixel_shuffle", "decoder upsampling: 'pixel_shuffle' (fast everywhere), 'conv_transpose' "
                        "(nn.ConvTranspose, slow weight gradient on XLA:CPU), 'resize' (nearest + conv)",
                        ["pixel_shuffle", "conv_transpose", "resize"])
+    head: str = _f("conv", "decoder output: 'conv' (last upsampling to --width channels, then a 3x3 conv to the "
+                   "image) or 'upsample' (the last upsampling emits the image: no full-resolution conv, cheaper on "
+                   "CPUs)", ["conv", "upsample"])
     dtype: str = _f("float32", "compute dtype (parameters stay float32); bfloat16 is for GPUs/TPUs",
                     ["float32", "bfloat16"])
     # --- objective
@@ -74,7 +77,7 @@ class Config:
 
     # Settings that change what a checkpoint means: resuming with a different value is refused.
     MODEL_FIELDS = ("latent_dim", "width", "stages", "blocks", "hidden", "mlp_layers", "mlp", "fourier", "norm",
-                    "upsample")
+                    "upsample", "head")
     RUN_FIELDS = MODEL_FIELDS + ("loss", "noise", "corruption", "flip", "epochs", "batch_size", "optimizer",
                                  "learning_rate", "warmup_epochs", "weight_decay", "grad_clip", "seed", "data",
                                  "dataset", "dtype")

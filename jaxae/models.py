@@ -194,9 +194,15 @@ class Encoder(_Arch):
 
 
 class Decoder(_Arch):
-    """[B, latent_dim] codes -> [B, H, W, C] images in [0, 1] (a sigmoid output)."""
+    """[B, latent_dim] codes -> [B, H, W, C] images in [0, 1] (a sigmoid output).
+
+    head "conv": the last upsampling gives `width` channels at full resolution, then a 3x3 conv gives the
+    image. head "upsample": the last upsampling gives the image channels itself (ESPCN's sub-pixel output),
+    so no conv runs at full resolution; on 2 CPU cores those two layers were the costliest of the step.
+    """
     image_shape: Sequence[int] = (32, 32, 3)
     upsample: str = "pixel_shuffle"
+    head: str = "conv"
 
     @nn.compact
     def __call__(self, z):
@@ -210,11 +216,15 @@ class Decoder(_Arch):
         for i in reversed(range(self.stages)):
             for _ in range(self.blocks):
                 x = ResBlock(self.norm, self.dtype)(x)
-            features = self.width * 2 ** max(i - 1, 0)
+            last = i == 0 and self.head == "upsample"
+            features = channels if last else self.width * 2 ** max(i - 1, 0)
             x = Upsample(features, self.upsample, self.dtype)(x)
             th, tw = shapes[i]
-            x = nn.gelu(x[:, :th, :tw, :])  # odd sizes (28 -> 14 -> 7 -> 4): crop back to the encoder's size
-        x = nn.Conv(channels, (3, 3), dtype=self.dtype)(x)
+            x = x[:, :th, :tw, :]  # odd sizes (28 -> 14 -> 7 -> 4): crop back to the encoder's size
+            if not last:
+                x = nn.gelu(x)
+        if self.head == "conv":
+            x = nn.Conv(channels, (3, 3), dtype=self.dtype)(x)
         return nn.sigmoid(x.astype(jnp.float32))
 
 
@@ -223,10 +233,12 @@ class Autoencoder(_Arch):
     image_shape: Sequence[int] = (32, 32, 3)
     latent_dim: int = 3
     upsample: str = "pixel_shuffle"
+    head: str = "conv"
 
     def setup(self):
         self.encoder = Encoder(latent_dim=self.latent_dim, **self.arch())
-        self.decoder = Decoder(image_shape=tuple(self.image_shape), upsample=self.upsample, **self.arch())
+        self.decoder = Decoder(image_shape=tuple(self.image_shape), upsample=self.upsample, head=self.head,
+                               **self.arch())
 
     def encode(self, x):
         return self.encoder(x)
@@ -248,4 +260,4 @@ def model_from_config(cfg, image_shape: Sequence[int]) -> Autoencoder:
     return Autoencoder(image_shape=tuple(image_shape), latent_dim=cfg.latent_dim, width=cfg.width,
                        stages=cfg.stages, blocks=cfg.blocks, hidden=cfg.hidden, mlp_layers=cfg.mlp_layers, mlp=cfg.mlp,
                        fourier=cfg.fourier, norm=cfg.norm,
-                       upsample=cfg.upsample, dtype=jnp.dtype(cfg.dtype))
+                       upsample=cfg.upsample, head=cfg.head, dtype=jnp.dtype(cfg.dtype))

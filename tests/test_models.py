@@ -104,3 +104,46 @@ def test_gradients_match_finite_differences_in_float64(monkeypatch):
         loss = jax.jit(lambda p: losses.l2(model.apply({"params": p}, x), x))
         assert loss(params).dtype == jnp.float64
         check_grads(loss, (params,), order=1, modes=("rev",), eps=1e-6)  # rev: the model has custom VJPs
+
+
+@pytest.mark.parametrize("options", [{"head": "upsample"}, {"mlp": "residual"}, {"fourier": 4}])
+def test_architecture_options(options):
+    """Each option changes the network (new or missing parameters), keeps shapes and the [0, 1] range, and
+    every parameter of it learns."""
+    x = jax.random.uniform(jax.random.PRNGKey(0), (4, 12, 12, 3))
+
+    def model(**kw):
+        return Autoencoder(image_shape=(12, 12, 3), latent_dim=3, width=4, stages=2, blocks=0, hidden=8, mlp_layers=3,
+                           **kw)
+
+    plain = jax.eval_shape(model().init, jax.random.PRNGKey(1), x)["params"]  # no compile
+    net = model(**options)
+
+    @jax.jit  # one compile: init, loss, gradient and output together
+    def run(x):
+        params = net.init(jax.random.PRNGKey(1), x)["params"]
+        (loss, y), grads = jax.value_and_grad(
+            lambda p: (lambda y: (losses.l2(y, x), y))(net.apply({"params": p}, x)), has_aux=True)(params)
+        return params, loss, grads, y
+
+    params, loss, grads, y = run(x)
+    names = lambda p: {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(p)[0]}  # noqa: E731
+    assert names(params) != names(plain)
+    assert y.shape == x.shape and bool(jnp.all((y >= 0) & (y <= 1))) and np.isfinite(float(loss))
+    dead = [jax.tree_util.keystr(k) for k, g in jax.tree_util.tree_flatten_with_path(grads)[0]
+            if not bool(jnp.any(g != 0))]
+    assert not dead, f"parameters with zero gradient: {dead}"
+    if options.get("head") == "upsample":  # no full-resolution conv: the decoder ends in the last Upsample
+        assert not any(k.startswith("['decoder']['Conv_") for k in names(params))
+    if options.get("mlp") == "residual":
+        assert any("LayerNorm" in k and "decoder" in k for k in names(params))
+
+
+def test_default_model_parameters_unchanged_by_the_options():
+    """Checkpoints of the default model stay loadable: same tree, same initial values as before the options."""
+    model = model_from_config(__import__("jaxae.config", fromlist=["Config"]).Config(), (32, 32, 3))
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    dec = sorted(params["decoder"])
+    assert dec == sorted(["Dense_0", "Dense_1", "Dense_2", "Dense_3", "ResBlock_0", "ResBlock_1", "ResBlock_2",
+                          "Upsample_0", "Upsample_1", "Upsample_2", "Conv_0"])
+    assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) == 8_799_686
