@@ -21,7 +21,8 @@ def main(argv=None) -> int:
     from jaxae import distributed, figures
     from jaxae.train import TrainingStopped, train_and_evaluate
 
-    distributed.initialize(cfg)  # before anything touches a device
+    distributed.use_cpu_cores(cfg)  # before anything touches a device
+    distributed.initialize(cfg)
     import jax
 
     try:
