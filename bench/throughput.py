@@ -108,7 +108,7 @@ def jax_worker(args) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh
 
     from jaxae import train as T
 
@@ -122,7 +122,7 @@ def jax_worker(args) -> dict:
     train_u8 = rng.integers(0, 256, (N_TRAIN, *IMAGE_SHAPE), dtype=np.uint8)
     test_u8 = rng.integers(0, 256, (N_TEST, *IMAGE_SHAPE), dtype=np.uint8)
     mesh = Mesh(np.array(jax.local_devices()), (T.AXIS,))
-    images = jax.device_put(train_u8, NamedSharding(mesh, P()))
+    images = T.put_dataset(train_u8, mesh)
     rows = []
     for bs in [int(b) for b in _batch_sizes(args, backend)]:
         if bs % n_dev:
@@ -133,7 +133,7 @@ def jax_worker(args) -> dict:
         perm = T.device_epoch_order(0, 0, N_TRAIN, spe, bs, mesh)
         # FLOPs of one step on one device's share, from XLA's cost analysis of the compiled step.
         step1 = jax.jit(lambda s, b, k: T.train_step(s, b, k, cfg_b, None))
-        ca = step1.lower(state, images[: bs // n_dev], state.key).compile().cost_analysis()
+        ca = step1.lower(state, train_u8[: bs // n_dev], state.key).compile().cost_analysis()
         ca = ca[0] if isinstance(ca, (list, tuple)) else ca
         flops_img = float(ca.get("flops", float("nan"))) / (bs // n_dev)
         for spc in _steps_per_call(args, backend, spe):

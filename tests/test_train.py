@@ -59,8 +59,12 @@ def test_pmap_on_two_devices_equals_one_device(setup):
     local_perm = train.local_permutation(perm, 2)
     assert local_perm.shape == (2, spe, cfg.batch_size // 2)
     two, two_losses = jax.tree.map(jnp.copy, state), []
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (train.AXIS,))
+    dataset = train.put_dataset(ds.train_images, mesh)
+    assert dataset.shape == (2, *ds.train_images.shape)
+    assert [s.data.shape[0] for s in dataset.addressable_shards] == [1, 1]  # a whole copy on each device
     for i in range(n_steps):
-        two, m = p_step(two, images, local_perm)
+        two, m = p_step(two, dataset, local_perm)
         two_losses.append(float(np.asarray(m["loss"]).reshape(-1)[0]))
 
     assert int(two.step) == int(one.step) == n_steps
