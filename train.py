@@ -21,8 +21,7 @@ def main(argv=None) -> int:
     from jaxae import distributed, figures
     from jaxae.train import TrainingStopped, train_and_evaluate
 
-    distributed.use_cpu_cores(cfg)  # before anything touches a device
-    distributed.initialize(cfg)
+    distributed.initialize(cfg)  # before anything touches a device
     import jax
 
     try:

@@ -68,8 +68,6 @@ def main(argv=None) -> int:
     if args.minutes <= 0:
         raise config.UsageError(f"--minutes must be positive (got {args.minutes})")
     cfg, explicit = config.from_args(args)
-    from jaxae import distributed
-    distributed.use_cpu_cores(cfg)  # as train.py does, before anything touches a device
     t_start = time.perf_counter()
     ds = load(cfg.data, cfg.dataset, cfg.cache_dir)
     spe = steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)

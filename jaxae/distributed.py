@@ -24,26 +24,6 @@ def _launched_by_scheduler() -> str | None:
     return None
 
 
-MAX_CPU_DEVICES = 8
-
-
-def use_cpu_cores(cfg: Config) -> int:
-    """On a CPU-only run, split the host into one XLA device per core (at most MAX_CPU_DEVICES, and a
-    divisor of the batch), so the pmapped step runs its per-device work side by side: on 2 cores, 2 devices
-    trained ~30 % faster than 1 (docs/performance.md). Leaves JAX alone when JAX_NUM_CPU_DEVICES is set,
-    for multi-process runs, and on GPUs/TPUs (the setting only shapes the CPU backend). Must run before
-    anything touches a JAX device; returns the CPU device count asked for (0 = left alone)."""
-    if "JAX_NUM_CPU_DEVICES" in os.environ or cfg.coordinator or cfg.num_processes or _launched_by_scheduler():
-        return 0
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        cores = os.cpu_count() or 1
-    n = max(d for d in range(1, min(cores, MAX_CPU_DEVICES) + 1) if cfg.batch_size % d == 0)
-    jax.config.update("jax_num_cpu_devices", n)
-    return n
-
-
 def initialize(cfg: Config) -> bool:
     """Join the other processes when launched as one of several; True when it did."""
     coordinator = cfg.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
