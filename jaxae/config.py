@@ -123,10 +123,12 @@ class Config:
 
 
 # Named groups of defaults. "default" is the accelerator schedule `python train.py` runs;
-# "quick" is a smaller model for CPUs (about 6 minutes an epoch on 2 cores; bench/quality.py fits epochs to a budget). See docs/quality.md for the study behind them.
+# "quick" is the 2-core CPU model and schedule: width 16, no residual blocks, the sub-pixel output head and
+# 14 epochs train in about 15 minutes on 2 cores (bench/quality.py fits epochs to any budget). See
+# docs/quality.md for the studies behind them.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "quick": {"width": 32, "hidden": 256, "epochs": 8, "batch_size": 128},
+    "quick": {"width": 16, "blocks": 0, "head": "upsample", "hidden": 512, "batch_size": 128, "epochs": 14},
     "tiny": {"width": 8, "stages": 2, "blocks": 0, "hidden": 16, "epochs": 1, "batch_size": 8,
              "log_every": 2},
 }
