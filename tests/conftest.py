@@ -19,10 +19,24 @@ return them):
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
-import jax
+# One persistent compilation cache for the whole session, this process and every `python train.py` /
+# `python evaluate.py` it starts (they inherit the environment): the same tiny model's init, train step and
+# evaluation are otherwise compiled again by every subprocess that trains and every in-process training run.
+# Cached executables are the ones XLA would compile (the key covers the HLO, flags, devices and jax version),
+# so no test sees different numbers. A fresh folder per session, deleted at exit, unless one is given.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    _CACHE = tempfile.mkdtemp(prefix="jaxae-tests-jax-cache-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # default 1 s: most compiles here are less
+
+import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 2)
 
