@@ -8,6 +8,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,6 +184,22 @@ def test_unknown_tfds_dataset_and_no_network(monkeypatch):
 
 # ----------------------------------------------------------------- checkpoints: disk, corruption
 
+@pytest.fixture(scope="module")
+def three_epochs(tmp_path_factory):
+    """One in-process run of 3 epochs (checkpoints 4, 8, 12), for tests that damage a copy of it. The same
+    settings as the full-disk test below, so that its compiles come from the persistent cache."""
+    cfg = tiny_config(tmp_path_factory.mktemp("three_epochs"), epochs=3)
+    train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+    return cfg.workdir
+
+
+def copy_of(workdir, tmp_path):
+    """A copy of the run in `workdir` as tmp_path/run, and its config (paths inside tmp_path)."""
+    cfg = tiny_config(tmp_path, epochs=3)
+    shutil.copytree(workdir, cfg.workdir)
+    return cfg
+
+
 def test_full_disk_is_usage_error_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, epochs=3)
     real_save = ocp.CheckpointManager.save
@@ -199,15 +216,14 @@ def test_full_disk_is_usage_error_and_keeps_earlier_checkpoints(tmp_path, monkey
     assert params_hash(cfg.workdir)[0] == 4
 
 
-def test_corrupt_checkpoint_reported_and_previous_restored(tmp_path, capsys):
-    cfg = tiny_config(tmp_path, epochs=2)
-    train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+def test_corrupt_checkpoint_reported_and_previous_restored(three_epochs, tmp_path, capsys):
+    cfg = copy_of(three_epochs, tmp_path)
     ckdir = checkpoints.checkpoint_dir(cfg.workdir)
-    assert sorted(os.listdir(ckdir)) == ["4", "8"]
-    step4 = checkpoints.restore(checkpoints.manager(cfg.workdir), create_train_state(cfg, (16, 16, 3), 1, 1),
-                                step=4)
-    # Garble the middle of every data file of step 8: orbax itself would read such bytes without complaint.
-    for path in glob.glob(os.path.join(ckdir, "8", "**", "d", "*"), recursive=True):
+    assert sorted(os.listdir(ckdir), key=int) == ["4", "8", "12"]
+    step8 = checkpoints.restore(checkpoints.manager(cfg.workdir), create_train_state(cfg, (16, 16, 3), 1, 1),
+                                step=8)
+    # Garble the middle of every data file of step 12: orbax itself would read such bytes without complaint.
+    for path in glob.glob(os.path.join(ckdir, "12", "**", "d", "*"), recursive=True):
         with open(path, "r+b") as fh:
             size = os.path.getsize(path)
             fh.seek(size // 2)
@@ -216,25 +232,24 @@ def test_corrupt_checkpoint_reported_and_previous_restored(tmp_path, capsys):
     state = checkpoints.restore(checkpoints.manager(cfg.workdir), create_train_state(cfg, (16, 16, 3), 1, 1),
                                 set_aside=True)
     err = capsys.readouterr().err
-    assert "checkpoint step 8" in err and "cannot be read" in err and "restored the previous good" in err
-    assert int(state.step) == 4
-    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(step4.params)):
+    assert "checkpoint step 12" in err and "cannot be read" in err and "restored the previous good" in err
+    assert int(state.step) == 8
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(step8.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert sorted(os.listdir(ckdir)) == ["4"]
-    moved = glob.glob(os.path.join(cfg.workdir, "unreadable-checkpoints", "8-*"))
+    assert sorted(os.listdir(ckdir), key=int) == ["4", "8"]
+    moved = glob.glob(os.path.join(cfg.workdir, "unreadable-checkpoints", "12-*"))
     assert len(moved) == 1 and os.listdir(moved[0])  # set aside, not deleted
 
 
-def test_truncated_checkpoint_falls_back(tmp_path, capsys):
-    cfg = tiny_config(tmp_path, epochs=2)
-    train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+def test_truncated_checkpoint_falls_back(three_epochs, tmp_path, capsys):
+    cfg = copy_of(three_epochs, tmp_path)
     ckdir = checkpoints.checkpoint_dir(cfg.workdir)
-    biggest = max(glob.glob(os.path.join(ckdir, "8", "**", "d", "*"), recursive=True), key=os.path.getsize)
+    biggest = max(glob.glob(os.path.join(ckdir, "12", "**", "d", "*"), recursive=True), key=os.path.getsize)
     os.truncate(biggest, 10)
     state = checkpoints.restore(checkpoints.manager(cfg.workdir), create_train_state(cfg, (16, 16, 3), 1, 1))
-    assert int(state.step) == 4
-    assert "checkpoint step 8" in capsys.readouterr().err
-    assert os.path.isdir(os.path.join(ckdir, "8"))  # without set_aside (evaluate): left where it was
+    assert int(state.step) == 8
+    assert "checkpoint step 12" in capsys.readouterr().err
+    assert os.path.isdir(os.path.join(ckdir, "12"))  # without set_aside (evaluate): left where it was
 
 
 # ------------------------------------------------------------------------------------- NaN
