@@ -15,6 +15,10 @@ return them):
   `tmp_path/run`, cache_dir `tmp_path/cache`, then `overrides`.
 - `tiny_dataset(n_train=32, n_test=16, size=16, channels=3, classes=2)`: the same images as an in-memory
   `jaxae.data.Dataset` (no files), for tests of training code.
+
+Session fixture `reference_run`: one `python train.py REFERENCE_FLAGS` on 2 devices, trained once and shared
+by the tests that compare another way of training against it (test_distributed: 2 processes; test_robustness:
+killed and resumed). Tests must not write into it; copy it first.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -123,3 +128,25 @@ def _tiny_config_fixture():
 @pytest.fixture(name="tiny_dataset")
 def _tiny_dataset_fixture():
     return tiny_dataset
+
+
+# 32 training images (make_image_folder(n_train=16) x 2 classes): 4 steps per epoch at the preset's batch 8.
+# Noise on, so that resuming and splitting over processes must reproduce the per-example noise keys too.
+REFERENCE_FLAGS = ("--preset", "tiny", "--epochs", "4", "--seed", "2", "--noise", "0.2")
+REFERENCE_STEPS = 16
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory) -> dict:
+    """`python train.py REFERENCE_FLAGS` on 2 CPU devices, straight through: {"data", "workdir", "flags",
+    "stdout"}. The data folder is shared too: a run compared with this one trains on the same files."""
+    root = tmp_path_factory.mktemp("reference")
+    data = make_image_folder(root / "img", n_train=16, n_test=4)
+    workdir = str(root / "run")
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *REFERENCE_FLAGS, "--data", data,
+                           "--workdir", workdir, "--cache-dir", str(root / "cache")], cwd=REPO,
+                          env={**os.environ, "JAX_NUM_CPU_DEVICES": "2"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"done: step {REFERENCE_STEPS}" in proc.stdout, proc.stdout[-3000:]
+    return {"data": data, "workdir": workdir, "flags": list(REFERENCE_FLAGS), "stdout": proc.stdout}

@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, make_image_folder, tiny_config, tiny_dataset
+from conftest import REFERENCE_FLAGS, REFERENCE_STEPS, REPO, make_image_folder, tiny_config, tiny_dataset
 from jaxae import checkpoints, data
 from jaxae.config import UsageError
 from jaxae.train import TrainingStopped, create_train_state, train_and_evaluate
@@ -289,11 +289,12 @@ def _run_until(args, first_line: str, sig: int, delay: float = 0.0) -> tuple[int
     return proc.returncode, "".join(lines) + out, err
 
 
-def test_sigterm_sigint_sigkill_then_resume_is_bitwise_identical(tmp_path):
-    folder = make_image_folder(tmp_path / "img", n_train=16, n_test=4)  # 4 steps per epoch at batch 8
-    straight = script(*tiny_args(folder, tmp_path / "a" / "run", "--epochs", "4", "--seed", "2"))
-    assert straight.returncode == 0, straight.stderr
-    args = tiny_args(folder, tmp_path / "b" / "run", "--epochs", "4", "--seed", "2")
+def test_sigterm_sigint_sigkill_then_resume_is_bitwise_identical(tmp_path, reference_run):
+    # The straight run to compare with is conftest's reference_run (shared with test_distributed): the same
+    # flags (4 epochs of 4 steps) and data folder here, another workdir.
+    workdir = tmp_path / "b" / "run"
+    args = ["train.py", *REFERENCE_FLAGS, "--data", reference_run["data"], "--workdir", str(workdir),
+            "--cache-dir", str(tmp_path / "b" / "cache")]
     ckdir = tmp_path / "b" / "run" / "checkpoints"
 
     code, out, err = _run_until(args, "epoch 1/4", signal.SIGTERM)
@@ -311,5 +312,5 @@ def test_sigterm_sigint_sigkill_then_resume_is_bitwise_identical(tmp_path):
 
     final = script(*args)
     assert final.returncode == 0, final.stderr
-    assert "resuming" in final.stdout and "done: step 16" in final.stdout
-    assert params_hash(tmp_path / "b" / "run") == params_hash(tmp_path / "a" / "run")
+    assert "resuming" in final.stdout and f"done: step {REFERENCE_STEPS}" in final.stdout
+    assert params_hash(workdir) == params_hash(reference_run["workdir"])
