@@ -44,6 +44,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # defa
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 2)
+# Again through the config: the environment is read when jax is imported, which a plugin may have done.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 # Compile time, not run time, dominates the suite: XLA:CPU's LLVM backend spends ~1.5 s CPU compiling each
 # threefry random op at its default optimisation level (a tiny model's jitted init: 29 s; at level 0:
