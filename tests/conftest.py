@@ -140,17 +140,56 @@ REFERENCE_FLAGS = ("--preset", "tiny", "--epochs", "4", "--seed", "2", "--noise"
 REFERENCE_STEPS = 16
 
 
+_REFERENCE: dict = {}
+
+
+def _start_reference_run() -> None:
+    """Start reference_run's `python train.py` in the background (output to files in its folder)."""
+    root = tempfile.mkdtemp(prefix="jaxae-tests-reference-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    data = make_image_folder(os.path.join(root, "img"), n_train=16, n_test=4)
+    workdir = os.path.join(root, "run")
+    out, err = (open(os.path.join(root, name), "w+") for name in ("stdout.txt", "stderr.txt"))
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *REFERENCE_FLAGS, "--data", data,
+                             "--workdir", workdir, "--cache-dir", os.path.join(root, "cache")], cwd=REPO,
+                            env={**os.environ, "JAX_NUM_CPU_DEVICES": "2"}, stdout=out, stderr=err, text=True)
+    _REFERENCE.update(data=data, workdir=workdir, proc=proc, out=out, err=err)
+
+
+def pytest_collection_finish(session) -> None:
+    # When a collected test uses reference_run, start its training now: it then runs on the second core
+    # while the tests before the first user run (test_checkpoints, test_cli, ... in a full run).
+    if not session.config.option.collectonly and any(
+            "reference_run" in getattr(item, "fixturenames", ()) for item in session.items):
+        _start_reference_run()
+
+
+def pytest_sessionfinish(session) -> None:
+    proc = _REFERENCE.get("proc")
+    if proc is not None and proc.poll() is None:  # the session ended before a test waited for it
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="session")
-def reference_run(tmp_path_factory) -> dict:
+def reference_run() -> dict:
     """`python train.py REFERENCE_FLAGS` on 2 CPU devices, straight through: {"data", "workdir", "flags",
     "stdout"}. The data folder is shared too: a run compared with this one trains on the same files."""
-    root = tmp_path_factory.mktemp("reference")
-    data = make_image_folder(root / "img", n_train=16, n_test=4)
-    workdir = str(root / "run")
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *REFERENCE_FLAGS, "--data", data,
-                           "--workdir", workdir, "--cache-dir", str(root / "cache")], cwd=REPO,
-                          env={**os.environ, "JAX_NUM_CPU_DEVICES": "2"}, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"done: step {REFERENCE_STEPS}" in proc.stdout, proc.stdout[-3000:]
-    return {"data": data, "workdir": workdir, "flags": list(REFERENCE_FLAGS), "stdout": proc.stdout}
+    if "proc" not in _REFERENCE:
+        _start_reference_run()
+    proc = _REFERENCE["proc"]
+    try:
+        proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    for f in (_REFERENCE["out"], _REFERENCE["err"]):
+        f.seek(0)
+    stdout, stderr = _REFERENCE["out"].read(), _REFERENCE["err"].read()
+    _REFERENCE["out"].close()
+    _REFERENCE["err"].close()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert f"done: step {REFERENCE_STEPS}" in stdout, stdout[-3000:]
+    return {"data": _REFERENCE["data"], "workdir": _REFERENCE["workdir"], "flags": list(REFERENCE_FLAGS),
+            "stdout": stdout}
