@@ -15,16 +15,39 @@ return them):
   `tmp_path/run`, cache_dir `tmp_path/cache`, then `overrides`.
 - `tiny_dataset(n_train=32, n_test=16, size=16, channels=3, classes=2)`: the same images as an in-memory
   `jaxae.data.Dataset` (no files), for tests of training code.
+
+Session fixture `reference_run`: one `python train.py REFERENCE_FLAGS` on 2 devices, trained once and shared
+by the tests that compare another way of training against it (test_distributed: 2 processes; test_robustness:
+killed and resumed). Tests must not write into it; copy it first.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 
-import jax
+# One persistent compilation cache for the whole session, this process and every `python train.py` /
+# `python evaluate.py` it starts (they inherit the environment): the same tiny model's init, train step and
+# evaluation are otherwise compiled again by every subprocess that trains and every in-process training run.
+# Cached executables are the ones XLA would compile (the key covers the HLO, flags, devices and jax version),
+# so no test sees different numbers. A fresh folder per session, deleted at exit, unless one is given.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    _CACHE = tempfile.mkdtemp(prefix="jaxae-tests-jax-cache-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # default 1 s: most compiles here are less
+
+import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 2)
+# Again through the config: the environment is read when jax is imported, which a plugin may have done.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 # Compile time, not run time, dominates the suite: XLA:CPU's LLVM backend spends ~1.5 s CPU compiling each
 # threefry random op at its default optimisation level (a tiny model's jitted init: 29 s; at level 0:
@@ -109,3 +132,64 @@ def _tiny_config_fixture():
 @pytest.fixture(name="tiny_dataset")
 def _tiny_dataset_fixture():
     return tiny_dataset
+
+
+# 32 training images (make_image_folder(n_train=16) x 2 classes): 4 steps per epoch at the preset's batch 8.
+# Noise on, so that resuming and splitting over processes must reproduce the per-example noise keys too.
+REFERENCE_FLAGS = ("--preset", "tiny", "--epochs", "4", "--seed", "2", "--noise", "0.2")
+REFERENCE_STEPS = 16
+
+
+_REFERENCE: dict = {}
+
+
+def _start_reference_run() -> None:
+    """Start reference_run's `python train.py` in the background (output to files in its folder)."""
+    root = tempfile.mkdtemp(prefix="jaxae-tests-reference-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    data = make_image_folder(os.path.join(root, "img"), n_train=16, n_test=4)
+    workdir = os.path.join(root, "run")
+    out, err = (open(os.path.join(root, name), "w+") for name in ("stdout.txt", "stderr.txt"))
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *REFERENCE_FLAGS, "--data", data,
+                             "--workdir", workdir, "--cache-dir", os.path.join(root, "cache")], cwd=REPO,
+                            env={**os.environ, "JAX_NUM_CPU_DEVICES": "2"}, stdout=out, stderr=err, text=True)
+    _REFERENCE.update(data=data, workdir=workdir, proc=proc, out=out, err=err)
+
+
+def pytest_collection_finish(session) -> None:
+    # When a collected test uses reference_run, start its training now: it then runs on the second core
+    # while the tests before the first user run (test_checkpoints, test_cli, ... in a full run).
+    if not session.config.option.collectonly and any(
+            "reference_run" in getattr(item, "fixturenames", ()) for item in session.items):
+        _start_reference_run()
+
+
+def pytest_sessionfinish(session) -> None:
+    proc = _REFERENCE.get("proc")
+    if proc is not None and proc.poll() is None:  # the session ended before a test waited for it
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def reference_run() -> dict:
+    """`python train.py REFERENCE_FLAGS` on 2 CPU devices, straight through: {"data", "workdir", "flags",
+    "stdout"}. The data folder is shared too: a run compared with this one trains on the same files."""
+    if "proc" not in _REFERENCE:
+        _start_reference_run()
+    proc = _REFERENCE["proc"]
+    try:
+        proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    for f in (_REFERENCE["out"], _REFERENCE["err"]):
+        f.seek(0)
+    stdout, stderr = _REFERENCE["out"].read(), _REFERENCE["err"].read()
+    _REFERENCE["out"].close()
+    _REFERENCE["err"].close()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert f"done: step {REFERENCE_STEPS}" in stdout, stdout[-3000:]
+    return {"data": _REFERENCE["data"], "workdir": _REFERENCE["workdir"], "flags": list(REFERENCE_FLAGS),
+            "stdout": stdout}

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, make_image_folder, tiny_config
+from conftest import REFERENCE_FLAGS, REFERENCE_STEPS, REPO
 from jaxae import checkpoints
 from jaxae.config import load_config
 from jaxae.train import create_train_state, steps_per_epoch
@@ -28,9 +28,9 @@ def _free_port() -> int:
 
 
 def _train_cmd(data: str, workdir: str) -> list[str]:
-    return [sys.executable, os.path.join(REPO, "train.py"), "--preset", "tiny", "--data", data,
-            "--workdir", workdir, "--epochs", "2", "--batch-size", "8", "--noise", "0.2",
-            "--cache-dir", os.path.join(os.path.dirname(workdir), "cache")]
+    """The flags of conftest's reference_run (tiny preset, batch 8, noise 0.2, 4 epochs of 4 steps)."""
+    return [sys.executable, os.path.join(REPO, "train.py"), *REFERENCE_FLAGS, "--data", data,
+            "--workdir", workdir, "--cache-dir", os.path.join(os.path.dirname(workdir), "cache")]
 
 
 def _env(devices: int) -> dict:
@@ -50,11 +50,11 @@ def _restore_params(workdir: str, image_shape=(16, 16, 3)):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, reference_run):
     root = tmp_path_factory.mktemp("dist")
-    data = make_image_folder(root / "data")  # 2 classes x 16 train images -> 32
-    single = str(root / "single")
-    subprocess.run(_train_cmd(data, single), env=_env(2), check=True, timeout=TIMEOUT, capture_output=True)
+    # The single-process run on 2 devices is conftest's reference_run (shared with test_robustness).
+    data, single = reference_run["data"], reference_run["workdir"]  # 2 classes x 16 train images -> 32
+    assert "2 cpu device(s)" in reference_run["stdout"]
     multi = str(root / "multi")
     port = _free_port()
     procs = [subprocess.Popen(_train_cmd(data, multi) + ["--coordinator", f"127.0.0.1:{port}",
@@ -79,7 +79,7 @@ def test_two_processes_match_one_process_with_two_devices(runs):
     assert "2 cpu device(s)" in outs[0]  # the global device count spans both processes
     step_s, p_single = _restore_params(single)
     step_m, p_multi = _restore_params(multi)
-    assert step_s == step_m == 8
+    assert step_s == step_m == REFERENCE_STEPS
     diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), p_single, p_multi))
     print(f"\nmax |params(2 processes x 1 device) - params(1 process x 2 devices)| = {max(diffs):.3g}")
     assert max(diffs) < 1e-5, max(diffs)
@@ -87,6 +87,6 @@ def test_two_processes_match_one_process_with_two_devices(runs):
 
 def test_only_process_zero_logs(runs):
     _, multi, outs = runs
-    assert "epoch 2/2" in outs[0] and "epoch 2/2" not in outs[1]
+    assert "epoch 4/4" in outs[0] and "epoch 4/4" not in outs[1]
     with open(os.path.join(multi, "metrics.jsonl")) as fh:
-        assert len([l for l in fh if l.strip()]) == 2  # one record per epoch, written once
+        assert len([l for l in fh if l.strip()]) == 4  # one record per epoch, written once

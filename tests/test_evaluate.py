@@ -23,8 +23,11 @@ N_TEST = 24  # 2 classes x 12
 def run(tmp_path_factory):
     """One tiny denoising run, evaluated twice into the same folder (the second moves the first aside)."""
     tmp = tmp_path_factory.mktemp("eval")
-    data = make_image_folder(tmp / "data", n_train=40, n_test=N_TEST // 2)
-    cfg = tiny_config(tmp, data=data, max_steps=4, noise=0.1)
+    data = make_image_folder(tmp / "data", n_train=16, n_test=N_TEST // 2)
+    # test_train's run settings (32 training images, noise 0.2, flips, 4 epochs at learning rate 1e-2, no
+    # warm-up): the pmapped step is the same program, compiled once for both modules.
+    cfg = tiny_config(tmp, data=data, max_steps=4, noise=0.2, flip=True, warmup_epochs=0.0, epochs=4,
+                      learning_rate=1e-2)
     trained = train_and_evaluate(cfg, progress=False)
     out = str(tmp / "eval")
     first = evaluate.run(cfg.workdir, out=out, interp_steps=STEPS)
@@ -43,7 +46,7 @@ def test_every_output_file_is_written(run):
     index = open(os.path.join(run["out"], "index.html")).read()
     for name in names[2:]:
         assert name in index, f"index.html does not link {name}"
-    assert "gaussian corruption, strength 0.1" in index and "latent dimension" in index
+    assert "gaussian corruption, strength 0.2" in index and "latent dimension" in index
 
 
 def test_a_previous_evaluation_is_moved_aside_not_deleted(run):

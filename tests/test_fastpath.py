@@ -59,10 +59,10 @@ def test_default_model_gradient_matches_plain(monkeypatch):
     """The whole default-architecture model (tiny width): fast and plain parameter gradients agree."""
     x = jax.random.uniform(jax.random.PRNGKey(3), (2, 16, 16, 3))
     model = models.Autoencoder(image_shape=(16, 16, 3), width=4, stages=2, blocks=1, hidden=8, mlp_layers=1)
-    params = model.init(jax.random.PRNGKey(4), x)
+    params = jax.jit(model.init)(jax.random.PRNGKey(4), x)
 
-    def grads():
-        return jax.grad(lambda p: jnp.mean(jnp.square(model.apply(p, x) - x)))(params)
+    def grads():  # jitted (one compile instead of one per op, as in training); a new trace per call
+        return jax.jit(jax.grad(lambda p: jnp.mean(jnp.square(model.apply(p, x) - x))))(params)
 
     g_fast = grads()
     monkeypatch.setattr(models, "_tap_matmul_conv", None)  # Upsample then falls back to lax's conv

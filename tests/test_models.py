@@ -75,9 +75,10 @@ def test_every_parameter_gets_a_nonzero_gradient(grad_setup):
     params, grads = grad_setup
     flat = jax.tree_util.tree_flatten_with_path(grads)[0]
     assert len(flat) == len(jax.tree.leaves(params)) > 10
-    dead = [jax.tree_util.keystr(path) for path, g in flat if not bool(jnp.any(g != 0))]
+    # on the host: jnp here would compile 4 small ops per parameter shape
+    dead = [jax.tree_util.keystr(path) for path, g in flat if not np.any(np.asarray(g) != 0)]
     assert not dead, f"parameters with zero gradient: {dead}"
-    assert all(bool(jnp.all(jnp.isfinite(g))) for _, g in flat)
+    assert all(np.all(np.isfinite(np.asarray(g))) for _, g in flat)
 
 
 class _Float64Numpy:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import errno
 import glob
 import hashlib
-import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,10 +18,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, make_image_folder, tiny_config, tiny_dataset
+from conftest import REFERENCE_FLAGS, REFERENCE_STEPS, REPO, make_image_folder, tiny_config, tiny_dataset
 from jaxae import checkpoints, data
 from jaxae.config import UsageError
-from jaxae.train import TrainingStopped, create_train_state, train_and_evaluate
+from jaxae.train import create_train_state, train_and_evaluate
 
 ENV = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "PYTHONUNBUFFERED": "1"}
 
@@ -183,6 +183,22 @@ def test_unknown_tfds_dataset_and_no_network(monkeypatch):
 
 # ----------------------------------------------------------------- checkpoints: disk, corruption
 
+@pytest.fixture(scope="module")
+def three_epochs(tmp_path_factory):
+    """One in-process run of 3 epochs (checkpoints 4, 8, 12), for tests that damage a copy of it. The same
+    settings as the full-disk test below, so that its compiles come from the persistent cache."""
+    cfg = tiny_config(tmp_path_factory.mktemp("three_epochs"), epochs=3)
+    train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+    return cfg.workdir
+
+
+def copy_of(workdir, tmp_path):
+    """A copy of the run in `workdir` as tmp_path/run, and its config (paths inside tmp_path)."""
+    cfg = tiny_config(tmp_path, epochs=3)
+    shutil.copytree(workdir, cfg.workdir)
+    return cfg
+
+
 def test_full_disk_is_usage_error_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, epochs=3)
     real_save = ocp.CheckpointManager.save
@@ -199,15 +215,14 @@ def test_full_disk_is_usage_error_and_keeps_earlier_checkpoints(tmp_path, monkey
     assert params_hash(cfg.workdir)[0] == 4
 
 
-def test_corrupt_checkpoint_reported_and_previous_restored(tmp_path, capsys):
-    cfg = tiny_config(tmp_path, epochs=2)
-    train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+def test_corrupt_checkpoint_reported_and_previous_restored(three_epochs, tmp_path, capsys):
+    cfg = copy_of(three_epochs, tmp_path)
     ckdir = checkpoints.checkpoint_dir(cfg.workdir)
-    assert sorted(os.listdir(ckdir)) == ["4", "8"]
-    step4 = checkpoints.restore(checkpoints.manager(cfg.workdir), create_train_state(cfg, (16, 16, 3), 1, 1),
-                                step=4)
-    # Garble the middle of every data file of step 8: orbax itself would read such bytes without complaint.
-    for path in glob.glob(os.path.join(ckdir, "8", "**", "d", "*"), recursive=True):
+    assert sorted(os.listdir(ckdir), key=int) == ["4", "8", "12"]
+    step8 = checkpoints.restore(checkpoints.manager(cfg.workdir), create_train_state(cfg, (16, 16, 3), 1, 1),
+                                step=8)
+    # Garble the middle of every data file of step 12: orbax itself would read such bytes without complaint.
+    for path in glob.glob(os.path.join(ckdir, "12", "**", "d", "*"), recursive=True):
         with open(path, "r+b") as fh:
             size = os.path.getsize(path)
             fh.seek(size // 2)
@@ -216,25 +231,24 @@ def test_corrupt_checkpoint_reported_and_previous_restored(tmp_path, capsys):
     state = checkpoints.restore(checkpoints.manager(cfg.workdir), create_train_state(cfg, (16, 16, 3), 1, 1),
                                 set_aside=True)
     err = capsys.readouterr().err
-    assert "checkpoint step 8" in err and "cannot be read" in err and "restored the previous good" in err
-    assert int(state.step) == 4
-    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(step4.params)):
+    assert "checkpoint step 12" in err and "cannot be read" in err and "restored the previous good" in err
+    assert int(state.step) == 8
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(step8.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert sorted(os.listdir(ckdir)) == ["4"]
-    moved = glob.glob(os.path.join(cfg.workdir, "unreadable-checkpoints", "8-*"))
+    assert sorted(os.listdir(ckdir), key=int) == ["4", "8"]
+    moved = glob.glob(os.path.join(cfg.workdir, "unreadable-checkpoints", "12-*"))
     assert len(moved) == 1 and os.listdir(moved[0])  # set aside, not deleted
 
 
-def test_truncated_checkpoint_falls_back(tmp_path, capsys):
-    cfg = tiny_config(tmp_path, epochs=2)
-    train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+def test_truncated_checkpoint_falls_back(three_epochs, tmp_path, capsys):
+    cfg = copy_of(three_epochs, tmp_path)
     ckdir = checkpoints.checkpoint_dir(cfg.workdir)
-    biggest = max(glob.glob(os.path.join(ckdir, "8", "**", "d", "*"), recursive=True), key=os.path.getsize)
+    biggest = max(glob.glob(os.path.join(ckdir, "12", "**", "d", "*"), recursive=True), key=os.path.getsize)
     os.truncate(biggest, 10)
     state = checkpoints.restore(checkpoints.manager(cfg.workdir), create_train_state(cfg, (16, 16, 3), 1, 1))
-    assert int(state.step) == 4
-    assert "checkpoint step 8" in capsys.readouterr().err
-    assert os.path.isdir(os.path.join(ckdir, "8"))  # without set_aside (evaluate): left where it was
+    assert int(state.step) == 8
+    assert "checkpoint step 12" in capsys.readouterr().err
+    assert os.path.isdir(os.path.join(ckdir, "12"))  # without set_aside (evaluate): left where it was
 
 
 # ------------------------------------------------------------------------------------- NaN
@@ -242,9 +256,12 @@ def test_truncated_checkpoint_falls_back(tmp_path, capsys):
 def test_nan_stops_with_step_and_learning_rate_and_keeps_last_checkpoint(tmp_path):
     folder = make_image_folder(tmp_path / "img", n_train=16, n_test=4)
     args = tiny_args(folder, tmp_path / "run", "--learning-rate", "1e6", "--epochs", "3")
-    # Step 0 runs at learning rate 0 (warm-up), so a 1-step run saves finite parameters...
-    first = script(*args, "--max-steps", "1")
-    assert first.returncode == 0, first.stderr
+    # Step 0 runs at learning rate 0 (warm-up), so a 1-step run saves finite parameters... (the run
+    # `python train.py ARGS --max-steps 1` makes, made in this process: its compiles then come from the
+    # persistent cache in the command below)
+    cfg = tiny_config(tmp_path, data=folder, learning_rate=1e6, epochs=3, max_steps=1)
+    first = train_and_evaluate(cfg, progress=False)
+    assert first["exit"] == 0 and first["step"] == 1
     before = tree_hash(tmp_path / "run" / "checkpoints")
     assert "1/_CHECKPOINT_METADATA" in before
     # ...and resuming it at full learning rate diverges.
@@ -274,11 +291,12 @@ def _run_until(args, first_line: str, sig: int, delay: float = 0.0) -> tuple[int
     return proc.returncode, "".join(lines) + out, err
 
 
-def test_sigterm_sigint_sigkill_then_resume_is_bitwise_identical(tmp_path):
-    folder = make_image_folder(tmp_path / "img", n_train=16, n_test=4)  # 4 steps per epoch at batch 8
-    straight = script(*tiny_args(folder, tmp_path / "a" / "run", "--epochs", "4", "--seed", "2"))
-    assert straight.returncode == 0, straight.stderr
-    args = tiny_args(folder, tmp_path / "b" / "run", "--epochs", "4", "--seed", "2")
+def test_sigterm_sigint_sigkill_then_resume_is_bitwise_identical(tmp_path, reference_run):
+    # The straight run to compare with is conftest's reference_run (shared with test_distributed): the same
+    # flags (4 epochs of 4 steps) and data folder here, another workdir.
+    workdir = tmp_path / "b" / "run"
+    args = ["train.py", *REFERENCE_FLAGS, "--data", reference_run["data"], "--workdir", str(workdir),
+            "--cache-dir", str(tmp_path / "b" / "cache")]
     ckdir = tmp_path / "b" / "run" / "checkpoints"
 
     code, out, err = _run_until(args, "epoch 1/4", signal.SIGTERM)
@@ -296,5 +314,5 @@ def test_sigterm_sigint_sigkill_then_resume_is_bitwise_identical(tmp_path):
 
     final = script(*args)
     assert final.returncode == 0, final.stderr
-    assert "resuming" in final.stdout and "done: step 16" in final.stdout
-    assert params_hash(tmp_path / "b" / "run") == params_hash(tmp_path / "a" / "run")
+    assert "resuming" in final.stdout and f"done: step {REFERENCE_STEPS}" in final.stdout
+    assert params_hash(workdir) == params_hash(reference_run["workdir"])

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 
 from conftest import tiny_config, tiny_dataset
 from jaxae import train
@@ -16,10 +17,13 @@ from jaxae import train
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     # Noise and flips on: prepare_batch's per-example keys must make them independent of the device split.
-    cfg = tiny_config(tmp_path_factory.mktemp("train"), noise=0.2, flip=True, warmup_epochs=0.0)
+    # The settings of test_train_and_evaluate_on_two_devices's run (4 epochs, learning rate 1e-2): its
+    # pmapped step is then the very one compiled here, and comes from the persistent compilation cache.
+    cfg = tiny_config(tmp_path_factory.mktemp("train"), noise=0.2, flip=True, warmup_epochs=0.0, epochs=4,
+                      learning_rate=1e-2)
     ds = tiny_dataset(n_train=32, n_test=16)
     spe = train.steps_per_epoch(32, cfg.batch_size)
-    state = train.create_train_state(cfg, ds.image_shape, 2 * spe, spe)
+    state = train.create_train_state(cfg, ds.image_shape, cfg.epochs * spe, spe)
     return cfg, ds, spe, state
 
 
@@ -53,24 +57,27 @@ def test_pmap_on_two_devices_equals_one_device(setup):
         one, m = step(one, images[perm[i]], jax.random.fold_in(one.key, one.step))
         one_losses.append(float(m["loss"]))
 
-    # Two devices: each gets its half of every global batch; gradients are pmean-ed. (A copy: the
+    # Two devices: each gets its half of every global batch; gradients are pmean-ed. The dataset and the
+    # epoch's order are placed on the devices as train_and_evaluate places them. (A copy of the state: the
     # pmapped call donates its input state.)
     p_step = train.make_p_train_steps(cfg, 1, spe)
     local_perm = train.local_permutation(perm, 2)
     assert local_perm.shape == (2, spe, cfg.batch_size // 2)
-    two, two_losses = jax.tree.map(jnp.copy, state), []
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (train.AXIS,))
+    mesh = Mesh(np.array(jax.local_devices()), (train.AXIS,))
     dataset = train.put_dataset(ds.train_images, mesh)
     assert dataset.shape == (2, *ds.train_images.shape)
     assert [s.data.shape[0] for s in dataset.addressable_shards] == [1, 1]  # a whole copy on each device
+    perm_dev = train.device_epoch_order(cfg.seed, 0, ds.train_images.shape[0], spe, cfg.batch_size, mesh)
+    np.testing.assert_array_equal(np.asarray(perm_dev), local_perm)
+    two, two_losses = jax.tree.map(jnp.copy, state), []
     for i in range(n_steps):
-        two, m = p_step(two, dataset, local_perm)
+        two, m = p_step(two, dataset, perm_dev)
         two_losses.append(float(np.asarray(m["loss"]).reshape(-1)[0]))
 
     assert int(two.step) == int(one.step) == n_steps
     np.testing.assert_allclose(two_losses, one_losses, rtol=1e-5)
     # The steps really moved the parameters (by far more than the tolerance below).
-    assert max(float(jnp.abs(a - b).max()) for a, b in
+    assert max(np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in
                zip(jax.tree.leaves(one.params), jax.tree.leaves(state.params))) > 1e-3
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
@@ -80,7 +87,8 @@ def test_pmap_on_two_devices_equals_one_device(setup):
 
 def test_train_and_evaluate_on_two_devices(setup, tmp_path):
     cfg, ds, spe, _ = setup
-    cfg = cfg.replace(workdir=str(tmp_path / "run"), epochs=4, learning_rate=1e-2)
+    cfg = cfg.replace(workdir=str(tmp_path / "run"))
+    assert cfg.epochs == 4 and cfg.learning_rate == 1e-2
     result = train.train_and_evaluate(cfg, ds=ds, progress=False)
     assert result["exit"] == 0 and result["step"] == 4 * spe == int(result["state"].step)
     with open(os.path.join(cfg.workdir, "metrics.jsonl")) as fh:
