@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import sys
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -163,23 +165,41 @@ def restore(mngr: ocp.CheckpointManager, state, step: int | None = None, set_asi
     tree = _as_tree(state)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _global({**tree, "checksum": _checksum(tree)}))
     for s in steps:
-        try:
-            got = _local(mngr.restore(s, args=ocp.args.StandardRestore(target)))
-            stored, actual = jax.device_get((got.pop("checksum"), _checksum(got)))
-            if stored != actual:
-                raise ValueError(f"checksum mismatch: stored {int(stored):#x}, contents {int(actual):#x}")
-        except Exception as e:  # a truncated, garbled or foreign step: say so, keep it on disk, fall back
+        got, error = _read(mngr, s, target)
+        if error:  # a truncated, garbled or foreign step: say so, keep it on disk, fall back
+            _drop_abandoned_reads()
             where = _set_aside(mngr, s) if set_aside else "left on disk for inspection; trying the previous one"
-            print(f"warning: checkpoint step {s} in {mngr.directory} cannot be read ({type(e).__name__}: "
-                  f"{str(e)[:200]}); {where}.", file=sys.stderr)
+            print(f"warning: checkpoint step {s} in {mngr.directory} cannot be read ({error}); {where}.",
+                  file=sys.stderr)
             if step is not None:
-                raise UsageError(f"checkpoint step {s} cannot be read; pick another --step") from None
+                raise UsageError(f"checkpoint step {s} cannot be read; pick another --step")
             continue
         if s != steps[0]:
             print(f"warning: restored the previous good checkpoint, step {s}", file=sys.stderr)
         return state.replace(step=got["step"], params=got["params"], opt_state=got["opt_state"], key=got["key"])
     raise UsageError(f"no readable checkpoint in {mngr.directory} (see the warnings above; none was deleted): "
                      f"start over with --fresh or another --workdir")
+
+
+def _read(mngr: ocp.CheckpointManager, step: int, target) -> tuple[dict | None, str]:
+    """(the restored tree, "") or (None, what was wrong with the step)."""
+    try:
+        got = _local(mngr.restore(step, args=ocp.args.StandardRestore(target)))
+        stored, actual = jax.device_get((got.pop("checksum"), _checksum(got)))
+        if stored != actual:
+            raise ValueError(f"checksum mismatch: stored {int(stored):#x}, contents {int(actual):#x}")
+        return got, ""
+    except Exception as e:
+        return None, f"{type(e).__name__}: {str(e)[:200]}"
+
+
+def _drop_abandoned_reads() -> None:
+    """A failed orbax restore leaves the reads of its other arrays as coroutines that were never awaited;
+    collected later, each printed a 'coroutine ... was never awaited' RuntimeWarning after our own clear
+    warning. Collect them now, quietly: they hold nothing but the unread step."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+        gc.collect()
 
 
 def _set_aside(mngr: ocp.CheckpointManager, step: int) -> str:
