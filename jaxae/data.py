@@ -258,14 +258,19 @@ def _cifar_python_tar(tar: tarfile.TarFile) -> Dataset:
 
 def _cache_file(path: str, cache_dir: str) -> str:
     path = os.path.abspath(path)
-    st = os.stat(path)
-    stamp = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-    if os.path.isdir(path):  # a folder's own mtime misses edits deep inside: hash the listing too
+    h = hashlib.sha1()
+    if os.path.isdir(path):  # a folder's own mtime misses edits deep inside: hash the listing
+        st = os.stat(path)
+        h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode())
         for dirpath, _, filenames in sorted(os.walk(path)):
             for f in sorted(filenames):
                 s = os.stat(os.path.join(dirpath, f))
-                stamp += f"|{dirpath}/{f}:{s.st_size}:{s.st_mtime_ns}"
-    digest = hashlib.sha1(stamp.encode()).hexdigest()[:16]
+                h.update(f"|{dirpath}/{f}:{s.st_size}:{s.st_mtime_ns}".encode())
+    else:  # an archive: by its bytes (~0.3 s for CIFAR-10), so a copy or a move of it finds the same cache
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    digest = h.hexdigest()[:16]
     root = cache_dir or os.environ.get("JAXAE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jaxae"))
     return os.path.join(root, f"{os.path.basename(path.rstrip('/'))}-{digest}.npz")
 

@@ -119,6 +119,28 @@ def test_second_load_reads_the_npz_cache(folder, tmp_path, monkeypatch):
     assert len(list(cache_dir.glob("*.npz"))) == 2
 
 
+def test_an_archive_is_cached_by_its_contents(folder, tmp_path, monkeypatch):
+    archive = tmp_path / "a" / "cifar.tar"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w") as tar:
+        tar.add(folder, arcname="cifar10")
+    cache_dir = str(tmp_path / "cache")
+    first = data.load(str(archive), cache_dir=cache_dir)
+    # A copy elsewhere (another path, another mtime) is the same data: read from the cache, not decoded.
+    copy = tmp_path / "b" / "cifar.tar"
+    copy.parent.mkdir()
+    copy.write_bytes(archive.read_bytes())
+    monkeypatch.setattr(data, "_load_path", lambda path: pytest.fail("decoded again instead of reading the cache"))
+    np.testing.assert_array_equal(data.load(str(copy), cache_dir=cache_dir).train_images, first.train_images)
+    monkeypatch.undo()
+    # Changed bytes are another dataset.
+    with tarfile.open(copy, "w") as tar:
+        tar.add(os.path.join(folder, "train"), arcname="cifar10/train")
+        tar.add(os.path.join(folder, "train"), arcname="cifar10/test")
+    assert data.load(str(copy), cache_dir=cache_dir).test_images.shape[0] == first.train_images.shape[0]
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+
+
 def test_missing_path_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="no such file or folder"):
         data.load(str(tmp_path / "nowhere"), cache_dir=str(tmp_path / "cache"))
