@@ -157,7 +157,6 @@ def jax_worker(args) -> dict:
                          "img_s_best": best, "img_s_median": statistics.median(rates), "compile_s": compile_s,
                          "flops_per_img": flops_img, "flops_s": best * flops_img,
                          "pct_matmul_peak": 100 * best * flops_img / peak, "loss": loss})
-            del holder
     enc = _encode_rate(cfg, test_u8, args.repeats)
     return {"backend": backend, "devices": n_dev, "matmul_peak_flops": peak, "encode": enc, "rows": rows,
             "peak_rss_mb": _peak_rss_mb(), "device_kind": jax.devices()[0].device_kind}
