@@ -63,7 +63,7 @@ def calibrate(cfg, ds, calls: int = 3) -> tuple[float, float, float]:
 
 
 def main(argv=None) -> int:
-    from jaxae import config
+    from jaxae import config, hostmem
     from jaxae.data import load
     from jaxae.evaluate import run as evaluate
     from jaxae.train import steps_per_epoch, train_and_evaluate
@@ -76,6 +76,7 @@ def main(argv=None) -> int:
         raise config.UsageError(f"--minutes must be positive (got {args.minutes})")
     cfg, explicit = config.from_args(args)
     t_start = time.perf_counter()
+    hostmem.keep_freed_memory()  # as train_and_evaluate does: calibrate the step the training will run
     ds = load(cfg.data, cfg.dataset, cfg.cache_dir)
     spe = steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)
     t_step, t_eval, t_compile = calibrate(cfg, ds)

@@ -9,7 +9,8 @@ size it times jaxae's own pmapped step (`jaxae.train.make_p_train_steps`, what `
 uint8 data of CIFAR shape held on the device: compile excluded, >= --steps steps per timing, best and median
 of --repeats timings. It also reports FLOPs per image (XLA cost analysis of one train step), the achieved
 FLOP/s as a percentage of a 2048^2 f32 matmul measured in the same process, encode img/s over 10k test
-images, and peak RSS. The PyTorch twin (bench/torch_twin.py: same layers, batch, flips, AdamW + clipping)
+images, and peak RSS. Every worker keeps freed host memory in the process as train.py does (jaxae.hostmem;
+--no-keep-freed-memory for glibc's defaults, ~1.4x slower steps on CPU). The PyTorch twin (bench/torch_twin.py: same layers, batch, flips, AdamW + clipping)
 runs in its own subprocess, eager and with torch.compile, on CUDA when there is one. Needs jax, flax, optax
 (and torch for the twin); not tensorflow, tfds or tensorboardX.
 """
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time torch.compile too (default: on)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch.set_num_threads for the twin on CPU; 0 = os.cpu_count() (default: 0)")
+    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="every worker (jaxae's and the PyTorch twin's) keeps freed host memory in the process, "
+                        "as train.py does (jaxae.hostmem); --no-keep-freed-memory times glibc's defaults "
+                        "(default: on)")
     p.add_argument("--out", default="bench/out/throughput.json", help="JSON results (default: %(default)s)")
     p.add_argument("--_worker", default="", help=argparse.SUPPRESS)
     p.add_argument("--_ndev", type=int, default=0, help=argparse.SUPPRESS)
@@ -110,8 +115,10 @@ def jax_worker(args) -> dict:
     import numpy as np
     from jax.sharding import Mesh
 
+    from jaxae import hostmem
     from jaxae import train as T
 
+    kept = args.keep_freed_memory and hostmem.keep_freed_memory()
     cfg = _config(args)
     backend = jax.default_backend()
     n_dev = jax.device_count()
@@ -159,7 +166,8 @@ def jax_worker(args) -> dict:
                          "pct_matmul_peak": 100 * best * flops_img / peak, "loss": loss})
     enc = _encode_rate(cfg, test_u8, args.repeats)
     return {"backend": backend, "devices": n_dev, "matmul_peak_flops": peak, "encode": enc, "rows": rows,
-            "peak_rss_mb": _peak_rss_mb(), "device_kind": jax.devices()[0].device_kind}
+            "peak_rss_mb": _peak_rss_mb(), "keep_freed_memory": kept,
+            "device_kind": jax.devices()[0].device_kind}
 
 
 def _encode_rate(cfg, test_u8, repeats: int) -> dict:
@@ -195,9 +203,12 @@ def _steps_per_call(args, backend: str, spe: int) -> list[int]:
 def torch_worker(args) -> dict:
     import torch
 
+    from jaxae import hostmem
+
     sys.path.insert(0, os.path.join(REPO, "bench"))
     from torch_twin import time_training
 
+    kept = args.keep_freed_memory and hostmem.keep_freed_memory()
     cfg = _config(args)
     cuda = torch.cuda.is_available()
     threads = 0 if cuda else (args.threads or os.cpu_count())
@@ -221,7 +232,7 @@ def torch_worker(args) -> dict:
                          "devices": 1, "threads": threads or None, "batch": bs, "steps_per_call": 1,
                          "img_s_best": r["img_s_best"], "img_s_median": r["img_s_median"],
                          "compile_s": r["warmup_s"], "loss": r["loss"]})
-    return {"rows": rows, "peak_rss_mb": _peak_rss_mb(), "torch": torch.__version__}
+    return {"rows": rows, "peak_rss_mb": _peak_rss_mb(), "keep_freed_memory": kept, "torch": torch.__version__}
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -246,6 +257,11 @@ def _fmt(v, spec):
     return format(v, spec) if isinstance(v, (int, float)) else "-"
 
 
+def _freed(worker: dict) -> str:
+    return "freed host memory " + ("kept" if worker.get("keep_freed_memory") else
+                                   "returned to the kernel (glibc's default)")
+
+
 def print_table(result: dict) -> None:
     rows = result["rows"]
     head = (f"{'impl':14s} {'backend':7s} {'dev':>3s} {'batch':>5s} {'steps/call':>10s} {'img/s best':>10s} "
@@ -266,12 +282,12 @@ def print_table(result: dict) -> None:
             print(f"jaxae {w['devices']} {w['backend']} device(s) ({w['device_kind']}): matmul peak "
                   f"{w['matmul_peak_flops'] / 1e9:,.0f} GFLOP/s; encode {w['encode']['images']} images "
                   f"{w['encode']['seconds_best']:.3f} s ({w['encode']['img_s_best']:,.0f} img/s); "
-                  f"peak RSS {w['peak_rss_mb']:,.0f} MB")
+                  f"peak RSS {w['peak_rss_mb']:,.0f} MB; {_freed(w)}")
         else:
             print(f"jaxae worker: {w.get('skipped') or w.get('error')}")
     t = result.get("torch_worker")
     if t and "rows" in t:
-        print(f"torch {t['torch']}: peak RSS {t['peak_rss_mb']:,.0f} MB")
+        print(f"torch {t['torch']}: peak RSS {t['peak_rss_mb']:,.0f} MB; {_freed(t)}")
     elif t:
         print(f"torch worker: {t.get('error')}")
     for bs, ratio in sorted(result["ratios"].items(), key=lambda kv: int(kv[0])):

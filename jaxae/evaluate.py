@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxae import checkpoints, corruption, figures, pages
+from jaxae import checkpoints, corruption, figures, hostmem, pages
 from jaxae.metrics import (KNN_K, fit_pca, knn_accuracy, nearest_neighbours, pca_decode, pca_encode, psnr,
                            ssim)
 from jaxae.config import Config, UsageError, load_config
@@ -283,6 +283,7 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
         interp_steps: int = 10, cache_dir: str | None = None) -> dict[str, Any]:
     """Evaluate the run in `workdir` into `out` (default WORKDIR/eval); returns the metrics."""
     t_start = time.perf_counter()
+    hostmem.keep_freed_memory()
     if interp_steps < 2:
         raise UsageError(f"--interp-steps must be at least 2 (got {interp_steps})")
     cfg, state, ds = restore(workdir, step, data, cache_dir)
