@@ -344,6 +344,7 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
                     result.update(record)
                     if (epoch + 1) % cfg.save_every_epochs == 0 or step == total:
                         _save(mngr, state, cfg)
+                    hostmem.release_free_memory()  # what the test pass and the save left free, once an epoch
             if step < total:  # stopped by a signal: keep what was done
                 _save(mngr, state, cfg)
                 result["exit"] = 0 if stop.signum == signal.SIGTERM else 130
