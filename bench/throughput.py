@@ -10,9 +10,10 @@ uint8 data of CIFAR shape held on the device: compile excluded, >= --steps steps
 of --repeats timings. It also reports FLOPs per image (XLA cost analysis of one train step), the achieved
 FLOP/s as a percentage of a 2048^2 f32 matmul measured in the same process, encode img/s over 10k test
 images, and peak RSS. Every worker keeps freed host memory in the process as train.py does (jaxae.hostmem;
---no-keep-freed-memory for glibc's defaults, ~1.4x slower steps on CPU). The PyTorch twin (bench/torch_twin.py: same layers, batch, flips, AdamW + clipping)
-runs in its own subprocess, eager and with torch.compile, on CUDA when there is one. Needs jax, flax, optax
-(and torch for the twin); not tensorflow, tfds or tensorboardX.
+--no-keep-freed-memory times glibc's defaults: up to 1.8x slower steps on CPU). The PyTorch twin
+(bench/torch_twin.py: same layers, batch, flips, AdamW + clipping) runs in its own subprocess, eager and
+with torch.compile, on CUDA when there is one. Needs jax, flax, optax (and torch for the twin); not
+tensorflow, tfds or tensorboardX.
 """
 
 from __future__ import annotations
