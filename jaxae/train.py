@@ -287,10 +287,10 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
          f"{spe} steps/epoch, {k} step(s) per call, {total} steps in all")
 
     if jax.default_backend() == "cpu" and jax.local_device_count() > 1 and jax.process_index() == 0:
-        print(f"note: {jax.local_device_count()} CPU devices in one process are faster, but XLA:CPU can hang at "
-              f"the gradient all-reduce when other programs compete for the cores (docs/performance.md); XLA "
-              f"then aborts after 40 s and the same command resumes from the last checkpoint. One device "
-              f"(unset JAX_NUM_CPU_DEVICES) is the safe choice", file=sys.stderr)
+        print(f"note: with {jax.local_device_count()} CPU devices in one process XLA:CPU can hang at the gradient "
+              f"all-reduce when other programs compete for the cores (docs/performance.md); XLA then aborts "
+              f"after 40 s and the same command resumes from the last checkpoint. One device (unset "
+              f"JAX_NUM_CPU_DEVICES) is the safe choice, and as fast for the quick preset", file=sys.stderr)
     metrics_file = os.path.join(cfg.workdir, "metrics.jsonl")
     _truncate_metrics(metrics_file, int(state.step))
     writer = _tensorboard(cfg.workdir)
