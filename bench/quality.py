@@ -77,6 +77,7 @@ def main(argv=None) -> int:
     cfg, explicit = config.from_args(args)
     t_start = time.perf_counter()
     hostmem.keep_freed_memory()  # as train_and_evaluate does: calibrate the step the training will run
+    hostmem.run_cpu_programs_inline()
     ds = load(cfg.data, cfg.dataset, cfg.cache_dir)
     spe = steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)
     t_step, t_eval, t_compile = calibrate(cfg, ds)

@@ -9,8 +9,9 @@ size it times jaxae's own pmapped step (`jaxae.train.make_p_train_steps`, what `
 uint8 data of CIFAR shape held on the device: compile excluded, >= --steps steps per timing, best and median
 of --repeats timings. It also reports FLOPs per image (XLA cost analysis of one train step), the achieved
 FLOP/s as a percentage of a 2048^2 f32 matmul measured in the same process, encode img/s over 10k test
-images, and peak RSS. Every worker keeps freed host memory in the process as train.py does (jaxae.hostmem;
---no-keep-freed-memory times glibc's defaults: up to 1.8x slower steps on CPU). The PyTorch twin
+images, and peak RSS. Every worker keeps freed host memory in the process as train.py does, and jaxae's run
+their single-device CPU programs on the calling thread (jaxae.hostmem); --no-keep-freed-memory times glibc's
+defaults and JAX's asynchronous CPU dispatch: up to 1.8x slower steps on CPU. The PyTorch twin
 (bench/torch_twin.py: same layers, batch, flips, AdamW + clipping) runs in its own subprocess, eager and
 with torch.compile, on CUDA when there is one. Needs jax, flax, optax (and torch for the twin); not
 tensorflow, tfds or tensorboardX.
@@ -59,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.set_num_threads for the twin on CPU; 0 = os.cpu_count() (default: 0)")
     p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
                    help="every worker (jaxae's and the PyTorch twin's) keeps freed host memory in the process, "
-                        "as train.py does (jaxae.hostmem); --no-keep-freed-memory times glibc's defaults "
-                        "(default: on)")
+                        "as train.py does, and jaxae's run single-device CPU programs on the calling thread "
+                        "(jaxae.hostmem); --no-keep-freed-memory times glibc's defaults and JAX's asynchronous "
+                        "CPU dispatch (default: on)")
     p.add_argument("--out", default="bench/out/throughput.json", help="JSON results (default: %(default)s)")
     p.add_argument("--_worker", default="", help=argparse.SUPPRESS)
     p.add_argument("--_ndev", type=int, default=0, help=argparse.SUPPRESS)
@@ -120,6 +122,7 @@ def jax_worker(args) -> dict:
     from jaxae import train as T
 
     kept = args.keep_freed_memory and hostmem.keep_freed_memory()
+    inline = args.keep_freed_memory and hostmem.run_cpu_programs_inline()  # as train.py does
     cfg = _config(args)
     backend = jax.default_backend()
     n_dev = jax.device_count()
@@ -167,7 +170,7 @@ def jax_worker(args) -> dict:
                          "pct_matmul_peak": 100 * best * flops_img / peak, "loss": loss})
     enc = _encode_rate(cfg, test_u8, args.repeats)
     return {"backend": backend, "devices": n_dev, "matmul_peak_flops": peak, "encode": enc, "rows": rows,
-            "peak_rss_mb": _peak_rss_mb(), "keep_freed_memory": kept,
+            "peak_rss_mb": _peak_rss_mb(), "keep_freed_memory": kept, "cpu_programs_inline": inline,
             "device_kind": jax.devices()[0].device_kind}
 
 
@@ -259,8 +262,10 @@ def _fmt(v, spec):
 
 
 def _freed(worker: dict) -> str:
+    inline = {True: "; CPU programs run inline", False: "; CPU programs dispatched asynchronously"}
     return "freed host memory " + ("kept" if worker.get("keep_freed_memory") else
-                                   "returned to the kernel (glibc's default)")
+                                   "returned to the kernel (glibc's default)") + inline.get(
+        worker.get("cpu_programs_inline"), "")
 
 
 def print_table(result: dict) -> None:

@@ -284,6 +284,7 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     """Evaluate the run in `workdir` into `out` (default WORKDIR/eval); returns the metrics."""
     t_start = time.perf_counter()
     hostmem.keep_freed_memory()
+    hostmem.run_cpu_programs_inline()
     if interp_steps < 2:
         raise UsageError(f"--interp-steps must be at least 2 (got {interp_steps})")
     cfg, state, ds = restore(workdir, step, data, cache_dir)

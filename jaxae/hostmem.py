@@ -9,6 +9,13 @@ the process removed it (quick model, B = 128, 1 CPU device: 1,330 -> 2,080 img/s
 exits, which it reached anyway, except that memory freed in odd sizes (the test pass, a checkpoint save)
 piles up: `release_free_memory()`, once an epoch, gives the free part back (the next step faults its
 buffers in once).
+
+Which thread allocates matters too. By default JAX hands each CPU program to a dispatch thread, so the
+step's buffers come from that thread's malloc arena, and glibc serves any block larger than a thread
+arena's 64 MB heap with its own mmap whatever the settings: the default model's 1.1 GB block of temporaries
+was mapped and unmapped on every step (344k page faults). `run_cpu_programs_inline()` runs single-device
+CPU programs on the calling thread instead, whose main arena keeps them (docs/performance.md, fifth
+session).
 """
 
 from __future__ import annotations
@@ -54,3 +61,23 @@ def release_free_memory() -> bool:
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
     return trim(0) == 1
+
+
+def run_cpu_programs_inline() -> bool:
+    """Make JAX run single-device CPU programs on the calling thread (no asynchronous dispatch), so their
+    buffers come from glibc's main arena, which `keep_freed_memory()` keeps for the next step.
+
+    Only the CPU client reads the setting, and only when it starts: returns False, changing nothing, when
+    JAX's backends are already running (a notebook that computed something first). Accelerators keep their
+    asynchronous dispatch; on CPU a training step takes tens of milliseconds or more, so nothing is lost by
+    not queueing the next one.
+    """
+    import jax
+    try:
+        from jax._src.xla_bridge import backends_are_initialized
+    except ImportError:  # moved in another jax: assume running, change nothing
+        return False
+    if backends_are_initialized():
+        return False
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    return True

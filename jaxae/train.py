@@ -263,6 +263,7 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
                        progress: bool = True) -> dict[str, Any]:
     """Train (or resume) the run in cfg.workdir; returns the final metrics. Exit status in result['exit']."""
     hostmem.keep_freed_memory()  # CPU: no page faults on each step's buffers (quick model 1.8x faster)
+    hostmem.run_cpu_programs_inline()  # ... from the main arena, which keeps them (no-op once JAX runs)
     cfg, resuming = _resolve_workdir(cfg.validate(), set(explicit))
     n_dev, local_batch = _device_layout(cfg.batch_size)
     checkpoints.check_workdir(cfg.workdir)  # before the data: a typo in --workdir should not cost a decode

@@ -44,6 +44,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # defa
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 2)
+# As train.py and evaluate.py run them (jaxae.hostmem.run_cpu_programs_inline): single-device CPU programs on
+# the calling thread. Only the CPU client reads it, when it starts, so it is set here too.
+jax.config.update("jax_cpu_enable_async_dispatch", False)
 # Again through the config: the environment is read when jax is imported, which a plugin may have done.
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs",

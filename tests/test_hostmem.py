@@ -1,6 +1,7 @@
 """jaxae.hostmem: freed host memory stays in the process (no page faults on every training step), until
 release_free_memory() gives it back."""
 
+import os
 import subprocess
 import sys
 
@@ -41,3 +42,28 @@ def test_freed_memory_stays_in_the_process():
     assert _held_fraction("default") < 0.1  # glibc's default: the block went back to the kernel
     assert _held_fraction("keep") > 0.9
     assert _held_fraction("keep", "release") < 0.1  # once an epoch, train_and_evaluate gives it back
+
+
+# A ~40 ms CPU program: dispatched asynchronously, its result is not ready when the call returns; run inline,
+# it is. After JAX's backends have started, the setting can no longer change and the call says so.
+DISPATCH_PROBE = r"""
+import sys
+from jaxae import hostmem
+if sys.argv[1] == "inline":
+    assert hostmem.run_cpu_programs_inline()
+import jax, jax.numpy as jnp
+f = jax.jit(lambda a: (a @ a @ a).sum())
+a = jnp.ones((1024, 1024))
+f(a).block_until_ready()
+r = f(a)
+print(r.is_ready())
+assert hostmem.run_cpu_programs_inline() is False
+"""
+
+
+@pytest.mark.parametrize("mode,ready", [("async", False), ("inline", True)])
+def test_cpu_programs_run_inline(mode, ready):
+    out = subprocess.run([sys.executable, "-c", DISPATCH_PROBE, mode], capture_output=True, text=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(ready)
