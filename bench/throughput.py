@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--_worker", default="", help=argparse.SUPPRESS)
     p.add_argument("--_ndev", type=int, default=0, help=argparse.SUPPRESS)
     model_fields = Config.MODEL_FIELDS + ("dtype", "preset", "loss", "noise", "corruption", "flip", "optimizer",
-                                          "learning_rate", "weight_decay", "grad_clip")
+                                          "learning_rate", "weight_decay", "grad_clip", "microbatch")
     add_flags(p, only=model_fields)
     return p
 
@@ -165,6 +165,7 @@ def jax_worker(args) -> dict:
             rates = [n_calls * spc * bs / t for t in times]
             best = max(rates)
             rows.append({"impl": "jaxae", "backend": backend, "devices": n_dev, "batch": bs, "steps_per_call": spc,
+                         "microbatch": T.microbatch_size(cfg_b, bs // n_dev),
                          "img_s_best": best, "img_s_median": statistics.median(rates), "compile_s": compile_s,
                          "flops_per_img": flops_img, "flops_s": best * flops_img,
                          "pct_matmul_peak": 100 * best * flops_img / peak, "loss": loss})
@@ -270,7 +271,7 @@ def _freed(worker: dict) -> str:
 
 def print_table(result: dict) -> None:
     rows = result["rows"]
-    head = (f"{'impl':14s} {'backend':7s} {'dev':>3s} {'batch':>5s} {'steps/call':>10s} {'img/s best':>10s} "
+    head = (f"{'impl':14s} {'backend':7s} {'dev':>3s} {'batch':>5s} {'micro':>5s} {'steps/call':>10s} {'img/s best':>10s} "
             f"{'median':>8s} {'GFLOP/img':>9s} {'GFLOP/s':>8s} {'% mm peak':>9s} {'compile s':>9s}")
     print(head)
     print("-" * len(head))
@@ -279,7 +280,8 @@ def print_table(result: dict) -> None:
             print(f"{r['impl']:14s} batch {r.get('batch')}: {r['error']}")
             continue
         gf = r.get("flops_per_img")
-        print(f"{r['impl']:14s} {r['backend']:7s} {r['devices']:3d} {r['batch']:5d} {r['steps_per_call']:10d} "
+        print(f"{r['impl']:14s} {r['backend']:7s} {r['devices']:3d} {r['batch']:5d} {_fmt(r.get('microbatch'), '5d')} "
+              f"{r['steps_per_call']:10d} "
               f"{r['img_s_best']:10,.0f} {r['img_s_median']:8,.0f} {_fmt(gf and gf / 1e9, '9.3f')} "
               f"{_fmt(r.get('flops_s') and r['flops_s'] / 1e9, '8.1f')} {_fmt(r.get('pct_matmul_peak'), '9.1f')} "
               f"{r['compile_s']:9.1f}")

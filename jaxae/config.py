@@ -63,6 +63,10 @@ class Config:
     workdir: str = _f("runs/default", "folder for checkpoints, metrics, config and figures")
     steps_per_call: int = _f(0, "training steps fused in one jitted call (lax.scan); 0 = per-backend default "
                              "(1 on CPU, where a scan of steps is slower; 50 on GPU/TPU)")
+    microbatch: int = _f(0, "examples per forward/backward pass on each device; a step averages the gradients "
+                         "of its microbatches, the same update as one pass over the batch; 0 = per-backend "
+                         "default (at most 64 on CPU, where smaller passes run faster; the whole per-device "
+                         "batch on GPU/TPU)")
     log_every: int = _f(50, "fetch metrics to the host every N steps (progress bar, NaN check)")
     save_every_epochs: int = _f(1, "save a checkpoint every N epochs (and always at the end)")
     keep: int = _f(3, "checkpoints kept (most recent)")
@@ -88,7 +92,7 @@ class Config:
                      "save_every_epochs", "keep"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{_flag(name)} must be at least 1 (got {getattr(self, name)})")
-        for name in ("blocks", "steps_per_call", "max_steps"):
+        for name in ("blocks", "steps_per_call", "microbatch", "max_steps"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{_flag(name)} must be 0 or more (got {getattr(self, name)})")
         if self.fourier < 0:

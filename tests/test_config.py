@@ -41,6 +41,7 @@ def test_defaults_preset_and_explicit_flags():
     (["--learning-rate", "0"], "--learning-rate"),
     (["--weight-decay", "-1"], "--weight-decay"),
     (["--max-steps", "-3"], "--max-steps"),
+    (["--microbatch", "-1"], "--microbatch"),
     (["--preset", "huge"], "--preset"),
 ])
 def test_invalid_values_are_usage_errors_naming_the_flag(argv, flag):

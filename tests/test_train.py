@@ -85,6 +85,41 @@ def test_pmap_on_two_devices_equals_one_device(setup):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
 
 
+def test_microbatches_give_the_same_steps_as_one_pass(setup):
+    """A step split into microbatches (the CPU default above 64 examples a device) makes the same update as
+    one pass over the batch: the same noise and flips, the mean of equal parts' mean losses and gradients."""
+    cfg, ds, spe, state = setup
+    perm = train.epoch_permutation(cfg.seed, 0, ds.train_images.shape[0], spe, cfg.batch_size)
+    images = jnp.asarray(ds.train_images)
+    runs = {}
+    for micro in (cfg.batch_size, 2):
+        c = cfg.replace(microbatch=micro)
+        assert train.microbatch_size(c, cfg.batch_size) == micro
+        step = jax.jit(functools.partial(train.train_step, cfg=c, axis_name=None))
+        s, losses = state, []
+        for i in range(3):
+            s, m = step(s, images[perm[i]], jax.random.fold_in(s.key, s.step))
+            losses.append(float(m["loss"]))
+        runs[micro] = s, losses
+    (one, one_losses), (four, four_losses) = runs[cfg.batch_size], runs[2]
+    np.testing.assert_allclose(four_losses, one_losses, rtol=1e-5)
+    assert max(np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in
+               zip(jax.tree.leaves(one.params), jax.tree.leaves(state.params))) > 1e-3
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_microbatch_size_defaults_and_errors(setup):
+    cfg, *_ = setup
+    assert jax.default_backend() == "cpu"
+    auto = cfg.replace(microbatch=0)
+    assert [train.microbatch_size(auto, b) for b in (4, 64, 128, 256, 200, 97, 134)] == [4, 64, 64, 64, 50, 97, 134]
+    assert train.microbatch_size(cfg.replace(microbatch=32), 256) == 32
+    for bad in (48, 512):
+        with pytest.raises(train.UsageError, match=f"--microbatch {bad} does not divide the per-device batch"):
+            train.microbatch_size(cfg.replace(microbatch=bad), 256)
+
+
 def test_train_and_evaluate_on_two_devices(setup, tmp_path):
     cfg, ds, spe, _ = setup
     cfg = cfg.replace(workdir=str(tmp_path / "run"))
