@@ -259,7 +259,8 @@ def _device_counts(args) -> list[int]:
 
 
 def _fmt(v, spec):
-    return format(v, spec) if isinstance(v, (int, float)) else "-"
+    width = int(spec.split(".")[0].rstrip("dfs,") or 0)  # "9.3f" -> 9: a missing value keeps its column
+    return format(v, spec) if isinstance(v, (int, float)) else "-".rjust(width)
 
 
 def _freed(worker: dict) -> str:
