@@ -50,7 +50,8 @@ def test_save_restore_round_trip_is_exact(fresh_state, tmp_path):
     checkpoints.finish(mngr)
     assert checkpoints.has_checkpoints(str(tmp_path))
 
-    restored = checkpoints.restore(checkpoints.manager(str(tmp_path)), fresh_state)
+    with checkpoints.manager(str(tmp_path)) as mngr:
+        restored = checkpoints.restore(mngr, fresh_state)
     assert int(restored.step) == 7
     assert_same(restored.params, saved.params)
     assert_same(restored.opt_state, saved.opt_state)  # optax NamedTuples, not plain lists
@@ -64,13 +65,12 @@ def test_keep_most_recent_and_restore_a_given_step(fresh_state, tmp_path):
     for state in states.values():
         checkpoints.save(mngr, state)
     checkpoints.finish(mngr)
-    mngr = checkpoints.manager(str(tmp_path), keep=2)
-    assert sorted(mngr.all_steps()) == [2, 3]
-    assert_same(checkpoints.restore(mngr, fresh_state).params, states[3].params)
-    assert_same(checkpoints.restore(mngr, fresh_state, step=2).params, states[2].params)
-    with pytest.raises(UsageError, match="no checkpoint at step 1"):
-        checkpoints.restore(mngr, fresh_state, step=1)
-    mngr.close()
+    with checkpoints.manager(str(tmp_path), keep=2) as mngr:
+        assert sorted(mngr.all_steps()) == [2, 3]
+        assert_same(checkpoints.restore(mngr, fresh_state).params, states[3].params)
+        assert_same(checkpoints.restore(mngr, fresh_state, step=2).params, states[2].params)
+        with pytest.raises(UsageError, match="no checkpoint at step 1"):
+            checkpoints.restore(mngr, fresh_state, step=1)
 
 
 def test_move_aside_deletes_nothing_and_config_is_saved(fresh_state, tmp_path):

@@ -48,9 +48,8 @@ def tree_hash(root) -> dict[str, str]:
 def params_hash(workdir) -> tuple[int, str]:
     cfg = tiny_config(os.path.dirname(str(workdir)))
     state = create_train_state(cfg, (16, 16, 3), 1, 1)
-    mngr = checkpoints.manager(str(workdir), create=False)
-    state = checkpoints.restore(mngr, state)
-    mngr.close()
+    with checkpoints.manager(str(workdir), create=False) as mngr:
+        state = checkpoints.restore(mngr, state)
     return int(state.step), hashlib.sha256(b"".join(np.asarray(x).tobytes()
                                                     for x in jax.tree.leaves(state.params))).hexdigest()
 
@@ -147,8 +146,8 @@ def test_evaluate_without_checkpoint_exit_2(tmp_path):
 
 def test_restore_from_empty_manager_is_usage_error(tmp_path):
     cfg = tiny_config(tmp_path)
-    mngr = checkpoints.manager(cfg.workdir)
-    with pytest.raises(UsageError, match="no checkpoint in .*python train.py --workdir"):
+    with checkpoints.manager(cfg.workdir) as mngr, \
+            pytest.raises(UsageError, match="no checkpoint in .*python train.py --workdir"):
         checkpoints.restore(mngr, create_train_state(cfg, (16, 16, 3), 1, 1))
 
 
@@ -220,8 +219,9 @@ def test_corrupt_checkpoint_reported_and_previous_restored(three_epochs, tmp_pat
     cfg = copy_of(three_epochs, tmp_path)
     ckdir = checkpoints.checkpoint_dir(cfg.workdir)
     assert sorted(os.listdir(ckdir), key=int) == ["4", "8", "12"]
-    step8 = checkpoints.restore(checkpoints.manager(cfg.workdir), create_train_state(cfg, (16, 16, 3), 1, 1),
-                                step=8)
+    # Managers are closed: orbax's threads outliving a test warn about closed event loops later.
+    with checkpoints.manager(cfg.workdir) as mngr:
+        step8 = checkpoints.restore(mngr, create_train_state(cfg, (16, 16, 3), 1, 1), step=8)
     # Garble the middle of every data file of step 12: orbax itself would read such bytes without complaint.
     for path in glob.glob(os.path.join(ckdir, "12", "**", "d", "*"), recursive=True):
         with open(path, "r+b") as fh:
@@ -229,8 +229,8 @@ def test_corrupt_checkpoint_reported_and_previous_restored(three_epochs, tmp_pat
             fh.seek(size // 2)
             fh.write(bytes(b ^ 0xFF for b in fh.read(8)) if size > 16 else b"")
     capsys.readouterr()
-    state = checkpoints.restore(checkpoints.manager(cfg.workdir), create_train_state(cfg, (16, 16, 3), 1, 1),
-                                set_aside=True)
+    with checkpoints.manager(cfg.workdir) as mngr:
+        state = checkpoints.restore(mngr, create_train_state(cfg, (16, 16, 3), 1, 1), set_aside=True)
     err = capsys.readouterr().err
     assert "checkpoint step 12" in err and "cannot be read" in err and "restored the previous good" in err
     assert int(state.step) == 8
@@ -246,7 +246,8 @@ def test_truncated_checkpoint_falls_back(three_epochs, tmp_path, capsys):
     ckdir = checkpoints.checkpoint_dir(cfg.workdir)
     biggest = max(glob.glob(os.path.join(ckdir, "12", "**", "d", "*"), recursive=True), key=os.path.getsize)
     os.truncate(biggest, 10)
-    state = checkpoints.restore(checkpoints.manager(cfg.workdir), create_train_state(cfg, (16, 16, 3), 1, 1))
+    with checkpoints.manager(cfg.workdir) as mngr:
+        state = checkpoints.restore(mngr, create_train_state(cfg, (16, 16, 3), 1, 1))
     assert int(state.step) == 8
     assert "checkpoint step 12" in capsys.readouterr().err
     assert os.path.isdir(os.path.join(ckdir, "12"))  # without set_aside (evaluate): left where it was
