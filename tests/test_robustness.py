@@ -219,7 +219,7 @@ def test_corrupt_checkpoint_reported_and_previous_restored(three_epochs, tmp_pat
     cfg = copy_of(three_epochs, tmp_path)
     ckdir = checkpoints.checkpoint_dir(cfg.workdir)
     assert sorted(os.listdir(ckdir), key=int) == ["4", "8", "12"]
-    # Managers are closed: orbax's threads outliving a test warn about closed event loops later.
+    # Each manager is closed after use, as train.py and evaluate.py close theirs.
     with checkpoints.manager(cfg.workdir) as mngr:
         step8 = checkpoints.restore(mngr, create_train_state(cfg, (16, 16, 3), 1, 1), step=8)
     # Garble the middle of every data file of step 12: orbax itself would read such bytes without complaint.
