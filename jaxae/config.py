@@ -36,6 +36,8 @@ class Config:
                   ["plain", "residual"])
     fourier: int = _f(0, "decoder input: the code plus sin/cos of this many learned projections of it (0 = the code)")
     norm: str = _f("layer", "normalisation inside the residual blocks", ["none", "layer", "group"])
+    activation: str = _f("gelu", "non-linearity of every hidden layer: gelu (tanh approximation), relu or silu",
+                         ["gelu", "relu", "silu"])
     upsample: str = _f("pixel_shuffle", "decoder upsampling: 'pixel_shuffle' (fast everywhere), 'conv_transpose' "
                        "(nn.ConvTranspose, slow weight gradient on XLA:CPU), 'resize' (nearest + conv)",
                        ["pixel_shuffle", "conv_transpose", "resize"])
@@ -81,7 +83,7 @@ class Config:
 
     # Settings that change what a checkpoint means: resuming with a different value is refused.
     MODEL_FIELDS = ("latent_dim", "width", "stages", "blocks", "hidden", "mlp_layers", "mlp", "fourier", "norm",
-                    "upsample", "head")
+                    "activation", "upsample", "head")
     RUN_FIELDS = MODEL_FIELDS + ("loss", "noise", "corruption", "flip", "epochs", "batch_size", "optimizer",
                                  "learning_rate", "warmup_epochs", "weight_decay", "grad_clip", "seed", "data",
                                  "dataset", "dtype")

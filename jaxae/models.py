@@ -78,6 +78,9 @@ def _conv_tap_dw_bwd(strides, padding, precision, res, g):
 _conv_tap_dw.defvjp(_conv_tap_dw_fwd, _conv_tap_dw_bwd)
 
 
+ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "silu": nn.silu}  # nn.gelu: the tanh approximation
+
+
 def _norm(kind: str, dtype) -> nn.Module | None:
     if kind == "layer":
         return nn.LayerNorm(dtype=dtype)
@@ -87,9 +90,10 @@ def _norm(kind: str, dtype) -> nn.Module | None:
 
 
 class ResBlock(nn.Module):
-    """x + conv3x3(gelu(norm(x))): keeps the shape, eases optimisation of deeper stages."""
+    """x + conv3x3(act(norm(x))): keeps the shape, eases optimisation of deeper stages."""
     norm: str = "layer"
     dtype: jnp.dtype = jnp.float32
+    activation: str = "gelu"
 
     @nn.compact
     def __call__(self, x):
@@ -97,7 +101,7 @@ class ResBlock(nn.Module):
         norm = _norm(self.norm, self.dtype)
         if norm is not None:
             y = norm(y)
-        y = nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype)(nn.gelu(y))
+        y = nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype)(ACTIVATIONS[self.activation](y))
         return x + y
 
 
@@ -138,27 +142,32 @@ class _Arch(nn.Module):
     mlp: str = "plain"
     fourier: int = 0
     norm: str = "layer"
+    activation: str = "gelu"
     dtype: jnp.dtype = jnp.float32
 
     def arch(self) -> dict:
         return {name: getattr(self, name) for name in _ARCH_FIELDS}
 
+    def act(self, x):
+        return ACTIVATIONS[self.activation](x)
 
-_ARCH_FIELDS = ("width", "stages", "blocks", "hidden", "mlp_layers", "mlp", "fourier", "norm", "dtype")
+
+_ARCH_FIELDS = ("width", "stages", "blocks", "hidden", "mlp_layers", "mlp", "fourier", "norm", "activation", "dtype")
 
 
-def mlp(x, hidden: int, layers: int, kind: str = "plain", dtype=jnp.float32):
-    """`layers` hidden layers of `hidden` units with GELU, inside the caller's compact scope (so the plain
-    MLP's parameters keep the names Dense_0.. of the module that calls it, as before this option existed).
+def mlp(x, hidden: int, layers: int, kind: str = "plain", dtype=jnp.float32, act=nn.gelu):
+    """`layers` hidden layers of `hidden` units with the non-linearity `act`, inside the caller's compact scope
+    (so the plain MLP's parameters keep the names Dense_0.. of the module that calls it, as before this option
+    existed).
 
-    plain: Dense -> gelu, repeated. residual: one Dense -> gelu to `hidden`, then pre-norm residual blocks
-    h + Dense(gelu(LayerNorm(h))), which keep training stable when the stack is deep.
+    plain: Dense -> act, repeated. residual: one Dense -> act to `hidden`, then pre-norm residual blocks
+    h + Dense(act(LayerNorm(h))), which keep training stable when the stack is deep.
     """
     for i in range(layers):
         if kind == "residual" and i > 0:
-            x = x + nn.Dense(hidden, dtype=dtype)(nn.gelu(nn.LayerNorm(dtype=dtype)(x)))
+            x = x + nn.Dense(hidden, dtype=dtype)(act(nn.LayerNorm(dtype=dtype)(x)))
         else:
-            x = nn.gelu(nn.Dense(hidden, dtype=dtype)(x))
+            x = act(nn.Dense(hidden, dtype=dtype)(x))
     return x
 
 
@@ -186,10 +195,10 @@ class Encoder(_Arch):
     def __call__(self, x):
         x = (x.astype(self.dtype) - 0.5) * 2.0
         for i in range(self.stages):
-            x = nn.gelu(nn.Conv(self.width * 2 ** i, (3, 3), strides=(2, 2), dtype=self.dtype)(x))
+            x = self.act(nn.Conv(self.width * 2 ** i, (3, 3), strides=(2, 2), dtype=self.dtype)(x))
             for _ in range(self.blocks):
-                x = ResBlock(self.norm, self.dtype)(x)
-        x = mlp(x.reshape(x.shape[0], -1), self.hidden, self.mlp_layers, self.mlp, self.dtype)
+                x = ResBlock(self.norm, self.dtype, self.activation)(x)
+        x = mlp(x.reshape(x.shape[0], -1), self.hidden, self.mlp_layers, self.mlp, self.dtype, self.act)
         return nn.Dense(self.latent_dim, dtype=jnp.float32)(x).astype(jnp.float32)
 
 
@@ -211,18 +220,18 @@ class Decoder(_Arch):
         h0, w0 = shapes[-1]
         c0 = self.width * 2 ** (self.stages - 1)
         x = FourierFeatures(self.fourier)(z) if self.fourier else z
-        x = mlp(x.astype(self.dtype), self.hidden, self.mlp_layers, self.mlp, self.dtype)
-        x = nn.gelu(nn.Dense(h0 * w0 * c0, dtype=self.dtype)(x)).reshape(z.shape[0], h0, w0, c0)
+        x = mlp(x.astype(self.dtype), self.hidden, self.mlp_layers, self.mlp, self.dtype, self.act)
+        x = self.act(nn.Dense(h0 * w0 * c0, dtype=self.dtype)(x)).reshape(z.shape[0], h0, w0, c0)
         for i in reversed(range(self.stages)):
             for _ in range(self.blocks):
-                x = ResBlock(self.norm, self.dtype)(x)
+                x = ResBlock(self.norm, self.dtype, self.activation)(x)
             last = i == 0 and self.head == "upsample"
             features = channels if last else self.width * 2 ** max(i - 1, 0)
             x = Upsample(features, self.upsample, self.dtype)(x)
             th, tw = shapes[i]
             x = x[:, :th, :tw, :]  # odd sizes (28 -> 14 -> 7 -> 4): crop back to the encoder's size
             if not last:
-                x = nn.gelu(x)
+                x = self.act(x)
         if self.head == "conv":
             x = nn.Conv(channels, (3, 3), dtype=self.dtype)(x)
         return nn.sigmoid(x.astype(jnp.float32))
@@ -259,5 +268,5 @@ def model_from_config(cfg, image_shape: Sequence[int]) -> Autoencoder:
                          f"{max(1, min(h, w).bit_length() - 1)} or fewer")
     return Autoencoder(image_shape=tuple(image_shape), latent_dim=cfg.latent_dim, width=cfg.width,
                        stages=cfg.stages, blocks=cfg.blocks, hidden=cfg.hidden, mlp_layers=cfg.mlp_layers, mlp=cfg.mlp,
-                       fourier=cfg.fourier, norm=cfg.norm,
+                       fourier=cfg.fourier, norm=cfg.norm, activation=cfg.activation,
                        upsample=cfg.upsample, head=cfg.head, dtype=jnp.dtype(cfg.dtype))

@@ -148,3 +148,19 @@ def test_default_model_parameters_unchanged_by_the_options():
     assert dec == sorted(["Dense_0", "Dense_1", "Dense_2", "Dense_3", "ResBlock_0", "ResBlock_1", "ResBlock_2",
                           "Upsample_0", "Upsample_1", "Upsample_2", "Conv_0"])
     assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) == 8_799_686
+
+
+
+def test_activation_is_a_choice_of_function_not_of_parameters(tiny_config, tmp_path):
+    # The same parameters run through GELU, ReLU and SiLU give three different codes: the choice reaches the
+    # layers, and a model's parameter tree does not depend on it.
+    x = jnp.linspace(0.0, 1.0, 2 * 8 * 8 * 3).reshape(2, 8, 8, 3)
+    kw = dict(image_shape=(8, 8, 3), latent_dim=3, width=4, stages=2, blocks=1, hidden=8, mlp_layers=2)
+    params = Autoencoder(**kw).init(jax.random.PRNGKey(0), x)["params"]
+    relu_params = Autoencoder(**kw, activation="relu").init(jax.random.PRNGKey(0), x)["params"]
+    assert jax.tree.structure(relu_params) == jax.tree.structure(params)
+    codes = {a: np.asarray(Autoencoder(**kw, activation=a).apply({"params": params}, x, method=Autoencoder.encode))
+             for a in ("gelu", "relu", "silu")}
+    for a, b in (("gelu", "relu"), ("gelu", "silu"), ("relu", "silu")):
+        assert not np.allclose(codes[a], codes[b], rtol=1e-3), (a, b)
+    assert model_from_config(tiny_config(tmp_path, activation="silu"), (16, 16, 3)).activation == "silu"
