@@ -15,6 +15,10 @@ defaults and JAX's asynchronous CPU dispatch: up to 1.8x slower steps on CPU. Th
 (bench/torch_twin.py: same layers, batch, flips, AdamW + clipping) runs in its own subprocess, eager and
 with torch.compile, on CUDA when there is one. Needs jax, flax, optax (and torch for the twin); not
 tensorflow, tfds or tensorboardX.
+
+Each measurement is printed, and written to --out, as soon as it is taken, with the workers' progress (compile
+time, each timing of the twin) in between; a run stopped by Ctrl-C or `timeout` prints the table of what it
+measured, marks the JSON "incomplete" and exits 130.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,6 +110,17 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 * reps / min(_time_calls(lambda: f(a), reps, repeats))
 
 
+def _progress(message: str) -> None:
+    """A line the driver echoes while the worker runs (stderr, prefixed)."""
+    print(f"progress: {message}", file=sys.stderr, flush=True)
+
+
+def _emit_row(row: dict) -> dict:
+    """Hand one finished measurement to the driver now (a ROW line), so a run stopped later keeps it."""
+    print("ROW " + json.dumps(row), flush=True)
+    return row
+
+
 def _peak_rss_mb() -> float:
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
@@ -159,16 +176,18 @@ def jax_worker(args) -> dict:
             t0 = time.perf_counter()
             jax.block_until_ready(call())
             compile_s = time.perf_counter() - t0
+            _progress(f"jaxae {n_dev} device(s) batch {bs}, {spc} step(s)/call: compiled in {compile_s:.1f} s")
             n_calls = max(1, -(-max(args.steps, 20) // spc))
             times = _time_calls(call, n_calls, max(args.repeats, 3))
             loss = float(np.asarray(call()).reshape(-1)[-1])
             rates = [n_calls * spc * bs / t for t in times]
             best = max(rates)
-            rows.append({"impl": "jaxae", "backend": backend, "devices": n_dev, "batch": bs, "steps_per_call": spc,
-                         "microbatch": T.microbatch_size(cfg_b, bs // n_dev),
-                         "img_s_best": best, "img_s_median": statistics.median(rates), "compile_s": compile_s,
-                         "flops_per_img": flops_img, "flops_s": best * flops_img,
-                         "pct_matmul_peak": 100 * best * flops_img / peak, "loss": loss})
+            rows.append(_emit_row({
+                "impl": "jaxae", "backend": backend, "devices": n_dev, "batch": bs, "steps_per_call": spc,
+                "microbatch": T.microbatch_size(cfg_b, bs // n_dev),
+                "img_s_best": best, "img_s_median": statistics.median(rates), "compile_s": compile_s,
+                "flops_per_img": flops_img, "flops_s": best * flops_img,
+                "pct_matmul_peak": 100 * best * flops_img / peak, "loss": loss}))
     enc = _encode_rate(cfg, test_u8, args.repeats)
     return {"backend": backend, "devices": n_dev, "matmul_peak_flops": peak, "encode": enc, "rows": rows,
             "peak_rss_mb": _peak_rss_mb(), "keep_freed_memory": kept, "cpu_programs_inline": inline,
@@ -228,28 +247,52 @@ def torch_worker(args) -> dict:
                                   cfg.mlp_layers, cfg.norm, cfg.upsample, cfg.head, batch_size=bs, steps=max(args.steps, 20),
                                   repeats=max(args.repeats, 3), compile=comp, bf16=cfg.dtype == "bfloat16",
                                   learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                  grad_clip=cfg.grad_clip)
+                                  grad_clip=cfg.grad_clip, activation=cfg.activation,
+                                  log=lambda m, bs=bs, comp=comp: _progress(
+                                      f"{'torch.compile' if comp else 'torch eager'} batch {bs}: {m}"))
             except Exception as e:  # torch.compile needs a working compiler toolchain: report, go on
-                rows.append({"impl": "torch.compile" if comp else "torch eager", "batch": bs,
-                             "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"})
+                rows.append(_emit_row({"impl": "torch.compile" if comp else "torch eager", "batch": bs,
+                                       "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}))
                 continue
-            rows.append({"impl": "torch.compile" if comp else "torch eager", "backend": r["device"],
-                         "devices": 1, "threads": threads or None, "batch": bs, "steps_per_call": 1,
-                         "img_s_best": r["img_s_best"], "img_s_median": r["img_s_median"],
-                         "compile_s": r["warmup_s"], "loss": r["loss"]})
+            rows.append(_emit_row({"impl": "torch.compile" if comp else "torch eager", "backend": r["device"],
+                                   "devices": 1, "threads": threads or None, "batch": bs, "steps_per_call": 1,
+                                   "img_s_best": r["img_s_best"], "img_s_median": r["img_s_median"],
+                                   "compile_s": r["warmup_s"], "loss": r["loss"]}))
     return {"rows": rows, "peak_rss_mb": _peak_rss_mb(), "keep_freed_memory": kept, "torch": torch.__version__}
 
 
 # ------------------------------------------------------------------------------------------- driver
 
-def _run_worker(kind: str, argv: list[str], ndev: int = 0) -> dict:
+def _run_worker(kind: str, argv: list[str], ndev: int = 0, on_row=None) -> dict:
+    """Run one worker subprocess; echo its progress lines, hand each measurement to on_row as it arrives."""
     cmd = [sys.executable, os.path.abspath(__file__), *argv, "--_worker", kind, "--_ndev", str(ndev)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-        return {"error": f"{kind} worker (devices={ndev}) failed with exit {proc.returncode}: {tail}"}
-    return json.loads(lines[-1][len("RESULT "):])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    tail: list[str] = []
+
+    def read_stderr():
+        for line in proc.stderr:
+            if line.startswith("progress: "):
+                print(f"  {line[len('progress: '):].rstrip()}", flush=True)
+            tail[:] = (tail + [line.rstrip()])[-5:]
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    result = None
+    try:
+        for line in proc.stdout:
+            if line.startswith("ROW ") and on_row:
+                on_row(json.loads(line[len("ROW "):]))
+            elif line.startswith("RESULT "):
+                result = json.loads(line[len("RESULT "):])
+        proc.wait()
+    finally:  # stopped (Ctrl-C, `timeout`): stop the worker too
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=5)
+    if proc.returncode or result is None:
+        return {"error": f"{kind} worker (devices={ndev}) failed with exit {proc.returncode}: " + "\n".join(tail)}
+    return result
 
 
 def _device_counts(args) -> list[int]:
@@ -319,32 +362,68 @@ def main(argv=None) -> int:
         return 2
     print(f"model: {json.dumps({k: getattr(cfg, k) for k in cfg.MODEL_FIELDS + ('dtype',)})}", flush=True)
     result = {"config": cfg.__dict__, "argv": argv, "jax_workers": [], "rows": [], "time": time.time()}
-    for ndev in _device_counts(args):
-        w = _run_worker("jax", argv, ndev)
-        result["jax_workers"].append(w)
-        result["rows"] += w.get("rows", [])
-        print(f"jaxae on {ndev} device(s) done", flush=True)
-    if args.torch and (cfg.mlp != "plain" or cfg.fourier):
-        print("note: the PyTorch twin has no --mlp residual or --fourier; timing jaxae alone", flush=True)
-    elif args.torch:
-        t = _run_worker("torch", argv)
-        result["torch_worker"] = t
-        result["rows"] += t.get("rows", [])
-    result["ratios"] = {}
-    ok = [r for r in result["rows"] if "error" not in r]
+
+    def on_row(row):  # a finished measurement: show it and save it now, so a stopped run keeps it
+        result["rows"].append(row)
+        print(f"  {_row_summary(row)}", flush=True)
+        _write(result, args.out)
+
+    # `timeout` and kill send SIGTERM: stop as on Ctrl-C, so the rows measured so far are printed and saved
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        for ndev in _device_counts(args):
+            w = _run_worker("jax", argv, ndev, on_row)
+            result["jax_workers"].append(w)
+            if "rows" not in w:
+                print(f"  jaxae on {ndev} device(s): {w.get('skipped') or w.get('error')}", flush=True)
+        if args.torch and (cfg.mlp != "plain" or cfg.fourier):
+            print("note: the PyTorch twin has no --mlp residual or --fourier; timing jaxae alone", flush=True)
+        elif args.torch:
+            t = _run_worker("torch", argv, 0, on_row)
+            result["torch_worker"] = t
+    except KeyboardInterrupt:
+        result["incomplete"] = True
+        print("stopped before the end: the table and the JSON hold the measurements finished so far", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    result["ratios"] = _ratios(result["rows"])
+    print_table(result)
+    _write(result, args.out)
+    print(f"wrote {args.out}")
+    return 130 if result.get("incomplete") else 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _ratios(rows: list[dict]) -> dict:
+    """Per batch size: the best jaxae row against the best PyTorch row."""
+    ratios = {}
+    ok = [r for r in rows if "error" not in r]
     for bs in sorted({r["batch"] for r in ok}):
         j = [r for r in ok if r["batch"] == bs and r["impl"] == "jaxae"]
         t = [r for r in ok if r["batch"] == bs and r["impl"] != "jaxae"]
         if j and t:
             bj, bt = max(j, key=lambda r: r["img_s_best"]), max(t, key=lambda r: r["img_s_best"])
-            result["ratios"][str(bs)] = {"ratio": bj["img_s_best"] / bt["img_s_best"], "jaxae": bj["img_s_best"],
-                                         "torch": bt["img_s_best"], "torch_impl": bt["impl"]}
-    print_table(result)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as fh:
+            ratios[str(bs)] = {"ratio": bj["img_s_best"] / bt["img_s_best"], "jaxae": bj["img_s_best"],
+                               "torch": bt["img_s_best"], "torch_impl": bt["impl"]}
+    return ratios
+
+
+def _row_summary(row: dict) -> str:
+    who = f"{row['impl']}" + (f" {row['devices']} device(s)" if row["impl"] == "jaxae" else "")
+    if "error" in row:
+        return f"{who} batch {row.get('batch')}: {row['error']}"
+    return f"{who} batch {row['batch']}: {row['img_s_best']:,.0f} img/s best, {row['img_s_median']:,.0f} median"
+
+
+def _write(result: dict, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
         json.dump(result, fh, indent=2)
-    print(f"wrote {args.out}")
-    return 0
+    os.replace(tmp, path)  # never a half-written file, even when stopped while writing
 
 
 if __name__ == "__main__":

@@ -47,13 +47,17 @@ def _norm(kind: str, c: int) -> nn.Module:
     return nn.Identity()
 
 
+# jaxae's nn.gelu is the tanh approximation; torch's default GELU is the exact (erf) one
+ACTIVATIONS = {"gelu": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU, "silu": nn.SiLU}
+
+
 class ResBlock(nn.Module):
-    def __init__(self, c: int, norm: str):
+    def __init__(self, c: int, norm: str, activation: str = "gelu"):
         super().__init__()
-        self.norm, self.conv = _norm(norm, c), nn.Conv2d(c, c, 3, padding=1)
+        self.norm, self.act, self.conv = _norm(norm, c), ACTIVATIONS[activation](), nn.Conv2d(c, c, 3, padding=1)
 
     def forward(self, x):
-        return x + self.conv(F.gelu(self.norm(x)))
+        return x + self.conv(self.act(self.norm(x)))
 
 
 class Upsample(nn.Module):
@@ -79,33 +83,35 @@ class Autoencoder(nn.Module):
     """jaxae.models.Autoencoder in PyTorch (NCHW)."""
 
     def __init__(self, image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blocks=1, hidden=256,
-                 mlp_layers=1, norm="layer", upsample="pixel_shuffle", head="conv"):
+                 mlp_layers=1, norm="layer", upsample="pixel_shuffle", head="conv", activation="gelu"):
         super().__init__()
+        act = ACTIVATIONS[activation]
+        self.act = act()
         h, w, c = image_shape
         self.shapes = _stage_shapes(h, w, stages)
         enc, cin = [], c
         for i in range(stages):
             cout = width * 2 ** i
-            enc += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GELU()]
-            enc += [ResBlock(cout, norm) for _ in range(blocks)]
+            enc += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), act()]
+            enc += [ResBlock(cout, norm, activation) for _ in range(blocks)]
             cin = cout
         h0, w0 = self.shapes[-1]
         self.c0 = width * 2 ** (stages - 1)
         mlp, d = [], h0 * w0 * self.c0
         for _ in range(mlp_layers):
-            mlp += [nn.Linear(d, hidden), nn.GELU()]
+            mlp += [nn.Linear(d, hidden), act()]
             d = hidden
         self.encoder = nn.Sequential(*enc, nn.Flatten(), *mlp, nn.Linear(d, latent_dim))
         mlp, d = [], latent_dim
         for _ in range(mlp_layers):
-            mlp += [nn.Linear(d, hidden), nn.GELU()]
+            mlp += [nn.Linear(d, hidden), act()]
             d = hidden
-        self.dec_mlp = nn.Sequential(*mlp, nn.Linear(d, h0 * w0 * self.c0), nn.GELU())
+        self.dec_mlp = nn.Sequential(*mlp, nn.Linear(d, h0 * w0 * self.c0), act())
         self.ups = nn.ModuleList()
         self.blocks = nn.ModuleList()
         cin = self.c0
         for i in reversed(range(stages)):
-            self.blocks.append(nn.Sequential(*[ResBlock(cin, norm) for _ in range(blocks)]))
+            self.blocks.append(nn.Sequential(*[ResBlock(cin, norm, activation) for _ in range(blocks)]))
             cout = c if i == 0 and head == "upsample" else width * 2 ** max(i - 1, 0)
             self.ups.append(Upsample(cin, cout, upsample))
             cin = cout
@@ -120,20 +126,29 @@ class Autoencoder(nn.Module):
             th, tw = self.shapes[len(self.shapes) - 2 - j]
             y = up(blocks(y))[:, :, :th, :tw]
             if j < len(self.ups) - 1 or self.head == "conv":
-                y = F.gelu(y)
+                y = self.act(y)
         return torch.sigmoid(self.out(y))
 
 
 def time_training(image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blocks=1, hidden=256, mlp_layers=1,
                   norm="layer", upsample="pixel_shuffle", head="conv", batch_size=256, steps=20, repeats=3, compile=False,
                   threads: int | None = None, device: str | None = None, bf16: bool = False, n_data=50000,
-                  learning_rate=2e-3, weight_decay=1e-4, grad_clip=1.0, seed=0) -> dict:
-    """Steady-state training img/s of the twin: a warm-up, then `repeats` timings of `steps` steps each."""
+                  learning_rate=2e-3, weight_decay=1e-4, grad_clip=1.0, seed=0, log=None, activation="gelu") -> dict:
+    """Steady-state training img/s of the twin: a warm-up, then `repeats` timings of `steps` steps each.
+    `log(message)`, when given, hears of the warm-up and of each timing as it ends."""
+    log = log or (lambda message: None)
     if threads:
         torch.set_num_threads(threads)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        # XLA:CPU runs jaxae's programs with denormals flushed to zero; PyTorch does not by default, and the
+        # backward pass of (erf) GELU then produced denormals that slowed its steps 2-5x, more as training
+        # went on (batch 256, 2 cores: 32-111 img/s against 169-179 flushed; docs/performance.md, seventh
+        # session). The same floating-point mode on both sides.
+        torch.set_flush_denormal(True)
     torch.manual_seed(seed)
-    model = Autoencoder(image_shape, latent_dim, width, stages, blocks, hidden, mlp_layers, norm, upsample, head).to(device)
+    model = Autoencoder(image_shape, latent_dim, width, stages, blocks, hidden, mlp_layers, norm, upsample, head,
+                        activation).to(device)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     h, w, c = image_shape
@@ -151,7 +166,7 @@ def time_training(image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blo
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
-        return loss
+        return loss.detach()
 
     fn = step
     if compile:
@@ -170,6 +185,7 @@ def time_training(image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blo
     float(loss)
     sync()
     warmup_s = time.perf_counter() - t0
+    log(f"warm-up{' and compile' if compile else ''} {warmup_s:.1f} s")
     times = []
     for _ in range(repeats):
         idxs = batches(steps)
@@ -179,6 +195,7 @@ def time_training(image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blo
             loss = fn(idx)
         sync()
         times.append(time.perf_counter() - t)
+        log(f"timing {len(times)}/{repeats}: {steps * batch_size / times[-1]:,.0f} img/s")
         if not torch.isfinite(loss):
             raise RuntimeError(f"the torch twin's loss became {float(loss)}")
     rates = [steps * batch_size / t for t in times]

@@ -1,0 +1,85 @@
+"""bench/throughput.py: a tiny end-to-end run, and a stopped run keeping what it measured."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "bench", "throughput.py")
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("throughput_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tiny_run_prints_rows_as_they_finish_and_writes_json(tmp_path):
+    out = tmp_path / "tp.json"
+    proc = subprocess.run([sys.executable, SCRIPT, "--preset", "tiny", "--batch-sizes", "8", "--devices", "1",
+                           "--no-torch", "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    # the row's summary comes before the table, as soon as the worker measured it
+    summary = next(i for i, l in enumerate(lines) if l.strip().startswith("jaxae 1 device(s) batch 8:"))
+    table = next(i for i, l in enumerate(lines) if l.startswith("impl "))
+    assert summary < table
+    assert any("compiled in" in l for l in lines[:table])
+    result = json.loads(out.read_text())
+    assert "incomplete" not in result
+    (row,) = result["rows"]
+    assert row["impl"] == "jaxae" and row["batch"] == 8 and row["devices"] == 1
+    assert row["img_s_best"] >= row["img_s_median"] > 0
+    assert row["flops_per_img"] > 0 and 0 < row["pct_matmul_peak"]
+    (worker,) = result["jax_workers"]
+    assert worker["encode"]["images"] == 10000 and worker["peak_rss_mb"] > 0
+
+
+def test_a_stopped_run_prints_and_saves_the_rows_measured_so_far(tmp_path, monkeypatch, capsys):
+    bench = _load_bench()
+    row = {"impl": "jaxae", "backend": "cpu", "devices": 1, "batch": 8, "steps_per_call": 1, "microbatch": 8,
+           "img_s_best": 100.0, "img_s_median": 90.0, "compile_s": 1.0}
+    calls = []
+
+    def fake_worker(kind, argv, ndev=0, on_row=None):
+        calls.append((kind, ndev))
+        on_row(dict(row, devices=ndev))
+        if ndev == 2:  # `timeout` (SIGTERM) or Ctrl-C while the second worker runs
+            raise KeyboardInterrupt
+        return {"backend": "cpu", "devices": ndev, "rows": [dict(row, devices=ndev)], "device_kind": "cpu",
+                "matmul_peak_flops": 1e11, "encode": {"images": 10000, "seconds_best": 1.0, "img_s_best": 1e4},
+                "peak_rss_mb": 100.0, "keep_freed_memory": True, "cpu_programs_inline": True}
+
+    monkeypatch.setattr(bench, "_run_worker", fake_worker)
+    out = tmp_path / "tp.json"
+    rc = bench.main(["--preset", "tiny", "--batch-sizes", "8", "--devices", "1,2", "--out", str(out)])
+    assert rc == 130
+    assert calls == [("jax", 1), ("jax", 2)]  # the torch worker never started
+    result = json.loads(out.read_text())
+    assert result["incomplete"] is True
+    assert [r["devices"] for r in result["rows"]] == [1, 2]
+    text = capsys.readouterr().out
+    assert "stopped before the end" in text and "impl " in text
+
+
+def test_a_failed_worker_is_reported_with_its_last_lines(tmp_path):
+    bench = _load_bench()
+    rows = []
+    w = bench._run_worker("jax", ["--width", "0"], 1, rows.append)  # the worker's config check fails
+    assert rows == []
+    assert "failed with exit" in w["error"] and "--width" in w["error"]
+
+
+@pytest.mark.parametrize("row,expected", [
+    ({"impl": "torch eager", "batch": 256, "img_s_best": 1234.4, "img_s_median": 1000.0},
+     "torch eager batch 256: 1,234 img/s best, 1,000 median"),
+    ({"impl": "torch.compile", "batch": 64, "error": "RuntimeError: no compiler"},
+     "torch.compile batch 64: RuntimeError: no compiler"),
+])
+def test_row_summary(row, expected):
+    assert _load_bench()._row_summary(row) == expected
