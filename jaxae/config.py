@@ -129,12 +129,13 @@ class Config:
 
 
 # Named groups of defaults. "default" is the accelerator schedule `python train.py` runs;
-# "quick" is the 2-core CPU model and schedule: width 16, no residual blocks, the sub-pixel output head and
-# 14 epochs train in about 15 minutes on 2 cores (bench/quality.py fits epochs to any budget). See
+# "quick" is the 2-core CPU model and schedule: width 16, no residual blocks, the sub-pixel output head, ReLU
+# and 14 epochs train in about 10 minutes on 2 cores (bench/quality.py fits epochs to any budget). See
 # docs/quality.md for the studies behind them.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "quick": {"width": 16, "blocks": 0, "head": "upsample", "hidden": 512, "batch_size": 128, "epochs": 14},
+    "quick": {"width": 16, "blocks": 0, "head": "upsample", "hidden": 512, "batch_size": 128, "epochs": 14,
+              "activation": "relu"},
     "tiny": {"width": 8, "stages": 2, "blocks": 0, "hidden": 16, "epochs": 1, "batch_size": 8,
              "log_every": 2},
 }
