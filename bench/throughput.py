@@ -24,6 +24,7 @@ measured, marks the JSON "incomplete" and exits 130.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import signal
@@ -242,19 +243,19 @@ def torch_worker(args) -> dict:
     modes = [False] + ([True] if args.torch_compile else [])
     for bs in [int(b) for b in _batch_sizes(args, "gpu" if cuda else "cpu")]:
         for comp in modes:
+            impl = "torch.compile" if comp else "torch eager"
             try:
                 r = time_training(IMAGE_SHAPE, cfg.latent_dim, cfg.width, cfg.stages, cfg.blocks, cfg.hidden,
                                   cfg.mlp_layers, cfg.norm, cfg.upsample, cfg.head, batch_size=bs, steps=max(args.steps, 20),
                                   repeats=max(args.repeats, 3), compile=comp, bf16=cfg.dtype == "bfloat16",
                                   learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   grad_clip=cfg.grad_clip, activation=cfg.activation,
-                                  log=lambda m, bs=bs, comp=comp: _progress(
-                                      f"{'torch.compile' if comp else 'torch eager'} batch {bs}: {m}"))
+                                  log=lambda m, prefix=f"{impl} batch {bs}": _progress(f"{prefix}: {m}"))
             except Exception as e:  # torch.compile needs a working compiler toolchain: report, go on
-                rows.append(_emit_row({"impl": "torch.compile" if comp else "torch eager", "batch": bs,
+                rows.append(_emit_row({"impl": impl, "batch": bs,
                                        "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}))
                 continue
-            rows.append(_emit_row({"impl": "torch.compile" if comp else "torch eager", "backend": r["device"],
+            rows.append(_emit_row({"impl": impl, "backend": r["device"],
                                    "devices": 1, "threads": threads or None, "batch": bs, "steps_per_call": 1,
                                    "img_s_best": r["img_s_best"], "img_s_median": r["img_s_median"],
                                    "compile_s": r["warmup_s"], "loss": r["loss"]}))
@@ -267,13 +268,13 @@ def _run_worker(kind: str, argv: list[str], ndev: int = 0, on_row=None) -> dict:
     """Run one worker subprocess; echo its progress lines, hand each measurement to on_row as it arrives."""
     cmd = [sys.executable, os.path.abspath(__file__), *argv, "--_worker", kind, "--_ndev", str(ndev)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-    tail: list[str] = []
+    tail: collections.deque[str] = collections.deque(maxlen=5)  # the worker's last stderr lines, for errors
 
     def read_stderr():
         for line in proc.stderr:
             if line.startswith("progress: "):
                 print(f"  {line[len('progress: '):].rstrip()}", flush=True)
-            tail[:] = (tail + [line.rstrip()])[-5:]
+            tail.append(line.rstrip())
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
