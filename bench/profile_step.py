@@ -87,7 +87,7 @@ def main(argv=None) -> int:
         return 2
     batch, spe = cfg.batch_size, 8
     mesh = Mesh(np.array(jax.local_devices()[:1]), (T.AXIS,))
-    state = T.create_train_state(cfg, (32, 32, 3), 1000, spe)
+    state = T.place_state(T.create_train_state(cfg, (32, 32, 3), 1000, spe), mesh)
     images = T.put_dataset(np.random.default_rng(0).integers(0, 256, (spe * batch, 32, 32, 3), np.uint8), mesh)
     perm = T.device_epoch_order(cfg.seed, 0, spe * batch, spe, batch, mesh)
     step = T.make_p_train_steps(cfg, 1, spe)

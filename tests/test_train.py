@@ -85,6 +85,37 @@ def test_pmap_on_two_devices_equals_one_device(setup):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
 
 
+def test_a_placed_state_compiles_the_pmapped_step_once(setup):
+    """train.place_state puts a fresh state where the pmapped step returns it, so its later calls reuse the
+    first call's program. A fresh state as create_train_state makes it (on one device, the step a Python int)
+    has another signature than the state the step returns: the second call compiled the step again."""
+    cfg, ds, spe, state = setup
+    mesh = Mesh(np.array(jax.local_devices()), (train.AXIS,))
+    dataset = train.put_dataset(ds.train_images, mesh)
+    perm = train.device_epoch_order(cfg.seed, 0, ds.train_images.shape[0], spe, cfg.batch_size, mesh)
+    lowerings = []  # counted at lowering, which a hit in the persistent compilation cache does not skip
+
+    def listen(name, secs, **kw):
+        if name.endswith("jaxpr_to_mlir_module_duration"):
+            lowerings.append(name)
+
+    counts = {}
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        for placed in (False, True):
+            s = jax.tree.map(jnp.copy, state)  # the step donates its input state
+            s = train.place_state(s, mesh) if placed else s
+            p_step = train.make_p_train_steps(cfg, 1, spe)
+            lowerings.clear()
+            for _ in range(3):
+                s, m = p_step(s, dataset, perm)
+            jax.block_until_ready(m)
+            counts[placed] = len(lowerings)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert counts == {False: 2, True: 1}
+
+
 def test_microbatches_give_the_same_steps_as_one_pass(setup):
     """A step split into microbatches (the CPU default above 64 examples a device) makes the same update as
     one pass over the batch: the same noise and flips, the mean of equal parts' mean losses and gradients."""
