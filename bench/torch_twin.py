@@ -170,7 +170,9 @@ def time_training(image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blo
 
     fn = step
     if compile:
-        fn = torch.compile(step)
+        # static shapes: a second batch size in the same process would otherwise be recompiled as a
+        # dynamic-shape graph (dynamo's automatic_dynamic_shapes), slower than a graph for that batch
+        fn = torch.compile(step, dynamic=False)
 
     def sync():
         if device.startswith("cuda"):

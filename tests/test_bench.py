@@ -83,3 +83,17 @@ def test_a_failed_worker_is_reported_with_its_last_lines(tmp_path):
 ])
 def test_row_summary(row, expected):
     assert _load_bench()._row_summary(row) == expected
+
+
+def test_ratios_per_batch_size_and_each_side_at_its_best_batch_size():
+    def row(impl, batch, rate):
+        return {"impl": impl, "batch": batch, "img_s_best": rate}
+    rows = [row("jaxae", 256, 80.0), row("jaxae", 1024, 110.0), row("torch eager", 256, 30.0),
+            row("torch eager", 1024, 50.0), row("torch.compile", 256, 40.0), row("torch.compile", 1024, 20.0),
+            {"impl": "torch.compile", "batch": 4096, "error": "killed"}, row("jaxae", 4096, 120.0)]
+    r = _load_bench()._ratios(rows)
+    assert set(r) == {"256", "1024", "best"}  # 4096 has no PyTorch figure: no ratio
+    assert r["256"]["ratio"] == pytest.approx(2.0) and r["256"]["torch_impl"] == "torch.compile"
+    assert r["1024"]["ratio"] == pytest.approx(2.2) and r["1024"]["torch_impl"] == "torch eager"
+    assert (r["best"]["jaxae_batch"], r["best"]["torch_batch"]) == (4096, 1024)
+    assert r["best"]["ratio"] == pytest.approx(120.0 / 50.0)
