@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -51,10 +52,25 @@ def run_workers(args) -> int:
     for i in range(args.jobs):
         part = grid[i::args.jobs]
         if part:
+            # In sessions of their own, so that `timeout` or Ctrl-C reach them once, through forward() below:
+            # a worker stops at its next call, saves and writes no row for the cut-off run (a second signal
+            # stops it at once). Left in the driver's group, they ran on after a `timeout` had ended the driver.
             procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), "--data", args.data,
                                            "--base", args.base, "--grid", json.dumps(part), "--root", args.root,
-                                           "--out", args.out, "--cache-dir", args.cache_dir], env=env))
-    return max(p.wait() for p in procs)
+                                           "--out", args.out, "--cache-dir", args.cache_dir], env=env,
+                                          start_new_session=True))
+
+    def forward(signum, frame):
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return max(proc.wait() for proc in procs)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def main(argv=None) -> int:
@@ -73,7 +89,7 @@ def main(argv=None) -> int:
     import jax
     from jaxae.config import Config
     from jaxae.data import load
-    from jaxae.train import train_and_evaluate
+    from jaxae.train import steps_per_epoch, train_and_evaluate
 
     base, grid = json.loads(args.base), json.loads(args.grid)
     ds = load(args.data, cache_dir=args.cache_dir)
@@ -85,15 +101,19 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         res = train_and_evaluate(cfg, ds=ds, progress=False)
         wall = time.perf_counter() - t0
-        state = res["state"]
-        knn = knn10(cfg, state, ds)
+        spe = steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)
+        total = min(cfg.max_steps, cfg.epochs * spe) if cfg.max_steps else cfg.epochs * spe
+        if res["step"] < total or "test_mse" not in res:  # stopped (SIGTERM, `timeout`) before its last epoch
+            print(f"STOPPED {name} at step {res['step']} of {total}: no row written", flush=True)
+            return res["exit"] or 130
+        knn = knn10(cfg, res["state"], ds)
         row = {"name": name, **over, "test_mse": res["test_mse"], "x_pca3": res["test_mse"] / PCA3_MSE,
-               "knn10": knn, "train_loss": res["train_loss"], "wall_s": wall, "base": base}
+               "knn10": knn, "train_loss": res["train_loss"], "steps": res["step"], "wall_s": wall, "base": base}
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "a") as fh:  # before the print: a closed stdout must not cost the row
+            fh.write(json.dumps(row) + "\n")
         print(f"RESULT {name:40s} mse {row['test_mse']:.5f} ({row['x_pca3']:.3f} x PCA-3)  10-NN {knn:.1%}  "
               f"{wall:6.1f} s", flush=True)
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
     return 0
 
 

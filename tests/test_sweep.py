@@ -1,0 +1,51 @@
+"""bench/sweep.py: a finished run writes its row; a run stopped before its last step (`timeout`) writes none."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from conftest import tiny_dataset
+import jaxae.data
+import jaxae.train
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "sweep.py")
+
+
+@pytest.fixture
+def sweep(monkeypatch):
+    spec = importlib.util.spec_from_file_location("sweep_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ds = tiny_dataset(n_train=32, n_test=16)
+    monkeypatch.setattr(jaxae.data, "load", lambda *a, **k: ds)
+    monkeypatch.setattr(mod, "knn10", lambda cfg, state, ds: 0.5)
+    return mod
+
+
+def _fake_training(stop_at=None):
+    def train_and_evaluate(cfg, ds=None, progress=True):
+        total = cfg.epochs * jaxae.train.steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)
+        step = total if stop_at is None else stop_at
+        res = {"exit": 0, "step": step, "state": None, "train_loss": 0.031}
+        if step >= 4:  # an epoch (4 steps of 8) finished: its test pass is in the result
+            res["test_mse"] = 0.03
+        return res
+    return train_and_evaluate
+
+
+@pytest.mark.parametrize("stop_at,rows,rc", [(None, 2, 0), (6, 0, 130)])
+def test_rows_only_for_runs_that_finished(sweep, monkeypatch, tmp_path, capsys, stop_at, rows, rc):
+    monkeypatch.setattr(jaxae.train, "train_and_evaluate", _fake_training(stop_at))
+    out = tmp_path / "sweep.jsonl"
+    got = sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--out", str(out),
+                      "--base", json.dumps({"epochs": 2, "batch_size": 8}), "--grid", '[{}, {"width": 4}]'])
+    assert got == rc
+    lines = out.read_text().splitlines() if out.exists() else []
+    assert len(lines) == rows
+    text = capsys.readouterr().out
+    if rows:
+        assert json.loads(lines[1])["steps"] == 8 and text.count("RESULT") == 2
+    else:  # the first run was cut off at step 6 of 8, after one epoch's test pass: no row, and the sweep stops
+        assert "STOPPED base at step 6 of 8" in text and "RESULT" not in text
