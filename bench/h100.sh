@@ -6,24 +6,28 @@
 #   3. bench/throughput.py: jaxae vs the PyTorch twin, eager and compiled, by batch size (torch.compile took
 #      43 s to compile at B = 256 and more than 90 s at B = 1024: the step's limit may cut the last rows; the
 #      JSON keeps what was measured);
-#   4. bench/sweep.py: a grid of 30-epoch variants of the default model, 4 workers on the one GPU (8 runs took
-#      about 4 min). Nothing else may run on the GPU beside it: a fifth process (step 2 run in the background)
-#      ran the GPU out of memory, since each worker takes 0.9 / 4 of it.
+#   4. bench/sweep.py: variants of the default model ($GRID), 4 workers on the one GPU (the eighth session's
+#      8 runs of 30 epochs, two per worker, took about 4 min; the default grid is one run per worker). Nothing
+#      else may run on the GPU beside it: a fifth process (step 2 run in the background) ran the GPU out of
+#      memory, since each worker takes 0.9 / 4 of it. What the limit cuts off leaves no row.
 # Each step has its own time limit, so a slow step costs only its own results. Usage, from the repo root
 # with the JPEG archive in data/ (git-ignored; name it in the call's `carry`):
 #   OUT=/some/folder bash bench/h100.sh            # GRID='[...]' and BATCHES=256,1024 override the defaults
-# Everything worth keeping lands in $OUT (at most 8 files): log.txt, default_metrics.jsonl, eval.tar.gz,
-# tp_h100.json, sweep.jsonl.
+# Everything worth keeping lands in $OUT (at most 8 files): log.txt, default_metrics.jsonl, eval.out,
+# eval.tar.gz, tp_h100.json, sweep.jsonl, sweep.log.
 set -u
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 DATA=data/cifar10-jpeg.tar.gz
 RUNS=/tmp/runs
 BUDGET=${BUDGET:-580}          # seconds this script may use in all
 # untried on a GPU after the eighth session's sweep (docs/quality.md): longer at a lower rate, larger batches
-GRID=${GRID:-'[{"epochs": 60, "learning_rate": 0.001}, {"epochs": 60, "batch_size": 1024, "learning_rate": 0.004},
+GRID=${GRID:-'[{"epochs": 50, "learning_rate": 0.001}, {"epochs": 50, "batch_size": 1024, "learning_rate": 0.004},
                {"weight_decay": 0}, {"hidden": 1024, "width": 32}]'}
 mkdir -p "$RUNS" "$OUT"
 left() { echo $((BUDGET - SECONDS)); }
+# within SECONDS CMD...: CMD under `timeout SECONDS`, or skipped with a line when under 10 s are left
+# (`timeout 0` would mean no limit, and a negative one fails)
+within() { local t=$1; shift; if (( t < 10 )); then echo "skipped: ${t} s left"; return 124; fi; timeout "$t" "$@"; }
 step() { echo; echo "=== [$SECONDS s] $*"; }
 
 {
@@ -34,26 +38,30 @@ python3 -c "import jax, flax, optax, orbax.checkpoint, torch; print('jax', jax._
 
 step "0. decode the JPEG archive into the .npz cache (what a first train.py run also does)"
 t0=$(date +%s.%N)
-python3 -c "from jaxae.data import load; load('$DATA')"
+within 120 python3 -c "from jaxae.data import load; load('$DATA')"
 echo "decode: $(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')") s"
 
 step "1. python train.py (default settings), wall time"
 t0=$(date +%s.%N)
-timeout 200 python3 train.py --data $DATA --workdir $RUNS/default 2>&1 | tail -40
+within 200 python3 train.py --data $DATA --workdir $RUNS/default --fresh 2>&1 | tail -40
 echo "train.py wall: $(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')") s"
 cp $RUNS/default/metrics.jsonl "$OUT/default_metrics.jsonl" 2>/dev/null
 
 step "2. evaluate.py on the default run"
-timeout 90 python3 evaluate.py --workdir $RUNS/default 2>&1 | tail -12
+within 90 python3 evaluate.py --workdir $RUNS/default > $RUNS/eval.out 2>&1; tail -12 $RUNS/eval.out
+cp $RUNS/eval.out "$OUT/eval.out"
 tar czf "$OUT/eval.tar.gz" --exclude latent_3d.html -C $RUNS/default eval
 
 step "3. bench/throughput.py, batch sizes ${BATCHES:=256,1024,4096}"
-timeout $(( $(left) > 420 ? 210 : $(left) / 2 )) python3 bench/throughput.py --batch-sizes $BATCHES \
+within $(( $(left) > 420 ? 210 : $(left) / 2 )) python3 bench/throughput.py --batch-sizes $BATCHES \
     --steps-per-call epoch --out "$OUT/tp_h100.json" 2>&1 | tail -40
 
 step "4. bench/sweep.py, 30-epoch variants of the default model"
-timeout $(( $(left) - 10 )) python3 bench/sweep.py --data $DATA --root $RUNS/sweep --out "$OUT/sweep.jsonl" --jobs 4 \
-    --grid "$GRID" \
-    2>&1 | grep -E "RESULT|rror|x[0-9]+, jax" | head -40
+# output to a file, not a pipe: a pipe closed early (head) would kill the workers at their next print.
+# A run the limit cuts off writes no row (sweep.py prints STOPPED).
+within $(( $(left) - 10 )) python3 bench/sweep.py --data $DATA --root $RUNS/sweep --out "$OUT/sweep.jsonl" --jobs 4 \
+    --grid "$GRID" > $RUNS/sweep.log 2>&1
+grep -E "RESULT|STOPPED|rror|x[0-9]+, jax" $RUNS/sweep.log | head -40
+cp $RUNS/sweep.log "$OUT/sweep.log"
 step "done"
 } 2>&1 | tee "$OUT/log.txt"

@@ -350,7 +350,7 @@ def print_table(result: dict) -> None:
         print(f"batch {bs}: best jaxae / best PyTorch = {ratio['ratio']:.2f}x "
               f"({ratio['jaxae']:,.0f} vs {ratio['torch']:,.0f} img/s, {ratio['torch_impl']})")
     best = result["ratios"].get("best")
-    if best and len(per_batch) > 1:
+    if best and (len(per_batch) > 1 or best["jaxae_batch"] != best["torch_batch"]):
         print(f"each at its best batch size: jaxae / PyTorch = {best['ratio']:.2f}x ({best['jaxae']:,.0f} img/s "
               f"at {best['jaxae_batch']} vs {best['torch']:,.0f} img/s at {best['torch_batch']}, "
               f"{best['torch_impl']})")
