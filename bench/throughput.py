@@ -301,7 +301,7 @@ def _run_worker(kind: str, argv: list[str], ndev: int = 0, on_row=None) -> dict:
 def _device_counts(args) -> list[int]:
     if args.devices != "auto":
         return [int(d) for d in _parse_list(args.devices)]
-    return [1, 2]  # on a GPU box the worker for 2 reports itself skipped when only one GPU is present
+    return [1, 2]  # on an accelerator the first worker takes every local device, and main() stops there
 
 
 def _fmt(v, spec):
@@ -381,6 +381,9 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         for ndev in _device_counts(args):
+            done = result["jax_workers"]
+            if args.devices == "auto" and done and done[0].get("backend") not in (None, "cpu"):
+                break  # on an accelerator the first worker already ran on every local device
             w = _run_worker("jax", argv, ndev, on_row)
             result["jax_workers"].append(w)
             if "rows" not in w:

@@ -67,6 +67,22 @@ def test_a_stopped_run_prints_and_saves_the_rows_measured_so_far(tmp_path, monke
     assert "stopped before the end" in text and "impl " in text
 
 
+def test_on_an_accelerator_one_jax_worker_covers_every_device(tmp_path, monkeypatch):
+    bench = _load_bench()
+    calls = []
+
+    gpu_worker = {"backend": "gpu", "devices": 8, "rows": [], "device_kind": "gpu", "matmul_peak_flops": 1e14,
+                  "encode": {"images": 10000, "seconds_best": 0.01, "img_s_best": 1e6}, "peak_rss_mb": 100.0}
+
+    def fake_worker(kind, argv, ndev=0, on_row=None):
+        calls.append((kind, ndev))
+        return gpu_worker if kind == "jax" else {"rows": [], "peak_rss_mb": 100.0, "torch": "2.11"}
+
+    monkeypatch.setattr(bench, "_run_worker", fake_worker)
+    assert bench.main(["--preset", "tiny", "--batch-sizes", "8", "--out", str(tmp_path / "tp.json")]) == 0
+    assert calls == [("jax", 1), ("torch", 0)]  # no second jax worker asking for 2 devices
+
+
 def test_a_failed_worker_is_reported_with_its_last_lines(tmp_path):
     bench = _load_bench()
     rows = []
