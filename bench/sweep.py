@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     import jax
     from jaxae.config import Config
     from jaxae.data import load
-    from jaxae.train import steps_per_epoch, train_and_evaluate
+    from jaxae.train import train_and_evaluate
 
     base, grid = json.loads(args.base), json.loads(args.grid)
     ds = load(args.data, cache_dir=args.cache_dir)
@@ -101,10 +101,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         res = train_and_evaluate(cfg, ds=ds, progress=False)
         wall = time.perf_counter() - t0
-        spe = steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)
-        total = min(cfg.max_steps, cfg.epochs * spe) if cfg.max_steps else cfg.epochs * spe
-        if res["step"] < total or "test_mse" not in res:  # stopped (SIGTERM, `timeout`) before its last epoch
-            print(f"STOPPED {name} at step {res['step']} of {total}: no row written", flush=True)
+        if res["step"] < res["total"]:  # stopped (SIGTERM, `timeout`) before its last step
+            print(f"STOPPED {name} at step {res['step']} of {res['total']}: no row written", flush=True)
             return res["exit"] or 130
         knn = knn10(cfg, res["state"], ds)
         row = {"name": name, **over, "test_mse": res["test_mse"], "x_pca3": res["test_mse"] / PCA3_MSE,

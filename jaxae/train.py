@@ -404,6 +404,7 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
     if writer is not None:
         writer.close()
     result["step"] = step
+    result["total"] = total  # step < total: stopped by a signal before the end (exit 0 for SIGTERM)
     result["state"] = state
     return result
 

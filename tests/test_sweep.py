@@ -28,7 +28,7 @@ def _fake_training(stop_at=None):
     def train_and_evaluate(cfg, ds=None, progress=True):
         total = cfg.epochs * jaxae.train.steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)
         step = total if stop_at is None else stop_at
-        res = {"exit": 0, "step": step, "state": None, "train_loss": 0.031}
+        res = {"exit": 0, "step": step, "total": total, "state": None, "train_loss": 0.031}
         if step >= 4:  # an epoch (4 steps of 8) finished: its test pass is in the result
             res["test_mse"] = 0.03
         return res

@@ -157,7 +157,7 @@ def test_train_and_evaluate_on_two_devices(setup, tmp_path):
     cfg = cfg.replace(workdir=str(tmp_path / "run"))
     assert cfg.epochs == 4 and cfg.learning_rate == 1e-2
     result = train.train_and_evaluate(cfg, ds=ds, progress=False)
-    assert result["exit"] == 0 and result["step"] == 4 * spe == int(result["state"].step)
+    assert result["exit"] == 0 and result["step"] == 4 * spe == int(result["state"].step) == result["total"]
     with open(os.path.join(cfg.workdir, "metrics.jsonl")) as fh:
         records = [json.loads(line) for line in fh]
     assert [r["epoch"] for r in records] == [1, 2, 3, 4] and [r["step"] for r in records] == [4, 8, 12, 16]
