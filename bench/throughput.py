@@ -381,13 +381,12 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         for ndev in _device_counts(args):
-            done = result["jax_workers"]
-            if args.devices == "auto" and done and done[0].get("backend") not in (None, "cpu"):
-                break  # on an accelerator the first worker already ran on every local device
             w = _run_worker("jax", argv, ndev, on_row)
             result["jax_workers"].append(w)
             if "rows" not in w:
                 print(f"  jaxae on {ndev} device(s): {w.get('skipped') or w.get('error')}", flush=True)
+            if args.devices == "auto" and w.get("backend") not in (None, "cpu"):
+                break  # on an accelerator this worker ran on every local device
         if args.torch and (cfg.mlp != "plain" or cfg.fourier):
             print("note: the PyTorch twin has no --mlp residual or --fourier; timing jaxae alone", flush=True)
         elif args.torch:
