@@ -29,6 +29,7 @@ left() { echo $((BUDGET - SECONDS)); }
 # (`timeout 0` would mean no limit, and a negative one fails)
 within() { local t=$1; shift; if (( t < 10 )); then echo "skipped: ${t} s left"; return 124; fi; timeout "$t" "$@"; }
 step() { echo; echo "=== [$SECONDS s] $*"; }
+since() { python3 -c "print(f'{$(date +%s.%N) - $1:.1f}')"; }   # seconds since a `date +%s.%N`, to 0.1 s
 
 {
 step "environment"
@@ -39,12 +40,12 @@ python3 -c "import jax, flax, optax, orbax.checkpoint, torch; print('jax', jax._
 step "0. decode the JPEG archive into the .npz cache (what a first train.py run also does)"
 t0=$(date +%s.%N)
 within 120 python3 -c "from jaxae.data import load; load('$DATA')"
-echo "decode: $(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')") s"
+echo "decode: $(since $t0) s"
 
 step "1. python train.py (default settings), wall time"
 t0=$(date +%s.%N)
 within 200 python3 train.py --data $DATA --workdir $RUNS/default --fresh 2>&1 | tail -40
-echo "train.py wall: $(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')") s"
+echo "train.py wall: $(since $t0) s"
 cp $RUNS/default/metrics.jsonl "$OUT/default_metrics.jsonl" 2>/dev/null
 
 step "2. evaluate.py on the default run"
@@ -56,7 +57,7 @@ step "3. bench/throughput.py, batch sizes ${BATCHES:=256,1024,4096}"
 within $(( $(left) > 420 ? 210 : $(left) / 2 )) python3 bench/throughput.py --batch-sizes $BATCHES \
     --steps-per-call epoch --out "$OUT/tp_h100.json" 2>&1 | tail -40
 
-step "4. bench/sweep.py, 30-epoch variants of the default model"
+step "4. bench/sweep.py, variants of the default model"
 # output to a file, not a pipe: a pipe closed early (head) would kill the workers at their next print.
 # A run the limit cuts off writes no row (sweep.py prints STOPPED).
 within $(( $(left) - 10 )) python3 bench/sweep.py --data $DATA --root $RUNS/sweep --out "$OUT/sweep.jsonl" --jobs 4 \
