@@ -112,14 +112,38 @@ def train_step(state: TrainState, batch: jax.Array, key: jax.Array, cfg: Config,
         loss, grads = grad_fn(state.params, inputs, targets)
     else:  # equal microbatches: the mean of their mean losses (and gradients) is the batch's
         size = inputs.shape[0] // n_micro
-        acc = None
+        acc, accs = None, []
         for i in range(n_micro):
-            out = grad_fn(state.params, inputs[i * size:(i + 1) * size], targets[i * size:(i + 1) * size])
+            x = inputs[i * size:(i + 1) * size]
+            if i >= PASSES_IN_FLIGHT:  # pass i starts once pass i - 2 is done: two at a time, not all
+                x = _after(accs[i - PASSES_IN_FLIGHT], x)
+            out = grad_fn(state.params, x, targets[i * size:(i + 1) * size])
             acc = out if acc is None else jax.tree.map(jnp.add, acc, out)
+            accs.append(acc)
         loss, grads = jax.tree.map(lambda a: a / n_micro, acc)
     if axis_name is not None:
         grads, loss = lax.pmean((grads, loss), axis_name)
     return state.apply_gradients(grads=grads), {"loss": loss}
+
+
+# Microbatch passes of a step that may run at once. Left alone, XLA interleaved all the unrolled passes op by
+# op, so every pass's activations were live together: the default model's CPU step held 1,025 MB of temp
+# buffers at 4 passes of 64, as much as one pass of 256. Two at a time: 605 MB, and as fast. One at a time:
+# 333 MB (187 MB at 8 passes of 32), but 12-22 % slower on 2 cores, which then lose the overlap of two
+# passes' ops (docs/performance.md, ninth session).
+PASSES_IN_FLIGHT = 2
+
+
+def _after(tree, x: jax.Array) -> jax.Array:
+    """x, unchanged, but computed only once every array of `tree` is: x + 0 * (one element of each).
+
+    Orders the microbatch passes (PASSES_IN_FLIGHT). XLA:CPU drops lax.optimization_barrier before it
+    schedules, and a lax.scan over the passes ran ~20x slower (the scan trap), so a data dependence it cannot
+    remove does it: a pass's input reads the gradients summed so far. XLA does not fold 0 * y for floats (y
+    may be inf or NaN), and x + 0 * y is x for finite y.
+    """
+    dep = sum(leaf.ravel()[-1].astype(x.dtype) for leaf in jax.tree.leaves(tree))
+    return x + 0.0 * dep
 
 
 def _train_steps(state, images, perm, cfg: Config, n_steps: int, spe: int, axis_name: str | None = AXIS):
