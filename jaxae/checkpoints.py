@@ -113,7 +113,7 @@ def _save_failed(mngr: ocp.CheckpointManager, e: BaseException) -> UsageError | 
     last = f"step {max(done)} is the last complete checkpoint and is intact" if done else "no checkpoint was saved"
     return UsageError(f"the disk holding {mngr.directory} is full (no space left on device) while saving a "
                       f"checkpoint; {last}. Free some space (or pass --keep 1, or --workdir on a bigger disk) "
-                      f"and run the same command again to resume")
+                      f"and resume the run (the same command without --fresh, or `python train.py --workdir WORKDIR`)")
 
 
 def save(mngr: ocp.CheckpointManager, state, force: bool = True) -> None:

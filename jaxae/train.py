@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -266,6 +267,12 @@ def _resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
     return saved.replace(**{**keep, "preset": saved.preset}), True
 
 
+def resume_command(cfg: Config) -> str:
+    """The command that resumes the run in cfg.workdir: the run's own saved config supplies the rest. Not
+    "the same command", which starts over when it had --fresh and is another script's in bench/."""
+    return f"python train.py --workdir {shlex.quote(cfg.workdir)}"
+
+
 def _device_layout(batch_size: int) -> tuple[int, int]:
     n_dev = jax.device_count()
     if batch_size % n_dev:
@@ -356,7 +363,7 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
     if jax.default_backend() == "cpu" and jax.local_device_count() > 1 and jax.process_index() == 0:
         print(f"note: with {jax.local_device_count()} CPU devices in one process XLA:CPU can hang at the gradient "
               f"all-reduce when other programs compete for the cores (docs/performance.md); XLA then aborts "
-              f"after 40 s and the same command resumes from the last checkpoint. One device (unset "
+              f"after 40 s and `{resume_command(cfg)}` resumes from the last checkpoint. One device (unset "
               f"JAX_NUM_CPU_DEVICES) is the safe choice, and as fast for the quick preset", file=sys.stderr)
     metrics_file = os.path.join(cfg.workdir, "metrics.jsonl")
     _truncate_metrics(metrics_file, int(state.step))
@@ -423,8 +430,8 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
             if step < total:  # stopped by a signal: keep what was done
                 _save(mngr, state, cfg)
                 result["exit"] = 0 if stop.signum == signal.SIGTERM else 130
-                _log(f"stopped by {signal.Signals(stop.signum).name} at step {step}: checkpoint saved; run the "
-                     f"same command to resume")
+                _log(f"stopped by {signal.Signals(stop.signum).name} at step {step}: checkpoint saved; "
+                     f"`{resume_command(cfg)}` resumes it")
             else:
                 _save(mngr, state, cfg)
         finally:

@@ -304,6 +304,7 @@ def test_sigterm_sigint_sigkill_then_resume_is_bitwise_identical(tmp_path, refer
     code, out, err = _run_until(args, "epoch 1/4", signal.SIGTERM)
     assert code == 0, err
     stopped = int(out.split("stopped by SIGTERM at step ")[1].split(":")[0])
+    assert f"checkpoint saved; `python train.py --workdir {workdir}` resumes it" in out
     assert stopped >= 4 and str(stopped) in os.listdir(ckdir)  # saved at the step it stopped at
 
     # After an epoch line: _Stop is installed by then (a shell's background job inherits SIGINT ignored).
