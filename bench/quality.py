@@ -18,8 +18,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def calibrate(cfg, ds, calls: int = 3) -> tuple[float, float, float]:
-    """(seconds per training step, seconds per test evaluation, seconds of compilation) of `cfg`."""
+def calibrate(cfg, ds, calls: int = 3, warmup_s: float = 3.0, min_s: float = 8.0) -> tuple[float, float, float]:
+    """(seconds per training step, seconds per test evaluation, seconds of compilation) of `cfg`: `warmup_s`
+    untimed, then >= 20 steps and >= `min_s` seconds timed."""
     import jax
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -39,14 +40,14 @@ def calibrate(cfg, ds, calls: int = 3) -> tuple[float, float, float]:
     jax.block_until_ready(m)
     t_compile = time.perf_counter() - t0
     t0 = time.perf_counter()
-    while time.perf_counter() - t0 < 3.0:  # untimed warm-up: the first seconds after a compile run slower
+    while time.perf_counter() - t0 < warmup_s:  # untimed warm-up: the first seconds after a compile run slower
         state, m = fn(state, images, perm)
         jax.block_until_ready(m)
     n_steps, t0 = 0, time.perf_counter()
     # >= 20 steps and >= 8 s, synced as often as the training loop syncs (every --log-every steps): syncing
     # every 5 steps stalled the 2-device pipeline and under-measured it by a third (1,476 vs ~2,200 img/s)
     sync = max(k, cfg.log_every)
-    while n_steps < max(calls * k, 20) or time.perf_counter() - t0 < 8.0:
+    while n_steps < max(calls * k, 20) or time.perf_counter() - t0 < min_s:
         state, m = fn(state, images, perm)
         n_steps += k
         if n_steps % sync < k:
@@ -59,6 +60,11 @@ def calibrate(cfg, ds, calls: int = 3) -> tuple[float, float, float]:
     t0 = time.perf_counter()
     train.reconstruction_error(state, test_x, mask, 500)
     return t_step, time.perf_counter() - t0, t_compile
+
+
+def fit_epochs(budget_s: float, spe: int, t_step: float, t_eval: float) -> int:
+    """Whole epochs (each `spe` steps and one test pass) that fit in `budget_s` seconds; at least 1."""
+    return max(1, int(budget_s / (spe * t_step + t_eval)))
 
 
 def main(argv=None) -> int:
@@ -80,8 +86,7 @@ def main(argv=None) -> int:
     ds = load(cfg.data, cfg.dataset, cfg.cache_dir)
     spe = steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)
     t_step, t_eval, t_compile = calibrate(cfg, ds)
-    budget = args.minutes * 60 - (time.perf_counter() - t_start) - 2 * t_compile
-    epochs = max(1, int(budget / (spe * t_step + t_eval)))
+    epochs = fit_epochs(args.minutes * 60 - (time.perf_counter() - t_start) - 2 * t_compile, spe, t_step, t_eval)
     print(f"calibration: {t_step * 1e3:.1f} ms/step ({cfg.batch_size / t_step:,.0f} img/s), test pass "
           f"{t_eval:.1f} s, compile {t_compile:.1f} s -> {epochs} epochs fit in {args.minutes:g} min", flush=True)
     cfg = cfg.replace(epochs=epochs)

@@ -1,0 +1,79 @@
+"""bench/quality.py: the calibration times the real step, the epochs fit the budget, a finished run is
+evaluated in its workdir and a stopped one is not."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from conftest import tiny_config, tiny_dataset
+import jaxae.data
+import jaxae.evaluate
+import jaxae.train
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "quality.py")
+
+
+@pytest.fixture
+def quality(monkeypatch):
+    spec = importlib.util.spec_from_file_location("quality_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ds = tiny_dataset(n_train=32, n_test=16)
+    monkeypatch.setattr(jaxae.data, "load", lambda *a, **k: ds)
+    evaluated = []
+
+    def evaluate(workdir, cache_dir=""):
+        evaluated.append(workdir)
+        return {"models": {name: {"test_mse": mse, "test_psnr": 15.0, "knn10_accuracy": 0.25}
+                           for name, mse in (("autoencoder", 0.03), ("PCA-3", 0.04))}}
+
+    monkeypatch.setattr(jaxae.evaluate, "run", evaluate)
+    return mod, ds, evaluated
+
+
+def test_fit_epochs():
+    spec = importlib.util.spec_from_file_location("quality_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.fit_epochs(600.0, 100, 0.5, 10.0) == 10  # 100 steps of 0.5 s and a 10 s test pass: 60 s an epoch
+    assert mod.fit_epochs(659.0, 100, 0.5, 10.0) == 10
+    assert mod.fit_epochs(5.0, 100, 0.5, 10.0) == 1  # never less than one epoch
+    assert mod.fit_epochs(-3.0, 100, 0.5, 10.0) == 1
+
+
+def test_calibrate_times_the_train_step(quality, tmp_path):
+    mod, ds, _ = quality
+    t_step, t_eval, t_compile = mod.calibrate(tiny_config(tmp_path), ds, warmup_s=0.1, min_s=0.3)
+    assert 0 < t_step < 5 and 0 < t_eval < 30 and t_compile > 0
+
+
+def test_a_finished_run_is_fitted_to_the_budget_and_evaluated(quality, monkeypatch, tmp_path, capsys):
+    mod, ds, evaluated = quality
+    # 4 steps an epoch (32 images, batch 8) of 1 s and a 2 s test pass: 6 s an epoch; 0.5 min, less 2 x 1 s of
+    # compile and the time spent so far, fits 4 epochs
+    monkeypatch.setattr(mod, "calibrate", lambda cfg, ds: (1.0, 2.0, 1.0))
+    workdir = str(tmp_path / "run")
+    assert mod.main(["--minutes", "0.5", "--preset", "tiny", "--workdir", workdir]) == 0
+    out = capsys.readouterr().out
+    assert "(8 img/s), test pass 2.0 s, compile 1.0 s -> 4 epochs fit in 0.5 min" in out
+    with open(os.path.join(workdir, "config.json")) as fh:
+        assert json.load(fh)["epochs"] == 4
+    assert evaluated == [workdir]
+    assert "test MSE 0.03000 = 0.750 x PCA-3 (0.04000)" in out and "10-NN 25.0% vs 25.0%" in out
+
+
+def test_a_stopped_run_is_not_evaluated(quality, monkeypatch, tmp_path):
+    mod, ds, evaluated = quality
+    monkeypatch.setattr(mod, "calibrate", lambda cfg, ds: (1.0, 2.0, 1.0))
+    monkeypatch.setattr(jaxae.train, "train_and_evaluate",
+                        lambda cfg, explicit, ds: {"exit": 0, "step": 5, "total": 16})  # SIGTERM: exit 0
+    assert mod.main(["--minutes", "0.5", "--preset", "tiny", "--workdir", str(tmp_path / "run")]) == 0
+    assert evaluated == []
+
+
+def test_a_budget_that_is_not_positive_is_refused(quality):
+    mod, *_ = quality
+    with pytest.raises(jaxae.config.UsageError, match="--minutes must be positive"):
+        mod.main(["--minutes", "0"])
