@@ -15,9 +15,18 @@
 #   OUT=/some/folder bash bench/h100.sh            # GRID='[...]' and BATCHES=256,1024 override the defaults
 # Everything worth keeping lands in $OUT (at most 8 files): log.txt, default_metrics.jsonl, eval.out,
 # eval.tar.gz, tp_h100.json, sweep.jsonl, sweep.log.
+#
+#   PART=variants OUT=/some/folder bash bench/h100.sh
+# instead runs step 0, then `train.py` and `evaluate.py` for each of the default model's variants that the
+# README's quality table quotes from the first session only: --noise 0.2 (evaluate.py also reports the
+# reconstructions of noisy inputs: the denoising target) and --loss l1 (about 2 x 100 s). $OUT gets log.txt and
+# eval-noise.out, eval-l1.out. TRAIN_FLAGS (appended to each train.py) and DATA make a dry run on CPU possible:
+#   PART=variants DATA=some/image/folder TRAIN_FLAGS="--preset tiny --max-steps 4" OUT=/tmp/o bash bench/h100.sh
 set -u
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-DATA=data/cifar10-jpeg.tar.gz
+DATA=${DATA:-data/cifar10-jpeg.tar.gz}
+PART=${PART:-perf}
+TRAIN_FLAGS=${TRAIN_FLAGS:-}
 RUNS=/tmp/runs
 BUDGET=${BUDGET:-580}          # seconds this script may use in all
 # untried on a GPU after the eighth session's sweep (docs/quality.md): longer at a lower rate, larger batches
@@ -41,6 +50,21 @@ step "0. decode the JPEG archive into the .npz cache (what a first train.py run 
 t0=$(date +%s.%N)
 within 120 python3 -c "from jaxae.data import load; load('$DATA')"
 echo "decode: $(since $t0) s"
+
+if [[ $PART == variants ]]; then
+  for v in "noise:--noise 0.2" "l1:--loss l1"; do
+    name=${v%%:*}; flags=${v#*:}
+    step "python train.py $flags, then evaluate.py"
+    t0=$(date +%s.%N)
+    within $(( $(left) / 2 > 200 ? 200 : $(left) / 2 )) python3 train.py --data $DATA --workdir $RUNS/$name --fresh \
+        $flags $TRAIN_FLAGS 2>&1 | tail -6
+    echo "train.py $flags wall: $(since $t0) s"
+    within 90 python3 evaluate.py --workdir $RUNS/$name > $RUNS/eval-$name.out 2>&1; tail -14 $RUNS/eval-$name.out
+    cp $RUNS/eval-$name.out "$OUT/eval-$name.out"
+  done
+  step "done"
+  exit 0
+fi
 
 step "1. python train.py (default settings), wall time"
 t0=$(date +%s.%N)
