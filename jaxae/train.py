@@ -130,7 +130,7 @@ def train_step(state: TrainState, batch: jax.Array, key: jax.Array, cfg: Config,
 # Microbatch passes of a step that may run at once. Left alone, XLA interleaved all the unrolled passes op by
 # op, so every pass's activations were live together: the default model's CPU step held 1,025 MB of temp
 # buffers at 4 passes of 64, as much as one pass of 256. Two at a time: 605 MB, and as fast. One at a time:
-# 333 MB (187 MB at 8 passes of 32), but 12-22 % slower on 2 cores, which then lose the overlap of two
+# 328 MB (187 MB at 8 passes of 32), but 12-30 % slower on 2 cores, which then lose the overlap of two
 # passes' ops (docs/performance.md, ninth session).
 PASSES_IN_FLIGHT = 2
 
