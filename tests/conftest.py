@@ -7,6 +7,7 @@ conftest (pytest imports it before any test module). Every test process therefor
 Helpers (plain functions, importable as `from conftest import ...`, and fixtures of the same name that
 return them):
 
+- `load_bench(name)`: `bench/<name>.py` imported as a module, for tests of the bench scripts' functions.
 - `make_image_folder(root, classes=("cat", "dog"), n_train=16, n_test=8, size=16, ext="png", mode="RGB")`
   writes `root/train/<class>/<i>.<ext>` and `root/test/<class>/<i>.<ext>` with PIL and returns `root`.
   Images are smooth per-class colour gradients plus a little seeded noise: deterministic, and easy
@@ -72,6 +73,15 @@ if REPO not in sys.path:
 
 from jaxae.config import PRESETS, Config  # noqa: E402
 from jaxae.data import Dataset  # noqa: E402
+
+
+def load_bench(name: str):
+    """bench/<name>.py imported as a module (bench/ is a folder of scripts, not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", os.path.join(REPO, "bench", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def synthetic_images(n: int, label: int, size: int = 16, channels: int = 3, seed: int = 0) -> np.ndarray:

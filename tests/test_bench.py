@@ -1,6 +1,5 @@
 """bench/throughput.py: a tiny end-to-end run, and a stopped run keeping what it measured."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,15 +7,10 @@ import sys
 
 import pytest
 
+from conftest import load_bench
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "bench", "throughput.py")
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("throughput_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_tiny_run_prints_rows_as_they_finish_and_writes_json(tmp_path):
@@ -41,7 +35,7 @@ def test_tiny_run_prints_rows_as_they_finish_and_writes_json(tmp_path):
 
 
 def test_a_stopped_run_prints_and_saves_the_rows_measured_so_far(tmp_path, monkeypatch, capsys):
-    bench = _load_bench()
+    bench = load_bench("throughput")
     row = {"impl": "jaxae", "backend": "cpu", "devices": 1, "batch": 8, "steps_per_call": 1, "microbatch": 8,
            "img_s_best": 100.0, "img_s_median": 90.0, "compile_s": 1.0}
     calls = []
@@ -68,7 +62,7 @@ def test_a_stopped_run_prints_and_saves_the_rows_measured_so_far(tmp_path, monke
 
 
 def test_on_an_accelerator_one_jax_worker_covers_every_device(tmp_path, monkeypatch):
-    bench = _load_bench()
+    bench = load_bench("throughput")
     calls = []
 
     gpu_worker = {"backend": "gpu", "devices": 8, "rows": [], "device_kind": "gpu", "matmul_peak_flops": 1e14,
@@ -84,7 +78,7 @@ def test_on_an_accelerator_one_jax_worker_covers_every_device(tmp_path, monkeypa
 
 
 def test_a_failed_worker_is_reported_with_its_last_lines(tmp_path):
-    bench = _load_bench()
+    bench = load_bench("throughput")
     rows = []
     w = bench._run_worker("jax", ["--width", "0"], 1, rows.append)  # the worker's config check fails
     assert rows == []
@@ -98,7 +92,7 @@ def test_a_failed_worker_is_reported_with_its_last_lines(tmp_path):
      "torch.compile batch 64: RuntimeError: no compiler"),
 ])
 def test_row_summary(row, expected):
-    assert _load_bench()._row_summary(row) == expected
+    assert load_bench("throughput")._row_summary(row) == expected
 
 
 def test_ratios_per_batch_size_and_each_side_at_its_best_batch_size():
@@ -107,7 +101,7 @@ def test_ratios_per_batch_size_and_each_side_at_its_best_batch_size():
     rows = [row("jaxae", 256, 80.0), row("jaxae", 1024, 110.0), row("torch eager", 256, 30.0),
             row("torch eager", 1024, 50.0), row("torch.compile", 256, 40.0), row("torch.compile", 1024, 20.0),
             {"impl": "torch.compile", "batch": 4096, "error": "killed"}, row("jaxae", 4096, 120.0)]
-    r = _load_bench()._ratios(rows)
+    r = load_bench("throughput")._ratios(rows)
     assert set(r) == {"256", "1024", "best"}  # 4096 has no PyTorch figure: no ratio
     assert r["256"]["ratio"] == pytest.approx(2.0) and r["256"]["torch_impl"] == "torch.compile"
     assert r["1024"]["ratio"] == pytest.approx(2.2) and r["1024"]["torch_impl"] == "torch eager"

@@ -1,25 +1,19 @@
 """bench/quality.py: the calibration times the real step, the epochs fit the budget, a finished run is
 evaluated in its workdir and a stopped one is not."""
 
-import importlib.util
 import json
 import os
 
 import pytest
 
-from conftest import tiny_config, tiny_dataset
+from conftest import load_bench, tiny_config, tiny_dataset
 import jaxae.data
 import jaxae.evaluate
 import jaxae.train
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "quality.py")
-
-
 @pytest.fixture
 def quality(monkeypatch):
-    spec = importlib.util.spec_from_file_location("quality_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_bench("quality")
     ds = tiny_dataset(n_train=32, n_test=16)
     monkeypatch.setattr(jaxae.data, "load", lambda *a, **k: ds)
     evaluated = []
@@ -34,9 +28,7 @@ def quality(monkeypatch):
 
 
 def test_fit_epochs():
-    spec = importlib.util.spec_from_file_location("quality_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_bench("quality")
     assert mod.fit_epochs(600.0, 100, 0.5, 10.0) == 10  # 100 steps of 0.5 s and a 10 s test pass: 60 s an epoch
     assert mod.fit_epochs(659.0, 100, 0.5, 10.0) == 10
     assert mod.fit_epochs(5.0, 100, 0.5, 10.0) == 1  # never less than one epoch

@@ -1,23 +1,16 @@
 """bench/sweep.py: a finished run writes its row; a run stopped before its last step (`timeout`) writes none."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 
-from conftest import tiny_dataset
+from conftest import load_bench, tiny_dataset
 import jaxae.data
 import jaxae.train
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "sweep.py")
-
-
 @pytest.fixture
 def sweep(monkeypatch):
-    spec = importlib.util.spec_from_file_location("sweep_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_bench("sweep")
     ds = tiny_dataset(n_train=32, n_test=16)
     monkeypatch.setattr(jaxae.data, "load", lambda *a, **k: ds)
     monkeypatch.setattr(mod, "knn10", lambda cfg, state, ds: 0.5)
