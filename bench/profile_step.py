@@ -6,8 +6,9 @@
 
 It steps `jaxae.train.make_p_train_steps` (what train.py runs; one device, single-device programs inline,
 freed host memory kept) on synthetic CIFAR-shaped uint8 data, traces --steps steps with `jax.profiler`
-after a warm-up, and prints the compiled step's temporary buffer (XLA's memory analysis) and, per step: the wall time, the time XLA's CPU threads spent in operations
-(summed over threads, so it can exceed the wall time), how busy the threads were, and the operations
+after a warm-up, and prints the compiled step's temporary buffer (XLA's memory analysis) and, per step:
+the wall time, the time XLA's CPU threads spent in operations (summed over threads, so it can exceed the
+wall time), how busy the threads were, and the operations
 grouped by name without their numeric suffix (`ynn_fusion.76` -> `ynn_fusion`: XLA's YNNPACK convolutions
 and dots; `dot_general`; elementwise `*_fusion`s; `all-reduce`), largest first.
 

@@ -11,6 +11,7 @@ import jaxae.data
 import jaxae.evaluate
 import jaxae.train
 
+
 @pytest.fixture
 def quality(monkeypatch):
     mod = load_bench("quality")

@@ -8,6 +8,7 @@ from conftest import load_bench, tiny_dataset
 import jaxae.data
 import jaxae.train
 
+
 @pytest.fixture
 def sweep(monkeypatch):
     mod = load_bench("sweep")

@@ -3,6 +3,8 @@
 import functools
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from conftest import tiny_config, tiny_dataset
+from conftest import REPO, tiny_config, tiny_dataset
 from jaxae import train
 
 
@@ -210,10 +212,7 @@ except ImportError:
 assert attempts == ["torch"], attempts
 print("ok")
 """
-    import subprocess
-    import sys
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=repo, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": repo})
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": REPO})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
     assert os.listdir(tmp_path)  # the event file
