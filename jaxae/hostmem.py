@@ -20,6 +20,7 @@ session).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import sys
 
@@ -61,6 +62,32 @@ def release_free_memory() -> bool:
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
     return trim(0) == 1
+
+
+# What jax.monitoring reports once XLA has compiled a program, before its first run (jax._src.dispatch)
+_BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def release_after_compiles():
+    """Within the block, give free memory back (`release_free_memory`) each time XLA finishes compiling a
+    program, before that program first runs.
+
+    A compile frees hundreds of MB in small pieces that `keep_freed_memory()` keeps, and the program's first
+    run then allocates its temporaries as one block that those pieces cannot serve: the default model's CPU
+    run peaked at its first step, 0.3 GB above every later step (docs/performance.md, tenth session).
+    """
+    import jax
+
+    def listener(event: str, duration: float, **_):
+        if event == _BACKEND_COMPILE_EVENT:
+            release_free_memory()
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def run_cpu_programs_inline() -> bool:

@@ -335,6 +335,11 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
     """Train (or resume) the run in cfg.workdir; returns the final metrics. Exit status in result['exit']."""
     hostmem.keep_freed_memory()  # CPU: no page faults on each step's buffers (quick model 1.8x faster)
     hostmem.run_cpu_programs_inline()  # ... from the main arena, which keeps them (no-op once JAX runs)
+    with hostmem.release_after_compiles():  # what each compile left free: 0.3 GB of the default model's peak
+        return _train_and_evaluate(cfg, explicit, ds, progress)
+
+
+def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, progress: bool) -> dict[str, Any]:
     cfg, resuming = _resolve_workdir(cfg.validate(), set(explicit))
     n_dev, local_batch = _device_layout(cfg.batch_size)
     micro = microbatch_size(cfg, local_batch)
@@ -372,10 +377,6 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
     mesh = Mesh(np.array(jax.local_devices()), (AXIS,))
     replicated = NamedSharding(mesh, P())
     state = place_state(state, mesh)  # the step compiles once, not again at its second call
-    # Hand back to the kernel what compiling model.init left free (hostmem.keep_freed_memory keeps it): 0.15 GB
-    # for the default model. The same after the step's first call (its compile), 0.37 GB. Together they cut the
-    # peak RSS of a CPU run by 0.13 GB (docs/performance.md, ninth session).
-    hostmem.release_free_memory()
     images = put_dataset(ds.train_images, mesh)  # once: every batch is a gather on device
     test_x, test_mask = pad_to_multiple(ds.test_images, 500)
     # Replicated like the parameters that come out of the pmap: jit refuses arguments on different devices.
@@ -395,12 +396,9 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
                 losses_epoch = []
                 while step < end and stop.signum is None:
                     n = min(k, end - step)
-                    new = n not in fns
-                    if new:
+                    if n not in fns:
                         fns[n] = make_p_train_steps(cfg, n, spe)
                     state, m = fns[n](state, images, perm)
-                    if new:
-                        hostmem.release_free_memory()
                     pending.append((step, m["loss"]))
                     step += n
                     if step - n_last >= cfg.log_every or step == end:

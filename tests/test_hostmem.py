@@ -67,3 +67,24 @@ def test_cpu_programs_run_inline(mode, ready):
                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(ready)
+
+
+def test_free_memory_is_given_back_after_each_compile_within_the_block(monkeypatch):
+    """release_after_compiles: one release per XLA compile inside the block, none for a cached program or
+    after the block."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxae import hostmem
+
+    calls = []
+    monkeypatch.setattr(hostmem, "release_free_memory", lambda: calls.append(1) or True)
+    x = jnp.arange(7.0)
+    f = jax.jit(lambda v: v * 3.0 + 1.0)
+    with hostmem.release_after_compiles():
+        f(x).block_until_ready()  # a new program: compiled, then memory released
+        compiled = len(calls)
+        f(x).block_until_ready()  # cached: no compile, no release
+        cached = len(calls)
+    jax.jit(lambda v: v / 5.0)(x).block_until_ready()  # after the block
+    assert compiled >= 1 and cached == compiled and len(calls) == compiled
