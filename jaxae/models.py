@@ -27,44 +27,86 @@ def depth_to_space(x: jax.Array, r: int = 2) -> jax.Array:
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * r, w * r, c // (r * r))
 
 
-def _tap_matmul_conv(inputs, kernel, strides, padding, lhs_dilation=None, rhs_dilation=None,
-                     dimension_numbers=None, feature_group_count=1, precision=None):
-    """lax.conv_general_dilated for flax's NHWC/HWIO convs, whose kernel gradient is a sum of one matmul per
-    kernel tap instead of XLA's weight-gradient convolution (see _conv_tap_dw). Other convs: plain lax."""
-    # CPU only: on GPU cuDNN's weight-gradient kernels are fast and this path was not measured there.
-    plain = (jax.default_backend() != "cpu" or (lhs_dilation or (1, 1)) != (1, 1) or (rhs_dilation or (1, 1)) != (1, 1) or feature_group_count != 1
-             or inputs.ndim != 4)
+def cpu_conv(inputs, kernel, strides, padding, lhs_dilation=None, rhs_dilation=None,
+             dimension_numbers=None, feature_group_count=1, precision=None, kernel_grad_taps: bool = False):
+    """lax.conv_general_dilated for flax's NHWC/HWIO convs (nn.Conv's `conv_general_dilated`), computed on
+    CPU the way that was measured fastest for its shape (_conv_cpu). Other backends and convs: plain lax.
+    kernel_grad_taps: the kernel gradient as one matmul per kernel tap (_conv_dw_taps)."""
+    # CPU only: on GPU cuDNN's kernels are fast and these formulations were not measured there.
+    plain = (jax.default_backend() != "cpu" or (lhs_dilation or (1, 1)) != (1, 1)
+             or (rhs_dilation or (1, 1)) != (1, 1) or feature_group_count != 1 or inputs.ndim != 4)
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(inputs.shape[1:3], kernel.shape[:2], strides, padding)
     if plain:
         return lax.conv_general_dilated(inputs, kernel, strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision)
-    return _conv_tap_dw(inputs, kernel, tuple(strides), tuple(tuple(p) for p in padding), precision)
+    return _conv_cpu(inputs, kernel, tuple(strides), tuple(tuple(p) for p in padding), precision,
+                     kernel_grad_taps)
 
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
+# Convs with at most this many output channels (the 3x3 conv to RGB at full resolution) run their forward
+# pass as output shifts and their kernel gradient as gradient shifts. XLA:CPU (jax 0.10, YNNPACK) ran them at
+# a quarter of its matmul speed or less; measured at 64 images of 32x32, 64 -> 3 channels, 2 threads: forward
+# 9.3 ms (XLA) vs 4.4 (shifts), kernel gradient 28 ms (XLA) vs 7 (shifts) vs 100 (taps). In the default model's
+# whole CPU step: +6 % img/s and +30 MB of XLA temp buffer (docs/performance.md, tenth session).
+_FEW_CHANNELS = 4
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_tap_dw(x, w, strides, padding, precision):
+def _lax_conv(x, w, strides, padding, precision):
     return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC, precision=precision)
 
 
-def _conv_tap_dw_fwd(x, w, strides, padding, precision):
-    return _conv_tap_dw(x, w, strides, padding, precision), (x, w)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_cpu(x, w, strides, padding, precision, kernel_grad_taps):
+    if strides == (1, 1) and w.shape[3] <= _FEW_CHANNELS:
+        return _conv_out_shifts(x, w, padding, precision)
+    return _lax_conv(x, w, strides, padding, precision)
 
 
-def _conv_tap_dw_bwd(strides, padding, precision, res, g):
-    # XLA:CPU computes a conv's kernel gradient as a convolution whose "kernel" is the whole output
-    # gradient (H x W x batch): a tiny output and a huge contraction, far off Eigen's fast path. For the
-    # pixel-shuffle conv (4x more output than input channels) that was 5-7x slower than its forward pass.
-    # Written as one [B*H*W, Cin]^T @ [B*H*W, Cout] matmul per kernel tap it ran 2x faster (and the whole
-    # step ~20 %). For the other convs (Cout <= 2 Cin, or Cout = 3) the tap matmuls were slower than XLA's
-    # own, so only Upsample uses this (docs/performance.md). dx is XLA's own, unchanged.
+def _conv_cpu_fwd(x, w, strides, padding, precision, kernel_grad_taps):
+    return _conv_cpu(x, w, strides, padding, precision, kernel_grad_taps), (x, w)
+
+
+def _conv_cpu_bwd(strides, padding, precision, kernel_grad_taps, res, g):
     x, w = res
-    dx = jax.vjp(lambda x_: lax.conv_general_dilated(x_, w, strides, padding, dimension_numbers=_NHWC,
-                                                     precision=precision), x)[1](g)[0]
+    dx = jax.vjp(lambda x_: _lax_conv(x_, w, strides, padding, precision), x)[1](g)[0]  # XLA's own
+    if kernel_grad_taps:
+        dw = _conv_dw_taps(x, g, w.shape, strides, padding)
+    elif strides == (1, 1) and w.shape[3] <= _FEW_CHANNELS:
+        dw = _conv_dw_grad_shifts(x, g, w.shape, padding)
+    else:  # XLA's own
+        dw = jax.vjp(lambda w_: _lax_conv(x, w_, strides, padding, precision), w)[1](g)[0]
+    return dx, dw.astype(w.dtype)
+
+
+_conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
+
+
+def _conv_out_shifts(x, w, padding, precision=None):
+    """Stride-1 conv as one [B*H*W, Cin] @ [Cin, kh*kw*Cout] matmul, then the sum of kh*kw shifted slices
+    of its result: XLA's convolution with 3 output channels ran at a quarter of the matmul speed."""
     kh, kw, cin, cout = w.shape
+    b, h, wd, _ = x.shape
+    y = jnp.matmul(x.reshape(-1, cin), w.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout), precision=precision)
+    y = y.reshape(b, h, wd, kh * kw, cout)
+    yp = jnp.pad(y, ((0, 0), padding[0], padding[1], (0, 0), (0, 0)))
+    ho, wo = h + sum(padding[0]) - kh + 1, wd + sum(padding[1]) - kw + 1
+    out = [lax.slice(yp, (0, i, j, i * kw + j, 0), (b, i + ho, j + wo, i * kw + j + 1, cout))
+           for i in range(kh) for j in range(kw)]
+    return functools.reduce(jnp.add, out).reshape(b, ho, wo, cout)
+
+
+def _conv_dw_taps(x, g, w_shape, strides, padding):
+    """Kernel gradient as one [B*Ho*Wo, Cin]^T @ [B*Ho*Wo, Cout] matmul per kernel tap.
+
+    XLA:CPU computes a conv's kernel gradient as a convolution whose "kernel" is the whole output gradient
+    (H x W x batch): a tiny output and a huge contraction. For the pixel-shuffle conv (4x more output than
+    input channels) that was 5-7x slower than its forward pass under Eigen (first sessions); the tap matmuls
+    ran 2x faster, the whole step ~20 %. Used by Upsample's conv only: for the other convs of the default
+    model they were slower than XLA's own then, and within 10 % of it under YNNPACK (tenth session).
+    """
+    kh, kw, cin, cout = w_shape
     ho, wo = g.shape[1:3]
     sh, sw = strides
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
@@ -72,13 +114,31 @@ def _conv_tap_dw_bwd(strides, padding, precision, res, g):
     taps = [lax.slice(xp, (0, i, j, 0), (x.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, cin),
                       (1, sh, sw, 1)).reshape(-1, cin).T @ g2
             for i in range(kh) for j in range(kw)]
-    return dx, jnp.stack(taps).reshape(kh, kw, cin, cout).astype(w.dtype)
+    return jnp.stack(taps).reshape(kh, kw, cin, cout)
 
 
-_conv_tap_dw.defvjp(_conv_tap_dw_fwd, _conv_tap_dw_bwd)
+def _conv_dw_grad_shifts(x, g, w_shape, padding):
+    """Stride-1 kernel gradient for few output channels: x^T @ [the kh*kw shifts of g side by side], one
+    [Cin, B*H*W] @ [B*H*W, kh*kw*Cout] matmul: dw[i, j] = sum_q x[q] g[q + pad - (i, j)], with g zero outside
+    its bounds and pad the padding above and left of x."""
+    kh, kw, cin, cout = w_shape
+    b, h, wd, _ = x.shape
+    gp = jnp.pad(g, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+    top, left = padding[0][0] + kh - 1, padding[1][0] + kw - 1
+    shifts = [lax.slice(gp, (0, top - i, left - j, 0), (b, top - i + h, left - j + wd, cout))
+              for i in range(kh) for j in range(kw)]
+    r = x.reshape(-1, cin).T @ jnp.concatenate(shifts, axis=-1).reshape(-1, kh * kw * cout)
+    return r.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
 
 
 ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "silu": nn.silu}  # nn.gelu: the tanh approximation
+
+
+def conv(features: int, dtype, strides=(1, 1), fast: bool = True, kernel_grad_taps: bool = False) -> nn.Conv:
+    """A 3x3 'SAME' nn.Conv that runs through cpu_conv (looked up when the conv is built, so tests can swap it
+    out); fast=False: lax's own convolution. The parameters are nn.Conv's either way."""
+    impl = functools.partial(cpu_conv, kernel_grad_taps=kernel_grad_taps) if fast and cpu_conv else None
+    return nn.Conv(features, (3, 3), strides=strides, dtype=dtype, conv_general_dilated=impl)
 
 
 def _norm(kind: str, dtype) -> nn.Module | None:
@@ -101,7 +161,7 @@ class ResBlock(nn.Module):
         norm = _norm(self.norm, self.dtype)
         if norm is not None:
             y = norm(y)
-        y = nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype)(ACTIVATIONS[self.activation](y))
+        y = conv(x.shape[-1], self.dtype)(ACTIVATIONS[self.activation](y))
         return x + y
 
 
@@ -109,27 +169,27 @@ class Upsample(nn.Module):
     """x2 spatial upsampling to `features` channels.
 
     pixel_shuffle: a 3x3 conv to 4*features channels, then depth-to-space (ESPCN). Its weight gradient is an
-    ordinary stride-1 convolution. nn.ConvTranspose's weight gradient lowers to a window-reversed
-    convolution that leaves XLA:CPU's Eigen fast path (jax-ml/jax#23783, openxla/xla#34273) and trained
-    about 4x slower on CPU (docs/performance.md); on GPU the two run at the same speed.
+    ordinary stride-1 convolution, computed on CPU as one matmul per kernel tap (_conv_dw_taps).
+    nn.ConvTranspose's weight gradient lowers to a window-reversed convolution that leaves XLA:CPU's Eigen
+    fast path (jax-ml/jax#23783, openxla/xla#34273) and trained about 4x slower on CPU
+    (docs/performance.md); on GPU the two run at the same speed.
     """
     features: int
     kind: str = "pixel_shuffle"
     dtype: jnp.dtype = jnp.float32
-    fast_grad: bool = True  # the tap-matmul kernel gradient (_conv_tap_dw); False = XLA's own, for tests
+    fast_grad: bool = True  # the tap-matmul kernel gradient (_conv_dw_taps); False = XLA's own, for tests
 
     @nn.compact
     def __call__(self, x):
         if self.kind == "pixel_shuffle":
             # Same parameters and forward pass as nn.Conv; only the kernel gradient is computed differently.
-            conv = nn.Conv(4 * self.features, (3, 3), dtype=self.dtype,
-                           conv_general_dilated=_tap_matmul_conv if self.fast_grad else None)
-            return depth_to_space(conv(x))
+            up = conv(4 * self.features, self.dtype, fast=self.fast_grad, kernel_grad_taps=True)
+            return depth_to_space(up(x))
         if self.kind == "conv_transpose":
             return nn.ConvTranspose(self.features, (3, 3), strides=(2, 2), dtype=self.dtype)(x)
         b, h, w, c = x.shape
         x = jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest")
-        return nn.Conv(self.features, (3, 3), dtype=self.dtype)(x)
+        return conv(self.features, self.dtype)(x)
 
 
 class _Arch(nn.Module):
@@ -195,7 +255,7 @@ class Encoder(_Arch):
     def __call__(self, x):
         x = (x.astype(self.dtype) - 0.5) * 2.0
         for i in range(self.stages):
-            x = self.act(nn.Conv(self.width * 2 ** i, (3, 3), strides=(2, 2), dtype=self.dtype)(x))
+            x = self.act(conv(self.width * 2 ** i, self.dtype, strides=(2, 2))(x))
             for _ in range(self.blocks):
                 x = ResBlock(self.norm, self.dtype, self.activation)(x)
         x = mlp(x.reshape(x.shape[0], -1), self.hidden, self.mlp_layers, self.mlp, self.dtype, self.act)
@@ -233,7 +293,7 @@ class Decoder(_Arch):
             if not last:
                 x = self.act(x)
         if self.head == "conv":
-            x = nn.Conv(channels, (3, 3), dtype=self.dtype)(x)
+            x = conv(channels, self.dtype)(x)
         return nn.sigmoid(x.astype(jnp.float32))
 
 

@@ -1,5 +1,6 @@
-"""The fast paths compute what the plain ones do: the tap-matmul kernel gradient of the pixel-shuffle conv
-(jaxae.models._conv_tap_dw) against XLA's own gradient of nn.Conv, on tiny shapes."""
+"""The fast paths compute what the plain ones do: jaxae.models.cpu_conv (the tap-matmul kernel gradient of the
+pixel-shuffle conv, the shifted forward pass and kernel gradient of convs to few channels) against lax's
+convolution and XLA's own gradients, on tiny shapes."""
 
 from __future__ import annotations
 
@@ -19,22 +20,37 @@ def _grads(conv_fn, x, w, strides, padding):
     return jax.grad(f, argnums=(0, 1))(x, w)
 
 
+@pytest.mark.parametrize("taps", [False, True])
 @pytest.mark.parametrize("strides,padding,shape,cout", [
     ((1, 1), "SAME", (3, 6, 6, 4), 16),   # the pixel-shuffle conv: 4x the input channels
     ((2, 2), "SAME", (2, 7, 5, 3), 8),    # odd sizes, stride 2: the general case still matches
-    ((1, 1), ((0, 1), (2, 0)), (2, 5, 5, 2), 3),  # explicit asymmetric padding
+    ((1, 1), "SAME", (2, 8, 8, 6), 3),    # few output channels (the RGB head): shifted forward and dw
+    ((1, 1), ((0, 1), (2, 0)), (2, 5, 5, 2), 3),  # explicit asymmetric padding, few channels
+    ((1, 1), ((0, 1), (2, 0)), (2, 5, 6, 2), 7),  # explicit asymmetric padding, XLA's own paths
 ])
-def test_tap_matmul_conv_matches_lax(strides, padding, shape, cout):
+def test_cpu_conv_matches_lax(strides, padding, shape, cout, taps):
     kx, kw = jax.random.split(jax.random.PRNGKey(0))
     x = jax.random.normal(kx, shape)
     w = jax.random.normal(kw, (3, 3, shape[-1], cout)) * 0.3
+
+    def fast(*a, **k):
+        return models.cpu_conv(*a, **k, kernel_grad_taps=taps)
+
     y_ref = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    y_fast = models._tap_matmul_conv(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_array_equal(np.asarray(y_fast), np.asarray(y_ref))  # the forward pass is the same op
+    y_fast = fast(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    shifted = strides == (1, 1) and cout <= models._FEW_CHANNELS
+    if shifted:
+        np.testing.assert_allclose(np.asarray(y_fast), np.asarray(y_ref), rtol=1e-5, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(np.asarray(y_fast), np.asarray(y_ref))  # the same op
     dx_ref, dw_ref = _grads(lax.conv_general_dilated, x, w, strides, padding)
-    dx_fast, dw_fast = _grads(models._tap_matmul_conv, x, w, strides, padding)
-    np.testing.assert_array_equal(np.asarray(dx_fast), np.asarray(dx_ref))  # dx is XLA's own, unchanged
+    dx_fast, dw_fast = _grads(fast, x, w, strides, padding)
+    np.testing.assert_allclose(np.asarray(dx_fast), np.asarray(dx_ref), rtol=1e-5, atol=1e-5)  # XLA's own dx
     np.testing.assert_allclose(np.asarray(dw_fast), np.asarray(dw_ref), rtol=1e-5, atol=1e-5)
+    if not shifted:  # dx is XLA's own op on the same inputs
+        np.testing.assert_array_equal(np.asarray(dx_fast), np.asarray(dx_ref))
+    if not (taps or shifted):  # dw too
+        np.testing.assert_array_equal(np.asarray(dw_fast), np.asarray(dw_ref))
 
 
 def test_upsample_fast_grad_equals_plain_conv():
@@ -65,7 +81,7 @@ def test_default_model_gradient_matches_plain(monkeypatch):
         return jax.jit(jax.grad(lambda p: jnp.mean(jnp.square(model.apply(p, x) - x))))(params)
 
     g_fast = grads()
-    monkeypatch.setattr(models, "_tap_matmul_conv", None)  # Upsample then falls back to lax's conv
+    monkeypatch.setattr(models, "cpu_conv", None)  # every conv then falls back to lax's
     g_plain = grads()
     for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
