@@ -263,7 +263,13 @@ def _resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
             raise UsageError(f"{cfg.workdir} holds a run with --{name.replace('_', '-')} {getattr(saved, name)}, "
                              f"{given}: drop the flag to resume it, or pass --fresh to start over (old "
                              f"checkpoints are moved aside), or use another --workdir")
+    # The other settings are this command's, except those the run's preset sets and this command left at its
+    # own preset's value: a tiny-preset run resumed by `python train.py --workdir W` keeps --log-every 2.
     keep = {name: getattr(cfg, name) for name in dataclasses.asdict(cfg) if name not in Config.RUN_FIELDS}
+    unset = Config(**PRESETS[cfg.preset])
+    for name, value in PRESETS.get(saved.preset, {}).items():
+        if name in keep and name not in explicit | via_preset and keep[name] == getattr(unset, name):
+            keep[name] = value
     return saved.replace(**{**keep, "preset": saved.preset}), True
 
 

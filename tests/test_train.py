@@ -216,3 +216,18 @@ print("ok")
                          env={**os.environ, "PYTHONPATH": REPO})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
     assert os.listdir(tmp_path)  # the event file
+
+
+def test_resuming_keeps_what_the_runs_preset_set(tmp_path):
+    """`python train.py --workdir W` on a tiny-preset run: the preset's loop settings (--log-every 2) come
+    back with the run's own, unless this command sets them."""
+    from jaxae import checkpoints
+    from jaxae.config import PRESETS, Config
+
+    workdir = str(tmp_path / "run")
+    checkpoints.save_config(Config(**PRESETS["tiny"], preset="tiny", workdir=workdir, data="folder"))
+    os.makedirs(os.path.join(workdir, "checkpoints", "4"))
+    cfg, resuming = train._resolve_workdir(Config(workdir=workdir), {"workdir"})
+    assert resuming and cfg.preset == "tiny" and cfg.log_every == 2 and cfg.width == 8 and cfg.data == "folder"
+    cfg, _ = train._resolve_workdir(Config(workdir=workdir, log_every=7), {"workdir", "log_every"})
+    assert cfg.log_every == 7
