@@ -3,6 +3,7 @@
     python bench/profile_step.py --preset quick
     python bench/profile_step.py --batch-size 256 --microbatch 64 --top 30
     python bench/profile_step.py --batch-size 256 --microbatch 64 --passes-in-flight 4   # all 4 at once
+    python bench/profile_step.py --batch-size 256 --microbatch 64 --convs 20   # per convolution shape
 
 It steps `jaxae.train.make_p_train_steps` (what train.py runs; one device, single-device programs inline,
 freed host memory kept) on synthetic CIFAR-shaped uint8 data, traces --steps steps with `jax.profiler`
@@ -10,7 +11,9 @@ after a warm-up, and prints the compiled step's temporary buffer (XLA's memory a
 the wall time, the time XLA's CPU threads spent in operations (summed over threads, so it can exceed the
 wall time), how busy the threads were, and the operations
 grouped by name without their numeric suffix (`ynn_fusion.76` -> `ynn_fusion`: XLA's YNNPACK convolutions
-and dots; `dot_general`; elementwise `*_fusion`s; `all-reduce`), largest first.
+and dots; `dot_general`; elementwise `*_fusion`s; `all-reduce`), largest first. --convs N adds the N
+costliest convolutions, grouped by shape (input, kernel, output, window: forward passes, input and kernel
+gradients alike): time per step, how many ran, their FLOPs and GFLOP/s per busy thread.
 
 Reading the trace needs TensorFlow's profiler protos (`tensorflow-cpu`, in requirements.txt); XLA's per-op
 events need `--xla_cpu_enable_xprof_traceme`, which this script sets before JAX starts. CPU only.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import math
 import os
 import re
 import sys
@@ -37,14 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10, help="traced steps, after 3 untraced (default: 10)")
     p.add_argument("--top", type=int, default=20, help="operation kinds printed (default: 20)")
     p.add_argument("--trace-dir", default="", help="keep the trace here (default: a temporary folder)")
+    p.add_argument("--convs", type=int, default=0, help="convolution shapes printed (default: 0)")
     p.add_argument("--passes-in-flight", type=int, default=0,
                    help="microbatch passes that may run at once (default: jaxae.train.PASSES_IN_FLIGHT)")
     add_flags(p, only=Config.MODEL_FIELDS + ("preset", "batch_size", "microbatch", "loss", "noise", "flip"))
     return p
 
 
-def op_times(trace_dir: str) -> tuple[collections.Counter, collections.Counter]:
-    """(seconds, count) per operation kind over the XLA CPU threads of the trace in `trace_dir`."""
+def op_times(trace_dir: str, kind=lambda name: re.sub(r"\.\d+$", "", name)) -> tuple[collections.Counter,
+                                                                                    collections.Counter]:
+    """(seconds, count) per operation kind (`kind` of the operation's name) over the XLA CPU threads of the
+    trace in `trace_dir`."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     paths = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
@@ -61,10 +68,39 @@ def op_times(trace_dir: str) -> tuple[collections.Counter, collections.Counter]:
                 name = names.get(ev.metadata_id, "?")
                 if name.startswith("ThunkExecutor"):  # the executor's own span around the operations
                     continue
-                kind = re.sub(r"\.\d+$", "", name)
-                seconds[kind] += ev.duration_ps * 1e-12
-                count[kind] += 1
+                seconds[kind(name)] += ev.duration_ps * 1e-12
+                count[kind(name)] += 1
     return seconds, count
+
+
+_CONV = re.compile(r"%([\w.\-]+) = (\w+\[[\d,]*\])\S* convolution\(%([\w.\-]+), %([\w.\-]+)\), window=\{([^}]*)\}")
+
+
+def _dims(shape: str) -> list[int]:
+    """'f32[64,3,3,64]' -> [64, 3, 3, 64]"""
+    return [int(d) for d in shape[:-1].split("[")[1].split(",") if d]
+
+
+def conv_shapes(hlo: str) -> dict[str, tuple[str, float]]:
+    """Operation name -> (its convolution as 'input * kernel -> output (window)', FLOPs), from the compiled
+    HLO text: convolutions that run as operations of their own, and fusions that hold one (XLA:CPU's
+    ynn_fusions of the larger convolutions; fused dots are left out)."""
+    calls = dict(re.findall(r"%([\w.\-]+) = [^\n]*? fusion\([^\n]*calls=%([\w.\-]+)", hlo))
+    convs, fused = {}, {}
+    for block in hlo.split("\n\n"):  # one computation per block: its parameters, then its body
+        head = re.match(r"\s*(?:ENTRY )?%?([\w.\-]+)", block)
+        shape = dict(re.findall(r"%([\w.\-]+) = (\w+\[[\d,]*\])", block))
+        for name, out, lhs, rhs, window in _CONV.findall(block):
+            out_dims, kernel = _dims(out), _dims(shape.get(rhs, "?[]"))
+            # each output element: a multiply-add per kernel element of its output feature (the last dim, b01f),
+            # less the zeros an input dilation inserts (a strided conv's input gradient)
+            dilation = re.search(r"lhs_dilate=([\dx]+)", window)
+            zeros = math.prod(int(d) for d in dilation.group(1).split("x")) if dilation else 1
+            flops = 2.0 * math.prod(out_dims) * math.prod(kernel) / out_dims[-1] / zeros if kernel and out_dims else 0.0
+            convs[name] = (f"{shape.get(lhs, '?')} * {shape.get(rhs, '?')} -> {out} ({window.strip()})", flops)
+            if head:
+                fused[head.group(1)] = convs[name]
+    return {**convs, **{fusion: fused[comp] for fusion, comp in calls.items() if comp in fused}}
 
 
 def main(argv=None) -> int:
@@ -120,7 +156,25 @@ def main(argv=None) -> int:
     print(f"{'ms/step':>8} {'share':>6} {'ops/step':>8}  operation kind")
     for kind, s in seconds.most_common(args.top):
         print(f"{s / args.steps * 1e3:8.2f} {s / args.steps / busy:6.1%} {count[kind] / args.steps:8.1f}  {kind}")
+    if args.convs:
+        print_convs(trace_dir, step.as_text(), args.steps, args.convs)
     return 0
+
+
+def print_convs(trace_dir: str, hlo: str, steps: int, top: int) -> None:
+    convs = conv_shapes(hlo)
+    by_name, _ = op_times(trace_dir, kind=lambda name: name)
+    seconds, count, flops = collections.Counter(), collections.Counter(), collections.Counter()
+    for name, s in by_name.items():
+        if name in convs:
+            shape, f = convs[name]
+            seconds[shape] += s / steps
+            count[shape] += 1
+            flops[shape] += f
+    print(f"\n{'ms/step':>8} {'count':>5} {'GFLOP':>6} {'GFLOP/s':>7}  convolution (input * kernel -> output, window), "
+          f"{sum(seconds.values()) * 1e3:.0f} ms/step in all; GFLOP/s per busy thread")
+    for shape, s in seconds.most_common(top):
+        print(f"{s * 1e3:8.2f} {count[shape]:5d} {flops[shape] / 1e9:6.2f} {flops[shape] / 1e9 / s:7.1f}  {shape}")
 
 
 if __name__ == "__main__":

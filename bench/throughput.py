@@ -10,7 +10,8 @@ uint8 data of CIFAR shape held on the device: compile excluded, >= --steps steps
 of --repeats timings. It also reports FLOPs per image (XLA cost analysis of one train step), the achieved
 FLOP/s as a percentage of a 2048^2 f32 matmul measured in the same process, encode img/s over 10k test
 images, and peak RSS. Every worker keeps freed host memory in the process as train.py does, and jaxae's run
-their single-device CPU programs on the calling thread (jaxae.hostmem); --no-keep-freed-memory times glibc's
+their single-device CPU programs on the calling thread and give back what each compile left free before the
+program first runs (jaxae.hostmem); --no-keep-freed-memory times glibc's
 defaults and JAX's asynchronous CPU dispatch: up to 1.8x slower steps on CPU. The PyTorch twin
 (bench/torch_twin.py: same layers, batch, flips, AdamW + clipping) runs in its own subprocess, eager and
 with torch.compile, on CUDA when there is one. Needs jax, flax, optax (and torch for the twin); not
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -132,7 +134,6 @@ def jax_worker(args) -> dict:
         import jax
         jax.config.update("jax_num_cpu_devices", args._ndev)  # before the backend starts; CPU only
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from jax.sharding import Mesh
 
@@ -152,6 +153,23 @@ def jax_worker(args) -> dict:
     test_u8 = rng.integers(0, 256, (N_TEST, *IMAGE_SHAPE), dtype=np.uint8)
     mesh = Mesh(np.array(jax.local_devices()), (T.AXIS,))
     images = T.put_dataset(train_u8, mesh)
+    # as train.py does: what each compile leaves free is given back before the program first runs
+    with hostmem.release_after_compiles() if kept else contextlib.nullcontext():
+        rows = _time_jaxae(args, cfg, backend, n_dev, mesh, images, train_u8, peak)
+        enc = _encode_rate(cfg, test_u8, args.repeats)
+    return {"backend": backend, "devices": n_dev, "matmul_peak_flops": peak, "encode": enc, "rows": rows,
+            "peak_rss_mb": _peak_rss_mb(), "keep_freed_memory": kept, "cpu_programs_inline": inline,
+            "device_kind": jax.devices()[0].device_kind}
+
+
+def _time_jaxae(args, cfg, backend: str, n_dev: int, mesh, images, train_u8, peak: float) -> list[dict]:
+    """One row per batch size and steps per call: jaxae's pmapped step timed after its compile."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxae import train as T
+
     rows = []
     for bs in [int(b) for b in _batch_sizes(args, backend)]:
         if bs % n_dev:
@@ -191,10 +209,7 @@ def jax_worker(args) -> dict:
                 "img_s_best": best, "img_s_median": statistics.median(rates), "compile_s": compile_s,
                 "flops_per_img": flops_img, "flops_s": best * flops_img,
                 "pct_matmul_peak": 100 * best * flops_img / peak, "loss": loss}))
-    enc = _encode_rate(cfg, test_u8, args.repeats)
-    return {"backend": backend, "devices": n_dev, "matmul_peak_flops": peak, "encode": enc, "rows": rows,
-            "peak_rss_mb": _peak_rss_mb(), "keep_freed_memory": kept, "cpu_programs_inline": inline,
-            "device_kind": jax.devices()[0].device_kind}
+    return rows
 
 
 def _encode_rate(cfg, test_u8, repeats: int) -> dict:

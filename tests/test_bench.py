@@ -1,4 +1,5 @@
-"""bench/throughput.py: a tiny end-to-end run, and a stopped run keeping what it measured."""
+"""bench/throughput.py: a tiny end-to-end run, and a stopped run keeping what it measured;
+bench/profile_step.py's reading of the compiled program's convolutions."""
 
 import json
 import os
@@ -107,3 +108,24 @@ def test_ratios_per_batch_size_and_each_side_at_its_best_batch_size():
     assert r["1024"]["ratio"] == pytest.approx(2.2) and r["1024"]["torch_impl"] == "torch eager"
     assert (r["best"]["jaxae_batch"], r["best"]["torch_batch"]) == (4096, 1024)
     assert r["best"]["ratio"] == pytest.approx(120.0 / 50.0)
+
+
+def test_profile_step_finds_each_convolution_and_its_flops():
+    """profile_step --convs: the compiled program's convolutions by shape, with their FLOPs (CPU)."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    profile = load_bench("profile_step")
+    x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 6))
+
+    def f(x, w):  # forward, input gradient and kernel gradient: three convolutions
+        return jnp.sum(jnp.sin(lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+
+    hlo = jax.jit(jax.grad(f, argnums=(0, 1))).lower(x, w).compile().as_text()
+    convs = sorted(profile.conv_shapes(hlo).values())
+    assert len(convs) == 3, convs
+    # each is 2 x (8 x 8 x 2 output positions) x (3 x 3 x 4 inputs) x 6 outputs multiply-adds
+    assert all(flops == 2 * 8 * 8 * 2 * 9 * 4 * 6 for _, flops in convs), convs
+    assert any(shape.startswith("f32[2,8,8,4] * f32[3,3,4,6] -> f32[2,8,8,6]") for shape, _ in convs), convs
