@@ -56,7 +56,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
 # Compile time, not run time, dominates the suite: XLA:CPU's LLVM backend spends ~1.5 s CPU compiling each
 # threefry random op at its default optimisation level (a tiny model's jitted init: 29 s; at level 0:
 # 3 s), and the tiny shapes here run fast either way. Read when the backend starts, so set it now;
-# subprocesses inherit it (see SUBPROCESS_ENV).
+# subprocesses inherit it through the environment (XLA_FLAGS).
 # The fusion emitters (MLIR) compile slower than the older elemental emitters at these sizes: a tiny model's
 # jitted init 2.0 -> 1.5 s, its apply 0.36 -> 0.18 s, the float64 gradient check 11 -> 5 s, the serial suite
 # 280 -> 244 s on 2 cores.
