@@ -128,12 +128,18 @@ def save(mngr: ocp.CheckpointManager, state, force: bool = True) -> None:
         raise _save_failed(mngr, e) or e
 
 
-def finish(mngr: ocp.CheckpointManager) -> None:
-    """Wait for the async saves in flight (a run must not exit with its last checkpoint half written)."""
+def wait(mngr: ocp.CheckpointManager) -> None:
+    """Wait for the async saves in flight; the manager stays open for more."""
     try:
         mngr.wait_until_finished()
     except Exception as e:
         raise _save_failed(mngr, e) or e
+
+
+def finish(mngr: ocp.CheckpointManager) -> None:
+    """Wait for the async saves in flight (a run must not exit with its last checkpoint half written)."""
+    try:
+        wait(mngr)
     finally:
         mngr.close()
 

@@ -430,6 +430,12 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
                     result.update(record)
                     if (epoch + 1) % cfg.save_every_epochs == 0 or step == total:
                         _save(mngr, state, cfg)
+                        if jax.default_backend() == "cpu":
+                            # Let the async save finish first: its buffers, allocated while the next epoch's
+                            # first steps ran, split the step's freed block of temporaries, and the heap grew
+                            # by a second one (default model: 1.66 -> 2.51 GB; docs/performance.md, tenth
+                            # session). The save takes a second or two; a CPU epoch, minutes.
+                            checkpoints.wait(mngr)
                     hostmem.release_free_memory()  # what the test pass and the save left free, once an epoch
             if step < total:  # stopped by a signal: keep what was done
                 _save(mngr, state, cfg)

@@ -59,6 +59,18 @@ def test_save_restore_round_trip_is_exact(fresh_state, tmp_path):
     assert type(restored.opt_state) is type(fresh_state.opt_state)
 
 
+def test_wait_completes_the_save_and_keeps_the_manager_open(fresh_state, tmp_path):
+    """checkpoints.wait (train.py's, once a CPU epoch): the save is on disk after it, and more saves follow."""
+    mngr = checkpoints.manager(str(tmp_path))
+    checkpoints.save(mngr, scrambled(fresh_state, 1, 1))
+    checkpoints.wait(mngr)
+    assert checkpoints.has_checkpoints(str(tmp_path))
+    checkpoints.save(mngr, scrambled(fresh_state, 2, 2))
+    checkpoints.finish(mngr)
+    with checkpoints.manager(str(tmp_path)) as mngr:
+        assert sorted(mngr.all_steps()) == [1, 2]
+
+
 def test_keep_most_recent_and_restore_a_given_step(fresh_state, tmp_path):
     mngr = checkpoints.manager(str(tmp_path), keep=2)
     states = {step: scrambled(fresh_state, step, step) for step in (1, 2, 3)}
