@@ -48,10 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def op_times(trace_dir: str, kind=lambda name: re.sub(r"\.\d+$", "", name)) -> tuple[collections.Counter,
-                                                                                    collections.Counter]:
-    """(seconds, count) per operation kind (`kind` of the operation's name) over the XLA CPU threads of the
-    trace in `trace_dir`."""
+def op_times(trace_dir: str) -> tuple[collections.Counter, collections.Counter]:
+    """(seconds, count) per operation name (`ynn_fusion.76`) over the XLA CPU threads of the trace in
+    `trace_dir`."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     paths = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
@@ -68,9 +67,17 @@ def op_times(trace_dir: str, kind=lambda name: re.sub(r"\.\d+$", "", name)) -> t
                 name = names.get(ev.metadata_id, "?")
                 if name.startswith("ThunkExecutor"):  # the executor's own span around the operations
                     continue
-                seconds[kind(name)] += ev.duration_ps * 1e-12
-                count[kind(name)] += 1
+                seconds[name] += ev.duration_ps * 1e-12
+                count[name] += 1
     return seconds, count
+
+
+def by_kind(per_name: collections.Counter) -> collections.Counter:
+    """Sums per operation kind: the name without its numeric suffix (`ynn_fusion.76` -> `ynn_fusion`)."""
+    kinds = collections.Counter()
+    for name, value in per_name.items():
+        kinds[re.sub(r"\.\d+$", "", name)] += value
+    return kinds
 
 
 _CONV = re.compile(r"%([\w.\-]+) = (\w+\[[\d,]*\])\S* convolution\(%([\w.\-]+), %([\w.\-]+)\), window=\{([^}]*)\}")
@@ -145,7 +152,8 @@ def main(argv=None) -> int:
             state, metrics = step(state, images, perm)
         jax.block_until_ready(metrics)
         wall = (time.perf_counter() - start) / args.steps
-    seconds, count = op_times(trace_dir)
+    seconds_by_name, count_by_name = op_times(trace_dir)  # the trace is read once
+    seconds, count = by_kind(seconds_by_name), by_kind(count_by_name)
     busy = sum(seconds.values()) / args.steps
     threads = os.cpu_count() or 1
     print(f"preset {cfg.preset}, batch {batch} in passes of {T.microbatch_size(cfg, batch)} "
@@ -157,13 +165,13 @@ def main(argv=None) -> int:
     for kind, s in seconds.most_common(args.top):
         print(f"{s / args.steps * 1e3:8.2f} {s / args.steps / busy:6.1%} {count[kind] / args.steps:8.1f}  {kind}")
     if args.convs:
-        print_convs(trace_dir, step.as_text(), args.steps, args.convs)
+        print_convs(seconds_by_name, step.as_text(), args.steps, args.convs)
     return 0
 
 
-def print_convs(trace_dir: str, hlo: str, steps: int, top: int) -> None:
+def print_convs(by_name: collections.Counter, hlo: str, steps: int, top: int) -> None:
+    """The `top` convolution shapes of `hlo` by their seconds in `by_name` (op_times), per step."""
     convs = conv_shapes(hlo)
-    by_name, _ = op_times(trace_dir, kind=lambda name: name)
     seconds, count, flops = collections.Counter(), collections.Counter(), collections.Counter()
     for name, s in by_name.items():
         if name in convs:

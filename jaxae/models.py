@@ -57,9 +57,14 @@ def _lax_conv(x, w, strides, padding, precision):
     return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC, precision=precision)
 
 
+def _shifted(strides, w) -> bool:
+    """Whether the conv runs as output shifts and its kernel gradient as gradient shifts."""
+    return strides == (1, 1) and w.shape[3] <= _FEW_CHANNELS
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv_cpu(x, w, strides, padding, precision, kernel_grad_taps):
-    if strides == (1, 1) and w.shape[3] <= _FEW_CHANNELS:
+    if _shifted(strides, w):
         return _conv_out_shifts(x, w, padding, precision)
     return _lax_conv(x, w, strides, padding, precision)
 
@@ -73,7 +78,7 @@ def _conv_cpu_bwd(strides, padding, precision, kernel_grad_taps, res, g):
     dx = jax.vjp(lambda x_: _lax_conv(x_, w, strides, padding, precision), x)[1](g)[0]  # XLA's own
     if kernel_grad_taps:
         dw = _conv_dw_taps(x, g, w.shape, strides, padding)
-    elif strides == (1, 1) and w.shape[3] <= _FEW_CHANNELS:
+    elif _shifted(strides, w):
         dw = _conv_dw_grad_shifts(x, g, w.shape, padding)
     else:  # XLA's own
         dw = jax.vjp(lambda w_: _lax_conv(x, w_, strides, padding, precision), w)[1](g)[0]

@@ -8,9 +8,8 @@ import sys
 
 import pytest
 
-from conftest import load_bench
+from conftest import REPO, load_bench
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "bench", "throughput.py")
 
 
