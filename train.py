@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def main(argv=None) -> int:
@@ -19,16 +18,12 @@ def main(argv=None) -> int:
     cfg, explicit = config.from_args(args)
 
     from jaxae import distributed, figures
-    from jaxae.train import TrainingStopped, train_and_evaluate
+    from jaxae.train import train_and_evaluate
 
     distributed.initialize(cfg)  # before anything touches a device
     import jax
 
-    try:
-        result = train_and_evaluate(cfg, explicit)
-    except TrainingStopped as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    result = train_and_evaluate(cfg, explicit)  # TrainingStopped: one line and exit 1 (run_main)
     if jax.process_index() == 0:
         figures.loss_curve(cfg.workdir)
     if "test_mse" in result and jax.process_index() == 0:

@@ -1,11 +1,12 @@
-"""What both scripts share: turn UsageError into one line and exit status 2."""
+"""What the scripts share: turn UsageError into one line and exit status 2, TrainingStopped into one line and
+exit status 1."""
 
 from __future__ import annotations
 
 import sys
 from typing import Callable
 
-from jaxae.config import UsageError
+from jaxae.config import TrainingStopped, UsageError
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
@@ -14,6 +15,9 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         code = 2
+    except TrainingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130

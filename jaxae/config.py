@@ -13,6 +13,11 @@ class UsageError(Exception):
     """A mistake the user can fix (bad flag, missing file, ...). Scripts print it on one line and exit 2."""
 
 
+class TrainingStopped(Exception):
+    """Training cannot go on (non-finite loss, collapse): scripts print it on one line and exit 1; the run's
+    checkpoints are kept."""
+
+
 def _f(default, help: str, choices=None, flag: bool = True):
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
 

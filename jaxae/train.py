@@ -21,8 +21,9 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxae import checkpoints, corruption, hostmem, losses
-from jaxae.config import PRESETS, Config, UsageError, load_config
+from jaxae.config import PRESETS, Config, TrainingStopped, UsageError, load_config
 from jaxae.data import Dataset, load
+from jaxae.metrics import mean_image_mse
 from jaxae.models import model_from_config
 
 AXIS = "batch"
@@ -30,10 +31,6 @@ AXIS = "batch"
 
 class TrainState(train_state.TrainState):
     key: jax.Array  # root PRNG key: step keys are fold_in(key, step), so any step can be replayed
-
-
-class TrainingStopped(Exception):
-    """Training cannot go on (non-finite loss, ...): message for people, exit status 1, checkpoints kept."""
 
 
 # ------------------------------------------------------------------------------------ state
@@ -378,6 +375,10 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
               f"JAX_NUM_CPU_DEVICES) is the safe choice, and as fast for the quick preset", file=sys.stderr)
     metrics_file = os.path.join(cfg.workdir, "metrics.jsonl")
     _truncate_metrics(metrics_file, int(state.step))
+    baseline = mean_image_mse(ds.train_images, ds.test_images)
+    best = float("inf")  # this process's epochs only: every process of a multi-host run decides alike
+    _log(f"baseline: the mean training image has test mse {baseline:.5f} (a network that ignores its input "
+         f"does no better)")
     writer = _tensorboard(cfg.workdir)
 
     mesh = Mesh(np.array(jax.local_devices()), (AXIS,))
@@ -428,6 +429,9 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
                     _log(f"epoch {epoch + 1}/{cfg.epochs}  train {cfg.loss} {record['train_loss']:.5f}  "
                          f"test mse {record['test_mse']:.5f}  test mae {record['test_mae']:.5f}")
                     result.update(record)
+                    best = min(best, record["test_mse"])
+                    if collapsed(record["test_mse"], best, baseline):  # before the save: the last one is kept
+                        _collapsed(epoch + 1, record["test_mse"], best, baseline, cfg, mngr)
                     if (epoch + 1) % cfg.save_every_epochs == 0 or step == total:
                         _save(mngr, state, cfg)
                         if jax.default_backend() == "cpu":
@@ -488,6 +492,29 @@ def _diverged(what: str, cfg: Config, mngr) -> None:
     raise TrainingStopped(f"{what} with --learning-rate {cfg.learning_rate}: training diverged, most likely "
                           f"the learning rate is too high; {kept}. Run again with a few times lower "
                           f"--learning-rate and --fresh (old checkpoints are moved aside) or another --workdir")
+
+
+# A run has collapsed when its test MSE is back at the mean image's after it had been well below it: the
+# network gives (nearly) one output for every input. Seen on the H200 (eleventh session, docs/quality.md):
+# --batch-size 1024 --learning-rate 0.004 with seed 1 went 0.0330 -> 0.0485 -> 0.0622 in epochs 2-4 (mean image
+# 0.0612) and stayed there for the 96 epochs left, with finite losses. A run that has not learnt yet (a tiny
+# model's first steps) is never below LEARNED x the baseline, so it is not stopped.
+LEARNED, COLLAPSED = 0.8, 0.95
+
+
+def collapsed(test_mse: float, best: float, baseline: float) -> bool:
+    return best <= LEARNED * baseline and test_mse >= COLLAPSED * baseline
+
+
+def _collapsed(epoch: int, test_mse: float, best: float, baseline: float, cfg: Config, mngr) -> None:
+    last = mngr.latest_step()
+    kept = f"the last checkpoint, step {last}, is kept" if last is not None else "no checkpoint was saved"
+    raise TrainingStopped(
+        f"epoch {epoch}: test mse {test_mse:.4f} is no better than the mean training image's ({baseline:.4f}), "
+        f"after {best:.4f} earlier: the network collapsed to one output for every input, most likely because "
+        f"--learning-rate {cfg.learning_rate} is too high for --batch-size {cfg.batch_size}; {kept}. Run again "
+        f"with a lower --learning-rate or more --warmup-epochs, and --fresh (old checkpoints are moved aside) or "
+        f"another --workdir")
 
 
 def _bar(progress: bool, epoch: int, epochs: int, initial: int, total: int):

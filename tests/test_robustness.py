@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import glob
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -21,7 +22,9 @@ import pytest
 from conftest import REFERENCE_FLAGS, REFERENCE_STEPS, REPO, make_image_folder, tiny_config, tiny_dataset
 from jaxae import checkpoints, data
 from jaxae.config import UsageError
-from jaxae.train import create_train_state, train_and_evaluate
+from jaxae import train as train_module
+from jaxae.metrics import mean_image_mse
+from jaxae.train import TrainingStopped, collapsed, create_train_state, train_and_evaluate
 
 ENV = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "PYTHONUNBUFFERED": "1"}
 
@@ -274,6 +277,38 @@ def test_nan_stops_with_step_and_learning_rate_and_keeps_last_checkpoint(tmp_pat
     assert "became nan at step" in line or "non-finite by step" in line
     assert "--learning-rate 1000000.0" in line and "the last good checkpoint, step 1, is kept" in line
     assert tree_hash(tmp_path / "run" / "checkpoints") == before
+
+
+# ------------------------------------------------------------------- collapse to the mean image
+
+def test_collapse_needs_learning_first_then_a_return_to_the_mean_image():
+    mean = 0.0612  # CIFAR-10's test split
+    assert collapsed(0.0622, best=0.0330, baseline=mean)  # the H200 run's epoch 4 (docs/quality.md)
+    assert not collapsed(0.0631, best=0.0631, baseline=mean)  # never learnt (a tiny model's first steps)
+    assert not collapsed(0.0485, best=0.0330, baseline=mean)  # much worse, not yet back at the mean image
+    assert not collapsed(0.0318, best=0.0309, baseline=mean)  # a healthy run's noise
+
+
+def test_collapse_stops_before_the_save_and_keeps_the_earlier_checkpoints(tmp_path, monkeypatch):
+    ds, cfg = tiny_dataset(), tiny_config(tmp_path, epochs=3)  # three_epochs' settings: cached compiles
+    baseline = mean_image_mse(ds.train_images, ds.test_images)
+    scripted = iter([0.5 * baseline, 0.99 * baseline, 0.5 * baseline])  # learnt, then the mean image's error
+    real = train_module.reconstruction_error
+
+    def scripted_error(*args, **kwargs):
+        return {**real(*args, **kwargs), "test_mse": next(scripted)}
+
+    monkeypatch.setattr(train_module, "reconstruction_error", scripted_error)
+    with pytest.raises(TrainingStopped) as info:
+        train_and_evaluate(cfg, ds=ds, progress=False)
+    msg = str(info.value)
+    assert msg.startswith(f"epoch 2: test mse {0.99 * baseline:.4f} is no better than the mean training "
+                          f"image's ({baseline:.4f}), after {0.5 * baseline:.4f} earlier: the network collapsed")
+    assert "--learning-rate 0.002 is too high for --batch-size 8" in msg
+    assert "the last checkpoint, step 4, is kept" in msg
+    assert os.listdir(checkpoints.checkpoint_dir(cfg.workdir)) == ["4"]  # epoch 2's state was not saved
+    with open(os.path.join(cfg.workdir, "metrics.jsonl")) as fh:
+        assert [json.loads(line)["epoch"] for line in fh] == [1, 2]  # the collapsed epoch is on record
 
 
 # --------------------------------------------------------------------- signals and exact resume
