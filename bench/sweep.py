@@ -7,6 +7,8 @@ Each grid entry overrides the base config; each run leaves a normal workdir unde
 --jobs N runs the grid in N worker processes side by side on the same accelerator (entry i goes to worker
 i mod N; each worker takes 1/N of the GPU memory). Compiles and per-epoch evaluations are host-bound; workers
 overlap them with each other's training.
+A run that diverges or collapses (TrainingStopped) writes a row with the reason under "stopped", and the grid
+goes on; a run cut off by a signal (`timeout`) writes none, and its worker stops.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
         return run_workers(args)
 
     import jax
-    from jaxae.config import Config
+    from jaxae.config import Config, TrainingStopped
     from jaxae.data import load
     from jaxae.train import train_and_evaluate
 
@@ -99,7 +101,13 @@ def main(argv=None) -> int:
         cfg = Config(**{**base, **over, "data": args.data, "workdir": os.path.join(args.root, name),
                         "fresh": True}).validate()
         t0 = time.perf_counter()
-        res = train_and_evaluate(cfg, ds=ds, progress=False)
+        try:
+            res = train_and_evaluate(cfg, ds=ds, progress=False)
+        except TrainingStopped as e:  # diverged or collapsed: a finding of the study, and the grid goes on
+            _write_row(args.out, {"name": name, **over, "stopped": str(e), "wall_s": time.perf_counter() - t0,
+                                  "base": base})
+            print(f"FAILED {name}: {e}", flush=True)
+            continue
         wall = time.perf_counter() - t0
         if res["step"] < res["total"]:  # stopped (SIGTERM, `timeout`) before its last step
             print(f"STOPPED {name} at step {res['step']} of {res['total']}: no row written", flush=True)
@@ -107,12 +115,16 @@ def main(argv=None) -> int:
         knn = knn10(cfg, res["state"], ds)
         row = {"name": name, **over, "test_mse": res["test_mse"], "x_pca3": res["test_mse"] / PCA3_MSE,
                "knn10": knn, "train_loss": res["train_loss"], "steps": res["step"], "wall_s": wall, "base": base}
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "a") as fh:  # before the print: a closed stdout must not cost the row
-            fh.write(json.dumps(row) + "\n")
+        _write_row(args.out, row)  # before the print: a closed stdout must not cost the row
         print(f"RESULT {name:40s} mse {row['test_mse']:.5f} ({row['x_pca3']:.3f} x PCA-3)  10-NN {knn:.1%}  "
               f"{wall:6.1f} s", flush=True)
     return 0
+
+
+def _write_row(path: str, row: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

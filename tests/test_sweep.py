@@ -1,4 +1,5 @@
-"""bench/sweep.py: a finished run writes its row; a run stopped before its last step (`timeout`) writes none."""
+"""bench/sweep.py: a finished run writes its row; a run stopped before its last step (`timeout`) writes none; a
+diverged or collapsed run writes one with the reason, and the grid goes on."""
 
 import json
 
@@ -7,6 +8,7 @@ import pytest
 from conftest import load_bench, tiny_dataset
 import jaxae.data
 import jaxae.train
+from jaxae.config import TrainingStopped
 
 
 @pytest.fixture
@@ -43,3 +45,25 @@ def test_rows_only_for_runs_that_finished(sweep, monkeypatch, tmp_path, capsys, 
         assert json.loads(lines[1])["steps"] == 8 and text.count("RESULT") == 2
     else:  # the first run was cut off at step 6 of 8, after one epoch's test pass: no row, and the sweep stops
         assert "STOPPED base at step 6 of 8" in text and "RESULT" not in text
+
+
+def test_a_collapsed_run_is_a_row_with_the_reason_and_the_grid_goes_on(sweep, monkeypatch, tmp_path, capsys):
+    finish = _fake_training()
+
+    def train_and_evaluate(cfg, ds=None, progress=True):
+        if cfg.learning_rate > 0.01:
+            raise TrainingStopped("epoch 4: test mse 0.0622 is no better than the mean training image's")
+        return finish(cfg, ds, progress)
+
+    monkeypatch.setattr(jaxae.train, "train_and_evaluate", train_and_evaluate)
+    out = tmp_path / "sweep.jsonl"
+    got = sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--out", str(out),
+                      "--base", json.dumps({"epochs": 2, "batch_size": 8}),
+                      "--grid", '[{"learning_rate": 0.1}, {"learning_rate": 0.001}]'])
+    assert got == 0
+    first, second = [json.loads(line) for line in out.read_text().splitlines()]
+    assert first["name"] == "learning_rate0.1" and first["stopped"].startswith("epoch 4: test mse 0.0622")
+    assert "test_mse" not in first
+    assert second["name"] == "learning_rate0.001" and second["test_mse"] == 0.03 and "stopped" not in second
+    text = capsys.readouterr().out
+    assert "FAILED learning_rate0.1: epoch 4" in text and text.count("RESULT") == 1
