@@ -7,14 +7,16 @@
 #      43 s to compile at B = 256 and more than 90 s at B = 1024: the step's limit may cut the last rows; the
 #      JSON keeps what was measured);
 #   4. bench/sweep.py: variants of the default model ($GRID), 4 workers on the one GPU (the eighth session's
-#      8 runs of 30 epochs, two per worker, took about 4 min; the default grid is one run per worker). Nothing
+#      8 runs of 30 epochs, two per worker, took about 4 min; the eleventh session's 100-epoch batch-1024 runs
+#      about 4 min each with four sharing the H200: after steps 1-3 too little is left for them, so run the
+#      default grid with PART=sweep below). Nothing
 #      else may run on the GPU beside it: a fifth process (step 2 run in the background) ran the GPU out of
 #      memory, since each worker takes 0.9 / 4 of it. What the limit cuts off leaves no row.
 # Each step has its own time limit, so a slow step costs only its own results. Usage, from the repo root
 # with the JPEG archive in data/ (git-ignored; name it in the call's `carry`):
 #   OUT=/some/folder bash bench/h100.sh            # GRID='[...]' and BATCHES=256,1024 override the defaults
 # Everything worth keeping lands in $OUT (at most 8 files): log.txt, default_metrics.jsonl, eval.out,
-# eval.tar.gz, tp_h100.json, sweep.jsonl, sweep.log.
+# eval.tar.gz, tp_h100.json, sweep.jsonl, sweep.log, curves.tar.gz (each sweep run's metrics.jsonl).
 #
 #   PART=variants OUT=/some/folder bash bench/h100.sh
 # instead runs step 0, then `train.py` and `evaluate.py` for each of the default model's variants that the
@@ -22,6 +24,10 @@
 # reconstructions of noisy inputs: the denoising target) and --loss l1 (about 2 x 100 s). $OUT gets log.txt and
 # eval-noise.out, eval-l1.out. TRAIN_FLAGS (appended to each train.py) and DATA make a dry run on CPU possible:
 #   PART=variants DATA=some/image/folder TRAIN_FLAGS="--preset tiny --max-steps 4" OUT=/tmp/o bash bench/h100.sh
+#
+#   PART=sweep OUT=/some/folder bash bench/h100.sh
+# spends the whole call on step 4 ($GRID over $BASE, $JOBS workers, 4 by default), for a quality study when the
+# call's device time is short (the eleventh session's 15 minutes: two such calls).
 set -u
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 DATA=${DATA:-data/cifar10-jpeg.tar.gz}
@@ -29,9 +35,13 @@ PART=${PART:-perf}
 TRAIN_FLAGS=${TRAIN_FLAGS:-}
 RUNS=/tmp/runs
 BUDGET=${BUDGET:-580}          # seconds this script may use in all
-# untried on a GPU after the eighth session's sweep (docs/quality.md): longer at a lower rate, larger batches
-GRID=${GRID:-'[{"epochs": 50, "learning_rate": 0.001}, {"epochs": 50, "batch_size": 1024, "learning_rate": 0.004},
-               {"weight_decay": 0}, {"hidden": 1024, "width": 32}]'}
+# what the eleventh session's sweep left open (docs/quality.md): is 100 epochs at batch 1024 (0.0281 at rate
+# 0.004, where seed 1 collapsed) stable at a lower rate, and does 60 epochs at rate 0.001 hold on a third seed?
+GRID=${GRID:-'[{"epochs": 100, "batch_size": 1024, "learning_rate": 0.002, "warmup_epochs": 3},
+               {"epochs": 100, "batch_size": 1024, "learning_rate": 0.002, "warmup_epochs": 3, "seed": 1},
+               {"epochs": 100, "batch_size": 1024, "learning_rate": 0.003, "warmup_epochs": 5, "seed": 1},
+               {"epochs": 60, "learning_rate": 0.001, "seed": 2}]'}
+BASE=${BASE:-'{}'}
 mkdir -p "$RUNS" "$OUT"
 left() { echo $((BUDGET - SECONDS)); }
 # within SECONDS CMD...: CMD under `timeout SECONDS`, or skipped with a line when under 10 s are left
@@ -39,6 +49,18 @@ left() { echo $((BUDGET - SECONDS)); }
 within() { local t=$1; shift; if (( t < 10 )); then echo "skipped: ${t} s left"; return 124; fi; timeout "$t" "$@"; }
 step() { echo; echo "=== [$SECONDS s] $*"; }
 since() { python3 -c "print(f'{$(date +%s.%N) - $1:.1f}')"; }   # seconds since a `date +%s.%N`, to 0.1 s
+
+# step 4: the grid in $JOBS workers, with what is left of the budget
+sweep() {
+  step "4. bench/sweep.py, variants of the default model: base $BASE"
+  # output to a file, not a pipe: a pipe closed early (head) would kill the workers at their next print.
+  # A run the limit cuts off writes no row (sweep.py prints STOPPED).
+  within $(( $(left) - 15 )) python3 bench/sweep.py --data $DATA --root $RUNS/sweep --out "$OUT/sweep.jsonl" \
+      --jobs ${JOBS:-4} --base "$BASE" --grid "$GRID" > $RUNS/sweep.log 2>&1
+  grep -E "RESULT|STOPPED|FAILED|rror|x[0-9]+, jax" $RUNS/sweep.log | head -40
+  cp $RUNS/sweep.log "$OUT/sweep.log"
+  (cd $RUNS/sweep && tar czf "$OUT/curves.tar.gz" */metrics.jsonl 2>/dev/null)
+}
 
 {
 step "environment"
@@ -50,6 +72,12 @@ step "0. decode the JPEG archive into the .npz cache (what a first train.py run 
 t0=$(date +%s.%N)
 within 120 python3 -c "from jaxae.data import load; load('$DATA')"
 echo "decode: $(since $t0) s"
+
+if [[ $PART == sweep ]]; then
+  sweep
+  step "done"
+  exit 0
+fi
 
 if [[ $PART == variants ]]; then
   for v in "noise:--noise 0.2" "l1:--loss l1"; do
@@ -81,12 +109,6 @@ step "3. bench/throughput.py, batch sizes ${BATCHES:=256,1024,4096}"
 within $(( $(left) > 420 ? 210 : $(left) / 2 )) python3 bench/throughput.py --batch-sizes $BATCHES \
     --steps-per-call epoch --out "$OUT/tp_h100.json" 2>&1 | tail -40
 
-step "4. bench/sweep.py, variants of the default model"
-# output to a file, not a pipe: a pipe closed early (head) would kill the workers at their next print.
-# A run the limit cuts off writes no row (sweep.py prints STOPPED).
-within $(( $(left) - 10 )) python3 bench/sweep.py --data $DATA --root $RUNS/sweep --out "$OUT/sweep.jsonl" --jobs 4 \
-    --grid "$GRID" > $RUNS/sweep.log 2>&1
-grep -E "RESULT|STOPPED|rror|x[0-9]+, jax" $RUNS/sweep.log | head -40
-cp $RUNS/sweep.log "$OUT/sweep.log"
+sweep
 step "done"
 } 2>&1 | tee "$OUT/log.txt"
