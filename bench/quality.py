@@ -93,8 +93,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     result = train_and_evaluate(cfg, explicit | {"epochs"}, ds=ds)
     t_train = time.perf_counter() - t0
-    # stopped by a signal (SIGTERM exits 0, as train.py does) or a non-finite loss: no evaluation of a
-    # half-trained model
+    # stopped by a signal (SIGTERM exits 0, as train.py does): no evaluation of a half-trained model (a
+    # diverged or collapsed run raises TrainingStopped: one line and exit 1, from run_main)
     if result["exit"] or result["step"] < result["total"]:
         return result["exit"]
     metrics = evaluate(cfg.workdir, cache_dir=cfg.cache_dir)
