@@ -57,6 +57,8 @@ class Config:
     corruption: str = _f("gaussian", "kind of input corruption: gaussian (std = noise), mask (fraction of pixels "
                          "zeroed), salt_pepper (fraction of pixels set to 0 or 1)", ["gaussian", "mask", "salt_pepper"])
     flip: bool = _f(True, "augment with random horizontal flips")
+    shift: int = _f(0, "augment with random translations of up to this many pixels along each axis, the uncovered "
+                    "border filled by reflection (0 = off)")
     # --- optimisation
     epochs: int = _f(30, "passes over the training set")
     batch_size: int = _f(256, "global batch size, split evenly across all devices")
@@ -89,7 +91,7 @@ class Config:
     # Settings that change what a checkpoint means: resuming with a different value is refused.
     MODEL_FIELDS = ("latent_dim", "width", "stages", "blocks", "hidden", "mlp_layers", "mlp", "fourier", "norm",
                     "activation", "upsample", "head")
-    RUN_FIELDS = MODEL_FIELDS + ("loss", "noise", "corruption", "flip", "epochs", "batch_size", "optimizer",
+    RUN_FIELDS = MODEL_FIELDS + ("loss", "noise", "corruption", "flip", "shift", "epochs", "batch_size", "optimizer",
                                  "learning_rate", "warmup_epochs", "weight_decay", "grad_clip", "seed", "data",
                                  "dataset", "dtype")
 
@@ -99,7 +101,7 @@ class Config:
                      "save_every_epochs", "keep"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{_flag(name)} must be at least 1 (got {getattr(self, name)})")
-        for name in ("blocks", "steps_per_call", "microbatch", "max_steps"):
+        for name in ("blocks", "shift", "steps_per_call", "microbatch", "max_steps"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{_flag(name)} must be 0 or more (got {getattr(self, name)})")
         if self.fourier < 0:

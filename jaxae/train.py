@@ -91,7 +91,17 @@ def prepare_batch(key: jax.Array, images_u8: jax.Array, cfg: Config, axis_name: 
     if cfg.flip:
         flip = jax.vmap(lambda k: jax.random.bernoulli(k))(flip_keys)
         x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
+    if cfg.shift:  # keys folded from the flip keys: runs without --shift keep their random streams
+        x = random_shift(jax.vmap(lambda k: jax.random.fold_in(k, 1))(flip_keys), x, cfg.shift)
     return corruption.corrupt(cfg.corruption, noise_keys, x, cfg.noise), x
+
+
+def random_shift(keys: jax.Array, x: jax.Array, n: int) -> jax.Array:
+    """Translate each image of x [B, H, W, C] by its own uniform offset in [-n, n] along each axis, filling the
+    uncovered border by reflection (n < H, W); the shape is kept."""
+    padded = jnp.pad(x, ((0, 0), (n, n), (n, n), (0, 0)), mode="reflect")
+    offsets = jax.vmap(lambda k: jax.random.randint(k, (2,), 0, 2 * n + 1))(keys)
+    return jax.vmap(lambda im, o: lax.dynamic_slice(im, (o[0], o[1], 0), x.shape[1:]))(padded, offsets)
 
 
 def train_step(state: TrainState, batch: jax.Array, key: jax.Array, cfg: Config,
@@ -352,6 +362,9 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     spe = steps_per_epoch(n_train, cfg.batch_size)
     if spe == 0:
         raise UsageError(f"--batch-size {cfg.batch_size} is larger than the training set ({n_train} images)")
+    if cfg.shift >= min(ds.image_shape[:2]):
+        raise UsageError(f"--shift {cfg.shift} must be smaller than the images' height and width "
+                         f"({ds.image_shape[0]}x{ds.image_shape[1]}); CIFAR-10's usual is 2-4")
     total = cfg.epochs * spe if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * spe)
     k = default_steps_per_call(cfg, spe)
 

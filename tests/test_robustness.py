@@ -113,10 +113,18 @@ def test_bad_data_is_one_line_exit_2_and_writes_no_checkpoint(tmp_path, kind, wo
     (["--batch-size", "7"], ["--batch-size 7 does not split evenly over 2 devices", "multiple of 2"]),
     (["--microbatch", "3"], ["--microbatch 3 does not divide the per-device batch (4)", "a divisor of it"]),
     (["--loss", "l3"], ["--loss", "invalid choice", "l3"]),  # argparse's own one-line error
+    (["--shift", "-1"], ["--shift must be 0 or more", "-1"]),
 ])
 def test_invalid_flags_exit_2(tmp_path, flags, words):
     proc = script(*tiny_args(tmp_path / "nodata", tmp_path / "run", *flags))
     assert_one_line_error(proc, *words)
+
+
+def test_shift_as_large_as_the_images_exit_2(tmp_path):
+    folder = make_image_folder(tmp_path / "img", n_train=4, n_test=2)  # 16x16
+    proc = script(*tiny_args(folder, tmp_path / "run", "--shift", "16"))
+    assert_one_line_error(proc, "--shift 16 must be smaller than the images' height and width (16x16)")
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
 def test_unwritable_workdir_exit_2(tmp_path):

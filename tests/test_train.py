@@ -44,6 +44,43 @@ def test_prepare_batch_clean_target_and_corrupted_input(setup):
     assert 0.1 < noise.std() < 0.25 and float(inputs.min()) >= 0 and float(inputs.max()) <= 1
 
 
+def test_random_shift_translates_each_image_within_n_and_reflects_the_border():
+    n, (b, h, w, c) = 2, (64, 5, 6, 2)
+    x = jnp.arange(b * h * w * c, dtype=jnp.float32).reshape(b, h, w, c)  # every pixel distinct
+    keys = jax.random.split(jax.random.PRNGKey(0), b)
+    out = np.asarray(jax.jit(train.random_shift, static_argnums=2)(keys, x, n))
+    padded = np.pad(np.asarray(x), ((0, 0), (n, n), (n, n), (0, 0)), mode="reflect")
+    seen = set()
+    for i in range(b):
+        found = [(dy, dx) for dy in range(2 * n + 1) for dx in range(2 * n + 1)
+                 if np.array_equal(out[i], padded[i, dy:dy + h, dx:dx + w])]
+        assert len(found) == 1, i  # a crop of its own reflected image, at one offset within [-n, n]
+        seen.add(found[0])
+    assert len(seen) > 15  # of the 25 offsets: each image draws its own
+    # the border is the image's reflection: shifted down by 2, row 0 is the original row 2
+    down = padded[:, 0:h, n:n + w]
+    np.testing.assert_array_equal(down[:, 0], np.asarray(x)[:, 2])
+
+
+def test_prepare_batch_shift_is_the_same_on_two_devices_and_leaves_other_runs_alone(setup):
+    cfg, ds, _, _ = setup
+    batch = jnp.asarray(ds.train_images[:8])
+    key = jax.random.PRNGKey(3)
+    plain = jax.jit(functools.partial(train.prepare_batch, cfg=cfg, axis_name=None))(key, batch)
+    shifted_cfg = cfg.replace(shift=2)
+    one = jax.jit(functools.partial(train.prepare_batch, cfg=shifted_cfg, axis_name=None))(key, batch)
+    two = jax.pmap(functools.partial(train.prepare_batch, cfg=shifted_cfg), axis_name=train.AXIS,
+                   in_axes=(None, 0))(key, batch.reshape(2, 4, *batch.shape[1:]))
+    for a, b in zip(one, two):  # example i gets its offsets from its global key, whatever the device split
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b).reshape(a.shape))
+    # each target is its unshifted twin (same flip) translated by at most 2 pixels; the shift's keys are folded
+    # from the flip keys, so a run without --shift keeps the noise and flips it had before the option existed
+    padded = np.pad(np.asarray(plain[1]), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+    offsets = [[(dy, dx) for dy in range(5) for dx in range(5)
+                if np.allclose(np.asarray(one[1])[i], padded[i, dy:dy + 16, dx:dx + 16])] for i in range(8)]
+    assert all(len(o) == 1 for o in offsets) and sum(o != [(2, 2)] for o in offsets) >= 5
+
+
 def test_pmap_on_two_devices_equals_one_device(setup):
     cfg, ds, spe, state = setup
     assert jax.device_count() == 2
