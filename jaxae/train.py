@@ -248,17 +248,9 @@ def reconstruction_error(state: TrainState, images_dev, mask_dev, batch_size: in
 # ------------------------------------------------------------------------------------- loop
 
 def _resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
-    """Decide fresh start vs resume; on resume, the saved config wins and contradicting flags are refused."""
-    has_ckpt = checkpoints.has_checkpoints(cfg.workdir)
-    if not has_ckpt:
-        return cfg, False
-    if cfg.fresh:
-        if jax.process_index() == 0:
-            moved = checkpoints.move_aside(cfg.workdir)
-            print(f"--fresh: moved the previous run's checkpoints and metrics to {moved}")
-        if jax.process_count() > 1:  # the others must not look at the workdir while it is being moved
-            from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices("jaxae-fresh")
+    """Decide fresh start vs resume; on resume, the saved config wins and contradicting flags are refused.
+    With --fresh over an earlier run, the caller sets that run aside (_set_aside) once every check has passed."""
+    if cfg.fresh or not checkpoints.has_checkpoints(cfg.workdir):
         return cfg, False
     saved = load_config(cfg.workdir)
     # A --preset sets fields too: resuming a default-preset run with --preset tiny must not silently mix.
@@ -278,6 +270,20 @@ def _resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
         if name in keep and name not in explicit | via_preset and keep[name] == getattr(unset, name):
             keep[name] = value
     return saved.replace(**{**keep, "preset": saved.preset}), True
+
+
+def _set_aside(cfg: Config) -> None:
+    """--fresh: move the earlier run's checkpoints and metrics aside (never deleted). Every process calls it:
+    each looked for them at its start, and none may look while process 0 moves them."""
+    from jax.experimental import multihost_utils
+    multi = jax.process_count() > 1
+    if multi:
+        multihost_utils.sync_global_devices("jaxae-fresh-checked")
+    if jax.process_index() == 0:
+        moved = checkpoints.move_aside(cfg.workdir)
+        print(f"--fresh: moved the previous run's checkpoints and metrics to {moved}")
+    if multi:
+        multihost_utils.sync_global_devices("jaxae-fresh")
 
 
 def resume_command(cfg: Config) -> str:
@@ -354,6 +360,7 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
 
 def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, progress: bool) -> dict[str, Any]:
     cfg, resuming = _resolve_workdir(cfg.validate(), set(explicit))
+    earlier_run = cfg.fresh and checkpoints.has_checkpoints(cfg.workdir)  # set aside below, after the checks
     n_dev, local_batch = _device_layout(cfg.batch_size)
     micro = microbatch_size(cfg, local_batch)
     checkpoints.check_workdir(cfg.workdir)  # before the data: a typo in --workdir should not cost a decode
@@ -368,7 +375,9 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     total = cfg.epochs * spe if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * spe)
     k = default_steps_per_call(cfg, spe)
 
-    state = create_train_state(cfg, ds.image_shape, cfg.epochs * spe, spe)
+    state = create_train_state(cfg, ds.image_shape, cfg.epochs * spe, spe)  # the model's own checks, too
+    if earlier_run:
+        _set_aside(cfg)
     mngr = checkpoints.manager(cfg.workdir, cfg.keep)
     if resuming:
         state = checkpoints.restore(mngr, state, set_aside=True)
@@ -389,7 +398,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     metrics_file = os.path.join(cfg.workdir, "metrics.jsonl")
     _truncate_metrics(metrics_file, int(state.step))
     baseline = mean_image_mse(ds.train_images, ds.test_images)
-    best = float("inf")  # this process's epochs only: every process of a multi-host run decides alike
+    best = _best_test_mse(metrics_file, int(state.step))  # a resumed run's earlier epochs count too
     _log(f"baseline: the mean training image has test mse {baseline:.5f} (a network that ignores its input "
          f"does no better)")
     writer = _tensorboard(cfg.workdir)
@@ -516,7 +525,7 @@ LEARNED, COLLAPSED = 0.8, 0.95
 
 
 def collapsed(test_mse: float, best: float, baseline: float) -> bool:
-    return best <= LEARNED * baseline and test_mse >= COLLAPSED * baseline
+    return baseline > 0 and best <= LEARNED * baseline and test_mse >= COLLAPSED * baseline
 
 
 def _collapsed(epoch: int, test_mse: float, best: float, baseline: float, cfg: Config, mngr) -> None:
@@ -524,10 +533,23 @@ def _collapsed(epoch: int, test_mse: float, best: float, baseline: float, cfg: C
     kept = f"the last checkpoint, step {last}, is kept" if last is not None else "no checkpoint was saved"
     raise TrainingStopped(
         f"epoch {epoch}: test mse {test_mse:.4f} is no better than the mean training image's ({baseline:.4f}), "
-        f"after {best:.4f} earlier: the network collapsed to one output for every input, most likely because "
+        f"after {best:.4f} earlier: the network has collapsed (it reconstructs no better than one image for every "
+        f"input would), most likely because "
         f"--learning-rate {cfg.learning_rate} is too high for --batch-size {cfg.batch_size}; {kept}. Run again "
         f"with a lower --learning-rate or more --warmup-epochs, and --fresh (old checkpoints are moved aside) or "
         f"another --workdir")
+
+
+def _best_test_mse(path: str, step: int) -> float:
+    """The lowest test MSE of a run's metrics.jsonl up to `step` (inf if none). Only process 0 writes the file,
+    which every process reads (the workdir is shared); the filter on `step` gives them all the same answer,
+    whether they read it before or after process 0 drops the records past a resumed checkpoint."""
+    if not os.path.exists(path):
+        return float("inf")
+    with open(path) as fh:
+        records = [json.loads(line) for line in fh if line.strip()]
+    return min((r["test_mse"] for r in records if "test_mse" in r and r.get("step", 0) <= step),
+               default=float("inf"))
 
 
 def _bar(progress: bool, epoch: int, epochs: int, initial: int, total: int):

@@ -297,10 +297,11 @@ def test_collapse_needs_learning_first_then_a_return_to_the_mean_image():
     assert not collapsed(0.0318, best=0.0309, baseline=mean)  # a healthy run's noise
 
 
-def test_collapse_stops_before_the_save_and_keeps_the_earlier_checkpoints(tmp_path, monkeypatch):
+def test_collapse_stops_before_the_save_and_again_after_a_resume(tmp_path, monkeypatch):
     ds, cfg = tiny_dataset(), tiny_config(tmp_path, epochs=3)  # three_epochs' settings: cached compiles
     baseline = mean_image_mse(ds.train_images, ds.test_images)
-    scripted = iter([0.5 * baseline, 0.99 * baseline, 0.5 * baseline])  # learnt, then the mean image's error
+    # learnt in epoch 1, then the mean image's error in epoch 2; after the resume, epoch 2 again
+    scripted = iter([0.5 * baseline, 0.99 * baseline, 0.99 * baseline])
     real = train_module.reconstruction_error
 
     def scripted_error(*args, **kwargs):
@@ -311,12 +312,25 @@ def test_collapse_stops_before_the_save_and_keeps_the_earlier_checkpoints(tmp_pa
         train_and_evaluate(cfg, ds=ds, progress=False)
     msg = str(info.value)
     assert msg.startswith(f"epoch 2: test mse {0.99 * baseline:.4f} is no better than the mean training "
-                          f"image's ({baseline:.4f}), after {0.5 * baseline:.4f} earlier: the network collapsed")
+                          f"image's ({baseline:.4f}), after {0.5 * baseline:.4f} earlier: the network has collapsed")
     assert "--learning-rate 0.002 is too high for --batch-size 8" in msg
     assert "the last checkpoint, step 4, is kept" in msg
     assert os.listdir(checkpoints.checkpoint_dir(cfg.workdir)) == ["4"]  # epoch 2's state was not saved
     with open(os.path.join(cfg.workdir, "metrics.jsonl")) as fh:
         assert [json.loads(line)["epoch"] for line in fh] == [1, 2]  # the collapsed epoch is on record
+    # The same command again resumes from step 4 and redoes epoch 2: epoch 1's record (kept in metrics.jsonl)
+    # counts as learnt, so the collapse stops it again instead of saving it as the run's end.
+    with pytest.raises(TrainingStopped, match="^epoch 2: .* after .* earlier: the network has collapsed"):
+        train_and_evaluate(cfg, ds=ds, progress=False)
+    assert os.listdir(checkpoints.checkpoint_dir(cfg.workdir)) == ["4"]
+
+
+def test_fresh_with_a_bad_flag_leaves_the_earlier_run_where_it_was(three_epochs, tmp_path):
+    cfg = copy_of(three_epochs, tmp_path)
+    before = tree_hash(cfg.workdir)
+    with pytest.raises(UsageError, match="--shift 16 must be smaller"):
+        train_and_evaluate(cfg.replace(fresh=True, shift=16), ds=tiny_dataset(), progress=False)
+    assert tree_hash(cfg.workdir) == before  # not moved aside: the checks come first
 
 
 # --------------------------------------------------------------------- signals and exact resume
