@@ -44,6 +44,7 @@ GRID=${GRID:-'[{"epochs": 100, "batch_size": 1024, "learning_rate": 0.002, "warm
                {"epochs": 60, "learning_rate": 0.001, "seed": 2}]'}
 BASE=${BASE:-'{}'}
 mkdir -p "$RUNS" "$OUT"
+OUT=$(cd "$OUT" && pwd)  # absolute: sweep() writes into it from another folder
 left() { echo $((BUDGET - SECONDS)); }
 # within SECONDS CMD...: CMD under `timeout SECONDS`, or skipped with a line when under 10 s are left
 # (`timeout 0` would mean no limit, and a negative one fails)
