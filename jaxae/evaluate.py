@@ -17,8 +17,8 @@ import numpy as np
 from jax import lax
 
 from jaxae import checkpoints, corruption, figures, hostmem, pages
-from jaxae.metrics import (KNN_K, fit_pca, knn_accuracy, nearest_neighbours, pca_decode, pca_encode, psnr,
-                           ssim)
+from jaxae.metrics import (KNN_K, fit_pca, knn_accuracy, mean_image_mse, nearest_neighbours, pca_decode,
+                           pca_encode, psnr, ssim)
 from jaxae.config import Config, UsageError, load_config
 from jaxae.data import Dataset, load
 from jaxae.models import model_from_config
@@ -325,8 +325,9 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     curve = figures.loss_curve(workdir, os.path.join(tmp, "loss_curve.png"), results[pca.name]["test_mse"])
     if curve:
         files["loss_curve"] = os.path.basename(curve)
+    baseline = mean_image_mse(ds.train_images, ds.test_images)
     metrics = {"workdir": os.path.abspath(workdir), "step": step_done, "data": cfg.data, "n_test": n_test,
-               "n_train": n_train, "latent_dim": cfg.latent_dim, "models": results,
+               "n_train": n_train, "latent_dim": cfg.latent_dim, "models": results, "mean_image_test_mse": baseline,
                "seconds": {"encode_test": t_encode, "pca_fit": t_pca,
                            "total": time.perf_counter() - t_start},
                "config": json.loads(cfg.to_json())}
@@ -336,6 +337,7 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
         json.dump(metrics, fh, indent=2)
     _finish_output(tmp, out)
     print(table)
+    print(f"for scale: the mean training image, one output for every input, has test MSE {baseline:.4f}")
     print(f"encoded {n_test:,} test images in {t_encode:.2f} s ({n_test / t_encode:,.0f} images/s); PCA fit "
           f"{t_pca:.2f} s; evaluate took {time.perf_counter() - t_start:.1f} s in all")
     print(f"wrote {out}/index.html")

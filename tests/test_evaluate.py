@@ -13,6 +13,8 @@ from PIL import Image
 
 from jaxae import checkpoints, evaluate, figures
 from jaxae.config import UsageError
+from jaxae.data import load
+from jaxae.metrics import mean_image_mse
 from jaxae.train import train_and_evaluate
 
 STEPS = 4  # --interp-steps of the runs below
@@ -90,6 +92,10 @@ def test_metrics_are_finite_and_agree_with_training(run):
     # the same clean-test MSE as the training loop's own evaluation (a second code path)
     assert m["models"]["autoencoder"]["test_mse"] == pytest.approx(run["trained"]["test_mse"], rel=1e-4)
     assert m["models"] == run["first"]["models"]
+    # the mean training image's error: PCA's reconstruction is that mean plus a projection, never worse
+    ds = load(run["cfg"].data, cache_dir=run["cfg"].cache_dir)
+    assert m["mean_image_test_mse"] == pytest.approx(mean_image_mse(ds.train_images, ds.test_images))
+    assert m["models"]["PCA-3"]["test_mse"] <= m["mean_image_test_mse"]
 
 
 def test_a_workdir_without_checkpoint_is_a_clear_error(tmp_path, capsys):
