@@ -18,12 +18,18 @@ def main(argv=None) -> int:
     cfg, explicit = config.from_args(args)
 
     from jaxae import distributed, figures
+    from jaxae.config import TrainingStopped
     from jaxae.train import train_and_evaluate
 
     distributed.initialize(cfg)  # before anything touches a device
     import jax
 
-    result = train_and_evaluate(cfg, explicit)  # TrainingStopped: one line and exit 1 (run_main)
+    try:
+        result = train_and_evaluate(cfg, explicit)
+    except TrainingStopped:  # diverged or collapsed: the curve shows how; run_main prints the line, exit 1
+        if jax.process_index() == 0:
+            figures.loss_curve(cfg.workdir)
+        raise
     if jax.process_index() == 0:
         figures.loss_curve(cfg.workdir)
     if "test_mse" in result and jax.process_index() == 0:

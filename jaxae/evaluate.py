@@ -322,10 +322,10 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
 
     _save_latents(tmp, codes["ae_test"], ds)
     files = make_figures(cfg, ae, pca, ds, codes, tmp, interp_steps)
-    curve = figures.loss_curve(workdir, os.path.join(tmp, "loss_curve.png"), results[pca.name]["test_mse"])
+    baseline = mean_image_mse(ds.train_images, ds.test_images)
+    curve = figures.loss_curve(workdir, os.path.join(tmp, "loss_curve.png"), results[pca.name]["test_mse"], baseline)
     if curve:
         files["loss_curve"] = os.path.basename(curve)
-    baseline = mean_image_mse(ds.train_images, ds.test_images)
     metrics = {"workdir": os.path.abspath(workdir), "step": step_done, "data": cfg.data, "n_test": n_test,
                "n_train": n_train, "latent_dim": cfg.latent_dim, "models": results, "mean_image_test_mse": baseline,
                "seconds": {"encode_test": t_encode, "pca_fit": t_pca,

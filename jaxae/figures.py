@@ -20,8 +20,10 @@ def read_metrics(workdir: str) -> list[dict]:
         return [json.loads(l) for l in fh if l.strip()]
 
 
-def loss_curve(workdir: str, out: str | None = None, pca_mse: float | None = None) -> str | None:
-    """Train loss and test MSE per epoch -> WORKDIR/loss_curve.png."""
+def loss_curve(workdir: str, out: str | None = None, pca_mse: float | None = None,
+               mean_mse: float | None = None) -> str | None:
+    """Train loss and test MSE per epoch -> WORKDIR/loss_curve.png, with the PCA baseline's and the mean
+    training image's test MSE as lines when given."""
     records = read_metrics(workdir)
     train_label = _train_label(workdir)
     if not records:
@@ -33,6 +35,9 @@ def loss_curve(workdir: str, out: str | None = None, pca_mse: float | None = Non
     ax.plot(epochs, [r["test_mse"] for r in records], "s-", ms=3, label="test MSE (clean input)")
     if pca_mse is not None:
         ax.axhline(pca_mse, color="gray", ls="--", lw=1, label=f"PCA baseline MSE {pca_mse:.4f}")
+    if mean_mse is not None:
+        ax.axhline(mean_mse, color="black", ls=":", lw=1,
+                   label=f"mean training image MSE {mean_mse:.4f} (no learning)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss per pixel")
     ax.set_yscale("log")

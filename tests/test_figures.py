@@ -46,6 +46,8 @@ def test_loss_curve_labels_the_train_input_from_the_config(tmp_path):
     assert figures._train_label(str(tmp_path / "denoising")) == "train L1 (input corrupted: mask 0.3)"
     out = figures.loss_curve(str(tmp_path / "plain"), pca_mse=0.03)
     assert Image.open(out).size == (840, 504)
+    with_mean = figures.loss_curve(str(tmp_path / "plain"), str(tmp_path / "m.png"), pca_mse=0.03, mean_mse=0.06)
+    assert not np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(with_mean)))  # its line drawn
     assert figures.loss_curve(str(tmp_path / "empty")) is None
 
 

@@ -285,6 +285,7 @@ def test_nan_stops_with_step_and_learning_rate_and_keeps_last_checkpoint(tmp_pat
     assert "became nan at step" in line or "non-finite by step" in line
     assert "--learning-rate 1000000.0" in line and "the last good checkpoint, step 1, is kept" in line
     assert tree_hash(tmp_path / "run" / "checkpoints") == before
+    assert (tmp_path / "run" / "loss_curve.png").exists()  # what led to the stop, drawn all the same
 
 
 # ------------------------------------------------------------------- collapse to the mean image
