@@ -508,11 +508,15 @@ def _save(mngr, state, cfg: Config) -> None:
     checkpoints.save(mngr, state)
 
 
-def _diverged(what: str, cfg: Config, mngr) -> None:
+def _kept(mngr, which: str = "last") -> str:
+    """What a stopped run leaves: its latest checkpoint, named for the message."""
     last = mngr.latest_step()
-    kept = f"the last good checkpoint, step {last}, is kept" if last is not None else "no checkpoint was saved"
+    return f"the {which} checkpoint, step {last}, is kept" if last is not None else "no checkpoint was saved"
+
+
+def _diverged(what: str, cfg: Config, mngr) -> None:
     raise TrainingStopped(f"{what} with --learning-rate {cfg.learning_rate}: training diverged, most likely "
-                          f"the learning rate is too high; {kept}. Run again with a few times lower "
+                          f"the learning rate is too high; {_kept(mngr, 'last good')}. Run again with a few times lower "
                           f"--learning-rate and --fresh (old checkpoints are moved aside) or another --workdir")
 
 
@@ -529,15 +533,12 @@ def collapsed(test_mse: float, best: float, baseline: float) -> bool:
 
 
 def _collapsed(epoch: int, test_mse: float, best: float, baseline: float, cfg: Config, mngr) -> None:
-    last = mngr.latest_step()
-    kept = f"the last checkpoint, step {last}, is kept" if last is not None else "no checkpoint was saved"
     raise TrainingStopped(
         f"epoch {epoch}: test mse {test_mse:.4f} is no better than the mean training image's ({baseline:.4f}), "
         f"after {best:.4f} earlier: the network has collapsed (it reconstructs no better than one image for every "
-        f"input would), most likely because "
-        f"--learning-rate {cfg.learning_rate} is too high for --batch-size {cfg.batch_size}; {kept}. Run again "
-        f"with a lower --learning-rate or more --warmup-epochs, and --fresh (old checkpoints are moved aside) or "
-        f"another --workdir")
+        f"input would), most likely because --learning-rate {cfg.learning_rate} is too high for --batch-size "
+        f"{cfg.batch_size}; {_kept(mngr)}. Run again with a lower --learning-rate or more --warmup-epochs, and "
+        f"--fresh (old checkpoints are moved aside) or another --workdir")
 
 
 def _best_test_mse(path: str, step: int) -> float:
