@@ -217,9 +217,10 @@ def _encode_rate(cfg, test_u8, repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
     from jaxae.models import model_from_config
+    from jaxae.train import init_params
 
     model = model_from_config(cfg, IMAGE_SHAPE)
-    params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, *IMAGE_SHAPE)))["params"]
+    params = init_params(model, jax.random.PRNGKey(0), IMAGE_SHAPE)
     enc = jax.jit(lambda p, x: model.apply({"params": p}, x.astype(jnp.float32) / 255.0, method="encode"))
     x = jax.device_put(test_u8)
     chunks = [x[i:i + 1000] for i in range(0, len(test_u8), 1000)]

@@ -22,7 +22,7 @@ from jaxae.metrics import (KNN_K, fit_pca, knn_accuracy, mean_image_mse, nearest
 from jaxae.config import Config, UsageError, load_config
 from jaxae.data import Dataset, load
 from jaxae.models import model_from_config
-from jaxae.train import TrainState, create_train_state, pad_to_multiple, steps_per_epoch
+from jaxae.train import TrainState, pad_to_multiple, steps_per_epoch, train_state_to_restore
 
 BATCH = 500          # images per scan step when encoding / reconstructing a split
 NOISE_SEED = 1234    # corrupted test inputs are the same in every evaluation of every run
@@ -40,10 +40,7 @@ def restore(workdir: str, step: int | None = None, data: str | None = None,
     cfg = cfg.replace(data=data or cfg.data, cache_dir=cfg.cache_dir if cache_dir is None else cache_dir)
     ds = load(cfg.data, cfg.dataset, cfg.cache_dir)
     spe = max(steps_per_epoch(ds.train_images.shape[0], cfg.batch_size), 1)
-    # Only the structure is needed (restore overwrites every leaf): tracing create_train_state and filling
-    # zeros skips compiling model.init, which took tens of seconds on a busy 2-core CPU.
-    abstract = jax.eval_shape(lambda: create_train_state(cfg, ds.image_shape, cfg.epochs * spe, spe))
-    state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
+    state = train_state_to_restore(cfg, ds.image_shape, cfg.epochs * spe, spe)
     mngr = checkpoints.manager(workdir, create=False)
     try:
         state = checkpoints.restore(mngr, state, step)

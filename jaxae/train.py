@@ -50,14 +50,36 @@ def make_optimizer(cfg: Config, total_steps: int, spe: int) -> optax.GradientTra
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt) if cfg.grad_clip > 0 else opt
 
 
+def init_params(model, key: jax.Array, image_shape):
+    """model.init's parameters for images of image_shape, compiled as one program.
+
+    On CPU that program is compiled at optimisation level 1 rather than XLA's default 3. It is mostly the
+    threefry random bits of each parameter array (54 in the default model), which level 3 took 10-25 s to
+    optimise on the 2-core box, the tiny test models longest; level 1 takes about 4 s and gives the same
+    parameters bit for bit (docs/performance.md, twelfth session; tests/test_train.py). The program runs
+    once, in 0.25 s either way. A level set in XLA_FLAGS is left to rule.
+    """
+    level_set = "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "")
+    options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" and not level_set else None
+    init = jax.jit(model.init, compiler_options=options)
+    return init(key, jnp.zeros((1, *image_shape), jnp.float32))["params"]
+
+
 def create_train_state(cfg: Config, image_shape, total_steps: int, spe: int) -> TrainState:
     """Fresh parameters and optimiser state from cfg.seed."""
     model = model_from_config(cfg, image_shape)
     root = jax.random.PRNGKey(cfg.seed)
     init_key, train_key = jax.random.split(root)
-    params = jax.jit(model.init)(init_key, jnp.zeros((1, *image_shape), jnp.float32))["params"]
+    params = init_params(model, init_key, image_shape)
     return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(cfg, total_steps, spe),
                              key=train_key)
+
+
+def train_state_to_restore(cfg: Config, image_shape, total_steps: int, spe: int) -> TrainState:
+    """Zeros in the structure of create_train_state's state, to restore a checkpoint into: restore overwrites
+    every leaf, so tracing create_train_state (its checks included) is enough and model.init is not compiled."""
+    abstract = jax.eval_shape(lambda: create_train_state(cfg, image_shape, total_steps, spe))
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
 
 
 def place_state(state: TrainState, mesh: Mesh) -> TrainState:
@@ -375,7 +397,8 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     total = cfg.epochs * spe if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * spe)
     k = default_steps_per_call(cfg, spe)
 
-    state = create_train_state(cfg, ds.image_shape, cfg.epochs * spe, spe)  # the model's own checks, too
+    # the model's own checks, too; a resumed run restores every leaf, so it needs only the structure
+    state = (train_state_to_restore if resuming else create_train_state)(cfg, ds.image_shape, cfg.epochs * spe, spe)
     if earlier_run:
         _set_aside(cfg)
     mngr = checkpoints.manager(cfg.workdir, cfg.keep)
