@@ -44,6 +44,39 @@ def test_freed_memory_stays_in_the_process():
     assert _held_fraction("keep", "release") < 0.1  # once an epoch, train_and_evaluate gives it back
 
 
+# Threads that malloc, then glibc's own per-arena report (malloc_stats, on stderr): by default each new thread
+# gets an arena of its own; after keep_freed_memory() they all share the main one.
+ARENA_PROBE = r"""
+import ctypes, sys, threading
+from jaxae import hostmem
+if sys.argv[1] == "keep":
+    assert hostmem.keep_freed_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+together = threading.Barrier(4)
+def work():
+    p = libc.malloc(1 << 20)
+    ctypes.memset(p, 1, 1 << 20)
+    together.wait()  # all four alive at once: no thread can take over an exited one's arena
+    libc.free(p)
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+libc.malloc_stats()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("mode,arenas", [("default", lambda n: n >= 4), ("keep", lambda n: n == 1)])
+def test_threads_share_the_main_malloc_arena(mode, arenas):
+    out = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, check=True)
+    n = out.stderr.count("Arena ")
+    assert arenas(n), out.stderr
+
+
 # A ~40 ms CPU program: dispatched asynchronously, its result is not ready when the call returns; run inline,
 # it is. After JAX's backends have started, the setting can no longer change and the call says so.
 DISPATCH_PROBE = r"""
