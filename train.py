@@ -17,10 +17,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg, explicit = config.from_args(args)
 
-    from jaxae import distributed, figures
+    from jaxae import distributed, figures, hostmem
     from jaxae.config import TrainingStopped
     from jaxae.train import train_and_evaluate
 
+    hostmem.keep_freed_memory()  # before distributed.initialize starts threads: they too share one malloc arena
     distributed.initialize(cfg)  # before anything touches a device
     import jax
 

@@ -327,7 +327,7 @@ def _fmt(v, spec):
 
 def _freed(worker: dict) -> str:
     inline = {True: "; CPU programs run inline", False: "; CPU programs dispatched asynchronously"}
-    return "freed host memory " + ("kept" if worker.get("keep_freed_memory") else
+    return "freed host memory " + ("kept, 2 malloc arenas" if worker.get("keep_freed_memory") else
                                    "returned to the kernel (glibc's default)") + inline.get(
         worker.get("cpu_programs_inline"), "")
 

@@ -21,9 +21,11 @@ Which arena, too. glibc gives each new thread a malloc arena of its own, up to 8
 worker threads, orbax's save threads and the rest each grew theirs to its own high-water mark and kept it. The
 default model on 2,560 training images (an epoch end every 10 steps): over 8 epochs the 15 thread arenas grew
 from 520 to 834 MB of heap for 100-180 MB in use, and the process's heap from 1.44 to 1.82 GB, the creep seen
-at epoch ends of full CPU runs. `keep_freed_memory()` also limits the process to the main arena: the heap
-then stayed at 1.38-1.39 GB over the five epoch ends measured, at the same step speed (docs/performance.md,
-twelfth session).
+at epoch ends of full CPU runs. `keep_freed_memory()` also limits the process to 2 arenas, the main thread's and
+one that every other thread shares: the heap then stayed at 1.36-1.39 GB over 6 epoch ends. One arena did the
+same for the heap, and left the default model's step as fast, but slowed the quick model's by 14-29 % (lock
+contention, as the fifth session had found); with two it runs as fast as before (docs/performance.md, twelfth
+session).
 """
 
 from __future__ import annotations
@@ -48,12 +50,12 @@ def _libc():
 
 
 def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse (no trimming, no per-block mmap), in one arena that
-    every thread shares.
+    """Ask glibc's malloc to keep freed memory for reuse (no trimming, no per-block mmap), in at most 2 arenas.
 
-    Takes effect for allocations made after the call, and the arena limit for threads that have not yet
-    allocated (call it before JAX starts its backend); calling it again is harmless. Returns False, changing
-    nothing, where there is no glibc mallopt (macOS, Windows, musl).
+    Takes effect for allocations made after the call. The arena limit holds for threads that allocate for the
+    first time after it, and only while glibc has not yet fixed its own limit (it does so once 9 arenas
+    exist): call it first thing, before JAX starts its backend or jax.distributed its threads. Calling it
+    again is harmless. Returns False, changing nothing, where there is no glibc mallopt (macOS, Windows, musl).
     """
     mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is None:
@@ -62,7 +64,7 @@ def keep_freed_memory() -> bool:
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success; musl's stub returns 0 and changes nothing
     return (mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1 and mallopt(_M_MMAP_MAX, 0) == 1
-            and mallopt(_M_ARENA_MAX, 1) == 1)
+            and mallopt(_M_ARENA_MAX, 2) == 1)
 
 
 def release_free_memory() -> bool:
