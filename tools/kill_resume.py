@@ -91,10 +91,10 @@ def final_params_hash(workdir: str) -> tuple[int, str]:
 
     from jaxae import checkpoints
     from jaxae.config import load_config
-    from jaxae.train import create_train_state
+    from jaxae.train import train_state_to_restore
 
     cfg = load_config(workdir)
-    state = create_train_state(cfg, (16, 16, 3), 1, 1)
+    state = train_state_to_restore(cfg, (16, 16, 3), 1, 1)
     mngr = checkpoints.manager(workdir, create=False)
     state = checkpoints.restore(mngr, state)
     mngr.close()
