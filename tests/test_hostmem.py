@@ -7,9 +7,8 @@ import sys
 
 import pytest
 
-# Allocates and touches 256 MiB with the C library's malloc, frees it and prints how much of it the process
-# still holds. glibc serves a block that large with its own mmap and unmaps it on free: nothing is held.
-PROBE = r"""
+# The probes' start: with argv[1] "keep", the allocator settings of train.py; the C library's malloc and free.
+PREAMBLE = r"""
 import ctypes, sys
 from jaxae import hostmem
 if sys.argv[1] == "keep":
@@ -17,6 +16,11 @@ if sys.argv[1] == "keep":
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
+"""
+
+# Allocates and touches 256 MiB with the C library's malloc, frees it and prints how much of it the process
+# still holds. glibc serves a block that large with its own mmap and unmaps it on free: nothing is held.
+PROBE = PREAMBLE + r"""
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096
 n = 256 << 20
@@ -46,14 +50,8 @@ def test_freed_memory_stays_in_the_process():
 
 # Threads that malloc, then glibc's own per-arena report (malloc_stats, on stderr): by default each new thread
 # gets an arena of its own; after keep_freed_memory() they all share one beside the main thread's.
-ARENA_PROBE = r"""
-import ctypes, sys, threading
-from jaxae import hostmem
-if sys.argv[1] == "keep":
-    assert hostmem.keep_freed_memory()
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
+ARENA_PROBE = PREAMBLE + r"""
+import threading
 together = threading.Barrier(4)
 def work():
     p = libc.malloc(1 << 20)
