@@ -22,7 +22,7 @@ worker threads, orbax's save threads and the rest each grew theirs to its own hi
 default model on 2,560 training images (an epoch end every 10 steps): over 8 epochs the 15 thread arenas grew
 from 520 to 834 MB of heap for 100-180 MB in use, and the process's heap from 1.44 to 1.82 GB, the creep seen
 at epoch ends of full CPU runs. `keep_freed_memory()` also limits the process to 2 arenas, the main thread's and
-one that every other thread shares: the heap then stayed at 1.36-1.39 GB over 6 epoch ends. One arena did the
+one that every other thread shares: the heap then stayed at 1.36-1.39 GB over 7 epoch ends. One arena did the
 same for the heap, and left the default model's step as fast, but slowed the quick model's by 14-29 % (lock
 contention, as the fifth session had found); with two it runs as fast as before (docs/performance.md, twelfth
 session).
