@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     from jaxae.config import TrainingStopped
     from jaxae.train import train_and_evaluate
 
-    hostmem.keep_freed_memory()  # before distributed.initialize starts threads: they too share one malloc arena
+    hostmem.keep_freed_memory()  # before distributed.initialize starts threads, so that they too keep to 2 arenas
     distributed.initialize(cfg)  # before anything touches a device
     import jax
 

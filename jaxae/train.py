@@ -539,8 +539,8 @@ def _kept(mngr, which: str = "last") -> str:
 
 def _diverged(what: str, cfg: Config, mngr) -> None:
     raise TrainingStopped(f"{what} with --learning-rate {cfg.learning_rate}: training diverged, most likely "
-                          f"the learning rate is too high; {_kept(mngr, 'last good')}. Run again with a few times lower "
-                          f"--learning-rate and --fresh (old checkpoints are moved aside) or another --workdir")
+                          f"the learning rate is too high; {_kept(mngr, 'last good')}. Run again with a few times "
+                          f"lower --learning-rate and --fresh (old checkpoints are moved aside) or another --workdir")
 
 
 # A run has collapsed when its test MSE is back at the mean image's after it had been well below it: the

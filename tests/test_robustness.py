@@ -24,7 +24,7 @@ from jaxae import checkpoints, data
 from jaxae.config import UsageError
 from jaxae import train as train_module
 from jaxae.metrics import mean_image_mse
-from jaxae.train import TrainingStopped, collapsed, create_train_state, train_and_evaluate
+from jaxae.train import TrainingStopped, collapsed, train_and_evaluate, train_state_to_restore
 
 ENV = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "PYTHONUNBUFFERED": "1"}
 
@@ -50,7 +50,7 @@ def tree_hash(root) -> dict[str, str]:
 
 def params_hash(workdir) -> tuple[int, str]:
     cfg = tiny_config(os.path.dirname(str(workdir)))
-    state = create_train_state(cfg, (16, 16, 3), 1, 1)
+    state = train_state_to_restore(cfg, (16, 16, 3), 1, 1)
     with checkpoints.manager(str(workdir), create=False) as mngr:
         state = checkpoints.restore(mngr, state)
     return int(state.step), hashlib.sha256(b"".join(np.asarray(x).tobytes()
@@ -159,7 +159,7 @@ def test_restore_from_empty_manager_is_usage_error(tmp_path):
     cfg = tiny_config(tmp_path)
     with checkpoints.manager(cfg.workdir) as mngr, \
             pytest.raises(UsageError, match="no checkpoint in .*python train.py --workdir"):
-        checkpoints.restore(mngr, create_train_state(cfg, (16, 16, 3), 1, 1))
+        checkpoints.restore(mngr, train_state_to_restore(cfg, (16, 16, 3), 1, 1))
 
 
 def test_stray_files_skipped_with_warning_and_gray_rgba_converted(tmp_path, capsys):
@@ -232,7 +232,7 @@ def test_corrupt_checkpoint_reported_and_previous_restored(three_epochs, tmp_pat
     assert sorted(os.listdir(ckdir), key=int) == ["4", "8", "12"]
     # Each manager is closed after use, as train.py and evaluate.py close theirs.
     with checkpoints.manager(cfg.workdir) as mngr:
-        step8 = checkpoints.restore(mngr, create_train_state(cfg, (16, 16, 3), 1, 1), step=8)
+        step8 = checkpoints.restore(mngr, train_state_to_restore(cfg, (16, 16, 3), 1, 1), step=8)
     # Garble the middle of every data file of step 12: orbax itself would read such bytes without complaint.
     for path in glob.glob(os.path.join(ckdir, "12", "**", "d", "*"), recursive=True):
         with open(path, "r+b") as fh:
@@ -241,7 +241,7 @@ def test_corrupt_checkpoint_reported_and_previous_restored(three_epochs, tmp_pat
             fh.write(bytes(b ^ 0xFF for b in fh.read(8)) if size > 16 else b"")
     capsys.readouterr()
     with checkpoints.manager(cfg.workdir) as mngr:
-        state = checkpoints.restore(mngr, create_train_state(cfg, (16, 16, 3), 1, 1), set_aside=True)
+        state = checkpoints.restore(mngr, train_state_to_restore(cfg, (16, 16, 3), 1, 1), set_aside=True)
     err = capsys.readouterr().err
     assert "checkpoint step 12" in err and "cannot be read" in err and "restored the previous good" in err
     assert int(state.step) == 8
@@ -258,7 +258,7 @@ def test_truncated_checkpoint_falls_back(three_epochs, tmp_path, capsys):
     biggest = max(glob.glob(os.path.join(ckdir, "12", "**", "d", "*"), recursive=True), key=os.path.getsize)
     os.truncate(biggest, 10)
     with checkpoints.manager(cfg.workdir) as mngr:
-        state = checkpoints.restore(mngr, create_train_state(cfg, (16, 16, 3), 1, 1))
+        state = checkpoints.restore(mngr, train_state_to_restore(cfg, (16, 16, 3), 1, 1))
     assert int(state.step) == 8
     assert "checkpoint step 12" in capsys.readouterr().err
     assert os.path.isdir(os.path.join(ckdir, "12"))  # without set_aside (evaluate): left where it was
