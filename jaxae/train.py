@@ -57,10 +57,13 @@ def init_params(model, key: jax.Array, image_shape):
     threefry random bits of each parameter array (54 in the default model), which level 3 took 10-25 s to
     optimise on the 2-core box, the tiny test models longest; level 1 takes about 4 s and gives the same
     parameters bit for bit (docs/performance.md, twelfth session; tests/test_train.py). The program runs
-    once, in 0.25 s either way. A level set in XLA_FLAGS is left to rule.
+    once, in 0.25 s either way. A level set in XLA_FLAGS is left to rule, and so is an enclosing trace
+    (train_state_to_restore's eval_shape), inside which a jit may not carry compiler options.
     """
     level_set = "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "")
-    options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" and not level_set else None
+    traced = isinstance(key, jax.core.Tracer)
+    on_cpu = jax.default_backend() == "cpu"
+    options = {"xla_backend_optimization_level": 1} if on_cpu and not level_set and not traced else None
     init = jax.jit(model.init, compiler_options=options)
     return init(key, jnp.zeros((1, *image_shape), jnp.float32))["params"]
 
