@@ -1,10 +1,13 @@
-"""Orbax checkpoints of the TrainState in WORKDIR/checkpoints, and the run's saved config."""
+"""Orbax checkpoints of the TrainState in WORKDIR/checkpoints, the run's saved config, and whether a run in a workdir
+resumes or starts over."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -15,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxae.config import Config, UsageError, config_path
+from jaxae.config import PRESETS, Config, UsageError, config_path, load_config
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -236,3 +239,48 @@ def move_aside(workdir: str) -> str:
         if os.path.exists(src):
             os.replace(src, os.path.join(dest, name))
     return dest
+
+
+def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
+    """Decide fresh start vs resume; on resume, the saved config wins and contradicting flags are refused.
+    With --fresh over an earlier run, the caller sets that run aside (start_over) once every check has passed."""
+    if cfg.fresh or not has_checkpoints(cfg.workdir):
+        return cfg, False
+    saved = load_config(cfg.workdir)
+    # A --preset sets fields too: resuming a default-preset run with --preset tiny must not silently mix.
+    via_preset = set(PRESETS.get(cfg.preset, {})) - explicit if "preset" in explicit else set()
+    for name in Config.RUN_FIELDS:
+        if name in explicit | via_preset and getattr(saved, name) != getattr(cfg, name):
+            given = (f"--preset {cfg.preset} sets --{name.replace('_', '-')} {getattr(cfg, name)}"
+                     if name in via_preset else f"not {getattr(cfg, name)}")
+            raise UsageError(f"{cfg.workdir} holds a run with --{name.replace('_', '-')} {getattr(saved, name)}, "
+                             f"{given}: drop the flag to resume it, or pass --fresh to start over (old "
+                             f"checkpoints are moved aside), or use another --workdir")
+    # The other settings are this command's, except those the run's preset sets and this command left at its
+    # own preset's value: a tiny-preset run resumed by `python train.py --workdir W` keeps --log-every 2.
+    keep = {name: getattr(cfg, name) for name in dataclasses.asdict(cfg) if name not in Config.RUN_FIELDS}
+    unset = Config(**PRESETS[cfg.preset])
+    for name, value in PRESETS.get(saved.preset, {}).items():
+        if name in keep and name not in explicit | via_preset and keep[name] == getattr(unset, name):
+            keep[name] = value
+    return saved.replace(**{**keep, "preset": saved.preset}), True
+
+
+def start_over(cfg: Config) -> None:
+    """--fresh: move the earlier run's checkpoints and metrics aside (never deleted). Every process calls it:
+    each looked for them at its start, and none may look while process 0 moves them."""
+    from jax.experimental import multihost_utils
+    multi = jax.process_count() > 1
+    if multi:
+        multihost_utils.sync_global_devices("jaxae-fresh-checked")
+    if jax.process_index() == 0:
+        moved = move_aside(cfg.workdir)
+        print(f"--fresh: moved the previous run's checkpoints and metrics to {moved}")
+    if multi:
+        multihost_utils.sync_global_devices("jaxae-fresh")
+
+
+def resume_command(cfg: Config) -> str:
+    """The command that resumes the run in cfg.workdir: the run's own saved config supplies the rest. Not
+    "the same command", which starts over when it had --fresh and is another script's in bench/."""
+    return f"python train.py --workdir {shlex.quote(cfg.workdir)}"

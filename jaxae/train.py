@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import json
 import os
-import shlex
 import signal
 import sys
 import time
@@ -20,8 +19,8 @@ from flax.training import train_state
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxae import checkpoints, corruption, hostmem, losses
-from jaxae.config import PRESETS, Config, TrainingStopped, UsageError, load_config
+from jaxae import checkpoints, corruption, hostmem, losses, monitor
+from jaxae.config import Config, UsageError
 from jaxae.data import Dataset, load
 from jaxae.metrics import mean_image_mse
 from jaxae.models import model_from_config
@@ -272,51 +271,6 @@ def reconstruction_error(state: TrainState, images_dev, mask_dev, batch_size: in
 
 # ------------------------------------------------------------------------------------- loop
 
-def _resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
-    """Decide fresh start vs resume; on resume, the saved config wins and contradicting flags are refused.
-    With --fresh over an earlier run, the caller sets that run aside (_set_aside) once every check has passed."""
-    if cfg.fresh or not checkpoints.has_checkpoints(cfg.workdir):
-        return cfg, False
-    saved = load_config(cfg.workdir)
-    # A --preset sets fields too: resuming a default-preset run with --preset tiny must not silently mix.
-    via_preset = set(PRESETS.get(cfg.preset, {})) - explicit if "preset" in explicit else set()
-    for name in Config.RUN_FIELDS:
-        if name in explicit | via_preset and getattr(saved, name) != getattr(cfg, name):
-            given = (f"--preset {cfg.preset} sets --{name.replace('_', '-')} {getattr(cfg, name)}"
-                     if name in via_preset else f"not {getattr(cfg, name)}")
-            raise UsageError(f"{cfg.workdir} holds a run with --{name.replace('_', '-')} {getattr(saved, name)}, "
-                             f"{given}: drop the flag to resume it, or pass --fresh to start over (old "
-                             f"checkpoints are moved aside), or use another --workdir")
-    # The other settings are this command's, except those the run's preset sets and this command left at its
-    # own preset's value: a tiny-preset run resumed by `python train.py --workdir W` keeps --log-every 2.
-    keep = {name: getattr(cfg, name) for name in dataclasses.asdict(cfg) if name not in Config.RUN_FIELDS}
-    unset = Config(**PRESETS[cfg.preset])
-    for name, value in PRESETS.get(saved.preset, {}).items():
-        if name in keep and name not in explicit | via_preset and keep[name] == getattr(unset, name):
-            keep[name] = value
-    return saved.replace(**{**keep, "preset": saved.preset}), True
-
-
-def _set_aside(cfg: Config) -> None:
-    """--fresh: move the earlier run's checkpoints and metrics aside (never deleted). Every process calls it:
-    each looked for them at its start, and none may look while process 0 moves them."""
-    from jax.experimental import multihost_utils
-    multi = jax.process_count() > 1
-    if multi:
-        multihost_utils.sync_global_devices("jaxae-fresh-checked")
-    if jax.process_index() == 0:
-        moved = checkpoints.move_aside(cfg.workdir)
-        print(f"--fresh: moved the previous run's checkpoints and metrics to {moved}")
-    if multi:
-        multihost_utils.sync_global_devices("jaxae-fresh")
-
-
-def resume_command(cfg: Config) -> str:
-    """The command that resumes the run in cfg.workdir: the run's own saved config supplies the rest. Not
-    "the same command", which starts over when it had --fresh and is another script's in bench/."""
-    return f"python train.py --workdir {shlex.quote(cfg.workdir)}"
-
-
 def _device_layout(batch_size: int) -> tuple[int, int]:
     n_dev = jax.device_count()
     if batch_size % n_dev:
@@ -347,32 +301,6 @@ def device_epoch_order(seed: int, epoch: int, n: int, spe: int, batch_size: int,
     return jax.device_put(order, NamedSharding(mesh, P(AXIS)))
 
 
-class _Stop:
-    """SIGTERM / Ctrl-C: finish the call in flight, save, exit (0 for SIGTERM, 130 for Ctrl-C)."""
-
-    def __init__(self):
-        self.signum = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def _log(msg: str) -> None:
-    if jax.process_index() == 0:
-        print(msg, flush=True)
-
 
 def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Dataset | None = None,
                        progress: bool = True) -> dict[str, Any]:
@@ -384,7 +312,7 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
 
 
 def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, progress: bool) -> dict[str, Any]:
-    cfg, resuming = _resolve_workdir(cfg.validate(), set(explicit))
+    cfg, resuming = checkpoints.resolve_workdir(cfg.validate(), set(explicit))
     earlier_run = cfg.fresh and checkpoints.has_checkpoints(cfg.workdir)  # set aside below, after the checks
     n_dev, local_batch = _device_layout(cfg.batch_size)
     micro = microbatch_size(cfg, local_batch)
@@ -403,31 +331,31 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     # the model's own checks, too; a resumed run restores every leaf, so it needs only the structure
     state = (train_state_to_restore if resuming else create_train_state)(cfg, ds.image_shape, cfg.epochs * spe, spe)
     if earlier_run:
-        _set_aside(cfg)
+        checkpoints.start_over(cfg)
     mngr = checkpoints.manager(cfg.workdir, cfg.keep)
     if resuming:
         state = checkpoints.restore(mngr, state, set_aside=True)
-        _log(f"resuming {cfg.workdir} from step {int(state.step)} (epoch {int(state.step) // spe})")
+        monitor.log(f"resuming {cfg.workdir} from step {int(state.step)} (epoch {int(state.step) // spe})")
     elif jax.process_index() == 0:
         checkpoints.save_config(cfg)
-    _log("config: " + json.dumps(dataclasses.asdict(cfg), sort_keys=True))
-    _log(f"data: {n_train} train / {ds.test_images.shape[0]} test images of {ds.image_shape}, "
-         f"{len(ds.class_names)} classes; {jax.device_count()} {jax.default_backend()} device(s), "
-         f"{spe} steps/epoch, {k} step(s) per call, {local_batch // micro} pass(es) of {micro} per step and "
-         f"device, {total} steps in all")
+    monitor.log("config: " + json.dumps(dataclasses.asdict(cfg), sort_keys=True))
+    monitor.log(f"data: {n_train} train / {ds.test_images.shape[0]} test images of {ds.image_shape}, "
+                f"{len(ds.class_names)} classes; {jax.device_count()} {jax.default_backend()} device(s), "
+                f"{spe} steps/epoch, {k} step(s) per call, {local_batch // micro} pass(es) of {micro} per step and "
+                f"device, {total} steps in all")
 
     if jax.default_backend() == "cpu" and jax.local_device_count() > 1 and jax.process_index() == 0:
         print(f"note: with {jax.local_device_count()} CPU devices in one process XLA:CPU can hang at the gradient "
               f"all-reduce when other programs compete for the cores (docs/performance.md); XLA then aborts "
-              f"after 40 s and `{resume_command(cfg)}` resumes from the last checkpoint. One device (unset "
-              f"JAX_NUM_CPU_DEVICES) is the safe choice, and as fast for the quick preset", file=sys.stderr)
+              f"after 40 s and `{checkpoints.resume_command(cfg)}` resumes from the last checkpoint. One device "
+              f"(unset JAX_NUM_CPU_DEVICES) is the safe choice, and as fast for the quick preset", file=sys.stderr)
     metrics_file = os.path.join(cfg.workdir, "metrics.jsonl")
-    _truncate_metrics(metrics_file, int(state.step))
+    monitor.truncate_metrics(metrics_file, int(state.step))
     baseline = mean_image_mse(ds.train_images, ds.test_images)
-    best = _best_test_mse(metrics_file, int(state.step))  # a resumed run's earlier epochs count too
-    _log(f"baseline: the mean training image has test mse {baseline:.5f} (a network that ignores its input "
-         f"does no better)")
-    writer = _tensorboard(cfg.workdir)
+    best = monitor.best_test_mse(metrics_file, int(state.step))  # a resumed run's earlier epochs count too
+    monitor.log(f"baseline: the mean training image has test mse {baseline:.5f} (a network that ignores its "
+                f"input does no better)")
+    writer = monitor.tensorboard(cfg.workdir)
 
     mesh = Mesh(np.array(jax.local_devices()), (AXIS,))
     replicated = NamedSharding(mesh, P())
@@ -440,13 +368,13 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     result: dict[str, Any] = {"exit": 0}
     step = int(state.step)
     bar = None
-    with _Stop() as stop:
+    with monitor.Stop() as stop:
         try:
             while step < total and stop.signum is None:
                 epoch = step // spe
                 perm = device_epoch_order(cfg.seed, epoch, n_train, spe, cfg.batch_size, mesh)
                 end = min((epoch + 1) * spe, total)
-                bar = _bar(progress, epoch, cfg.epochs, step - epoch * spe, end - epoch * spe)
+                bar = monitor.progress_bar(progress, epoch, cfg.epochs, step - epoch * spe, end - epoch * spe)
                 pending, t_last, n_last = [], time.perf_counter(), step
                 losses_epoch = []
                 while step < end and stop.signum is None:
@@ -457,7 +385,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
                     pending.append((step, m["loss"]))
                     step += n
                     if step - n_last >= cfg.log_every or step == end:
-                        fetched = _check_finite(pending, cfg, mngr)
+                        fetched = monitor.check_finite(pending, cfg, mngr)
                         losses_epoch += fetched
                         now = time.perf_counter()
                         rate = (step - n_last) * cfg.batch_size / (now - t_last)
@@ -466,22 +394,22 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
                             bar.set_postfix(loss=f"{np.mean(fetched):.4f}", img_s=f"{rate:,.0f}")
                         pending, t_last, n_last = [], now, step
                 if pending:
-                    losses_epoch += _check_finite(pending, cfg, mngr)
+                    losses_epoch += monitor.check_finite(pending, cfg, mngr)
                 if bar is not None:
                     bar.close()
                 epoch_done = step == end and (step % spe == 0 or step == total)
                 if epoch_done:
                     record = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses_epoch)),
                               **reconstruction_error(state, test_x, test_mask, 500), "time": time.time()}
-                    _write_metrics(metrics_file, writer, record)
-                    _log(f"epoch {epoch + 1}/{cfg.epochs}  train {cfg.loss} {record['train_loss']:.5f}  "
-                         f"test mse {record['test_mse']:.5f}  test mae {record['test_mae']:.5f}")
+                    monitor.write_metrics(metrics_file, writer, record)
+                    monitor.log(f"epoch {epoch + 1}/{cfg.epochs}  train {cfg.loss} {record['train_loss']:.5f}  "
+                                f"test mse {record['test_mse']:.5f}  test mae {record['test_mae']:.5f}")
                     result.update(record)
                     best = min(best, record["test_mse"])
-                    if collapsed(record["test_mse"], best, baseline):  # before the save: the last one is kept
-                        _collapsed(epoch + 1, record["test_mse"], best, baseline, cfg, mngr)
+                    # before the save, so that the last checkpoint is kept
+                    monitor.check_collapse(epoch + 1, record["test_mse"], best, baseline, cfg, mngr)
                     if (epoch + 1) % cfg.save_every_epochs == 0 or step == total:
-                        _save(mngr, state, cfg)
+                        monitor.save_finite(mngr, state, cfg)
                         if jax.default_backend() == "cpu":
                             # Let the async save finish first: its buffers, allocated while the next epoch's
                             # first steps ran, split the step's freed block of temporaries, and the heap grew
@@ -490,12 +418,12 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
                             checkpoints.wait(mngr)
                     hostmem.release_free_memory()  # what the test pass and the save left free, once an epoch
             if step < total:  # stopped by a signal: keep what was done
-                _save(mngr, state, cfg)
+                monitor.save_finite(mngr, state, cfg)
                 result["exit"] = 0 if stop.signum == signal.SIGTERM else 130
-                _log(f"stopped by {signal.Signals(stop.signum).name} at step {step}: checkpoint saved; "
-                     f"`{resume_command(cfg)}` resumes it")
+                monitor.log(f"stopped by {signal.Signals(stop.signum).name} at step {step}: checkpoint saved; "
+                            f"`{checkpoints.resume_command(cfg)}` resumes it")
             else:
-                _save(mngr, state, cfg)
+                monitor.save_finite(mngr, state, cfg)
         finally:
             if bar is not None:
                 bar.close()
@@ -507,129 +435,3 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     result["total"] = total  # step < total: stopped by a signal before the end (exit 0 for SIGTERM)
     result["state"] = state
     return result
-
-
-def _check_finite(pending, cfg: Config, mngr) -> list[float]:
-    """Fetch the pending losses (one host sync per log interval) and stop on the first non-finite one."""
-    out = []
-    for first, losses_dev in pending:
-        vals = np.asarray(jax.device_get(losses_dev)).reshape(-1)
-        bad = np.flatnonzero(~np.isfinite(vals))
-        if bad.size:
-            _diverged(f"loss became {vals[bad[0]]} at step {first + int(bad[0]) + 1}", cfg, mngr)
-        out += vals.tolist()
-    return out
-
-
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def _save(mngr, state, cfg: Config) -> None:
-    """Save, unless the parameters went non-finite in the steps since the last loss (which is computed
-    before the update): a checkpoint is never written from a diverged state."""
-    if not bool(_all_finite(state.params)):
-        _diverged(f"parameters became non-finite by step {int(state.step)}", cfg, mngr)
-    checkpoints.save(mngr, state)
-
-
-def _kept(mngr, which: str = "last") -> str:
-    """What a stopped run leaves: its latest checkpoint, named for the message."""
-    last = mngr.latest_step()
-    return f"the {which} checkpoint, step {last}, is kept" if last is not None else "no checkpoint was saved"
-
-
-def _diverged(what: str, cfg: Config, mngr) -> None:
-    raise TrainingStopped(f"{what} with --learning-rate {cfg.learning_rate}: training diverged, most likely "
-                          f"the learning rate is too high; {_kept(mngr, 'last good')}. Run again with a few times "
-                          f"lower --learning-rate and --fresh (old checkpoints are moved aside) or another --workdir")
-
-
-# A run has collapsed when its test MSE is back at the mean image's after it had been well below it: the
-# network gives (nearly) one output for every input. Seen on the H200 (eleventh session, docs/quality.md):
-# --batch-size 1024 --learning-rate 0.004 with seed 1 went 0.0330 -> 0.0485 -> 0.0622 in epochs 2-4 (mean image
-# 0.0612) and stayed there for the 96 epochs left, with finite losses. A run that has not learnt yet (a tiny
-# model's first steps) is never below LEARNED x the baseline, so it is not stopped.
-LEARNED, COLLAPSED = 0.8, 0.95
-
-
-def collapsed(test_mse: float, best: float, baseline: float) -> bool:
-    return baseline > 0 and best <= LEARNED * baseline and test_mse >= COLLAPSED * baseline
-
-
-def _collapsed(epoch: int, test_mse: float, best: float, baseline: float, cfg: Config, mngr) -> None:
-    raise TrainingStopped(
-        f"epoch {epoch}: test mse {test_mse:.4f} is no better than the mean training image's ({baseline:.4f}), "
-        f"after {best:.4f} earlier: the network has collapsed (it reconstructs no better than one image for every "
-        f"input would), most likely because --learning-rate {cfg.learning_rate} is too high for --batch-size "
-        f"{cfg.batch_size}; {_kept(mngr)}. Run again with a lower --learning-rate or more --warmup-epochs, and "
-        f"--fresh (old checkpoints are moved aside) or another --workdir")
-
-
-def _best_test_mse(path: str, step: int) -> float:
-    """The lowest test MSE of a run's metrics.jsonl up to `step` (inf if none). Only process 0 writes the file,
-    which every process reads (the workdir is shared); the filter on `step` gives them all the same answer,
-    whether they read it before or after process 0 drops the records past a resumed checkpoint."""
-    if not os.path.exists(path):
-        return float("inf")
-    with open(path) as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
-    return min((r["test_mse"] for r in records if "test_mse" in r and r.get("step", 0) <= step),
-               default=float("inf"))
-
-
-def _bar(progress: bool, epoch: int, epochs: int, initial: int, total: int):
-    if not progress or jax.process_index() != 0:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # a bare accelerator box may lack tqdm: train without a bar
-        return None
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
-                dynamic_ncols=True, file=sys.stderr,
-                mininterval=0.5 if sys.stderr.isatty() else 30)
-
-
-def _tensorboard(workdir: str):
-    if jax.process_index() != 0:
-        return None
-    # tensorboardX imports torch whenever it is installed (only for type hints and torch tensors): 1.7 s and
-    # 180 MB of resident memory in a JAX run, on the box where the bench's PyTorch twin is installed. Hidden
-    # for the import unless something already loaded it.
-    hide = "torch" not in sys.modules
-    if hide:
-        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:  # optional (the GPU box has no tensorboardX): metrics.jsonl has everything
-        return None
-    finally:
-        if hide and sys.modules.get("torch", False) is None:
-            del sys.modules["torch"]
-    return SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-
-def _write_metrics(path: str, writer, record: dict) -> None:
-    if jax.process_index() != 0:
-        return
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
-    if writer is not None:
-        for k, v in record.items():
-            if k not in ("epoch", "step", "time"):
-                writer.add_scalar(k, v, record["step"])
-        writer.flush()
-
-
-def _truncate_metrics(path: str, step: int) -> None:
-    """On resume, drop records of steps after the restored checkpoint (they will be redone)."""
-    if not os.path.exists(path) or jax.process_index() != 0:
-        return
-    with open(path) as fh:
-        lines = [l for l in fh if l.strip()]
-    keep = [l for l in lines if json.loads(l).get("step", 0) <= step]
-    if len(keep) != len(lines):
-        with open(path + ".tmp", "w") as fh:
-            fh.writelines(keep)
-        os.replace(path + ".tmp", path)

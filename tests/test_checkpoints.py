@@ -10,7 +10,7 @@ import pytest
 
 from conftest import tiny_config
 from jaxae import checkpoints, train
-from jaxae.config import UsageError, load_config
+from jaxae.config import PRESETS, Config, UsageError, load_config
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +100,15 @@ def test_move_aside_deletes_nothing_and_config_is_saved(fresh_state, tmp_path):
     assert os.path.isdir(os.path.join(moved, "checkpoints", "4"))
     assert os.path.exists(os.path.join(moved, "metrics.jsonl")) and os.path.exists(os.path.join(moved, "config.json"))
     assert os.path.dirname(moved) == cfg.workdir
+
+
+def test_resuming_keeps_what_the_runs_preset_set(tmp_path):
+    """`python train.py --workdir W` on a tiny-preset run: the preset's loop settings (--log-every 2) come
+    back with the run's own, unless this command sets them."""
+    workdir = str(tmp_path / "run")
+    checkpoints.save_config(Config(**PRESETS["tiny"], preset="tiny", workdir=workdir, data="folder"))
+    os.makedirs(os.path.join(workdir, "checkpoints", "4"))
+    cfg, resuming = checkpoints.resolve_workdir(Config(workdir=workdir), {"workdir"})
+    assert resuming and cfg.preset == "tiny" and cfg.log_every == 2 and cfg.width == 8 and cfg.data == "folder"
+    cfg, _ = checkpoints.resolve_workdir(Config(workdir=workdir, log_every=7), {"workdir", "log_every"})
+    assert cfg.log_every == 7

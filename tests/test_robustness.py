@@ -21,10 +21,12 @@ import pytest
 
 from conftest import REFERENCE_FLAGS, REFERENCE_STEPS, REPO, make_image_folder, tiny_config, tiny_dataset
 from jaxae import checkpoints, data
-from jaxae.config import UsageError
+from jaxae.config import TrainingStopped, UsageError
 from jaxae import train as train_module
 from jaxae.metrics import mean_image_mse
-from jaxae.train import TrainingStopped, collapsed, train_and_evaluate, train_state_to_restore
+from jaxae.monitor import collapsed
+from jaxae.train import train_and_evaluate, train_state_to_restore
+from tools.kill_resume import final_params_hash as params_hash
 
 ENV = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "PYTHONUNBUFFERED": "1"}
 
@@ -46,15 +48,6 @@ def tree_hash(root) -> dict[str, str]:
             with open(path, "rb") as fh:
                 out[os.path.relpath(path, root)] = hashlib.sha256(fh.read()).hexdigest()
     return out
-
-
-def params_hash(workdir) -> tuple[int, str]:
-    cfg = tiny_config(os.path.dirname(str(workdir)))
-    state = train_state_to_restore(cfg, (16, 16, 3), 1, 1)
-    with checkpoints.manager(str(workdir), create=False) as mngr:
-        state = checkpoints.restore(mngr, state)
-    return int(state.step), hashlib.sha256(b"".join(np.asarray(x).tobytes()
-                                                    for x in jax.tree.leaves(state.params))).hexdigest()
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
@@ -365,7 +358,7 @@ def test_sigterm_sigint_sigkill_then_resume_is_bitwise_identical(tmp_path, refer
     assert f"checkpoint saved; `python train.py --workdir {workdir}` resumes it" in out
     assert stopped >= 4 and str(stopped) in os.listdir(ckdir)  # saved at the step it stopped at
 
-    # After an epoch line: _Stop is installed by then (a shell's background job inherits SIGINT ignored).
+    # After an epoch line: monitor.Stop is installed by then (a shell's background job inherits SIGINT ignored).
     code, out, err = _run_until(args, "epoch", signal.SIGINT)
     assert code == 130, err
     assert f"from step {stopped}" in out and "stopped by SIGINT at step" in out

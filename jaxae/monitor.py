@@ -1,0 +1,175 @@
+"""What watches a training run: its records (metrics.jsonl, TensorBoard, the progress bar, the log lines) and
+the rules that stop it (SIGTERM and Ctrl-C, non-finite losses or parameters, a collapse to the mean image)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxae import checkpoints
+from jaxae.config import Config, TrainingStopped
+
+
+class Stop:
+    """SIGTERM / Ctrl-C: finish the call in flight, save, exit (0 for SIGTERM, 130 for Ctrl-C)."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def log(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+def check_finite(pending, cfg: Config, mngr) -> list[float]:
+    """Fetch the pending losses (one host sync per log interval) and stop on the first non-finite one."""
+    out = []
+    for first, losses_dev in pending:
+        vals = np.asarray(jax.device_get(losses_dev)).reshape(-1)
+        bad = np.flatnonzero(~np.isfinite(vals))
+        if bad.size:
+            _diverged(f"loss became {vals[bad[0]]} at step {first + int(bad[0]) + 1}", cfg, mngr)
+        out += vals.tolist()
+    return out
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def save_finite(mngr, state, cfg: Config) -> None:
+    """Save, unless the parameters went non-finite in the steps since the last loss (which is computed
+    before the update): a checkpoint is never written from a diverged state."""
+    if not bool(_all_finite(state.params)):
+        _diverged(f"parameters became non-finite by step {int(state.step)}", cfg, mngr)
+    checkpoints.save(mngr, state)
+
+
+def _kept(mngr, which: str = "last") -> str:
+    """What a stopped run leaves: its latest checkpoint, named for the message."""
+    last = mngr.latest_step()
+    return f"the {which} checkpoint, step {last}, is kept" if last is not None else "no checkpoint was saved"
+
+
+def _diverged(what: str, cfg: Config, mngr) -> None:
+    raise TrainingStopped(f"{what} with --learning-rate {cfg.learning_rate}: training diverged, most likely "
+                          f"the learning rate is too high; {_kept(mngr, 'last good')}. Run again with a few times "
+                          f"lower --learning-rate and --fresh (old checkpoints are moved aside) or another --workdir")
+
+
+# A run has collapsed when its test MSE is back at the mean image's after it had been well below it: the
+# network gives (nearly) one output for every input. Seen on the H200 (eleventh session, docs/quality.md):
+# --batch-size 1024 --learning-rate 0.004 with seed 1 went 0.0330 -> 0.0485 -> 0.0622 in epochs 2-4 (mean image
+# 0.0612) and stayed there for the 96 epochs left, with finite losses. A run that has not learnt yet (a tiny
+# model's first steps) is never below LEARNED x the baseline, so it is not stopped.
+LEARNED, COLLAPSED = 0.8, 0.95
+
+
+def collapsed(test_mse: float, best: float, baseline: float) -> bool:
+    return baseline > 0 and best <= LEARNED * baseline and test_mse >= COLLAPSED * baseline
+
+
+def check_collapse(epoch: int, test_mse: float, best: float, baseline: float, cfg: Config, mngr) -> None:
+    """Stop the run (TrainingStopped) if epoch `epoch` left it collapsed; call it before that epoch's save."""
+    if not collapsed(test_mse, best, baseline):
+        return
+    raise TrainingStopped(
+        f"epoch {epoch}: test mse {test_mse:.4f} is no better than the mean training image's ({baseline:.4f}), "
+        f"after {best:.4f} earlier: the network has collapsed (it reconstructs no better than one image for every "
+        f"input would), most likely because --learning-rate {cfg.learning_rate} is too high for --batch-size "
+        f"{cfg.batch_size}; {_kept(mngr)}. Run again with a lower --learning-rate or more --warmup-epochs, and "
+        f"--fresh (old checkpoints are moved aside) or another --workdir")
+
+
+def best_test_mse(path: str, step: int) -> float:
+    """The lowest test MSE of a run's metrics.jsonl up to `step` (inf if none). Only process 0 writes the file,
+    which every process reads (the workdir is shared); the filter on `step` gives them all the same answer,
+    whether they read it before or after process 0 drops the records past a resumed checkpoint."""
+    return min((r["test_mse"] for _, r in _metric_records(path) if "test_mse" in r and r.get("step", 0) <= step),
+               default=float("inf"))
+
+
+def _metric_records(path: str) -> list[tuple[str, dict]]:
+    """Each line of a metrics.jsonl with its record ([] before the file exists)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        return [(line, json.loads(line)) for line in fh if line.strip()]
+
+
+def progress_bar(progress: bool, epoch: int, epochs: int, initial: int, total: int):
+    if not progress or jax.process_index() != 0:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # a bare accelerator box may lack tqdm: train without a bar
+        return None
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
+                dynamic_ncols=True, file=sys.stderr,
+                mininterval=0.5 if sys.stderr.isatty() else 30)
+
+
+def tensorboard(workdir: str):
+    if jax.process_index() != 0:
+        return None
+    # tensorboardX imports torch whenever it is installed (only for type hints and torch tensors): 1.7 s and
+    # 180 MB of resident memory in a JAX run, on the box where the bench's PyTorch twin is installed. Hidden
+    # for the import unless something already loaded it.
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:  # optional (the GPU box has no tensorboardX): metrics.jsonl has everything
+        return None
+    finally:
+        if hide and sys.modules.get("torch", False) is None:
+            del sys.modules["torch"]
+    return SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+
+def write_metrics(path: str, writer, record: dict) -> None:
+    if jax.process_index() != 0:
+        return
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    if writer is not None:
+        for k, v in record.items():
+            if k not in ("epoch", "step", "time"):
+                writer.add_scalar(k, v, record["step"])
+        writer.flush()
+
+
+def truncate_metrics(path: str, step: int) -> None:
+    """On resume, drop records of steps after the restored checkpoint (they will be redone)."""
+    if jax.process_index() != 0:
+        return
+    lines = _metric_records(path)
+    keep = [line for line, record in lines if record.get("step", 0) <= step]
+    if len(keep) != len(lines):
+        with open(path + ".tmp", "w") as fh:
+            fh.writelines(keep)
+        os.replace(path + ".tmp", path)

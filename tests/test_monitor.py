@@ -1,0 +1,82 @@
+"""The run's records and stopping rules: metrics.jsonl read back on resume, the first non-finite loss named,
+TensorBoard without torch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO
+from jaxae import checkpoints, monitor
+from jaxae.config import Config, TrainingStopped
+
+
+def write_records(path, records) -> None:
+    with open(path, "w") as fh:
+        for r in records:
+            fh.write(json.dumps(r) + "\n\n")  # blank lines are skipped
+
+
+def test_a_resumed_run_reads_and_keeps_only_the_records_up_to_its_checkpoint(tmp_path):
+    path = str(tmp_path / "metrics.jsonl")
+    assert monitor.best_test_mse(path, 100) == float("inf")
+    monitor.truncate_metrics(path, 100)
+    assert not os.path.exists(path)  # nothing to truncate: no file is created
+
+    write_records(path, [{"epoch": e, "step": 4 * e, "train_loss": 0.1, "test_mse": mse}
+                         for e, mse in [(1, 0.05), (2, 0.03), (3, 0.04), (4, 0.02)]])
+    assert monitor.best_test_mse(path, 16) == 0.02
+    assert monitor.best_test_mse(path, 12) == 0.03  # the epoch past the checkpoint does not count
+    assert monitor.best_test_mse(path, 3) == float("inf")
+
+    monitor.truncate_metrics(path, 8)
+    with open(path) as fh:
+        assert [json.loads(line)["step"] for line in fh] == [4, 8]
+    before = os.stat(path).st_mtime_ns
+    monitor.truncate_metrics(path, 8)  # nothing past step 8: the file is left as it is
+    assert os.stat(path).st_mtime_ns == before
+
+
+def test_the_first_non_finite_loss_stops_the_run_with_its_step(tmp_path):
+    with checkpoints.manager(str(tmp_path)) as mngr:
+        pending = [(10, jnp.array([0.5, 0.25])), (12, jnp.array([0.125, 0.0625]))]
+        assert monitor.check_finite(pending, Config(learning_rate=0.001), mngr) == [0.5, 0.25, 0.125, 0.0625]
+        pending = [(10, jnp.array([0.5, 0.25])), (12, jnp.array([np.inf, np.nan]))]
+        with pytest.raises(TrainingStopped, match=r"^loss became inf at step 13 with --learning-rate 0.001: "
+                                                  r"training diverged.*no checkpoint was saved"):
+            monitor.check_finite(pending, Config(learning_rate=0.001), mngr)
+
+
+def test_the_tensorboard_writer_does_not_import_torch(tmp_path):
+    """tensorboardX imports torch whenever it is installed (1.7 s and 180 MB in a JAX run); the writer hides it
+    for that import. Checked in a fresh interpreter with an import hook that records any attempt to import torch,
+    installed or not; torch stays importable afterwards."""
+    code = """
+import sys
+attempts = []
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            attempts.append(name)
+        return None
+sys.meta_path.insert(0, Spy())
+from jaxae import monitor
+writer = monitor.tensorboard(sys.argv[1])
+writer.add_scalar("test_mse", 0.03, 1)
+writer.close()
+assert attempts == [] and "torch" not in sys.modules, attempts
+try:
+    import torch
+except ImportError:
+    pass
+assert attempts == ["torch"], attempts
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": REPO})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert os.listdir(tmp_path)  # the event file
