@@ -173,6 +173,7 @@ def restore(mngr: ocp.CheckpointManager, state, step: int | None = None, set_asi
         steps = [step]
     tree = _as_tree(state)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _global({**tree, "checksum": _checksum(tree)}))
+    _quiet_late_reads()
     for s in steps:
         got, error = _read(mngr, s, target)
         if error:  # a truncated, garbled or foreign step: say so, keep it on disk, fall back
@@ -200,6 +201,25 @@ def _read(mngr: ocp.CheckpointManager, step: int, target) -> tuple[dict | None, 
         return got, ""
     except Exception as e:
         return None, f"{type(e).__name__}: {str(e)[:200]}"
+
+
+def _quiet_late_reads() -> None:
+    """When one array of a step cannot be read, orbax gives up on the step and closes its asyncio loop while
+    tensorstore is still reading the others; each of those reads, finishing on tensorstore's threads, then
+    fails to hand its result to the closed loop, and Python printed a "RuntimeError: Event loop is closed"
+    traceback for it: 54 of them around our one-line warning for the tiny model's step. Drop those, in this
+    process, from the restore on; every other unraisable exception is printed as before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "jaxae_quiet_late_reads", False):
+        return
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.jaxae_quiet_late_reads = True
+    sys.unraisablehook = hook
 
 
 def _drop_abandoned_reads() -> None:
