@@ -24,7 +24,7 @@ def calibrate(cfg, ds, calls: int = 3, warmup_s: float = 3.0, min_s: float = 8.0
     import jax
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from jaxae import train
+    from jaxae import metrics, train
 
     n = ds.train_images.shape[0]
     spe = train.steps_per_epoch(n, cfg.batch_size)
@@ -54,11 +54,11 @@ def calibrate(cfg, ds, calls: int = 3, warmup_s: float = 3.0, min_s: float = 8.0
             jax.block_until_ready(m)
     jax.block_until_ready(m)
     t_step = (time.perf_counter() - t0) / n_steps
-    test_x, mask = train.pad_to_multiple(ds.test_images, 500)
+    test_x, mask = metrics.pad_to_multiple(ds.test_images, 500)
     test_x, mask = jax.device_put((test_x, mask), NamedSharding(mesh, P()))
-    train.reconstruction_error(state, test_x, mask, 500)
+    metrics.reconstruction_error(state, test_x, mask, 500)
     t0 = time.perf_counter()
-    train.reconstruction_error(state, test_x, mask, 500)
+    metrics.reconstruction_error(state, test_x, mask, 500)
     return t_step, time.perf_counter() - t0, t_compile
 
 

@@ -33,7 +33,7 @@ def knn10(cfg, state, ds) -> float:
     from jaxae.evaluate import autoencoder_codec, batch_size_for, encode_split
     from jaxae.metrics import knn_accuracy, nearest_neighbours
     from jaxae.models import model_from_config
-    from jaxae.train import pad_to_multiple
+    from jaxae.metrics import pad_to_multiple
 
     codec = autoencoder_codec(model_from_config(cfg, ds.image_shape), state.params)
     codes = []

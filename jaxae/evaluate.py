@@ -17,12 +17,12 @@ import numpy as np
 from jax import lax
 
 from jaxae import checkpoints, corruption, figures, hostmem, pages
-from jaxae.metrics import (KNN_K, fit_pca, knn_accuracy, mean_image_mse, nearest_neighbours, pca_decode,
-                           pca_encode, psnr, ssim)
+from jaxae.metrics import (KNN_K, fit_pca, knn_accuracy, mean_image_mse, nearest_neighbours, pad_to_multiple,
+                           pca_decode, pca_encode, psnr, ssim)
 from jaxae.config import Config, UsageError, load_config
 from jaxae.data import Dataset, load
 from jaxae.models import model_from_config
-from jaxae.train import TrainState, pad_to_multiple, steps_per_epoch, train_state_to_restore
+from jaxae.train import TrainState, steps_per_epoch, train_state_to_restore
 
 BATCH = 500          # images per scan step when encoding / reconstructing a split
 NOISE_SEED = 1234    # corrupted test inputs are the same in every evaluation of every run

@@ -1,4 +1,5 @@
-"""The numbers of an evaluation: the PCA baseline, SSIM, PSNR and k-nearest-neighbour class accuracy."""
+"""The numbers of an evaluation: reconstruction errors, the PCA baseline, SSIM, PSNR and k-nearest-neighbour class
+accuracy."""
 
 from __future__ import annotations
 
@@ -9,8 +10,42 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxae import losses
+
 KNN_K = 10
 KNN_CHUNK = 500      # test codes per k-NN chunk: 500 x 50k distances = 100 MB, not 10k x 50k = 2 GB
+
+
+# ------------------------------------------------------------------------- reconstruction
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "batch_size"))
+def _recon_errors(apply_fn, params, images, mask, batch_size: int):
+    def body(carry, i):
+        x = lax.dynamic_slice_in_dim(images, i * batch_size, batch_size).astype(jnp.float32) / 255.0
+        m = lax.dynamic_slice_in_dim(mask, i * batch_size, batch_size)
+        r = apply_fn({"params": params}, x)
+        se = losses.per_example("l2", r, x) * m
+        ae = losses.per_example("l1", r, x) * m
+        return (carry[0] + se.sum(), carry[1] + ae.sum()), None
+    (se, ae), _ = lax.scan(body, (0.0, 0.0), jnp.arange(images.shape[0] // batch_size))
+    n = mask.sum()
+    return se / n, ae / n
+
+
+def pad_to_multiple(images: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+    n = images.shape[0]
+    padded = -(-n // multiple) * multiple
+    mask = np.zeros(padded, np.float32)
+    mask[:n] = 1
+    if padded > n:
+        images = np.concatenate([images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
+    return images, mask
+
+
+def reconstruction_error(state, images_dev, mask_dev, batch_size: int) -> dict[str, float]:
+    """Test MSE and MAE of a TrainState's clean reconstructions over a padded on-device split."""
+    mse, mae = jax.device_get(_recon_errors(state.apply_fn, state.params, images_dev, mask_dev, batch_size))
+    return {"test_mse": float(mse), "test_mae": float(mae)}
 
 
 # ----------------------------------------------------------------------------- baselines

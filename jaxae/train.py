@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxae import checkpoints, corruption, hostmem, losses, monitor
 from jaxae.config import Config, UsageError
 from jaxae.data import Dataset, load
-from jaxae.metrics import mean_image_mse
+from jaxae.metrics import mean_image_mse, pad_to_multiple, reconstruction_error
 from jaxae.models import model_from_config
 
 AXIS = "batch"
@@ -235,38 +235,6 @@ def default_steps_per_call(cfg: Config, spe: int) -> int:
     # Measured (docs/performance.md): on GPU the per-step dispatch is half the step time at B=256, so a
     # whole epoch in one call pays; on XLA:CPU a scan of steps was several times slower.
     return 1 if jax.default_backend() == "cpu" else spe
-
-
-# ------------------------------------------------------------------------------- evaluation
-
-@functools.partial(jax.jit, static_argnames=("apply_fn", "batch_size"))
-def _recon_errors(apply_fn, params, images, mask, batch_size: int):
-    def body(carry, i):
-        x = lax.dynamic_slice_in_dim(images, i * batch_size, batch_size).astype(jnp.float32) / 255.0
-        m = lax.dynamic_slice_in_dim(mask, i * batch_size, batch_size)
-        r = apply_fn({"params": params}, x)
-        se = losses.per_example("l2", r, x) * m
-        ae = losses.per_example("l1", r, x) * m
-        return (carry[0] + se.sum(), carry[1] + ae.sum()), None
-    (se, ae), _ = lax.scan(body, (0.0, 0.0), jnp.arange(images.shape[0] // batch_size))
-    n = mask.sum()
-    return se / n, ae / n
-
-
-def pad_to_multiple(images: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
-    n = images.shape[0]
-    padded = -(-n // multiple) * multiple
-    mask = np.zeros(padded, np.float32)
-    mask[:n] = 1
-    if padded > n:
-        images = np.concatenate([images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
-    return images, mask
-
-
-def reconstruction_error(state: TrainState, images_dev, mask_dev, batch_size: int) -> dict[str, float]:
-    """Test MSE and MAE of clean reconstructions over a padded on-device split."""
-    mse, mae = jax.device_get(_recon_errors(state.apply_fn, state.params, images_dev, mask_dev, batch_size))
-    return {"test_mse": float(mse), "test_mae": float(mae)}
 
 
 # ------------------------------------------------------------------------------------- loop
