@@ -1,7 +1,10 @@
 """Orbax checkpoints: save -> restore is exact (optimiser state too), --keep, --step, move_aside, config."""
 
 import json
+import logging
 import os
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -112,3 +115,21 @@ def test_resuming_keeps_what_the_runs_preset_set(tmp_path):
     assert resuming and cfg.preset == "tiny" and cfg.log_every == 2 and cfg.width == 8 and cfg.data == "folder"
     cfg, _ = checkpoints.resolve_workdir(Config(workdir=workdir, log_every=7), {"workdir", "log_every"})
     assert cfg.log_every == 7
+
+
+def test_what_an_abandoned_read_leaves_behind_is_dropped_and_nothing_else(monkeypatch, caplog):
+    """The two kinds of report the reads of an unreadable step leave after orbax gave up on it (see
+    test_robustness for the step itself): only those are dropped."""
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    checkpoints._quiet_late_reads()
+    closed, other, not_runtime = (RuntimeError("Event loop is closed"), RuntimeError("something else"),
+                                  ValueError("Event loop is closed"))
+    for exc in (closed, other, not_runtime):
+        sys.unraisablehook(types.SimpleNamespace(exc_value=exc))
+    assert [u.exc_value for u in seen] == [other, not_runtime]
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        for coro in ("async_deserialize", "fetch_page"):
+            logging.getLogger("asyncio").error("Task exception was never retrieved\nfuture: <Task finished "
+                                               f"name='Task-9' coro=<{coro}() done> exception=ValueError('DATA_LOSS')>")
+    assert [r.getMessage().split("coro=<")[1].split("(")[0] for r in caplog.records] == ["fetch_page"]

@@ -251,7 +251,8 @@ def test_corrupt_checkpoint_reported_and_previous_restored(three_epochs, tmp_pat
 
 def test_an_unreadable_checkpoint_is_two_warning_lines_and_nothing_else(three_epochs, tmp_path):
     """As evaluate.py sees it, in a process of its own: orbax gives up on the step while tensorstore still reads
-    its other arrays, and each of those printed an 'Event loop is closed' traceback (54 for this model)."""
+    its other arrays, and those printed "Event loop is closed" tracebacks (54 for this model) and, now and then,
+    asyncio's "Task exception was never retrieved"."""
     cfg = copy_of(three_epochs, tmp_path)
     garble(checkpoints.checkpoint_dir(cfg.workdir), 12)
     code = ("import sys; from jaxae import checkpoints; from jaxae.config import load_config; "
