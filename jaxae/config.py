@@ -82,8 +82,8 @@ class Config:
     fresh: bool = _f(False, "start over in a workdir that holds checkpoints (they are moved aside, not deleted)",
                      flag=True)
     preset: str = _f("default", "named group of defaults; explicit flags override it", None)
-    coordinator: str = _f("", "multi-process runs: host:port of process 0's coordinator (also JAX_COORDINATOR_ADDRESS); "
-                          "SLURM, Open MPI and TPU pods are detected without it")
+    coordinator: str = _f("", "multi-process runs: host:port of process 0's coordinator (also "
+                          "JAX_COORDINATOR_ADDRESS); SLURM, Open MPI and TPU pods are detected without it")
     num_processes: int = _f(0, "multi-process runs: number of processes (also JAX_NUM_PROCESSES)")
     process_id: int = _f(-1, "multi-process runs: this process's index, 0 .. N-1 (also JAX_PROCESS_ID)")
     max_steps: int = _f(0, "stop after this many steps in total (0 = epochs x steps per epoch); for tests and budgets")

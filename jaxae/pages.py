@@ -178,7 +178,9 @@ D.names.forEach((n, k) => {
 draw();
 // #pin=I in the address pins point I at load (used by tools/screenshot.py to check the tooltip renders)
 const pin = /^#pin=(\d+)$/.exec(location.hash);
-if (pin && +pin[1] < N) { pinned = +pin[1]; if (!visible(pinned)) { showAll = true; document.getElementById("all").checked = true; }
+if (pin && +pin[1] < N) {
+  pinned = +pin[1];
+  if (!visible(pinned)) { showAll = true; document.getElementById("all").checked = true; }
   const rc = cv.getBoundingClientRect();
   const show = () => { showTip(pinned, rc.left + window.scrollX + screen[pinned][0],
                                rc.top + window.scrollY + screen[pinned][1]); draw(); };
