@@ -59,12 +59,12 @@ def init_params(model, key: jax.Array, image_shape):
     once, in 0.25 s either way. A level set in XLA_FLAGS is left to rule, and so is an enclosing trace
     (train_state_to_restore's eval_shape), inside which a jit may not carry compiler options.
     """
+    x = jnp.zeros((1, *image_shape), jnp.float32)
     level_set = "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "")
-    traced = isinstance(key, jax.core.Tracer)
+    traced = isinstance(x, jax.core.Tracer)  # made here, so a tracer under any enclosing trace, whatever the key
     on_cpu = jax.default_backend() == "cpu"
     options = {"xla_backend_optimization_level": 1} if on_cpu and not level_set and not traced else None
-    init = jax.jit(model.init, compiler_options=options)
-    return init(key, jnp.zeros((1, *image_shape), jnp.float32))["params"]
+    return jax.jit(model.init, compiler_options=options)(key, x)["params"]
 
 
 def create_train_state(cfg: Config, image_shape, total_steps: int, spe: int) -> TrainState:
@@ -267,7 +267,6 @@ def device_epoch_order(seed: int, epoch: int, n: int, spe: int, batch_size: int,
     the `perm` argument of the pmapped steps (uploaded once per epoch)."""
     order = local_permutation(epoch_permutation(seed, epoch, n, spe, batch_size), jax.device_count())
     return jax.device_put(order, NamedSharding(mesh, P(AXIS)))
-
 
 
 def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Dataset | None = None,

@@ -98,8 +98,9 @@ same = jax.tree.structure(fast) == jax.tree.structure(ref) and all(
 # A resuming train.py and evaluate.py trace create_train_state under eval_shape: init_params runs inside that
 # trace, where a jit may not carry compiler options (both failed so on the twelfth session's main).
 restore = train.train_state_to_restore(cfg, (16, 16, 3), 10, 5)
+traced = jax.eval_shape(lambda: train.init_params(model, key, (16, 16, 3)))  # a key from outside the trace
 shapes = jax.tree.map(lambda a, b: a.shape == b.shape and a.dtype == b.dtype, restore.params, fast)
-print(options, same, all(jax.tree.leaves(shapes)))
+print(options, same, all(jax.tree.leaves(shapes)), jax.tree.structure(traced) == jax.tree.structure(fast))
 """
 
 
@@ -108,7 +109,7 @@ def test_init_params_compiles_at_level_1_to_the_very_parameters_of_xlas_default_
     out = subprocess.run([sys.executable, "-c", INIT_PROBE], capture_output=True, text=True, cwd=REPO,
                          env={**env, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["[{'xla_backend_optimization_level':", "1},", "None]", "True", "True"], out.stdout
+    assert out.stdout.split() == ["[{'xla_backend_optimization_level':", "1},", "None,", "None]", "True", "True", "True"], out.stdout
 
 
 def test_pmap_on_two_devices_equals_one_device(setup):
