@@ -95,9 +95,8 @@ def final_params_hash(workdir: str) -> tuple[int, str]:
 
     cfg = load_config(workdir)
     state = train_state_to_restore(cfg, (16, 16, 3), 1, 1)
-    mngr = checkpoints.manager(workdir, create=False)
-    state = checkpoints.restore(mngr, state)
-    mngr.close()
+    with checkpoints.manager(workdir, create=False) as mngr:
+        state = checkpoints.restore(mngr, state)
     digest = hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(state.params)))
     return int(state.step), digest.hexdigest()
 
