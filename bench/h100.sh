@@ -19,10 +19,12 @@
 # eval.tar.gz, tp_h100.json, sweep.jsonl, sweep.log, curves.tar.gz (each sweep run's metrics.jsonl).
 #
 #   PART=variants OUT=/some/folder bash bench/h100.sh
-# instead runs step 0, then `train.py` and `evaluate.py` for each of the default model's variants that the
-# README's quality table quotes from the first session only: --noise 0.2 (evaluate.py also reports the
-# reconstructions of noisy inputs: the denoising target) and --loss l1 (about 2 x 100 s). $OUT gets log.txt and
-# eval-noise.out, eval-l1.out. TRAIN_FLAGS (appended to each train.py) and DATA make a dry run on CPU possible:
+# instead runs step 0, then `train.py` (timed) and `evaluate.py` for each of $VARIANTS ("name:flags;..."; by
+# default the variants that the README's quality table quotes from the first session only: --noise 0.2, where
+# evaluate.py also reports the reconstructions of noisy inputs, the denoising target, and --loss l1; about 2 x
+# 100 s). $OUT gets log.txt and eval-NAME.out, metrics-NAME.jsonl. TRAIN_FLAGS is appended to each train.py:
+# TRAIN_FLAGS="--preset long" measures the candidate default (docs/quality.md, fourteenth session: there
+# train.py took 147 s and evaluate.py more than 60 s, so two variants per call). With DATA, a dry run on CPU:
 #   PART=variants DATA=some/image/folder TRAIN_FLAGS="--preset tiny --max-steps 4" OUT=/tmp/o bash bench/h100.sh
 #
 #   PART=sweep OUT=/some/folder bash bench/h100.sh
@@ -82,14 +84,19 @@ if [[ $PART == sweep ]]; then
 fi
 
 if [[ $PART == variants ]]; then
-  for v in "noise:--noise 0.2" "l1:--loss l1"; do
-    name=${v%%:*}; flags=${v#*:}
-    step "python train.py $flags, then evaluate.py"
+  IFS=';' read -ra variants <<< "${VARIANTS:-noise:--noise 0.2;l1:--loss l1}"
+  for i in "${!variants[@]}"; do
+    v=${variants[$i]}; name=${v%%:*}; flags=${v#*:}; share=$(( $(left) / (${#variants[@]} - i) ))
+    step "python train.py $flags $TRAIN_FLAGS, then evaluate.py"
     t0=$(date +%s.%N)
-    within $(( $(left) / 2 > 200 ? 200 : $(left) / 2 )) python3 train.py --data $DATA --workdir $RUNS/$name --fresh \
+    within $(( share - 60 > 200 ? 200 : share - 60 )) python3 train.py --data $DATA --workdir $RUNS/$name --fresh \
         $flags $TRAIN_FLAGS 2>&1 | tail -6
-    echo "train.py $flags wall: $(since $t0) s"
-    within 90 python3 evaluate.py --workdir $RUNS/$name > $RUNS/eval-$name.out 2>&1; tail -14 $RUNS/eval-$name.out
+    echo "train.py $flags $TRAIN_FLAGS wall: $(since $t0) s"
+    cp $RUNS/$name/metrics.jsonl "$OUT/metrics-$name.jsonl" 2>/dev/null
+    t0=$(date +%s.%N)
+    within $(( $(left) < 120 ? $(left) : 120 )) python3 evaluate.py --workdir $RUNS/$name \
+        > $RUNS/eval-$name.out 2>&1; tail -14 $RUNS/eval-$name.out
+    echo "evaluate.py wall: $(since $t0) s"
     cp $RUNS/eval-$name.out "$OUT/eval-$name.out"
   done
   step "done"
