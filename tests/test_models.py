@@ -150,7 +150,6 @@ def test_default_model_parameters_unchanged_by_the_options():
     assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) == 8_799_686
 
 
-
 def test_activation_is_a_choice_of_function_not_of_parameters(tiny_config, tmp_path):
     # The same parameters run through GELU, ReLU and SiLU give three different codes: the choice reaches the
     # layers, and a model's parameter tree does not depend on it.
