@@ -17,7 +17,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg, explicit = config.from_args(args)
 
-    from jaxae import distributed, figures, hostmem
+    from jaxae import distributed, figures, hostmem, monitor
     from jaxae.config import TrainingStopped
     from jaxae.train import train_and_evaluate
 
@@ -35,6 +35,7 @@ def main(argv=None) -> int:
         figures.loss_curve(cfg.workdir)
     if "test_mse" in result and jax.process_index() == 0:
         print(f"done: step {result['step']}, test mse {result['test_mse']:.5f}, workdir {cfg.workdir}")
+        print(monitor.timing(result))
     return result["exit"]
 
 

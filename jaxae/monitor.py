@@ -173,3 +173,13 @@ def truncate_metrics(path: str, step: int) -> None:
         with open(path + ".tmp", "w") as fh:
             fh.writelines(keep)
         os.replace(path + ".tmp", path)
+
+
+def timing(result: dict) -> str:
+    """The run's time line: start-up and compiles show in the first epoch's end, the steady pace in the rest."""
+    text = f"time: {result['seconds']:.0f} s"
+    if "first_epoch_seconds" in result:
+        text += f"; {result['first_epoch_seconds']:.1f} s to the end of this process's first epoch (start-up, compiles)"
+    if "seconds_per_epoch" in result:
+        text += f"; then {result['seconds_per_epoch']:.2f} s per epoch (median, test pass and checkpoint included)"
+    return text

@@ -279,6 +279,7 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
 
 
 def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, progress: bool) -> dict[str, Any]:
+    started = time.perf_counter()
     cfg, resuming = checkpoints.resolve_workdir(cfg.validate(), set(explicit))
     earlier_run = cfg.fresh and checkpoints.has_checkpoints(cfg.workdir)  # set aside below, after the checks
     n_dev, local_batch = _device_layout(cfg.batch_size)
@@ -333,6 +334,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     test_x, test_mask = jax.device_put((test_x, test_mask), replicated)
     fns: dict[int, Callable] = {}
     result: dict[str, Any] = {"exit": 0}
+    epoch_ends: list[float] = []  # seconds since `started` at each epoch end of this process
     step = int(state.step)
     bar = None
     with monitor.Stop() as stop:
@@ -372,6 +374,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
                     monitor.log(f"epoch {epoch + 1}/{cfg.epochs}  train {cfg.loss} {record['train_loss']:.5f}  "
                                 f"test mse {record['test_mse']:.5f}  test mae {record['test_mae']:.5f}")
                     result.update(record)
+                    epoch_ends.append(time.perf_counter() - started)
                     best = min(best, record["test_mse"])
                     # before the save, so that the last checkpoint is kept
                     monitor.check_collapse(epoch + 1, record["test_mse"], best, baseline, cfg, mngr)
@@ -400,5 +403,10 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
         writer.close()
     result["step"] = step
     result["total"] = total  # step < total: stopped by a signal before the end (exit 0 for SIGTERM)
+    result["seconds"] = time.perf_counter() - started
+    if epoch_ends:  # start-up (data, compiles, a restore) shows in the first; the steady pace in the rest
+        result["first_epoch_seconds"] = epoch_ends[0]
+        if len(epoch_ends) > 1:
+            result["seconds_per_epoch"] = float(np.median(np.diff(epoch_ends)))
     result["state"] = state
     return result

@@ -79,6 +79,9 @@ def test_loss_falls_and_the_run_writes_its_files(run):
         assert im.size[0] > 200 and im.size[1] > 100
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
     assert f"done: step {EPOCHS * STEPS_PER_EPOCH}" in run["resumed"].stdout
+    # where the time went: the resumed process ran epochs 3-6, so a first epoch and a steady pace
+    time_line = next(line for line in run["resumed"].stdout.splitlines() if line.startswith("time: "))
+    assert "to the end of this process's first epoch" in time_line and "s per epoch" in time_line, time_line
 
 
 def test_changing_a_run_setting_on_resume_is_refused(run):

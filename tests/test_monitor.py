@@ -80,3 +80,12 @@ print("ok")
                          env={**os.environ, "PYTHONPATH": REPO})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
     assert os.listdir(tmp_path)  # the event file
+
+
+def test_the_time_line_says_what_was_measured_and_nothing_else():
+    assert monitor.timing({"seconds": 0.4}) == "time: 0 s"  # stopped before an epoch ended: no epoch figures
+    one = monitor.timing({"seconds": 71.2, "first_epoch_seconds": 68.04})
+    assert one == "time: 71 s; 68.0 s to the end of this process's first epoch (start-up, compiles)"
+    full = monitor.timing({"seconds": 147.0, "first_epoch_seconds": 68.0, "seconds_per_epoch": 0.6378})
+    assert full == ("time: 147 s; 68.0 s to the end of this process's first epoch (start-up, compiles); "
+                    "then 0.64 s per epoch (median, test pass and checkpoint included)")
