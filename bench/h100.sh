@@ -85,19 +85,35 @@ fi
 
 if [[ $PART == variants ]]; then
   IFS=';' read -ra variants <<< "${VARIANTS:-noise:--noise 0.2;l1:--loss l1}"
+  trim() { local t=${1#"${1%%[![:space:]]*}"}; echo "${t%"${t##*[![:space:]]}"}"; }
+  for v in "${variants[@]}"; do  # all checked before any training: a typo must not cost device time
+    name=$(trim "${v%%:*}")
+    if [[ $v != *:* || ! $name =~ ^[A-Za-z0-9_.-]+$ ]]; then
+      echo "error: VARIANTS entry '$v': write name:flags, the name of letters, digits, _ . - (entries split by ;)"
+      exit 2
+    fi
+  done
   for i in "${!variants[@]}"; do
-    v=${variants[$i]}; name=${v%%:*}; flags=${v#*:}; share=$(( $(left) / (${#variants[@]} - i) ))
+    v=${variants[$i]}; name=$(trim "${v%%:*}"); flags=${v#*:}
+    share=$(( $(left) / (${#variants[@]} - i) ))  # this variant's part of what is left; evaluate.py takes <= 120 s
+    rm -rf "$RUNS/$name" "$RUNS/eval-$name.out"    # an earlier call's run must not pass for this one's
     step "python train.py $flags $TRAIN_FLAGS, then evaluate.py"
     t0=$(date +%s.%N)
-    within $(( share - 60 > 200 ? 200 : share - 60 )) python3 train.py --data $DATA --workdir $RUNS/$name --fresh \
-        $flags $TRAIN_FLAGS 2>&1 | tail -6
-    echo "train.py $flags $TRAIN_FLAGS wall: $(since $t0) s"
-    cp $RUNS/$name/metrics.jsonl "$OUT/metrics-$name.jsonl" 2>/dev/null
+    within $(( share - 120 )) python3 train.py --data $DATA --workdir "$RUNS/$name" --fresh $flags $TRAIN_FLAGS 2>&1 \
+        | tail -6
+    rc=${PIPESTATUS[0]}
+    echo "train.py $flags $TRAIN_FLAGS wall: $(since $t0) s, exit $rc"
+    cp "$RUNS/$name/metrics.jsonl" "$OUT/metrics-$name.jsonl" 2>/dev/null
+    if (( rc != 0 )); then  # 124: cut by the limit (train.py saves and exits 0 on the SIGTERM), or skipped
+      echo "INCOMPLETE $name: train.py did not finish (exit $rc); its evaluate.py is skipped"
+      continue
+    fi
     t0=$(date +%s.%N)
-    within $(( $(left) < 120 ? $(left) : 120 )) python3 evaluate.py --workdir $RUNS/$name \
-        > $RUNS/eval-$name.out 2>&1; tail -14 $RUNS/eval-$name.out
-    echo "evaluate.py wall: $(since $t0) s"
-    cp $RUNS/eval-$name.out "$OUT/eval-$name.out"
+    within $(( $(left) < 120 ? $(left) : 120 )) python3 evaluate.py --workdir "$RUNS/$name" \
+        > "$RUNS/eval-$name.out" 2>&1
+    rc=$?
+    echo "evaluate.py wall: $(since $t0) s, exit $rc"; tail -14 "$RUNS/eval-$name.out"
+    cp "$RUNS/eval-$name.out" "$OUT/eval-$name.out"
   done
   step "done"
   exit 0

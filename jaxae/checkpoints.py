@@ -275,8 +275,11 @@ def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
     if cfg.fresh or not has_checkpoints(cfg.workdir):
         return cfg, False
     saved = load_config(cfg.workdir)
-    # A --preset sets fields too: resuming a default-preset run with --preset tiny must not silently mix.
-    via_preset = set(PRESETS.get(cfg.preset, {})) - explicit if "preset" in explicit else set()
+    # A --preset sets fields too: resuming a default-preset run with --preset tiny must not silently mix, nor
+    # a long-preset run go on at its 100 epochs under --preset default (which sets none): the fields either
+    # preset sets are compared.
+    via_preset = (set(PRESETS.get(cfg.preset, {})) | set(PRESETS.get(saved.preset, {}))) - explicit \
+        if "preset" in explicit else set()
     for name in Config.RUN_FIELDS:
         if name in explicit | via_preset and getattr(saved, name) != getattr(cfg, name):
             given = (f"--preset {cfg.preset} sets --{name.replace('_', '-')} {getattr(cfg, name)}"

@@ -117,6 +117,19 @@ def test_resuming_keeps_what_the_runs_preset_set(tmp_path):
     assert cfg.log_every == 7
 
 
+@pytest.mark.parametrize("saved,given", [("long", "default"), ("default", "long"), ("long", "quick")])
+def test_resuming_under_another_preset_is_refused_naming_a_field_either_sets(tmp_path, saved, given):
+    workdir = str(tmp_path / "run")
+    checkpoints.save_config(Config(**PRESETS[saved], preset=saved, workdir=workdir, data="folder"))
+    os.makedirs(os.path.join(workdir, "checkpoints", "4"))
+    with pytest.raises(UsageError, match=f"--preset {given} sets --"):
+        checkpoints.resolve_workdir(Config(**PRESETS[given], preset=given, workdir=workdir, data="folder"),
+                                    {"workdir", "preset"})
+    cfg, resuming = checkpoints.resolve_workdir(Config(**PRESETS[saved], preset=saved, workdir=workdir,
+                                                       data="folder"), {"workdir", "preset"})
+    assert resuming and cfg.preset == saved  # the run's own preset resumes it
+
+
 def test_what_an_abandoned_read_leaves_behind_is_dropped_and_nothing_else(monkeypatch, caplog):
     """The two kinds of report the reads of an unreadable step leave after orbax gave up on it (see
     test_robustness for the step itself): only those are dropped."""
