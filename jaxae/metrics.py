@@ -61,25 +61,42 @@ def mean_image_mse(train_u8: np.ndarray, test_u8: np.ndarray, chunk: int = 1000)
 
 
 def fit_pca(x: jax.Array, n_components: int, scale: float = 1.0, iters: int = 4, oversample: int = 20,
-            seed: int = 0) -> dict:
+            seed: int = 0, block: int = 4096) -> dict:
     """Top principal components of the rows of x * scale (x [N, D], e.g. uint8 with scale 1/255):
     {"mean": [D], "components": [k, D]} (rows orthonormal).
 
     A randomised subspace iteration on the centred data: it only multiplies X by thin [D, k + oversample]
     matrices, so 50k CIFAR images cost seconds, where X^T X (3072^2 x 50k) or a full SVD cost minutes on
-    CPU; with this many power iterations the leading components match the exact ones (test_evaluate).
+    CPU; with this many power iterations the leading components match the exact ones (test_metrics).
+    X is scaled to float32 `block` rows at a time: in one piece, CIFAR-10's training set took 614 MB more,
+    0.75 GB of evaluate.py's 2 GB peak RSS on CPU (docs/performance.md, fourteenth session).
     """
-    return _fit_pca(jnp.asarray(x), scale, n_components, iters, oversample, seed)
+    return _fit_pca(jnp.asarray(x), scale, n_components, iters, oversample, seed, min(block, len(x)))
 
 
-@functools.partial(jax.jit, static_argnames=("k", "iters", "oversample", "seed"))
-def _fit_pca(x, scale, k: int, iters: int, oversample: int, seed: int):
-    x = x.astype(jnp.float32) * scale
-    mean = x.mean(0)
-    l = min(k + oversample, *x.shape)
-    xc = lambda v: x @ v - mean @ v            # (X - mean) v without a centred copy of X
-    xtc = lambda u: (u.T @ x).T - jnp.outer(mean, u.sum(0))  # u^T X: faster than X^T u on XLA:CPU
-    q = jnp.linalg.qr(xtc(jax.random.normal(jax.random.PRNGKey(seed), (x.shape[0], l))))[0]
+@functools.partial(jax.jit, static_argnames=("k", "iters", "oversample", "seed", "block"))
+def _fit_pca(x, scale, k: int, iters: int, oversample: int, seed: int, block: int):
+    n, d = x.shape
+    n_blocks = n // block
+    rest = x[n_blocks * block:]  # the last n % block rows
+    as_float = lambda rows: rows.astype(jnp.float32) * scale
+    rows_of = lambda i: as_float(lax.dynamic_slice_in_dim(x, i * block, block))
+
+    def xv(v):  # X v, one block of rows at a time
+        out = lax.fori_loop(0, n_blocks, lambda i, out: lax.dynamic_update_slice_in_dim(
+            out, rows_of(i) @ v, i * block, 0), jnp.zeros((n, v.shape[1]), jnp.float32))
+        return out.at[n_blocks * block:].set(as_float(rest) @ v)
+
+    def utx(u):  # u^T X, summed over the blocks: faster than X^T u on XLA:CPU
+        acc = lax.fori_loop(0, n_blocks, lambda i, acc: acc + lax.dynamic_slice_in_dim(u, i * block, block).T
+                            @ rows_of(i), jnp.zeros((u.shape[1], d), jnp.float32))
+        return acc + u[n_blocks * block:].T @ as_float(rest)
+
+    mean = utx(jnp.ones((n, 1), jnp.float32))[0] / n
+    l = min(k + oversample, n, d)
+    xc = lambda v: xv(v) - mean @ v                       # (X - mean) v without a centred copy of X
+    xtc = lambda u: utx(u).T - jnp.outer(mean, u.sum(0))  # (X - mean)^T u
+    q = jnp.linalg.qr(xtc(jax.random.normal(jax.random.PRNGKey(seed), (n, l))))[0]
     q = lax.fori_loop(0, iters, lambda _, q: jnp.linalg.qr(xtc(xc(q)))[0], q)
     # Rayleigh-Ritz: exact SVD of the small projected matrix (X - mean) Q.
     _, _, vt = jnp.linalg.svd(xc(q), full_matrices=False)

@@ -30,12 +30,24 @@ def test_pca_reconstructs_low_rank_data_exactly():
     np.testing.assert_allclose(recon, x, atol=1e-4)
 
 
-def test_pca_finds_the_leading_components_of_full_rank_data():
+@pytest.mark.parametrize("block", [500, 100, 77, 1])  # one block, exact multiples, a remainder, row by row
+def test_pca_finds_the_leading_components_of_full_rank_data_in_blocks_of_any_size(block):
     rng = np.random.default_rng(1)
     x = (rng.normal(size=(500, 40)) * np.geomspace(5, 0.01, 40)).astype(np.float32)  # decaying spectrum
-    c = np.asarray(metrics.fit_pca(x, 4)["components"])
+    pca = metrics.fit_pca(x, 4, block=block)
+    np.testing.assert_allclose(pca["mean"], x.mean(0), atol=1e-5)
     _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    c = np.asarray(pca["components"])
     np.testing.assert_allclose(c.T @ c, vt[:4].T @ vt[:4], atol=1e-4)  # the same subspace
+
+
+def test_pca_of_uint8_rows_scales_them_block_by_block():
+    rng = np.random.default_rng(2)  # uint8 pixels with a decaying spectrum: well-separated components
+    x = np.clip(128 + rng.normal(size=(90, 12)) * np.geomspace(60, 1, 12), 0, 255).astype(np.uint8)
+    whole, blocks = metrics.fit_pca(x.astype(np.float32) / 255, 2), metrics.fit_pca(x, 2, 1 / 255, block=16)
+    np.testing.assert_allclose(blocks["mean"], whole["mean"], atol=1e-6)
+    np.testing.assert_allclose(np.abs(blocks["components"] @ np.asarray(whole["components"]).T), np.eye(2),
+                               atol=1e-4)
 
 
 def test_ssim_is_one_for_identical_images_and_drops_with_noise():
