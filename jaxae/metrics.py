@@ -71,7 +71,7 @@ def fit_pca(x: jax.Array, n_components: int, scale: float = 1.0, iters: int = 4,
     X is scaled to float32 `block` rows at a time: in one piece, CIFAR-10's training set took 614 MB more,
     0.75 GB of evaluate.py's 2 GB peak RSS on CPU (docs/performance.md, fourteenth session).
     """
-    return _fit_pca(jnp.asarray(x), scale, n_components, iters, oversample, seed, min(block, len(x)))
+    return _fit_pca(jnp.asarray(x), scale, n_components, iters, oversample, seed, max(1, min(block, len(x))))
 
 
 @functools.partial(jax.jit, static_argnames=("k", "iters", "oversample", "seed", "block"))
