@@ -87,15 +87,17 @@ fi
 if [[ $PART == variants ]]; then
   IFS=';' read -ra variants <<< "${VARIANTS:-noise:--noise 0.2;l1:--loss l1}"
   trim() { local t=${1#"${1%%[![:space:]]*}"}; echo "${t%"${t##*[![:space:]]}"}"; }
+  names=()
   for v in "${variants[@]}"; do  # all checked before any training: a typo must not cost device time
     name=$(trim "${v%%:*}")
     if [[ $v != *:* || ! $name =~ ^[A-Za-z0-9_.-]+$ ]]; then
       echo "error: VARIANTS entry '$v': write name:flags, the name of letters, digits, _ . - (entries split by ;)"
       exit 2
     fi
+    names+=("$name")
   done
   for i in "${!variants[@]}"; do
-    v=${variants[$i]}; name=$(trim "${v%%:*}"); flags=${v#*:}
+    name=${names[$i]}; flags=${variants[$i]#*:}
     share=$(( $(left) / (${#variants[@]} - i) ))  # this variant's part of what is left; evaluate.py takes <= 120 s
     rm -rf "$RUNS/$name" "$RUNS/eval-$name.out"    # an earlier call's run must not pass for this one's
     step "python train.py $flags $TRAIN_FLAGS, then evaluate.py"
