@@ -22,9 +22,13 @@
 # instead runs step 0, then `train.py` (timed) and `evaluate.py` for each of $VARIANTS ("name:flags;..."; by
 # default the variants that the README's quality table quotes from the first session only: --noise 0.2, where
 # evaluate.py also reports the reconstructions of noisy inputs, the denoising target, and --loss l1; about 2 x
-# 100 s). $OUT gets log.txt and eval-NAME.out, metrics-NAME.jsonl. TRAIN_FLAGS is appended to each train.py:
-# TRAIN_FLAGS="--preset long" measures the candidate default (docs/quality.md, fourteenth session: there
-# train.py took 147 s and evaluate.py more than 60 s, so two variants per call). With DATA, a dry run on CPU:
+# 100 s). $OUT gets log.txt and, per variant, train-NAME.out (train.py's whole output, each line stamped with the
+# seconds since it started: set JAX_LOG_COMPILES=1 to see each compile's time), metrics-NAME.jsonl and
+# eval-NAME.out (the device tool returns at most 8 files). TRAIN_FLAGS is appended to each train.py:
+# TRAIN_FLAGS="--preset long" measures the candidate default (fifteenth session, H100: train.py 154 s with
+# nothing cached, evaluate.py 30-60 s, so one variant per call). PARALLEL=1 trains all variants at once, then
+# evaluates them at once, each process with 0.9 / n of the GPU's memory: quality figures in one call, wall times
+# of a shared GPU (two long runs at once: 1.0 s per epoch against 0.66 s alone). With DATA, a dry run on CPU:
 #   PART=variants DATA=some/image/folder TRAIN_FLAGS="--preset tiny --max-steps 4" OUT=/tmp/o bash bench/h100.sh
 #
 #   PART=sweep OUT=/some/folder bash bench/h100.sh
@@ -96,28 +100,54 @@ if [[ $PART == variants ]]; then
     fi
     names+=("$name")
   done
-  for i in "${!variants[@]}"; do
-    name=${names[$i]}; flags=${variants[$i]#*:}
-    share=$(( $(left) / (${#variants[@]} - i) ))  # this variant's part of what is left; evaluate.py takes <= 120 s
-    rm -rf "$RUNS/$name" "$RUNS/eval-$name.out"    # an earlier call's run must not pass for this one's
-    step "python train.py $flags $TRAIN_FLAGS, then evaluate.py"
-    t0=$(date +%s.%N)
-    within $(( share - 120 )) python3 train.py --data $DATA --workdir "$RUNS/$name" --fresh $flags $TRAIN_FLAGS 2>&1 \
-        | tail -6
-    rc=${PIPESTATUS[0]}
-    echo "train.py $flags $TRAIN_FLAGS wall: $(since $t0) s, exit $rc"
+  # train NAME FLAGS LIMIT: train.py under LIMIT seconds; its whole output, each line stamped with the seconds since
+  # the command started (where start-up goes), in $OUT/train-NAME.out; exit status and wall time in $RUNS/rc-NAME
+  train() {
+    local name=$1 flags=$2 limit=$3 t0 us0=${EPOCHREALTIME/./}; t0=$(date +%s.%N)  # us0: microseconds, no fork
+    rm -rf "$RUNS/$name" "$RUNS/eval-$name.out"  # an earlier call's run must not pass for this one's
+    within "$limit" python3 train.py --data $DATA --workdir "$RUNS/$name" --fresh $flags $TRAIN_FLAGS 2>&1 \
+        | while IFS= read -r line; do
+            printf '%.1f %s\n' "$(( ${EPOCHREALTIME/./} - us0 ))e-6" "$line"; done > "$OUT/train-$name.out"
+    echo "${PIPESTATUS[0]} $(since $t0)" > "$RUNS/rc-$name"
     cp "$RUNS/$name/metrics.jsonl" "$OUT/metrics-$name.jsonl" 2>/dev/null
+  }
+  # evaluate NAME LIMIT: evaluate.py on a finished run, or a line saying why not
+  evaluate() {
+    local name=$1 rc wall t0; read -r rc wall < "$RUNS/rc-$name"
     if (( rc != 0 )); then  # 124: cut by the limit (train.py saves and exits 0 on the SIGTERM), or skipped
-      echo "INCOMPLETE $name: train.py did not finish (exit $rc); its evaluate.py is skipped"
-      continue
+      echo "INCOMPLETE $name: train.py did not finish (exit $rc); its evaluate.py is skipped" > "$RUNS/eval-$name.out"
+      return
     fi
     t0=$(date +%s.%N)
-    within $(( $(left) < 120 ? $(left) : 120 )) python3 evaluate.py --workdir "$RUNS/$name" \
-        > "$RUNS/eval-$name.out" 2>&1
-    rc=$?
-    echo "evaluate.py wall: $(since $t0) s, exit $rc"; tail -14 "$RUNS/eval-$name.out"
-    cp "$RUNS/eval-$name.out" "$OUT/eval-$name.out"
-  done
+    within "$2" python3 evaluate.py --workdir "$RUNS/$name" > "$RUNS/eval-$name.out" 2>&1
+    echo "evaluate.py wall: $(since $t0) s, exit $?" >> "$RUNS/eval-$name.out"
+  }
+  report() {  # report NAME FLAGS
+    local rc wall; read -r rc wall < "$RUNS/rc-$1"
+    echo "--- $1: train.py $2 $TRAIN_FLAGS wall: $wall s, exit $rc"
+    grep -E "^[0-9.]+ (done|time|stopped|error)" "$OUT/train-$1.out" | cut -d' ' -f2-
+    tail -15 "$RUNS/eval-$1.out"; cp "$RUNS/eval-$1.out" "$OUT/eval-$1.out"
+  }
+  n=${#variants[@]}
+  if [[ ${PARALLEL:-0} == 1 ]]; then
+    # all trainings at once, then all evaluations at once, each process with 0.9 / n of the GPU's memory (one
+    # process preallocates 0.75 of it by default): for quality figures; the wall times are shared-GPU times
+    export XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(f'{0.9 / $n:.2f}')")
+    step "${n} trainings at once ($TRAIN_FLAGS), then their evaluate.py at once"
+    limit=$(( $(left) - 130 ))
+    for i in "${!variants[@]}"; do train "${names[$i]}" "${variants[$i]#*:}" $limit & done; wait
+    limit=$(( $(left) < 120 ? $(left) : 120 ))
+    for name in "${names[@]}"; do evaluate "$name" $limit & done; wait
+    for i in "${!variants[@]}"; do report "${names[$i]}" "${variants[$i]#*:}"; done
+  else
+    for i in "${!variants[@]}"; do
+      share=$(( $(left) / (n - i) ))  # this variant's part of what is left; evaluate.py takes <= 120 s
+      step "python train.py ${variants[$i]#*:} $TRAIN_FLAGS, then evaluate.py"
+      train "${names[$i]}" "${variants[$i]#*:}" $(( share - 120 ))
+      evaluate "${names[$i]}" $(( $(left) < 120 ? $(left) : 120 ))
+      report "${names[$i]}" "${variants[$i]#*:}"
+    done
+  fi
   step "done"
   exit 0
 fi
