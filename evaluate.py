@@ -20,8 +20,8 @@ def main(argv=None) -> int:
                         "'tfds' or a local folder / tar, as train.py --data")
     parser.add_argument("--interp-steps", type=int, default=10, help="decoded steps per interpolation row and "
                         "per traversal row (default: 10)")
-    parser.add_argument("--cache-dir", default=None, help="where decoded local datasets are cached (default: "
-                        "the run's, else ~/.cache/jaxae)")
+    parser.add_argument("--cache-dir", default=None, help="where decoded local datasets and compiled "
+                        "programs are cached (default: the run's, else ~/.cache/jaxae)")
     args = parser.parse_args(argv)
 
     from jaxae.evaluate import run

@@ -18,9 +18,11 @@ def main(argv=None) -> int:
     cfg, explicit = config.from_args(args)
 
     from jaxae import distributed, figures, hostmem, monitor
+    from jaxae.cli import use_compilation_cache
     from jaxae.config import TrainingStopped
     from jaxae.train import train_and_evaluate
 
+    use_compilation_cache(cfg.cache_dir)
     hostmem.keep_freed_memory()  # before distributed.initialize starts threads, so that they too keep to 2 arenas
     distributed.initialize(cfg)  # before anything touches a device
     import jax

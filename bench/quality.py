@@ -69,6 +69,7 @@ def fit_epochs(budget_s: float, spe: int, t_step: float, t_eval: float) -> int:
 
 def main(argv=None) -> int:
     from jaxae import config, hostmem
+    from jaxae.cli import use_compilation_cache
     from jaxae.data import load
     from jaxae.evaluate import run as evaluate
     from jaxae.train import steps_per_epoch, train_and_evaluate
@@ -81,6 +82,7 @@ def main(argv=None) -> int:
         raise config.UsageError(f"--minutes must be positive (got {args.minutes})")
     cfg, explicit = config.from_args(args)
     t_start = time.perf_counter()
+    use_compilation_cache(cfg.cache_dir)  # as train.py: a second study of the same model compiles nothing
     hostmem.keep_freed_memory()  # as train_and_evaluate does: calibrate the step the training will run
     hostmem.run_cpu_programs_inline()
     ds = load(cfg.data, cfg.dataset, cfg.cache_dir)

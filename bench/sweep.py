@@ -89,11 +89,13 @@ def main(argv=None) -> int:
         return run_workers(args)
 
     import jax
+    from jaxae.cli import use_compilation_cache
     from jaxae.config import Config, TrainingStopped
     from jaxae.data import load
     from jaxae.train import train_and_evaluate
 
     base, grid = json.loads(args.base), json.loads(args.grid)
+    use_compilation_cache(args.cache_dir)  # as train.py; the workers share it
     ds = load(args.data, cache_dir=args.cache_dir)
     print(f"{jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}", flush=True)
     for i, over in enumerate(grid):

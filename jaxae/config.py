@@ -29,7 +29,8 @@ class Config:
                    "train/<class>/ and test/<class>/ images, a .tar/.tar.gz of one, or the official "
                    "cifar-10-python.tar.gz / cifar-10-batches-py folder")
     dataset: str = _f("cifar10", "tfds dataset name, used when --data tfds")
-    cache_dir: str = _f("", "where decoded local datasets are cached as .npz (default ~/.cache/jaxae)")
+    cache_dir: str = _f("", "where decoded local datasets (.npz) and compiled programs (xla/) are cached "
+                        "(default ~/.cache/jaxae)")
     # --- model
     latent_dim: int = _f(3, "size of the latent code")
     width: int = _f(64, "channels of the first conv stage; each further stage doubles them")

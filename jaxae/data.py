@@ -271,8 +271,13 @@ def _cache_file(path: str, cache_dir: str) -> str:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 h.update(block)
     digest = h.hexdigest()[:16]
-    root = cache_dir or os.environ.get("JAXAE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jaxae"))
-    return os.path.join(root, f"{os.path.basename(path.rstrip('/'))}-{digest}.npz")
+    return os.path.join(cache_root(cache_dir), f"{os.path.basename(path.rstrip('/'))}-{digest}.npz")
+
+
+def cache_root(cache_dir: str = "") -> str:
+    """The folder of jaxae's caches (decoded datasets, compiled programs): cache_dir, else $JAXAE_CACHE, else
+    ~/.cache/jaxae."""
+    return cache_dir or os.environ.get("JAXAE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jaxae"))
 
 
 def _save_cache(cache: str, ds: Dataset) -> None:

@@ -19,6 +19,7 @@ from jax import lax
 from jaxae import checkpoints, corruption, figures, hostmem, pages
 from jaxae.metrics import (KNN_K, fit_pca, knn_accuracy, mean_image_mse, nearest_neighbours, pad_to_multiple,
                            pca_decode, pca_encode, psnr, ssim)
+from jaxae.cli import use_compilation_cache
 from jaxae.config import Config, UsageError, load_config
 from jaxae.data import Dataset, load
 from jaxae.models import model_from_config
@@ -284,6 +285,7 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     hostmem.run_cpu_programs_inline()
     if interp_steps < 2:
         raise UsageError(f"--interp-steps must be at least 2 (got {interp_steps})")
+    use_compilation_cache(load_config(workdir).cache_dir if cache_dir is None else cache_dir)
     cfg, state, ds = restore(workdir, step, data, cache_dir)
     out = out or os.path.join(workdir, "eval")
     tmp = _start_output(out)

@@ -22,10 +22,14 @@ STOP_AT = 16
 
 
 def run_train(args, env_extra=None, cache=None):
+    """train.py in a subprocess. cache: a JAX compilation cache folder, or "default" for the one a user gets
+    (--cache-dir's xla/), or None for the session's (conftest)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("JAX_NUM_CPU_DEVICES", None)  # 1 device unless a test asks for more
     env.update(env_extra or {})
-    if cache:
+    if cache == "default":
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    elif cache:
         env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     return subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -42,14 +46,17 @@ def run(tmp_path_factory):
     workdir = str(root / "run")
     args = ["--preset", "tiny", "--data", data, "--cache-dir", str(root / "cache"), "--workdir", workdir,
             "--epochs", str(EPOCHS), "--learning-rate", "5e-3", "--warmup-epochs", "0", "--noise", "0.1"]
-    cache = str(root / "jax-cache")
-    stopped = run_train(args + ["--max-steps", str(STOP_AT)], cache=cache)
+    # the compiled programs go where a user's go, --cache-dir's xla/ (the later tests' runs share it)
+    cache = str(root / "cache" / "xla")
+    stopped = run_train(args + ["--max-steps", str(STOP_AT)], cache="default")
     assert stopped.returncode == 0, stopped.stderr[-3000:]
     steps_after_stop = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
-    resumed = run_train(args, cache=cache)
+    cached_after_stop = sorted(os.listdir(cache)) if os.path.isdir(cache) else []
+    resumed = run_train(args, cache="default")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return dict(args=args, workdir=workdir, stopped=stopped, resumed=resumed, cache=cache,
-                steps_after_stop=steps_after_stop)
+                steps_after_stop=steps_after_stop, cached_after_stop=cached_after_stop,
+                cached_after_resume=sorted(os.listdir(cache)))
 
 
 def read_metrics(workdir):
@@ -61,6 +68,40 @@ def test_max_steps_stops_and_the_same_command_resumes(run):
     assert max(run["steps_after_stop"]) == STOP_AT
     assert f"from step {STOP_AT}" in run["resumed"].stdout
     assert "resuming" not in run["stopped"].stdout
+
+
+def test_compiled_programs_are_kept_for_the_next_run(run):
+    """The first run leaves its compiled programs in --cache-dir's xla/ (the steps, the test pass, the init);
+    the resumed run finds its steps and test pass there. It compiles one checksum of its own, over the
+    restored arrays (placed otherwise than a training's), and the small programs that make its restore target."""
+    def programs(names):
+        return sorted(n.rsplit("-", 2)[0] for n in names)
+    before = programs(run["cached_after_stop"])
+    assert {"jit_init", "jit__fun", "jit__recon_errors", "jit__checksum"} <= set(before), before
+    added = programs(set(run["cached_after_resume"]) - set(run["cached_after_stop"]))
+    assert "jit__fun" not in added and "jit__recon_errors" not in added and added.count("jit__checksum") == 1, added
+
+
+def test_the_cache_folder_follows_the_environment_and_cache_dir(tmp_path, monkeypatch, capsys):
+    import jax
+    from jaxae.cli import use_compilation_cache
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "theirs"))  # the user's choice wins
+    assert use_compilation_cache(str(tmp_path)) == str(tmp_path / "theirs") and not os.listdir(tmp_path)
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # set and empty: no cache
+    assert use_compilation_cache(str(tmp_path)) is None
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    try:
+        assert use_compilation_cache(str(tmp_path)) == str(tmp_path / "xla")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla") and os.path.isdir(tmp_path / "xla")
+        monkeypatch.setenv("JAXAE_CACHE", str(tmp_path / "env"))
+        assert use_compilation_cache("") == str(tmp_path / "env" / "xla")
+        (tmp_path / "afile").write_text("")
+        assert use_compilation_cache(str(tmp_path / "afile")) is None  # not a folder: one note, no cache
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("note: compiled programs are not cached"), err
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
 
 
 def test_loss_falls_and_the_run_writes_its_files(run):
