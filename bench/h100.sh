@@ -25,7 +25,7 @@
 # 100 s). $OUT gets log.txt and, per variant, train-NAME.out (train.py's whole output, each line stamped with the
 # seconds since it started: set JAX_LOG_COMPILES=1 to see each compile's time), metrics-NAME.jsonl and
 # eval-NAME.out (the device tool returns at most 8 files). TRAIN_FLAGS is appended to each train.py:
-# TRAIN_FLAGS="--preset long" measures the candidate default (fifteenth session, H100: train.py about 155 s with
+# TRAIN_FLAGS="--preset long" measures the candidate default (fifteenth session, H100: train.py about 160 s with
 # nothing cached, evaluate.py 30-60 s, so one variant per call). PARALLEL=1 trains all variants at once, then
 # evaluates them at once, each process with 0.9 / n of the GPU's memory: quality figures in one call, wall times
 # of a shared GPU (two long runs at once: 1.0 s per epoch against 0.66 s alone). With DATA, a dry run on CPU:

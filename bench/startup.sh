@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Where a training run's start-up goes: train.py once per variant, each in a fresh process with JAX_LOG_COMPILES=1,
+# printing every compile that took over 0.5 s and train.py's `time:` line (the seconds to the end of the first
+# epoch, then per epoch). A variant is NAME or NAME:VAR=VALUE,VAR=VALUE (environment for that run only). Usage:
+#   DATA=data/cifar10-jpeg.tar.gz FLAGS="--preset long --epochs 6" OUT=/some/folder bash bench/startup.sh \
+#       cold:JAX_COMPILATION_CACHE_DIR=/tmp/jc warm:JAX_COMPILATION_CACHE_DIR=/tmp/jc \
+#       notriton:XLA_FLAGS=--xla_gpu_enable_triton_gemm=false
+# (the fifteenth session's H100 call, docs/performance.md; that call also ran XLA_FLAGS=--xla_gpu_autotune_level=0).
+# Without a JAX_COMPILATION_CACHE_DIR of its own a variant runs with no compilation cache, so that it compiles.
+# Each run is limited to LIMIT seconds (default 110; a run cut there still ends its epoch first). $OUT gets each
+# run's whole output, NAME.out.
+set -u
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+: "${DATA:?set DATA to the dataset (train.py --data)}" "${OUT:?set OUT to a folder for the outputs}"
+mkdir -p "$OUT"
+for variant in "$@"; do  # all checked before any run: a typo must not cost device time
+  if [[ ! ${variant%%:*} =~ ^[A-Za-z0-9_.-]+$ ]]; then
+    echo "error: variant '$variant': write NAME or NAME:VAR=VALUE,... (NAME of letters, digits, _ . -)"; exit 2
+  fi
+done
+python3 -c "from jaxae.data import load; load('$DATA')" || exit 1  # decode once, outside the timed runs
+for variant in "$@"; do
+  name=${variant%%:*}; envs=()
+  [[ $variant == *:* ]] && IFS=',' read -ra envs <<< "${variant#*:}"
+  t0=$(date +%s.%N)
+  env JAX_COMPILATION_CACHE_DIR= "${envs[@]}" JAX_LOG_COMPILES=1 timeout "${LIMIT:-110}" python3 train.py \
+      --data "$DATA" --workdir "/tmp/startup-runs/$name" --fresh ${FLAGS:-} > "$OUT/$name.out" 2>&1
+  rc=$?
+  echo "$name: exit $rc, wall $(python3 -c "import time; print(f'{time.time() - $t0:.1f}')") s"
+  awk '/Finished XLA compilation/ && $(NF-1) > 0.5 {printf "    compiled %s in %.1f s\n", $(NF-3), $(NF-1)}' "$OUT/$name.out"
+  grep -E "^(time|done|error)" "$OUT/$name.out" | sed 's/^/    /'
+done
