@@ -98,6 +98,34 @@ def test_metrics_are_finite_and_agree_with_training(run):
     assert m["models"]["PCA-3"]["test_mse"] <= m["mean_image_test_mse"]
 
 
+def test_the_encode_timing_runs_the_program_compiled_beforehand(run):
+    """evaluate.py compiles the test split's encode without running it, then times the encode: the timed call
+    must neither lower nor compile anything."""
+    import jax
+    from jaxae.metrics import pad_to_multiple
+    from jaxae.models import model_from_config
+    cfg, state, ds = evaluate.restore(run["cfg"].workdir)
+    codec = evaluate.autoencoder_codec(model_from_config(cfg, ds.image_shape), state.params)
+    x = jax.device_put(pad_to_multiple(ds.test_images, 7)[0])  # 28 rows: a shape no other test encodes
+    lowered = []
+
+    def listener(event: str, duration: float, **_):
+        if event in ("/jax/core/compile/jaxpr_to_mlir_module_duration", "/jax/core/compile/backend_compile_duration"):
+            lowered.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        evaluate.compile_encode_split(codec, x)
+        n_compile = len(lowered)
+        codes = evaluate.encode_split(codec, x)
+        n_run = len(lowered) - n_compile
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    # one lowering (and a backend compile, unless the session's compilation cache already holds the program)
+    assert lowered[:1] == ["/jax/core/compile/jaxpr_to_mlir_module_duration"] and n_run == 0, lowered
+    assert codes.shape == (28, cfg.latent_dim) and np.isfinite(np.asarray(codes)).all()
+
+
 def test_a_workdir_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     cfg = tiny_config(tmp_path)
     checkpoints.save_config(cfg)
