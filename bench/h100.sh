@@ -106,27 +106,29 @@ if [[ $PART == variants ]]; then
     local name=$1 flags=$2 limit=$3 t0 us0=${EPOCHREALTIME/./}; t0=$(date +%s.%N)  # us0: microseconds, no fork
     rm -rf "$RUNS/$name" "$RUNS/eval-$name.out"  # an earlier call's run must not pass for this one's
     within "$limit" python3 train.py --data $DATA --workdir "$RUNS/$name" --fresh $flags $TRAIN_FLAGS 2>&1 \
-        | while IFS= read -r line; do
+        | while IFS= read -r line || [[ -n $line ]]; do
             printf '%.1f %s\n' "$(( ${EPOCHREALTIME/./} - us0 ))e-6" "$line"; done > "$OUT/train-$name.out"
     echo "${PIPESTATUS[0]} $(since $t0)" > "$RUNS/rc-$name"
     cp "$RUNS/$name/metrics.jsonl" "$OUT/metrics-$name.jsonl" 2>/dev/null
   }
-  # evaluate NAME LIMIT: evaluate.py on a finished run, or a line saying why not
+  # evaluate NAME LIMIT: evaluate.py on a finished run (none on a cut one: report says so)
   evaluate() {
     local name=$1 rc wall t0; read -r rc wall < "$RUNS/rc-$name"
-    if (( rc != 0 )); then  # 124: cut by the limit (train.py saves and exits 0 on the SIGTERM), or skipped
-      echo "INCOMPLETE $name: train.py did not finish (exit $rc); its evaluate.py is skipped" > "$RUNS/eval-$name.out"
-      return
-    fi
+    (( rc == 0 )) || return  # 124: cut by the limit (train.py saves and exits 0 on the SIGTERM), or skipped
     t0=$(date +%s.%N)
     within "$2" python3 evaluate.py --workdir "$RUNS/$name" > "$RUNS/eval-$name.out" 2>&1
-    echo "evaluate.py wall: $(since $t0) s, exit $?" >> "$RUNS/eval-$name.out"
+    rc=$?
+    echo "evaluate.py wall: $(since $t0) s, exit $rc" >> "$RUNS/eval-$name.out"
   }
-  report() {  # report NAME FLAGS
+  report() {  # report NAME FLAGS; $OUT gets eval-NAME.out only when evaluate.py ran (the tool returns <= 8 files)
     local rc wall; read -r rc wall < "$RUNS/rc-$1"
     echo "--- $1: train.py $2 $TRAIN_FLAGS wall: $wall s, exit $rc"
     grep -E "^[0-9.]+ (done|time|stopped|error)" "$OUT/train-$1.out" | cut -d' ' -f2-
-    tail -15 "$RUNS/eval-$1.out"; cp "$RUNS/eval-$1.out" "$OUT/eval-$1.out"
+    if (( rc != 0 )); then
+      echo "INCOMPLETE $1: train.py did not finish (exit $rc); its evaluate.py is skipped"
+    else
+      tail -15 "$RUNS/eval-$1.out"; cp "$RUNS/eval-$1.out" "$OUT/eval-$1.out"
+    fi
   }
   n=${#variants[@]}
   if [[ ${PARALLEL:-0} == 1 ]]; then

@@ -6,7 +6,8 @@
 #       cold:JAX_COMPILATION_CACHE_DIR=/tmp/jc warm:JAX_COMPILATION_CACHE_DIR=/tmp/jc \
 #       notriton:XLA_FLAGS=--xla_gpu_enable_triton_gemm=false
 # (the fifteenth session's H100 call, docs/performance.md; that call also ran XLA_FLAGS=--xla_gpu_autotune_level=0).
-# Without a JAX_COMPILATION_CACHE_DIR of its own a variant runs with no compilation cache, so that it compiles.
+# Without a JAX_COMPILATION_CACHE_DIR of its own a variant runs with no compilation cache, so that it compiles;
+# a "cold" variant needs a folder of its own that is empty (a second call on the same machine finds it filled).
 # Each run is limited to LIMIT seconds (default 110; a run cut there still ends its epoch first). $OUT gets each
 # run's whole output, NAME.out.
 set -u
@@ -14,7 +15,10 @@ export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 : "${DATA:?set DATA to the dataset (train.py --data)}" "${OUT:?set OUT to a folder for the outputs}"
 mkdir -p "$OUT"
 for variant in "$@"; do  # all checked before any run: a typo must not cost device time
-  if [[ ! ${variant%%:*} =~ ^[A-Za-z0-9_.-]+$ ]]; then
+  envs=(); [[ $variant == *:* ]] && IFS=',' read -ra envs <<< "${variant#*:}"
+  ok=1; [[ ${variant%%:*} =~ ^[A-Za-z0-9_.-]+$ ]] || ok=0
+  for e in "${envs[@]}"; do [[ $e =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || ok=0; done
+  if (( ! ok )); then
     echo "error: variant '$variant': write NAME or NAME:VAR=VALUE,... (NAME of letters, digits, _ . -)"; exit 2
   fi
 done

@@ -27,19 +27,26 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
 
 def use_compilation_cache(cache_dir: str = "") -> str | None:
     """Keep the programs XLA compiles in CACHE_ROOT/xla (JAX's persistent compilation cache; CACHE_ROOT is
-    --cache-dir, else $JAXAE_CACHE, else ~/.cache/jaxae), so that the next run of the same model on the same
-    devices loads them instead of compiling again: a resumed run, evaluate.py, a second training.
+    --cache-dir, else $JAXAE_CACHE, else ~/.cache/jaxae), so that a later process that needs the same
+    programs loads them instead of compiling again: a resumed run, a training repeated with the same settings
+    on the same devices, a second evaluate.py of a run. (The schedule, batch size, loss and noise are part of
+    the step's program: a run with other settings compiles its own.)
 
     On an H100, `--preset long` took 81 s to the end of its first epoch with nothing cached, 46 s of it compiling
     the epoch's steps, and 9 s with everything cached (docs/performance.md, fifteenth session). JAX's key covers
-    the program, the compiler flags, the devices and the jax version, so a cached program is the one XLA would
-    compile: same numbers. $JAX_COMPILATION_CACHE_DIR, when set, is left to JAX (empty: no cache).
+    the program, the compiler flags, the devices and the jax version: a cached program is the one XLA compiled
+    for that key. $JAX_COMPILATION_CACHE_DIR, when set, is left to JAX (set and empty: no cache).
     Returns the folder in use, or None; a folder that cannot be written gets one note and no cache.
     Call it before the first compile: JAX opens its cache once per process.
     """
-    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
-        return os.environ["JAX_COMPILATION_CACHE_DIR"] or None
     import jax
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        if os.environ["JAX_COMPILATION_CACHE_DIR"]:
+            return os.environ["JAX_COMPILATION_CACHE_DIR"]
+        # set and empty: no cache. JAX would still keep XLA's GPU autotuning results in a folder named after
+        # its flag, relative to the working directory, for a cache folder of "" (jax 0.10)
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
 
     from jaxae.data import cache_root
     path = os.path.join(cache_root(cache_dir), "xla")

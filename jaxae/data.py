@@ -277,7 +277,7 @@ def _cache_file(path: str, cache_dir: str) -> str:
 def cache_root(cache_dir: str = "") -> str:
     """The folder of jaxae's caches (decoded datasets, compiled programs): cache_dir, else $JAXAE_CACHE, else
     ~/.cache/jaxae."""
-    return cache_dir or os.environ.get("JAXAE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jaxae"))
+    return cache_dir or os.environ.get("JAXAE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jaxae")
 
 
 def _save_cache(cache: str, ds: Dataset) -> None:

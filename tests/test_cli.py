@@ -85,23 +85,28 @@ def test_compiled_programs_are_kept_for_the_next_run(run):
 def test_the_cache_folder_follows_the_environment_and_cache_dir(tmp_path, monkeypatch, capsys):
     import jax
     from jaxae.cli import use_compilation_cache
-    before = jax.config.jax_compilation_cache_dir
+    from jaxae.data import cache_root
+    before = jax.config.jax_compilation_cache_dir, jax.config.jax_enable_compilation_cache
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "theirs"))  # the user's choice wins
     assert use_compilation_cache(str(tmp_path)) == str(tmp_path / "theirs") and not os.listdir(tmp_path)
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # set and empty: no cache
-    assert use_compilation_cache(str(tmp_path)) is None
-    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
     try:
+        monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # set and empty: no cache, XLA's autotuning one too
+        assert use_compilation_cache(str(tmp_path)) is None and not jax.config.jax_enable_compilation_cache
+        jax.config.update("jax_enable_compilation_cache", before[1])
+        monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
         assert use_compilation_cache(str(tmp_path)) == str(tmp_path / "xla")
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla") and os.path.isdir(tmp_path / "xla")
         monkeypatch.setenv("JAXAE_CACHE", str(tmp_path / "env"))
         assert use_compilation_cache("") == str(tmp_path / "env" / "xla")
+        monkeypatch.setenv("JAXAE_CACHE", "")  # set and empty: the default root, not the working directory
+        assert cache_root("") == os.path.join(os.path.expanduser("~"), ".cache", "jaxae")
         (tmp_path / "afile").write_text("")
         assert use_compilation_cache(str(tmp_path / "afile")) is None  # not a folder: one note, no cache
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 1 and err[0].startswith("note: compiled programs are not cached"), err
     finally:
-        jax.config.update("jax_compilation_cache_dir", before)
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_enable_compilation_cache", before[1])
 
 
 def test_loss_falls_and_the_run_writes_its_files(run):
