@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     from jaxae.train import train_and_evaluate
 
     use_compilation_cache(cfg.cache_dir)
-    hostmem.keep_freed_memory()  # before distributed.initialize starts threads, so that they too keep to 2 arenas
+    hostmem.keep_freed_memory()  # before distributed.initialize starts threads, so that they keep to its arenas
     distributed.initialize(cfg)  # before anything touches a device
     import jax
 

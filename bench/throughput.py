@@ -159,6 +159,7 @@ def jax_worker(args) -> dict:
         enc = _encode_rate(cfg, test_u8, args.repeats)
     return {"backend": backend, "devices": n_dev, "matmul_peak_flops": peak, "encode": enc, "rows": rows,
             "peak_rss_mb": _peak_rss_mb(), "keep_freed_memory": kept, "cpu_programs_inline": inline,
+            "malloc_arenas": hostmem.arena_limit() if kept else None,
             "device_kind": jax.devices()[0].device_kind}
 
 
@@ -277,7 +278,8 @@ def torch_worker(args) -> dict:
                                    "devices": 1, "threads": threads or None, "batch": bs, "steps_per_call": 1,
                                    "img_s_best": r["img_s_best"], "img_s_median": r["img_s_median"],
                                    "compile_s": r["warmup_s"], "loss": r["loss"]}))
-    return {"rows": rows, "peak_rss_mb": _peak_rss_mb(), "keep_freed_memory": kept, "torch": torch.__version__}
+    return {"rows": rows, "peak_rss_mb": _peak_rss_mb(), "keep_freed_memory": kept,
+            "malloc_arenas": hostmem.arena_limit() if kept else None, "torch": torch.__version__}
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -327,8 +329,9 @@ def _fmt(v, spec):
 
 def _freed(worker: dict) -> str:
     inline = {True: "; CPU programs run inline", False: "; CPU programs dispatched asynchronously"}
-    return "freed host memory " + ("kept, 2 malloc arenas" if worker.get("keep_freed_memory") else
-                                   "returned to the kernel (glibc's default)") + inline.get(
+    arenas = worker.get("malloc_arenas", 2)  # JSON of earlier runs: always 2
+    return "freed host memory " + (f"kept, {arenas or 'glibc default'} malloc arenas" if worker.get("keep_freed_memory")
+                                   else "returned to the kernel (glibc's default)") + inline.get(
         worker.get("cpu_programs_inline"), "")
 
 

@@ -26,13 +26,27 @@ one that every other thread shares: the heap then stayed at 1.36-1.39 GB over 7 
 same for the heap, and left the default model's step as fast, but slowed the quick model's by 14-29 % (lock
 contention, as the fifth session had found); with two it runs as fast as before (docs/performance.md, twelfth
 session).
+
+That limit is for processes whose programs run on the CPU. Where JAX will run them on a GPU or TPU, XLA's
+compiler works in many threads on a many-core host (16 on the H100 machine), and the steps' memory is on the
+device: the arenas are left to glibc there (`accelerator_expected`). Since the limit came in (twelfth session),
+a GPU run's start-up grew: `--preset long` took 99 s in all on an H200 in the eleventh session, 147 s on another
+in the fourteenth, and an estimated 160 s on an H100 in the fifteenth, 82 of its first 93 s in compiles. Lock
+contention in the compiler's threads is the suspect; it is not measured on a GPU yet (docs/performance.md,
+fifteenth session). `JAXAE_MALLOC_ARENAS=N` sets the limit whatever the backend (0: glibc's default).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.metadata
+import importlib.util
+import os
+import pkgutil
 import sys
+
+from jaxae.config import UsageError
 
 # mallopt parameters, from glibc's <malloc.h>
 _M_TRIM_THRESHOLD = -1
@@ -50,13 +64,15 @@ def _libc():
 
 
 def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse (no trimming, no per-block mmap), in at most 2 arenas.
+    """Ask glibc's malloc to keep freed memory for reuse (no trimming, no per-block mmap), in at most 2 arenas
+    when the programs will run on the CPU (`arena_limit`).
 
     Takes effect for allocations made after the call. The arena limit holds for threads that allocate for the
     first time after it, and only while glibc has not yet fixed its own limit (it does so once 9 arenas
     exist): call it first thing, before JAX starts its backend or jax.distributed its threads. Calling it
     again is harmless. Returns False, changing nothing, where there is no glibc mallopt (macOS, Windows, musl).
     """
+    arenas = arena_limit()
     mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is None:
         return False
@@ -64,7 +80,36 @@ def keep_freed_memory() -> bool:
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success; musl's stub returns 0 and changes nothing
     return (mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1 and mallopt(_M_MMAP_MAX, 0) == 1
-            and mallopt(_M_ARENA_MAX, 2) == 1)
+            and (arenas == 0 or mallopt(_M_ARENA_MAX, arenas) == 1))
+
+
+def arena_limit() -> int:
+    """The malloc arenas keep_freed_memory allows: $JAXAE_MALLOC_ARENAS when set (0: glibc's default), else 2
+    where the programs will run on the CPU and 0 where an accelerator will run them."""
+    value = os.environ.get("JAXAE_MALLOC_ARENAS", "").strip()
+    if value:
+        if not value.isdigit():
+            raise UsageError(f"JAXAE_MALLOC_ARENAS={value}: give a whole number of malloc arenas (0: glibc's "
+                             f"default), or unset it")
+        return int(value)
+    return 0 if accelerator_expected() else 2
+
+
+def accelerator_expected() -> bool:
+    """Whether JAX will run this process's programs on a GPU or TPU, judged without starting its backends (that
+    starts the threads whose arenas must be limited first): by JAX_PLATFORMS (its first entry) when set, else
+    by whether a GPU or TPU plugin is installed, which JAX prefers to the CPU (a `jax_plugins` module or entry
+    point, as jax[cuda12] installs; libtpu). A plugin on a host without the device reads as an accelerator:
+    the arenas are then left to glibc, which costs a CPU run only the twelfth session's heap creep."""
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if not platforms and "jax" in sys.modules:  # set in a notebook before this call
+        platforms = sys.modules["jax"].config.jax_platforms or ""
+    if platforms.strip():
+        return platforms.split(",")[0].strip().lower() != "cpu"
+    if importlib.util.find_spec("libtpu") is not None or list(importlib.metadata.entry_points(group="jax_plugins")):
+        return True
+    spec = importlib.util.find_spec("jax_plugins")
+    return spec is not None and any(True for _ in pkgutil.iter_modules(spec.submodule_search_locations or []))
 
 
 def release_free_memory() -> bool:

@@ -68,13 +68,47 @@ libc.malloc_stats()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-@pytest.mark.parametrize("mode,arenas", [("default", lambda n: n >= 4), ("keep", lambda n: n == 2)])
-def test_threads_share_one_malloc_arena_beside_the_main_one(mode, arenas):
-    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
+@pytest.mark.parametrize("mode,env_extra,arenas", [
+    ("default", {}, lambda n: n >= 4),
+    ("keep", {"JAX_PLATFORMS": "cpu"}, lambda n: n == 2),
+    # an accelerator will run the programs: the arenas are left to glibc (XLA's compiler threads)
+    ("keep", {"JAX_PLATFORMS": "cuda"}, lambda n: n >= 4),
+    ("keep", {"JAX_PLATFORMS": "tpu,cpu"}, lambda n: n >= 4),
+    # the environment variable rules either way
+    ("keep", {"JAX_PLATFORMS": "cuda", "JAXAE_MALLOC_ARENAS": "2"}, lambda n: n == 2),
+    ("keep", {"JAX_PLATFORMS": "cpu", "JAXAE_MALLOC_ARENAS": "0"}, lambda n: n >= 4),
+])
+def test_threads_share_one_malloc_arena_beside_the_main_one(mode, env_extra, arenas):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES", "JAX_PLATFORMS", "JAXAE_MALLOC_ARENAS")}
     out = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, check=True,
-                         env=env)
+                         env={**env, **env_extra})
     n = out.stderr.count("Arena ")
     assert arenas(n), out.stderr
+
+
+def test_an_arena_count_that_is_not_a_number_is_a_clear_error(monkeypatch):
+    from jaxae import hostmem
+    from jaxae.config import UsageError
+    monkeypatch.setenv("JAXAE_MALLOC_ARENAS", "two")
+    with pytest.raises(UsageError, match="JAXAE_MALLOC_ARENAS=two: give a whole number"):
+        hostmem.keep_freed_memory()
+
+
+def test_an_accelerator_is_expected_from_jax_platforms_or_an_installed_plugin(monkeypatch, tmp_path):
+    from jaxae import hostmem
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert not hostmem.accelerator_expected()
+    monkeypatch.setenv("JAX_PLATFORMS", "gpu")
+    assert hostmem.accelerator_expected()
+    monkeypatch.delenv("JAX_PLATFORMS")
+    monkeypatch.delitem(sys.modules, "jax", raising=False)  # as before JAX is imported: its config is not read
+    assert not hostmem.accelerator_expected()  # this box: no GPU or TPU plugin installed
+    plugin = tmp_path / "jax_plugins" / "xla_cuda12"  # what jax-cuda12-pjrt installs
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert hostmem.accelerator_expected()
 
 
 # A ~40 ms CPU program: dispatched asynchronously, its result is not ready when the call returns; run inline,
