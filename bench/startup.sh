@@ -8,8 +8,8 @@
 # (the fifteenth session's H100 call, docs/performance.md; that call also ran XLA_FLAGS=--xla_gpu_autotune_level=0).
 # Without a JAX_COMPILATION_CACHE_DIR of its own a variant runs with no compilation cache, so that it compiles;
 # a "cold" variant needs a folder of its own that is empty (a second call on the same machine finds it filled).
-# Each run is limited to LIMIT seconds (default 110; a run cut there still ends its epoch first). $OUT gets each
-# run's whole output, NAME.out.
+# Each run is limited to LIMIT seconds (default 150; a run cut there still ends its epoch first). $OUT gets each
+# run's whole output, NAME.out. Each run's line also gives the malloc arenas jaxae.hostmem allows it.
 set -u
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 : "${DATA:?set DATA to the dataset (train.py --data)}" "${OUT:?set OUT to a folder for the outputs}"
@@ -27,10 +27,11 @@ for variant in "$@"; do
   name=${variant%%:*}; envs=()
   [[ $variant == *:* ]] && IFS=',' read -ra envs <<< "${variant#*:}"
   t0=$(date +%s.%N)
-  env JAX_COMPILATION_CACHE_DIR= "${envs[@]}" JAX_LOG_COMPILES=1 timeout "${LIMIT:-110}" python3 train.py \
+  arenas=$(env "${envs[@]}" python3 -c "from jaxae import hostmem; print(hostmem.arena_limit() or 'glibc default')")
+  env JAX_COMPILATION_CACHE_DIR= "${envs[@]}" JAX_LOG_COMPILES=1 timeout "${LIMIT:-150}" python3 train.py \
       --data "$DATA" --workdir "/tmp/startup-runs/$name" --fresh ${FLAGS:-} > "$OUT/$name.out" 2>&1
   rc=$?
-  echo "$name: exit $rc, wall $(python3 -c "import time; print(f'{time.time() - $t0:.1f}')") s"
+  echo "$name: exit $rc, wall $(python3 -c "import time; print(f'{time.time() - $t0:.1f}')") s, malloc arenas $arenas"
   awk '/Finished XLA compilation/ && $(NF-1) > 0.5 {printf "    compiled %s in %.1f s\n", $(NF-3), $(NF-1)}' "$OUT/$name.out"
   grep -E "^(time|done|error)" "$OUT/$name.out" | sed 's/^/    /'
 done

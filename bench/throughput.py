@@ -329,8 +329,9 @@ def _fmt(v, spec):
 
 def _freed(worker: dict) -> str:
     inline = {True: "; CPU programs run inline", False: "; CPU programs dispatched asynchronously"}
-    arenas = worker.get("malloc_arenas", 2)  # JSON of earlier runs: always 2
-    return "freed host memory " + (f"kept, {arenas or 'glibc default'} malloc arenas" if worker.get("keep_freed_memory")
+    arenas = worker.get("malloc_arenas")  # absent from runs before the fifteenth session
+    kept = "kept" + ("" if arenas is None else f", {arenas or 'glibc default'} malloc arenas")
+    return "freed host memory " + (kept if worker.get("keep_freed_memory")
                                    else "returned to the kernel (glibc's default)") + inline.get(
         worker.get("cpu_programs_inline"), "")
 

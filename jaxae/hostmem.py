@@ -30,10 +30,10 @@ session).
 That limit is for processes whose programs run on the CPU. Where JAX will run them on a GPU or TPU, XLA's
 compiler works in many threads on a many-core host (16 on the H100 machine), and the steps' memory is on the
 device: the arenas are left to glibc there (`accelerator_expected`). Since the limit came in (twelfth session),
-a GPU run's start-up grew: `--preset long` took 99 s in all on an H200 in the eleventh session, 147 s on another
-in the fourteenth, and an estimated 160 s on an H100 in the fifteenth, 82 of its first 93 s in compiles. Lock
-contention in the compiler's threads is the suspect; it is not measured on a GPU yet (docs/performance.md,
-fifteenth session). `JAXAE_MALLOC_ARENAS=N` sets the limit whatever the backend (0: glibc's default).
+GPU compiles were slow: the fifteenth session's H100 compiled the epoch's steps of `--preset long` in 46 s,
+where the eighth session's bench compiled the same in 5.5 s. Contention in the compiler's threads is a suspect,
+not measured on a GPU yet (docs/performance.md, fifteenth session, 6). `JAXAE_MALLOC_ARENAS=N` sets the limit
+whatever the backend (0: glibc's default).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def arena_limit() -> int:
     where the programs will run on the CPU and 0 where an accelerator will run them."""
     value = os.environ.get("JAXAE_MALLOC_ARENAS", "").strip()
     if value:
-        if not value.isdigit():
+        if not (value.isascii() and value.isdecimal()):
             raise UsageError(f"JAXAE_MALLOC_ARENAS={value}: give a whole number of malloc arenas (0: glibc's "
                              f"default), or unset it")
         return int(value)
@@ -96,20 +96,44 @@ def arena_limit() -> int:
 
 
 def accelerator_expected() -> bool:
-    """Whether JAX will run this process's programs on a GPU or TPU, judged without starting its backends (that
-    starts the threads whose arenas must be limited first): by JAX_PLATFORMS (its first entry) when set, else
-    by whether a GPU or TPU plugin is installed, which JAX prefers to the CPU (a `jax_plugins` module or entry
-    point, as jax[cuda12] installs; libtpu). A plugin on a host without the device reads as an accelerator:
-    the arenas are then left to glibc, which costs a CPU run only the twelfth session's heap creep."""
-    platforms = os.environ.get("JAX_PLATFORMS", "")
-    if not platforms and "jax" in sys.modules:  # set in a notebook before this call
-        platforms = sys.modules["jax"].config.jax_platforms or ""
-    if platforms.strip():
+    """Whether JAX will run this process's programs on a GPU or TPU, judged as JAX judges it but without
+    starting its backends (that starts the threads whose arenas must be limited first): by JAX_PLATFORMS's first
+    entry when it is set, else by an installed GPU or TPU plugin, which JAX prefers to the CPU, together with
+    the device it would drive (JAX skips a plugin whose device is absent and runs on the CPU)."""
+    platforms = _configured_platforms()
+    if platforms:
         return platforms.split(",")[0].strip().lower() != "cpu"
+    return _plugin_installed() and _accelerator_device_visible()
+
+
+def _configured_platforms() -> str:
+    """JAX_PLATFORMS as JAX will use it: its config once jax is imported (read from the environment at import,
+    changed by jax.config.update after), else the environment."""
+    jax = sys.modules.get("jax")
+    if jax is not None and hasattr(jax, "config"):
+        return (jax.config.jax_platforms or "").strip()
+    return os.environ.get("JAX_PLATFORMS", "").strip()
+
+
+def _plugin_installed() -> bool:
+    """A GPU or TPU backend for JAX: a `jax_plugins` module or entry point (what jax[cuda12] installs), or
+    libtpu. None of them is imported."""
     if importlib.util.find_spec("libtpu") is not None or list(importlib.metadata.entry_points(group="jax_plugins")):
         return True
     spec = importlib.util.find_spec("jax_plugins")
     return spec is not None and any(True for _ in pkgutil.iter_modules(spec.submodule_search_locations or []))
+
+
+def _accelerator_device_visible() -> bool:
+    """The device checks JAX makes before it starts a plugin (jax._src.hardware_utils): NVIDIA's device files
+    (with CUDA_VISIBLE_DEVICES not emptied), AMD's /dev/kfd, a Google TPU chip on the PCI bus. Where those
+    helpers are not found (another jax), a plugin counts as a device."""
+    try:
+        from jax._src import hardware_utils as hw
+        nvidia = hw.has_visible_nvidia_gpu() and os.environ.get("CUDA_VISIBLE_DEVICES") not in ("", "-1")
+        return nvidia or os.path.exists("/dev/kfd") or hw.num_available_tpu_chips_and_device_id()[0] > 0
+    except (ImportError, AttributeError):
+        return True
 
 
 def release_free_memory() -> bool:

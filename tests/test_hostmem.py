@@ -78,7 +78,7 @@ libc.malloc_stats()
     ("keep", {"JAX_PLATFORMS": "cuda", "JAXAE_MALLOC_ARENAS": "2"}, lambda n: n == 2),
     ("keep", {"JAX_PLATFORMS": "cpu", "JAXAE_MALLOC_ARENAS": "0"}, lambda n: n >= 4),
 ])
-def test_threads_share_one_malloc_arena_beside_the_main_one(mode, env_extra, arenas):
+def test_threads_share_one_malloc_arena_beside_the_main_one_where_the_cpu_runs_the_programs(mode, env_extra, arenas):
     env = {k: v for k, v in os.environ.items()
            if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES", "JAX_PLATFORMS", "JAXAE_MALLOC_ARENAS")}
     out = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, check=True,
@@ -87,30 +87,57 @@ def test_threads_share_one_malloc_arena_beside_the_main_one(mode, env_extra, are
     assert arenas(n), out.stderr
 
 
-def test_an_arena_count_that_is_not_a_number_is_a_clear_error(monkeypatch):
+@pytest.mark.parametrize("value", ["two", "-1", "\u00b2"])  # "²" passes str.isdigit, not int()
+def test_an_arena_count_that_is_not_a_number_is_a_clear_error(monkeypatch, value):
     from jaxae import hostmem
     from jaxae.config import UsageError
-    monkeypatch.setenv("JAXAE_MALLOC_ARENAS", "two")
-    with pytest.raises(UsageError, match="JAXAE_MALLOC_ARENAS=two: give a whole number"):
+    monkeypatch.setenv("JAXAE_MALLOC_ARENAS", value)
+    with pytest.raises(UsageError, match=f"JAXAE_MALLOC_ARENAS={value}: give a whole number"):
         hostmem.keep_freed_memory()
 
 
-def test_an_accelerator_is_expected_from_jax_platforms_or_an_installed_plugin(monkeypatch, tmp_path):
+@pytest.mark.parametrize("platforms,plugin,device,expected", [
+    ("cpu", True, True, False),  # JAX_PLATFORMS rules over an installed plugin
+    ("cpu,cuda", True, True, False),  # its first entry is JAX's default backend
+    ("cuda", False, False, True),
+    ("tpu,cpu", False, False, True),
+    ("", True, True, True),  # JAX prefers an installed plugin whose device is present
+    ("", True, False, False),  # ... and runs on the CPU without the device
+    ("", False, True, False),
+])
+def test_an_accelerator_is_expected_as_jax_would_choose_one(monkeypatch, platforms, plugin, device, expected):
     from jaxae import hostmem
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    assert not hostmem.accelerator_expected()
-    monkeypatch.setenv("JAX_PLATFORMS", "gpu")
-    assert hostmem.accelerator_expected()
-    monkeypatch.delenv("JAX_PLATFORMS")
-    monkeypatch.delitem(sys.modules, "jax", raising=False)  # as before JAX is imported: its config is not read
-    assert not hostmem.accelerator_expected()  # this box: no GPU or TPU plugin installed
+    monkeypatch.setattr(hostmem, "_configured_platforms", lambda: platforms)
+    monkeypatch.setattr(hostmem, "_plugin_installed", lambda: plugin)
+    monkeypatch.setattr(hostmem, "_accelerator_device_visible", lambda: device)
+    assert hostmem.accelerator_expected() is expected
+
+
+def test_a_plugin_is_found_in_the_jax_plugins_namespace(monkeypatch, tmp_path):
+    from jaxae import hostmem
     plugin = tmp_path / "jax_plugins" / "xla_cuda12"  # what jax-cuda12-pjrt installs
     plugin.mkdir(parents=True)
     (plugin / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert hostmem.accelerator_expected()
+    assert hostmem._plugin_installed()
 
 
+# JAX_PLATFORMS as JAX will use it: the environment before jax is imported, its config after
+PLATFORMS_PROBE = r"""
+import os
+os.environ["JAX_PLATFORMS"] = "cuda"
+from jaxae import hostmem
+assert "jax" not in __import__("sys").modules
+before = hostmem._configured_platforms()
+import jax
+jax.config.update("jax_platforms", "tpu")
+print(before, hostmem._configured_platforms())
+"""
+
+
+def test_jax_platforms_is_read_from_the_environment_then_from_jax_config():
+    out = subprocess.run([sys.executable, "-c", PLATFORMS_PROBE], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["cuda", "tpu"], out.stderr
 # A ~40 ms CPU program: dispatched asynchronously, its result is not ready when the call returns; run inline,
 # it is. After JAX's backends have started, the setting can no longer change and the call says so.
 DISPATCH_PROBE = r"""
