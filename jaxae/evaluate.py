@@ -145,23 +145,36 @@ def corrupt_fixed(kind: str, strength: float, x: jax.Array, idx: jax.Array) -> j
 
 @dataclasses.dataclass(frozen=True)
 class _Errors:
-    """Per-example squared error, absolute error and SSIM of decode(encode(corrupt(x))) against x."""
+    """Per-example squared error, absolute error and SSIM against x of decode(encode(corrupt(x))), or, with
+    from_codes, of decode(codes[i]) for the split's codes handed in beside the parameters."""
     encode: Callable
     decode: Callable
     kind: str
     strength: float
+    from_codes: bool = False
 
     def __call__(self, p, x, idx):
-        r = self.decode(p, self.encode(p, corrupt_fixed(self.kind, self.strength, x, idx)))
+        if self.from_codes:
+            p, codes = p
+            z = codes[idx]
+        else:
+            z = self.encode(p, corrupt_fixed(self.kind, self.strength, x, idx))
+        r = self.decode(p, z)
         d = (r - x).reshape(x.shape[0], -1)
         return jnp.square(d).mean(1), jnp.abs(d).mean(1), ssim(r, x)
 
 
 def reconstruction_metrics(codec: Codec, images_dev, mask: np.ndarray, kind: str = "gaussian",
-                           strength: float = 0.0) -> dict:
-    """MSE, MAE, global PSNR and SSIM of the reconstructions of x (corrupted by kind, strength) against x."""
-    fn = _Errors(codec.encode, codec.decode, kind, strength)
-    out = _map_batches(fn, codec.params, images_dev, batch_size_for(images_dev.shape[0]))
+                           strength: float = 0.0, codes: jax.Array | None = None) -> dict:
+    """MSE, MAE, global PSNR and SSIM of the reconstructions of x (corrupted by kind, strength) against x.
+
+    `codes`: the clean split's codes as encode_split gave them (pad rows included), to decode instead of
+    encoding the split again (one encode of the test split less: ~10 s of a CPU evaluation)."""
+    if codes is not None and strength:
+        raise ValueError("codes are the clean inputs' codes: they cannot stand for corrupted inputs")
+    fn = _Errors(codec.encode, codec.decode, kind, strength, from_codes=codes is not None)
+    params = codec.params if codes is None else (codec.params, codes)
+    out = _map_batches(fn, params, images_dev, batch_size_for(images_dev.shape[0]))
     se, ae, ss = (np.asarray(v)[mask > 0] for v in out)
     mse = float(se.mean())
     return {"mse": mse, "mae": float(ae.mean()), "psnr": psnr(mse), "ssim": float(ss.mean())}
@@ -316,12 +329,14 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     ae_train = encode_split(ae, train_x)
     pca_params, t_pca = _timed(lambda: fit_pca(ds.train_images.reshape(n_train, -1), cfg.latent_dim, 1 / 255))
     pca = pca_codec(pca_params, ds.image_shape)
+    test_codes = {"ae": ae_test, "pca": encode_split(pca, test_x)}  # pad rows included
     codes = {"ae_test": ae_test[:n_test], "ae_train": ae_train[:n_train],
-             "pca_test": encode_split(pca, test_x)[:n_test], "pca_train": encode_split(pca, train_x)[:n_train]}
+             "pca_test": test_codes["pca"][:n_test], "pca_train": encode_split(pca, train_x)[:n_train]}
 
     results: dict[str, dict] = {}
     for codec, key in ((ae, "ae"), (pca, "pca")):
-        m = {f"test_{k}": v for k, v in reconstruction_metrics(codec, test_x, test_mask).items()}
+        m = {f"test_{k}": v for k, v in
+             reconstruction_metrics(codec, test_x, test_mask, codes=test_codes[key]).items()}
         if cfg.noise > 0:
             m.update({f"noisy_test_{k}": v for k, v in
                       reconstruction_metrics(codec, test_x, test_mask, cfg.corruption, cfg.noise).items()})

@@ -126,6 +126,23 @@ def test_the_encode_timing_runs_the_program_compiled_beforehand(run):
     assert codes.shape == (28, cfg.latent_dim) and np.isfinite(np.asarray(codes)).all()
 
 
+def test_clean_errors_from_the_codes_equal_those_from_encoding_again(run):
+    """evaluate.py decodes the test codes it already has for the clean reconstructions: the same numbers as
+    encoding the split again."""
+    import jax
+    from jaxae.metrics import pad_to_multiple
+    from jaxae.models import model_from_config
+    cfg, state, ds = evaluate.restore(run["cfg"].workdir)
+    codec = evaluate.autoencoder_codec(model_from_config(cfg, ds.image_shape), state.params)
+    x, mask = pad_to_multiple(ds.test_images, evaluate.batch_size_for(len(ds.test_images)))
+    x = jax.device_put(x)
+    again = evaluate.reconstruction_metrics(codec, x, mask)
+    decoded = evaluate.reconstruction_metrics(codec, x, mask, codes=evaluate.encode_split(codec, x))
+    assert decoded == pytest.approx(again, rel=1e-5)
+    with pytest.raises(ValueError, match="clean inputs' codes"):
+        evaluate.reconstruction_metrics(codec, x, mask, "gaussian", 0.2, codes=evaluate.encode_split(codec, x))
+
+
 def test_a_workdir_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     cfg = tiny_config(tmp_path)
     checkpoints.save_config(cfg)
