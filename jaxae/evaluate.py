@@ -129,7 +129,7 @@ def encode_split(codec: Codec, images_dev) -> jax.Array:
 def compile_encode_split(codec: Codec, images_dev) -> None:
     """Compile encode_split's program for this codec and split without running it (a later encode_split call
     reuses it): timing the encode then leaves the compile out, and the 2-core box is spared a whole extra
-    encode of the test split (about 7 s for the default model)."""
+    encode of the test split (10-14 s for the default model, fifteenth session)."""
     _map_batches.lower(*_encode_args(codec, images_dev)).compile()
 
 
@@ -169,7 +169,7 @@ def reconstruction_metrics(codec: Codec, images_dev, mask: np.ndarray, kind: str
     """MSE, MAE, global PSNR and SSIM of the reconstructions of x (corrupted by kind, strength) against x.
 
     `codes`: the clean split's codes as encode_split gave them (pad rows included), to decode instead of
-    encoding the split again (one encode of the test split less: ~10 s of a CPU evaluation)."""
+    encoding the split again (one encode of the test split less: 7-9 s of a CPU evaluation of the default model)."""
     if codes is not None and strength:
         raise ValueError("codes are the clean inputs' codes: they cannot stand for corrupted inputs")
     fn = _Errors(codec.encode, codec.decode, kind, strength, from_codes=codes is not None)
