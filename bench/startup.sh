@@ -14,9 +14,10 @@ set -u
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 : "${DATA:?set DATA to the dataset (train.py --data)}" "${OUT:?set OUT to a folder for the outputs}"
 mkdir -p "$OUT"
+parse() { name=${1%%:*}; envs=(); [[ $1 == *:* ]] && IFS=',' read -ra envs <<< "${1#*:}"; }  # NAME[:VAR=VALUE,...]
 for variant in "$@"; do  # all checked before any run: a typo must not cost device time
-  envs=(); [[ $variant == *:* ]] && IFS=',' read -ra envs <<< "${variant#*:}"
-  ok=1; [[ ${variant%%:*} =~ ^[A-Za-z0-9_.-]+$ ]] || ok=0
+  parse "$variant"
+  ok=1; [[ $name =~ ^[A-Za-z0-9_.-]+$ ]] || ok=0
   for e in "${envs[@]}"; do [[ $e =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || ok=0; done
   if (( ! ok )); then
     echo "error: variant '$variant': write NAME or NAME:VAR=VALUE,... (NAME of letters, digits, _ . -)"; exit 2
@@ -24,14 +25,14 @@ for variant in "$@"; do  # all checked before any run: a typo must not cost devi
 done
 python3 -c "from jaxae.data import load; load('$DATA')" || exit 1  # decode once, outside the timed runs
 for variant in "$@"; do
-  name=${variant%%:*}; envs=()
-  [[ $variant == *:* ]] && IFS=',' read -ra envs <<< "${variant#*:}"
-  t0=$(date +%s.%N)
+  parse "$variant"
   arenas=$(env "${envs[@]}" python3 -c "from jaxae import hostmem; print(hostmem.arena_limit() or 'glibc default')")
+  t0=$(date +%s.%N)  # after the arena probe: the wall time is train.py's alone
   env JAX_COMPILATION_CACHE_DIR= "${envs[@]}" JAX_LOG_COMPILES=1 timeout "${LIMIT:-150}" python3 train.py \
       --data "$DATA" --workdir "/tmp/startup-runs/$name" --fresh ${FLAGS:-} > "$OUT/$name.out" 2>&1
   rc=$?
   echo "$name: exit $rc, wall $(python3 -c "import time; print(f'{time.time() - $t0:.1f}')") s, malloc arenas $arenas"
-  awk '/Finished XLA compilation/ && $(NF-1) > 0.5 {printf "    compiled %s in %.1f s\n", $(NF-3), $(NF-1)}' "$OUT/$name.out"
+  awk '/Finished XLA compilation/ && $(NF-1) > 0.5 {printf "    compiled %s in %.1f s\n", $(NF-3), $(NF-1)}' \
+      "$OUT/$name.out"
   grep -E "^(time|done|error)" "$OUT/$name.out" | sed 's/^/    /'
 done
