@@ -139,7 +139,8 @@ class Config:
 # Named groups of defaults. "default" is the accelerator schedule `python train.py` runs;
 # "long" is the same model for 100 epochs at batch 1024: on an H200, 0.0281-0.0282 test MSE on 3 seeds against
 # the default's 0.0287-0.0297, for about twice the wall time; not yet the default, since its --noise 0.2 and
-# --loss l1 runs are not evaluated and its time on an H100 is not measured (fourteenth session);
+# --loss l1 runs are not evaluated (fourteenth session) and a first run on an H100 takes about 160 s, an
+# estimate from a run cut at epoch 53 (fifteenth session);
 # "quick" is the 2-core CPU model and schedule: width 16, no residual blocks, the sub-pixel output head, ReLU
 # and 14 epochs train in about 10 minutes on 2 cores (bench/quality.py fits epochs to any budget). See
 # docs/quality.md for the studies behind them.
