@@ -62,6 +62,22 @@ def test_save_restore_round_trip_is_exact(fresh_state, tmp_path):
     assert type(restored.opt_state) is type(fresh_state.opt_state)
 
 
+def test_the_host_checksum_is_the_device_checksum_and_the_stored_format(fresh_state):
+    """checksum_host (restores; saves on CPU) and _checksum (saves on accelerators) agree, on a training state and
+    on leaves of every width; the value for a fixed tree is the one the checkpoints of earlier versions store
+    (0xea131d67 from _checksum before checksum_host existed), so that they still verify."""
+    rng = np.random.default_rng(0)
+    tree = {"step": np.int32(1234), "w": rng.normal(size=(5, 7)).astype(np.float32),
+            "h": rng.normal(size=(9,)).astype(jnp.bfloat16), "i8": rng.integers(-100, 100, 11).astype(np.int8),
+            "key": np.array([7, 0xFFFFFFFF], np.uint32)}
+    assert checkpoints.checksum_host(tree) == int(checkpoints._checksum(tree)) == 0xea131d67
+    state = checkpoints._as_tree(scrambled(fresh_state, 3, 5))
+    assert checkpoints.checksum_host(state) == int(checkpoints._checksum(state))
+    assert int(checkpoints._stored_checksum(state)) == checkpoints.checksum_host(state)
+    tree["w"][2, 3] = np.nextafter(tree["w"][2, 3], np.float32(np.inf))  # one bit of one word
+    assert checkpoints.checksum_host(tree) != 0xea131d67
+
+
 def test_wait_completes_the_save_and_keeps_the_manager_open(fresh_state, tmp_path):
     """checkpoints.wait (train.py's, once a CPU epoch): the save is on disk after it, and more saves follow."""
     mngr = checkpoints.manager(str(tmp_path))

@@ -72,14 +72,16 @@ def test_max_steps_stops_and_the_same_command_resumes(run):
 
 def test_compiled_programs_are_kept_for_the_next_run(run):
     """The first run leaves its compiled programs in --cache-dir's xla/ (the steps, the test pass, the init);
-    the resumed run finds its steps and test pass there. It compiles one checksum of its own, over the
-    restored arrays (placed otherwise than a training's), and the small programs that make its restore target."""
+    the resumed run finds its steps and test pass there. Neither compiles a checksum: on CPU the save's and the
+    restore's are NumPy's (checkpoints.checksum_host). The resumed run adds only the small programs that make
+    its restore target."""
     def programs(names):
         return sorted(n.rsplit("-", 2)[0] for n in names)
     before = programs(run["cached_after_stop"])
-    assert {"jit_init", "jit__fun", "jit__recon_errors", "jit__checksum"} <= set(before), before
+    assert {"jit_init", "jit__fun", "jit__recon_errors"} <= set(before), before
     added = programs(set(run["cached_after_resume"]) - set(run["cached_after_stop"]))
-    assert "jit__fun" not in added and "jit__recon_errors" not in added and added.count("jit__checksum") == 1, added
+    assert "jit__fun" not in added and "jit__recon_errors" not in added, added
+    assert "jit__checksum" not in before + added, (before, added)
 
 
 def test_the_cache_folder_follows_the_environment_and_cache_dir(tmp_path, monkeypatch, capsys):
