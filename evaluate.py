@@ -11,7 +11,8 @@ import argparse
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from jaxae.cli import ArgumentParser
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="the run's folder (holds config.json and checkpoints/)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step to evaluate (default: the latest)")
     parser.add_argument("--out", default=None, help="output folder (default: WORKDIR/eval); a previous "

@@ -12,7 +12,8 @@ import argparse
 def main(argv=None) -> int:
     from jaxae import config
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from jaxae.cli import ArgumentParser
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_flags(parser)
     args = parser.parse_args(argv)
     cfg, explicit = config.from_args(args)

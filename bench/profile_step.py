@@ -37,7 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def build_parser() -> argparse.ArgumentParser:
     from jaxae.config import Config, add_flags
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from jaxae.cli import ArgumentParser
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=10, help="traced steps, after 3 untraced (default: 10)")
     p.add_argument("--top", type=int, default=20, help="operation kinds printed (default: 20)")
     p.add_argument("--trace-dir", default="", help="keep the trace here (default: a temporary folder)")

@@ -1,4 +1,4 @@
-"""Train within a wall-clock budget, then evaluate: test MSE, PSNR and 10-NN accuracy next to PCA.
+r"""Train within a wall-clock budget, then evaluate: test MSE, PSNR and 10-NN accuracy next to PCA.
 
     python bench/quality.py --data ../shared/data/cifar10-jpeg.tar.gz --minutes 15 --workdir runs/q15 \
         --preset quick
@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     from jaxae.evaluate import run as evaluate
     from jaxae.train import steps_per_epoch, train_and_evaluate
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from jaxae.cli import ArgumentParser
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of the training (default 15)")
     config.add_flags(p)
     args = p.parse_args(argv)

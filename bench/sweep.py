@@ -1,4 +1,4 @@
-"""Train a list of configurations one after another and tabulate test MSE, 10-NN accuracy and time.
+r"""Train a list of configurations one after another and tabulate test MSE, 10-NN accuracy and time.
 
     python bench/sweep.py --data data/cifar10-jpeg.tar.gz --out runs/sweep.jsonl \
         --base '{"epochs": 20}' --grid '[{}, {"width": 32}, {"loss": "l1"}]'
@@ -76,13 +76,14 @@ def run_workers(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
+    from jaxae.cli import ArgumentParser
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="the data every run trains on, as train.py --data")
     p.add_argument("--base", default="{}", help="JSON dict of Config overrides shared by all runs")
     p.add_argument("--grid", required=True, help="JSON list of dicts, one run each")
     p.add_argument("--root", default="runs/sweep", help="parent folder of the runs' workdirs")
     p.add_argument("--out", default="runs/sweep.jsonl", help="JSON lines, one per run (appended)")
-    p.add_argument("--cache-dir", default="")
+    p.add_argument("--cache-dir", default="", help="as train.py --cache-dir (default ~/.cache/jaxae)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes sharing the accelerator (default: 1)")
     args = p.parse_args(argv)
     if args.jobs > 1:

@@ -50,7 +50,8 @@ def _parse_list(s: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     from jaxae.config import Config, add_flags
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from jaxae.cli import ArgumentParser
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch-sizes", default="auto",
                    help="comma-separated global batch sizes; auto = 256 on CPU, 256,1024 on GPU (default: auto)")
     p.add_argument("--devices", default="auto",

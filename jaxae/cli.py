@@ -3,11 +3,20 @@ exit status 1; keep compiled programs for the next run."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Callable
 
 from jaxae.config import TrainingStopped, UsageError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose mistakes (an unknown flag, a bad choice, a missing value) are one line and exit
+    status 2, as every other mistake is: argparse printed its whole usage first (17 lines for train.py)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (`{self.prog} --help` lists every flag)\n")
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:

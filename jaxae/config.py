@@ -176,8 +176,10 @@ def add_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = No
     for f in dataclasses.fields(Config):
         if only is not None and f.name not in only:
             continue
-        help_ = f.metadata["help"] + (f" (default: {f.default})" if f.name != "preset" else
-                                      f"; one of {', '.join(PRESETS)} (default: default)")
+        if f.name == "preset":
+            help_ = f.metadata["help"] + f"; one of {', '.join(PRESETS)} (default: default)"
+        else:  # a help that explains its own default (--cache-dir's "default ~/.cache/jaxae") keeps to that
+            help_ = f.metadata["help"] + ("" if "(default " in f.metadata["help"] else f" (default: {f.default})")
         if f.type in ("bool", bool):
             parser.add_argument(f"--{_flag(f.name)}", dest=f.name, default=None,
                                 action=argparse.BooleanOptionalAction, help=help_)

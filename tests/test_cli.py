@@ -164,3 +164,23 @@ def test_batch_size_not_divisible_by_devices_is_one_line_exit_2(tmp_path):
     lines = error_lines(proc)
     assert len(lines) == 1 and "--batch-size 7" in lines[0] and "2 devices" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr and not os.path.exists(os.path.join(tmp_path, "run", "checkpoints"))
+
+
+@pytest.mark.parametrize("script, argv, words", [
+    ("train.py", ["--loss", "L2"], ["argument --loss: invalid choice: 'L2'", "`train.py --help`"]),
+    ("train.py", ["--lateent-dim", "4"], ["unrecognized arguments: --lateent-dim 4"]),
+    ("evaluate.py", [], ["the following arguments are required: --workdir", "`evaluate.py --help`"]),
+])
+def test_a_flag_mistake_is_one_line_and_exit_2(script, argv, words, capsys, monkeypatch):
+    """argparse's own errors print one line, as every other mistake does (they printed its 17-line usage)."""
+    import importlib.util
+    monkeypatch.setattr(sys, "argv", [script])  # argparse names the program after argv[0]
+    spec = importlib.util.spec_from_file_location(script[:-3], os.path.join(REPO, script))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_:
+        module.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    for w in words:
+        assert w in err, err
