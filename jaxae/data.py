@@ -91,6 +91,9 @@ def load_tfds(name: str) -> Dataset:
     except (ValueError, KeyError) as e:
         raise UsageError(f"--dataset {name}: cannot use its train/test splits as (image, label) pairs "
                          f"({e})") from None
+    except ImportError as e:  # a package tfds imports lazily but does not declare (importlib_resources was one)
+        raise UsageError(f"--data tfds: tensorflow-datasets could not import what it needs ({e}): `pip install -r "
+                         f"requirements.txt`, or pass --data PATH to a local copy") from None
     except Exception as e:  # download failures come as many types (OSError, DownloadError, ...)
         if "download" in repr(e).lower() or isinstance(e, OSError):
             raise UsageError(f"tfds could not download {name} ({type(e).__name__}); with no network, pass "

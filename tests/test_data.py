@@ -2,13 +2,16 @@
 
 import os
 import pickle
+import socket
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import synthetic_images
+from conftest import REPO, synthetic_images
 from jaxae import data
 from jaxae.config import UsageError
 
@@ -155,3 +158,43 @@ def test_tfds_with_mock_data():
     assert ds.train_labels.shape == (12,) and ds.train_labels.dtype == np.int32
     assert 0 <= ds.train_labels.min() and ds.train_labels.max() < 10
     assert len(ds.class_names) == 10
+
+
+def test_a_module_tfds_cannot_import_is_a_usage_error(monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    def missing(*a, **k):  # what tfds.load raised inside DatasetBuilder.code_path without importlib_resources
+        raise ModuleNotFoundError("No module named 'importlib_resources'")
+    monkeypatch.setattr(tfds, "load", missing)
+    with pytest.raises(UsageError, match="could not import what it needs \\(No module named 'importlib_resources'"
+                                         "\\): `pip install -r requirements.txt`, or pass --data PATH"):
+        data.load("tfds", "cifar10")
+
+
+def test_tfds_without_network_is_one_line_exit_2(tmp_path):
+    # The real `python train.py --data tfds` down to tfds's HTTP request (test_robustness mocks tfds.load, which
+    # hid a missing importlib_resources: a 73-line traceback before any download). No download can start:
+    # every HTTP(S) request goes to a "proxy" on a local port that is bound, not listening, so it refuses.
+    # urllib3 would retry that 10 times with backoff (3.5 minutes, as it does for a failed DNS lookup with no
+    # network), so the run sets tfds's retry count to 0; nothing else is replaced.
+    pytest.importorskip("tensorflow_datasets")
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    env = {**os.environ, "TFDS_DATA_DIR": str(tmp_path / "tfds"), "JAX_NUM_CPU_DEVICES": "2",
+           "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy,
+           "NO_PROXY": "", "no_proxy": ""}
+    workdir = tmp_path / "run"
+    argv = ["train.py", "--preset", "tiny", "--max-steps", "1", "--data", "tfds", "--workdir", str(workdir)]
+    code = ("import runpy, sys; from tensorflow_datasets.core.download import downloader; "
+            "downloader.MAX_RETRIES = 0; sys.argv = sys.argv[1:]; runpy.run_path('train.py', run_name='__main__')")
+    with closed:
+        proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [proc.stderr.splitlines()[-1]], proc.stderr[-3000:]
+    assert errors[0].startswith("error: tfds could not download cifar10 (") and "--data PATH" in errors[0]
+    assert os.path.isdir(tmp_path / "tfds" / "downloads" / "cifar10")  # tfds got as far as its download
+    assert not os.path.exists(workdir / "checkpoints") and not os.path.exists(workdir / "config.json")
