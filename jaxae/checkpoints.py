@@ -191,11 +191,16 @@ def _unfinished_saves(mngr: ocp.CheckpointManager) -> list[str]:
     return sorted(n for n in os.listdir(d) if ".orbax-checkpoint-tmp" in n) if os.path.isdir(d) else []
 
 
-def restore(mngr: ocp.CheckpointManager, state, step: int | None = None, set_aside: bool = False):
+def restore(mngr: ocp.CheckpointManager, state, step: int | None = None, set_aside: bool = False,
+            built_for: str = ""):
     """Restore into the structure of `state` (a freshly created TrainState): the latest complete step, or
     `step`. A checkpoint that cannot be read or fails its checksum is reported and the previous one tried;
     none is deleted. With `set_aside` (a resuming run) an unreadable step is moved to
-    WORKDIR/unreadable-checkpoints/, so that the run can save that step again."""
+    WORKDIR/unreadable-checkpoints/, so that the run can save that step again.
+
+    A step whose arrays have other shapes than `state`'s is not damaged: `state`'s model does not match the run's
+    (its images were of another size than those of the data given now, say). That is a UsageError, saying which
+    array differs and, from `built_for`, what `state` was built for; nothing is moved."""
     tmp = _unfinished_saves(mngr)
     if tmp:  # orbax writes into <step>.orbax-checkpoint-tmp-* and renames when complete: a kill leaves these
         print(f"note: ignoring {len(tmp)} unfinished checkpoint save(s) in {mngr.directory} left by an "
@@ -217,6 +222,12 @@ def restore(mngr: ocp.CheckpointManager, state, step: int | None = None, set_asi
     target["checksum"] = jax.ShapeDtypeStruct((), jnp.uint32, sharding=sharding)
     _quiet_late_reads()
     for s in steps:
+        mismatch = _shape_mismatch(mngr, s, target)
+        if mismatch:
+            raise UsageError(f"checkpoint step {s} in {mngr.directory} holds a model of other shapes than this "
+                             f"one{' (' + built_for + ')' if built_for else ''}: {mismatch}. Was the run trained "
+                             f"on images of another size? It needs the data it was trained on; its checkpoints are "
+                             f"left as they are")
         got, error = _read(mngr, s, target)
         if error:  # a truncated, garbled or foreign step: say so, keep it on disk, fall back
             _drop_abandoned_reads()
@@ -231,6 +242,33 @@ def restore(mngr: ocp.CheckpointManager, state, step: int | None = None, set_asi
         return state.replace(step=got["step"], params=got["params"], opt_state=got["opt_state"], key=got["key"])
     raise UsageError(f"no readable checkpoint in {mngr.directory} (see the warnings above; none was deleted): "
                      f"start over with --fresh or another --workdir")
+
+
+def _shape_mismatch(mngr: ocp.CheckpointManager, step: int, target) -> str:
+    """The first array whose stored shape differs from `target`'s, as "PATH is SHAPE there, SHAPE here"; "" when
+    all agree, or when the step's metadata cannot be read (the restore itself then reports the step). Arrays
+    are matched by their path (orbax stores an optimiser's NamedTuples as dicts), not by their order."""
+    def key(path):
+        return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # orbax warns that the step's own metadata file is not in the item's folder
+    try:
+        with ocp.StandardCheckpointer() as ck:
+            meta = ck.metadata(os.path.join(str(mngr.directory), str(step), "default"))
+        stored = {key(p): (p, tuple(m.shape)) for p, m in
+                  jax.tree_util.tree_leaves_with_path(getattr(meta, "item_metadata", meta))}
+    except Exception:
+        return ""
+    finally:
+        absl.setLevel(level)
+    leaves = sorted(jax.tree_util.tree_leaves_with_path(target), key=lambda pw: key(pw[0])[0] != "params")
+    for path, want in leaves:  # the parameters first: the clearest names for what differs
+        path_there, shape = stored.get(key(path), (None, None))
+        here = tuple(getattr(want, "shape", np.shape(want)))  # a Python scalar (a step) has no .shape
+        if shape is not None and shape != here:
+            return f"{jax.tree_util.keystr(path_there)} is {shape} there, {here} here"
+    return ""
 
 
 def _read(mngr: ocp.CheckpointManager, step: int, target) -> tuple[dict | None, str]:
@@ -299,21 +337,60 @@ def save_config(cfg: Config) -> None:
     os.replace(tmp, path)
 
 
+# What a run leaves in its workdir (evaluate.py's eval/, and eval-* folders from --out and from the evaluations
+# it moved aside, included): what --fresh moves aside.
+RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "tensorboard", "loss_curve.png", "unreadable-checkpoints")
+
+
+def run_files(workdir: str) -> list[str]:
+    """The names in `workdir` that an earlier run left there."""
+    if not os.path.isdir(workdir):
+        return []
+    evals = sorted(n for n in os.listdir(workdir) if n == "eval" or n.startswith("eval-"))
+    return [n for n in RUN_FILES if os.path.exists(os.path.join(workdir, n))] + evals
+
+
+def earlier_results(workdir: str) -> list[str]:
+    """What a new run in `workdir` would overwrite that is worth keeping: checkpoints, a metrics.jsonl with rows,
+    evaluations, figures, checkpoints set aside. A config.json, an empty metrics.jsonl and TensorBoard files
+    alone are what a run stopped before its first epoch left: they are rewritten."""
+    worth = []
+    for name in run_files(workdir):
+        path = os.path.join(workdir, name)
+        if name == "checkpoints":
+            if has_checkpoints(workdir):
+                worth.append(name)
+        elif name == "metrics.jsonl":
+            if os.path.getsize(path) > 0:
+                worth.append(name)
+        elif name not in ("config.json", "tensorboard"):
+            worth.append(name)
+    return worth
+
+
 def move_aside(workdir: str) -> str:
-    """--fresh: move old checkpoints and metrics to a dated folder instead of deleting them."""
+    """--fresh: move everything an earlier run left (run_files) to a dated folder instead of deleting it."""
     dest = os.path.join(workdir, "previous-" + time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(dest)
-    for name in ("checkpoints", "metrics.jsonl", "config.json", "tensorboard", "loss_curve.png"):
-        src = os.path.join(workdir, name)
-        if os.path.exists(src):
-            os.replace(src, os.path.join(dest, name))
+    for name in run_files(workdir):
+        os.replace(os.path.join(workdir, name), os.path.join(dest, name))
     return dest
 
 
 def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
     """Decide fresh start vs resume; on resume, the saved config wins and contradicting flags are refused.
-    With --fresh over an earlier run, the caller sets that run aside (start_over) once every check has passed."""
-    if cfg.fresh or not has_checkpoints(cfg.workdir):
+    With --fresh over an earlier run, the caller sets that run aside (start_over) once every check has passed.
+
+    A workdir with a config.json but no checkpoint (a run killed before its first save, or whose checkpoints
+    were set aside) and a command that sets no run setting (`python train.py --workdir W`): that run's config
+    starts over, from step 0."""
+    if cfg.fresh:
+        return cfg, False
+    if not has_checkpoints(cfg.workdir):
+        if os.path.exists(config_path(cfg.workdir)) and not explicit & (set(Config.RUN_FIELDS) | {"preset"}):
+            saved = load_config(cfg.workdir)
+            print(f"note: {cfg.workdir} holds no checkpoint to resume: its config.json starts over from step 0")
+            return saved.replace(**{name: getattr(cfg, name) for name in explicit}), False
         return cfg, False
     saved = load_config(cfg.workdir)
     # A --preset sets fields too: resuming a default-preset run with --preset tiny must not silently mix, nor
@@ -339,15 +416,19 @@ def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
 
 
 def start_over(cfg: Config) -> None:
-    """--fresh: move the earlier run's checkpoints and metrics aside (never deleted). Every process calls it:
-    each looked for them at its start, and none may look while process 0 moves them."""
+    """--fresh, or a new run where an earlier one left results (earlier_results): move the earlier run's files
+    aside (never deleted). Every process calls it: each looked for them at its start, and none may look while
+    process 0 moves them."""
     from jax.experimental import multihost_utils
     multi = jax.process_count() > 1
     if multi:
         multihost_utils.sync_global_devices("jaxae-fresh-checked")
     if jax.process_index() == 0:
+        names = ", ".join(earlier_results(cfg.workdir))
         moved = move_aside(cfg.workdir)
-        print(f"--fresh: moved the previous run's checkpoints and metrics to {moved}")
+        print(f"--fresh: moved the previous run's files to {moved}" if cfg.fresh else
+              f"note: {cfg.workdir} holds an earlier run's results ({names}) but no checkpoint to resume: moved "
+              f"its files to {moved} (not deleted)")
     if multi:
         multihost_utils.sync_global_devices("jaxae-fresh")
 
@@ -355,4 +436,5 @@ def start_over(cfg: Config) -> None:
 def resume_command(cfg: Config) -> str:
     """The command that resumes the run in cfg.workdir: the run's own saved config supplies the rest. Not
     "the same command", which starts over when it had --fresh and is another script's in bench/."""
-    return f"python train.py --workdir {shlex.quote(cfg.workdir)}"
+    until = f" --max-steps {cfg.max_steps}" if cfg.max_steps else ""  # a budget is this command's, not saved
+    return f"python train.py --workdir {shlex.quote(cfg.workdir)}{until}"

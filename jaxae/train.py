@@ -281,7 +281,8 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
 def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, progress: bool) -> dict[str, Any]:
     started = time.perf_counter()
     cfg, resuming = checkpoints.resolve_workdir(cfg.validate(), set(explicit))
-    earlier_run = cfg.fresh and checkpoints.has_checkpoints(cfg.workdir)  # set aside below, after the checks
+    # set aside below, after the checks: --fresh over an earlier run, or a new run over an earlier one's results
+    earlier_run = not resuming and bool(checkpoints.earlier_results(cfg.workdir))
     n_dev, local_batch = _device_layout(cfg.batch_size)
     micro = microbatch_size(cfg, local_batch)
     checkpoints.check_workdir(cfg.workdir)  # before the data: a typo in --workdir should not cost a decode
@@ -302,8 +303,18 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
         checkpoints.start_over(cfg)
     mngr = checkpoints.manager(cfg.workdir, cfg.keep)
     if resuming:
-        state = checkpoints.restore(mngr, state, set_aside=True)
-        monitor.log(f"resuming {cfg.workdir} from step {int(state.step)} (epoch {int(state.step) // spe})")
+        state = checkpoints.restore(mngr, state, set_aside=True,
+                                     built_for=f"images of {'x'.join(map(str, ds.image_shape))} from --data {cfg.data}")
+        if int(state.step) >= total:
+            checkpoints.finish(mngr)
+            if cfg.max_steps and cfg.max_steps < cfg.epochs * spe:
+                why = f"--max-steps {cfg.max_steps} ends it; pass a larger --max-steps, or none, to train on"
+            else:
+                why = f"its {cfg.epochs} epochs end; `python evaluate.py --workdir {cfg.workdir}` shows it"
+            monitor.log(f"nothing to train: the run is at step {int(state.step)}, where {why}")
+            return {"exit": 0, "step": int(state.step), "total": total, "state": state,
+                    "seconds": time.perf_counter() - started}
+        monitor.log(f"resuming {cfg.workdir} from step {int(state.step)} (epoch {int(state.step) // spe + 1})")
     elif jax.process_index() == 0:
         checkpoints.save_config(cfg)
     monitor.log("config: " + json.dumps(dataclasses.asdict(cfg), sort_keys=True))

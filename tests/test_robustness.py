@@ -267,6 +267,67 @@ def test_an_unreadable_checkpoint_is_two_warning_lines_and_nothing_else(three_ep
         lines[1] == "warning: restored the previous good checkpoint, step 8", out.stderr[-3000:]
 
 
+def test_images_of_another_size_are_one_clear_error_and_nothing_is_moved(three_epochs, tmp_path):
+    """A run's data whose images changed size (or evaluate.py --data with another size) builds a model of other
+    shapes: that is a mistake in the input, not three damaged checkpoints to set aside (it was, with ~3,000
+    lines of orbax tracebacks, and then a new run overwrote config.json and cut metrics.jsonl)."""
+    cfg = copy_of(three_epochs, tmp_path)
+    before = tree_hash(cfg.workdir)
+    with pytest.raises(UsageError, match=r"checkpoint step 12 .* holds a model of other shapes than this one "
+                                         r"\(images of 24x24x3 from --data .*\): \['params'\]\[.*\] is "):
+        train_and_evaluate(cfg, ds=tiny_dataset(size=24), progress=False)
+    folder = make_image_folder(tmp_path / "img24", n_train=4, n_test=2, size=24)
+    from jaxae.evaluate import restore
+    with pytest.raises(UsageError, match="images of 24x24x3 from --data .*img24.*It needs the data it was trained"):
+        restore(cfg.workdir, data=folder)
+    assert tree_hash(cfg.workdir) == before  # nothing moved, rewritten or cut
+
+
+def test_a_new_run_never_overwrites_an_earlier_runs_results(three_epochs, tmp_path, capsys):
+    """No checkpoint to resume (here: all set aside), but metrics, an evaluation and the set-aside checkpoints:
+    `python train.py --workdir W` starts the run's own config over and moves the earlier files aside; --fresh
+    moves evaluate.py's folders too."""
+    cfg = copy_of(three_epochs, tmp_path)
+    os.makedirs(os.path.join(cfg.workdir, "eval"))
+    with open(os.path.join(cfg.workdir, "eval", "metrics.json"), "w") as fh:
+        fh.write("{}")
+    os.replace(os.path.join(cfg.workdir, "checkpoints"), os.path.join(cfg.workdir, "unreadable-checkpoints"))
+    before = tree_hash(cfg.workdir)
+    capsys.readouterr()
+    resolved, resuming = checkpoints.resolve_workdir(tiny_config(tmp_path, max_steps=2), {"workdir", "max_steps"})
+    assert not resuming and resolved.max_steps == 2
+    # the run's own config (the copy's config.json names the original workdir)
+    assert resolved.replace(max_steps=0) == checkpoints.load_config(cfg.workdir).replace(workdir=cfg.workdir)
+    result = train_and_evaluate(tiny_config(tmp_path, max_steps=2), {"workdir", "max_steps"}, ds=tiny_dataset(),
+                                progress=False)
+    out = capsys.readouterr().out
+    assert result["step"] == 2 and "its config.json starts over from step 0" in out, out
+    assert "holds an earlier run's results (metrics.jsonl, unreadable-checkpoints, eval)" in out, out
+    (moved,) = glob.glob(os.path.join(cfg.workdir, "previous-*"))
+    assert tree_hash(moved) == before  # every earlier file, as it was
+    assert not os.path.exists(os.path.join(cfg.workdir, "eval"))
+
+    os.makedirs(os.path.join(cfg.workdir, "eval-2"))
+    time.sleep(1)  # previous-<seconds>: a second folder
+    train_and_evaluate(tiny_config(tmp_path, max_steps=2, fresh=True), ds=tiny_dataset(), progress=False)
+    assert "--fresh: moved the previous run's files" in capsys.readouterr().out
+    newest = max(glob.glob(os.path.join(cfg.workdir, "previous-*")))
+    assert {"checkpoints", "config.json", "metrics.jsonl", "eval-2"} <= set(os.listdir(newest)), os.listdir(newest)
+
+
+def test_a_finished_run_says_there_is_nothing_to_train(three_epochs, tmp_path, capsys):
+    cfg = copy_of(three_epochs, tmp_path)
+    before = tree_hash(cfg.workdir)
+    result = train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+    out = capsys.readouterr().out
+    assert result["exit"] == 0 and result["step"] == 12 and "test_mse" not in result
+    assert "nothing to train: the run is at step 12, where its 3 epochs end" in out, out
+    result = train_and_evaluate(cfg.replace(max_steps=8), {"max_steps"}, ds=tiny_dataset(), progress=False)
+    assert "nothing to train: the run is at step 12, where --max-steps 8 ends it" in capsys.readouterr().out
+    assert tree_hash(cfg.workdir) == before
+    assert checkpoints.resume_command(cfg.replace(max_steps=8)).endswith("--max-steps 8")
+
+
 def test_truncated_checkpoint_falls_back(three_epochs, tmp_path, capsys):
     cfg = copy_of(three_epochs, tmp_path)
     ckdir = checkpoints.checkpoint_dir(cfg.workdir)
