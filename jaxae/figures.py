@@ -10,6 +10,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -20,19 +21,46 @@ def read_metrics(workdir: str) -> list[dict]:
         return [json.loads(l) for l in fh if l.strip()]
 
 
+def per_epoch(records: list[dict]) -> list[dict]:
+    """One row per epoch, in epoch order: the last one written of those with the largest step.
+
+    A run stopped mid-epoch by --max-steps writes a row for that epoch, and the run that resumes it writes the
+    finished epoch's row again with a larger step; drawn as they come, the two rows made a vertical spike. The
+    finished row is the one that describes the epoch. (Against steps instead, a resumed run would draw the
+    partial epoch's loss as a point of its own, which the epoch axis of every other curve does not have.)"""
+    last = {}
+    for r in records:
+        if r["epoch"] not in last or r.get("step", 0) >= last[r["epoch"]].get("step", 0):
+            last[r["epoch"]] = r
+    return [last[e] for e in sorted(last)]
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks for a log axis from lo to hi, written plainly: every 1-9 x 10^k when that is at most 7 of them,
+    else 1, 2, 5 x 10^k, else the powers of ten. Matplotlib's own labels a narrow range's minor ticks as
+    '6x10^-2' and crowds them."""
+    ks = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    for mantissas in ((1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 5), (1,)):
+        ticks = [m * 10.0 ** k for k in ks for m in mantissas if lo <= m * 10.0 ** k <= hi]
+        if len(ticks) <= 7:
+            return ticks
+    return ticks
+
+
 def loss_curve(workdir: str, out: str | None = None, pca_mse: float | None = None,
                mean_mse: float | None = None) -> str | None:
     """Train loss and test MSE per epoch -> WORKDIR/loss_curve.png, with the PCA baseline's and the mean
     training image's test MSE as lines when given."""
-    records = read_metrics(workdir)
+    records = per_epoch(read_metrics(workdir))
     train_label = _train_label(workdir)
     if not records:
         return None
     out = out or os.path.join(workdir, "loss_curve.png")
     epochs = [r["epoch"] for r in records]
+    ms = 3 if len(records) > 1 else 7  # a lone point has no line to show it
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    ax.plot(epochs, [r["train_loss"] for r in records], "o-", ms=3, label=train_label)
-    ax.plot(epochs, [r["test_mse"] for r in records], "s-", ms=3, label="test MSE (clean input)")
+    ax.plot(epochs, [r["train_loss"] for r in records], "o-", ms=ms, label=train_label)
+    ax.plot(epochs, [r["test_mse"] for r in records], "s-", ms=ms, label="test MSE (clean input)")
     if pca_mse is not None:
         ax.axhline(pca_mse, color="gray", ls="--", lw=1, label=f"PCA baseline MSE {pca_mse:.4f}")
     if mean_mse is not None:
@@ -41,6 +69,14 @@ def loss_curve(workdir: str, out: str | None = None, pca_mse: float | None = Non
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss per pixel")
     ax.set_yscale("log")
+    if len(epochs) == 1:  # else matplotlib spans the one epoch +-4%, ticked 0.96 .. 1.04
+        ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ticks = _log_ticks(*ax.get_ylim())
+    if ticks:  # a range inside one 1-9 step (0.061 .. 0.064) has none: matplotlib's labels are all there is
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     ax.set_title(f"Training curve: {os.path.basename(os.path.abspath(workdir))}")

@@ -8,7 +8,9 @@ import json
 import os
 import re
 
+import matplotlib.pyplot as plt
 import numpy as np
+import pytest
 from PIL import Image
 
 from jaxae import figures, pages
@@ -80,3 +82,47 @@ def test_3d_page_is_self_contained_and_carries_points_and_thumbnails(tmp_path):
     sheet = np.asarray(Image.open(io.BytesIO(base64.b64decode(sprite))))
     assert sheet.shape == (3 * 8, 4 * 8, 3) and data["cols"] == 4  # ceil(sqrt(10)) = 4 columns, 3 rows
     np.testing.assert_array_equal(sheet[8:16, 0:8], thumbs[4])  # thumbnail 4: row 1, column 0
+
+
+# ------------------------------------------------------------------------------ what a user reads off the figures
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib figures the figures module draws, kept open for inspection (it closes them when saved)."""
+    figs, close = [], plt.close
+    monkeypatch.setattr(figures.plt, "close", figs.append)
+    yield figs
+    for fig in figs:
+        close(fig)
+
+
+def _rows(workdir, rows):
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return str(workdir)
+
+
+def test_loss_curve_of_a_resumed_partial_epoch_draws_each_epoch_once(tmp_path, drawn):
+    # --max-steps 20 stopped epoch 1 part-way and wrote its row; the resumed run finished epoch 1 (step 390)
+    rows = [{"epoch": 1, "step": 20, "train_loss": 0.09, "test_mse": 0.064},
+            {"epoch": 1, "step": 390, "train_loss": 0.03, "test_mse": 0.012},
+            {"epoch": 2, "step": 780, "train_loss": 0.02, "test_mse": 0.010}]
+    figures.loss_curve(_rows(tmp_path / "run", rows))
+    train, test = drawn[0].axes[0].lines[:2]
+    assert list(train.get_xdata()) == [1, 2] and list(train.get_ydata()) == [0.03, 0.02]
+    assert list(test.get_ydata()) == [0.012, 0.010]
+    assert [r["step"] for r in figures.per_epoch(rows[::-1])] == [390, 780]  # order in the file does not matter
+
+
+def test_a_one_point_loss_curve_has_whole_epochs_and_plain_tick_labels(tmp_path, drawn):
+    figures.loss_curve(_rows(tmp_path / "run", [{"epoch": 1, "step": 20, "train_loss": 0.09, "test_mse": 0.064}]),
+                       pca_mse=0.03, mean_mse=0.061)
+    ax = drawn[0].axes[0]
+    assert ax.get_xlim() == (0, 2)  # matplotlib's own: 0.96 .. 1.04
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    drawn[0].canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True) if t.get_text()]
+    assert labels and all(re.fullmatch(r"[0-9.]+", t) for t in labels), labels  # no '6x10^-2'
+    assert "0.03" in labels and "0.09" in labels
+    assert ax.lines[0].get_markersize() > 3
