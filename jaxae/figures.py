@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 
 import matplotlib
 import numpy as np
@@ -134,9 +135,32 @@ def _central(points, labels, title: str):
             f"percentile of an axis) not drawn")
 
 
+NO_AXIS = "(none)"  # the name jaxae.evaluate.project_to_3d gives the zero columns that pad a 1-D or 2-D code
+
+
+def real_axes(points, axis_names, title: str = "") -> tuple[np.ndarray, list[str], str]:
+    """The code's own coordinates: `points` without the columns named NO_AXIS, their names, and `title`
+    without project_to_3d's note that those columns are 0, which no longer describes the figure. A 2-D
+    code padded to 3-D drew a flat dummy axis in every view and two empty panels titled 'latent 1 vs (none)'."""
+    keep = [i for i, n in enumerate(axis_names) if n != NO_AXIS]
+    if len(keep) < len(axis_names):
+        title = title.replace("; the missing axes are 0", "")
+    return np.asarray(points)[:, keep], [axis_names[i] for i in keep], title
+
+
+def _suptitle(fig, title: str) -> None:
+    """title over the figure, each line wrapped to the figure's width (a long one was cut at both edges)."""
+    chars = int(fig.get_figwidth() * fig.dpi / 8.5)  # about the width of a 12-point character, in pixels
+    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in title.split("\n")))
+
+
 def latent_views(points, labels, class_names, out: str, title: str, axis_names) -> str:
-    """3-D scatter of the codes coloured by class, seen from len(VIEWS) angles -> out (PNG)."""
-    points, labels, title = _central(np.asarray(points), np.asarray(labels), title)
+    """3-D scatter of the codes coloured by class, seen from len(VIEWS) angles -> out (PNG). A code of fewer
+    than 3 dimensions has no 3-D view: each coordinate's distribution per class instead (latent_marginals)."""
+    points, axis_names, title = real_axes(points, axis_names, title)
+    if points.shape[1] < 3:
+        return latent_marginals(points, labels, class_names, out, title, axis_names)
+    points, labels, title = _central(points, np.asarray(labels), title)
     fig = plt.figure(figsize=(11, 9), dpi=100)
     size = 2.0 if len(points) > 2000 else 8.0
     for i, (elev, azim) in enumerate(VIEWS):
@@ -146,30 +170,90 @@ def latent_views(points, labels, class_names, out: str, title: str, axis_names) 
         ax.set_xlabel(axis_names[0])
         ax.set_ylabel(axis_names[1])
         ax.set_zlabel(axis_names[2])
+        # An axis seen nearly end-on (latent 2 at elevation 5, azimuth 120; latent 3 from above) is a few
+        # dozen pixels long: matplotlib's 6-8 ticks on it overlapped into one unreadable smear.
+        for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+            axis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 5, 10]))
         ax.set_title(f"view: elevation {elev}, azimuth {azim}", fontsize=9)
         ax.tick_params(labelsize=7)
     _legend(fig, class_names)
-    fig.suptitle(title)
+    _suptitle(fig, title)
     fig.subplots_adjust(left=0.02, right=0.86, bottom=0.03, top=0.89, wspace=0.05, hspace=0.14)
     fig.savefig(out)
     plt.close(fig)
     return os.path.basename(out)
 
 
-def latent_pairs(points, labels, class_names, out: str, title: str, axis_names) -> str:
-    """The three 2-D projections (1-2, 1-3, 2-3) of the 3-D codes -> out (PNG)."""
+def latent_marginals(points, labels, class_names, out: str, title: str, axis_names) -> str:
+    """One panel per coordinate of a 1-D or 2-D code: a violin of its values for each class -> out (PNG)."""
     points, labels, title = _central(np.asarray(points), np.asarray(labels), title)
-    fig, axs = plt.subplots(1, 3, figsize=(15, 5), dpi=100)
+    d, n_classes = points.shape[1], len(class_names)
+    fig, axs = plt.subplots(1, d, figsize=(5.5 * d + 2.5, 2 + 0.45 * n_classes), dpi=100, squeeze=False)
+    colours = class_colours(n_classes)
+    present = [k for k in range(n_classes) if np.any(labels == k)]
+    for a, ax in enumerate(axs[0]):
+        parts = ax.violinplot([points[labels == k, a] for k in present], positions=present, orientation="horizontal",
+                              showmedians=True, showextrema=False, widths=0.8)
+        for k, body in zip(present, parts["bodies"]):
+            body.set_facecolor(colours[k])
+            body.set_alpha(0.7)
+        parts["cmedians"].set_color("black")
+        ax.set_yticks(range(n_classes), class_names)
+        ax.set_ylim(n_classes - 0.5, -0.5)  # first class on top, as in the legend of the other figures
+        ax.set_xlabel(axis_names[a])
+        ax.set_title(f"{axis_names[a]} by class (black: median)", fontsize=10)
+        ax.grid(True, axis="x", alpha=0.3)
+    _suptitle(fig, f"{title}\nno 3-D view: the code has {d} dimension{'s' * (d > 1)}")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return os.path.basename(out)
+
+
+def latent_pairs(points, labels, class_names, out: str, title: str, axis_names) -> str:
+    """The codes' 2-D projections -> out (PNG): three (1-2, 1-3, 2-3) for a 3-D code, its one plane for a 2-D
+    code, and for a 1-D code its values in one row per class."""
+    points, axis_names, title = real_axes(points, axis_names, title)
+    points, labels, title = _central(points, np.asarray(labels), title)
+    d = points.shape[1]
+    if d == 1:
+        return _latent_strip(points[:, 0], labels, class_names, out, title, axis_names[0])
+    pairs = ((0, 1), (0, 2), (1, 2)) if d >= 3 else ((0, 1),)
+    fig, axs = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 5) if d >= 3 else (8, 6.5), dpi=100,
+                            squeeze=False)
     size = 1.5 if len(points) > 2000 else 8.0
-    for ax, (a, b) in zip(axs, ((0, 1), (0, 2), (1, 2))):
+    for ax, (a, b) in zip(axs[0], pairs):
         _scatter(ax, points[:, [a, b]], labels, class_names, size)
         ax.set_xlabel(axis_names[a])
         ax.set_ylabel(axis_names[b])
         ax.set_title(f"{axis_names[a]} vs {axis_names[b]}", fontsize=10)
         ax.grid(True, alpha=0.3)
     _legend(fig, class_names)
-    fig.suptitle(title)
-    fig.subplots_adjust(left=0.05, right=0.88, bottom=0.1, top=0.84, wspace=0.25)
+    _suptitle(fig, title)
+    if d >= 3:
+        fig.subplots_adjust(left=0.05, right=0.88, bottom=0.1, top=0.84, wspace=0.25)
+    else:
+        fig.subplots_adjust(left=0.1, right=0.78, bottom=0.09, top=0.86)
+    fig.savefig(out)
+    plt.close(fig)
+    return os.path.basename(out)
+
+
+def _latent_strip(values, labels, class_names, out: str, title: str, axis_name: str) -> str:
+    """A 1-D code: each test image a dot at its value, one row per class, jittered up and down within it."""
+    n_classes = len(class_names)
+    fig, ax = plt.subplots(figsize=(10, 1.5 + 0.45 * n_classes), dpi=100)
+    jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(values))
+    rows = np.stack([values, labels + jitter], 1)
+    _scatter(ax, rows, labels, class_names, 1.5 if len(values) > 2000 else 8.0)
+    ax.set_yticks(range(n_classes), class_names)
+    ax.set_ylim(n_classes - 0.5, -0.5)
+    ax.set_xlabel(axis_name)
+    ax.set_title(f"{axis_name}, one row per class (the vertical spread within a row only separates the dots)",
+                 fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
+    _suptitle(fig, title)
+    fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
     return os.path.basename(out)

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from jaxae.figures import class_colours
+from jaxae.figures import class_colours, real_axes
 
 
 def _hex(rgba) -> str:
@@ -45,7 +45,9 @@ def _script_json(obj) -> str:
 def scatter3d(out: str, points: np.ndarray, labels: np.ndarray, class_names, thumb_index: np.ndarray,
               thumbs: np.ndarray, title: str, axis_names) -> str:
     """A rotatable 3-D scatter of `points` [N, 3] coloured by class -> out (HTML). Points whose index is in
-    `thumb_index` carry the matching image of `thumbs`, shown on hover or click."""
+    `thumb_index` carry the matching image of `thumbs`, shown on hover or click. Columns named
+    figures.NO_AXIS (the zeros padding a 1-D or 2-D code) are left out: such a code is drawn face-on, flat."""
+    points, axis_names, title = real_axes(points, axis_names, title)
     thumb_of = np.full(len(points), -1, np.int64)
     thumb_of[np.asarray(thumb_index)] = np.arange(len(thumb_index))
     sprite, cols = _sprite(np.asarray(thumbs))
@@ -56,6 +58,9 @@ def scatter3d(out: str, points: np.ndarray, labels: np.ndarray, class_names, thu
     showing = (f"Showing a random {len(thumb_index):,} of the {len(points):,} points, each with its image; "
                f'<label><input type="checkbox" id="all"> show all {len(points):,}</label> (the others have no '
                f"image)." if len(thumb_index) < len(points) else f"All {len(points):,} points carry their image.")
+    if len(axis_names) < 3:
+        showing += (f" The code has {len(axis_names)} dimension{'s' * (len(axis_names) > 1)}: the view starts "
+                    f"face-on, and turning it only shows the same flat {'plane' if len(axis_names) == 2 else 'line'}.")
     page = (_PAGE.replace("%TITLE%", html.escape(title)).replace("%DATA%", _script_json(data))
             .replace("%SPRITE%", sprite).replace("%SHOWING%", showing))
     with open(out, "w") as fh:
@@ -85,13 +90,16 @@ Click a class in the legend to hide or show it.</div></header>
 <script>
 const D = %DATA%;
 const cv = document.getElementById("c"), ctx = cv.getContext("2d"), tip = document.getElementById("tip");
-const sprite = document.getElementById("sprite"), N = D.p.length;
+const sprite = document.getElementById("sprite"), N = D.p.length, dims = D.axes.length;
+// the 3-D slot of each coordinate: a 2-D code's latent 2 goes up the screen (slot 2), seen face-on at yaw 0
+const slot = [[0], [0, 2], [0, 1, 2]][dims - 1], axes = [...Array(dims).keys()];
 // centre on the median and scale so 98% of the points fall inside the unit cube
-const centre = [0, 1, 2].map(a => { const v = D.p.map(p => p[a]).sort((x, y) => x - y); return v[N >> 1]; });
-const spread = [0, 1, 2].map(a => { const v = D.p.map(p => Math.abs(p[a] - centre[a])).sort((x, y) => x - y);
+const centre = axes.map(a => { const v = D.p.map(p => p[a]).sort((x, y) => x - y); return v[N >> 1]; });
+const spread = axes.map(a => { const v = D.p.map(p => Math.abs(p[a] - centre[a])).sort((x, y) => x - y);
   return v[Math.floor(0.98 * (N - 1))] || 1; });
-const P = D.p.map(p => p.map((v, a) => (v - centre[a]) / spread[a]));
-let yaw = 0.6, pitch = 0.35, zoom = 1, showAll = false, pinned = -1, hover = -1;
+const P = D.p.map(p => { const q = [0, 0, 0]; axes.forEach(a => { q[slot[a]] = (p[a] - centre[a]) / spread[a]; });
+  return q; });
+let yaw = dims < 3 ? 0 : 0.6, pitch = dims < 3 ? 0 : 0.35, zoom = 1, showAll = false, pinned = -1, hover = -1;
 const hidden = new Set();
 function project(p) {
   const cy = Math.cos(yaw), sy = Math.sin(yaw), cp = Math.cos(pitch), sp = Math.sin(pitch);
@@ -105,8 +113,8 @@ function visible(i) { return (showAll || D.t[i] >= 0) && !hidden.has(D.y[i]); }
 function draw() {
   ctx.clearRect(0, 0, cv.width, cv.height);
   ctx.strokeStyle = "#999"; ctx.fillStyle = "#333"; ctx.font = "13px sans-serif";
-  for (let a = 0; a < 3; a++) {                                    // axes through the median code
-    const e = [0, 0, 0], f = [0, 0, 0]; e[a] = -1.2; f[a] = 1.2;
+  for (let a = 0; a < dims; a++) {                                 // axes through the median code
+    const e = [0, 0, 0], f = [0, 0, 0]; e[slot[a]] = -1.2; f[slot[a]] = 1.2;
     const A = project(e), B = project(f);
     ctx.beginPath(); ctx.moveTo(A[0], A[1]); ctx.lineTo(B[0], B[1]); ctx.stroke();
     ctx.fillText(D.axes[a] + " +", B[0] + 4, B[1]);
@@ -190,6 +198,30 @@ if (pin && +pin[1] < N) {
 """
 
 
+def latent_captions(latent_dim: int) -> dict[str, tuple[str, str]]:
+    """(heading, caption) of latent_3d.png and latent_pairs.png, saying what figures.latent_views and
+    figures.latent_pairs draw for a code of this many dimensions."""
+    if latent_dim == 1:
+        return {"latent_3d": ("latent code by class", "The code has 1 dimension, so there is no 3-D view: the "
+                              "distribution of the test images' code for each class (black: median)."),
+                "latent_pairs": ("latent code, every test image", "Each test image's code as a dot, one row "
+                                 "per class; the spread up and down within a row only separates the dots.")}
+    if latent_dim == 2:
+        return {"latent_3d": ("latent coordinates by class", "The code has 2 dimensions, so there is no 3-D "
+                              "view: the distribution of each coordinate of the test images' codes for each "
+                              "class (black: median)."),
+                "latent_pairs": ("latent plane", "The test images' codes in their 2-D plane, coloured by class.")}
+    if latent_dim == 3:
+        return {"latent_3d": ("latent 3d", "The test images' codes in 3-D, coloured by class, from four angles."),
+                "latent_pairs": ("latent pairs", "The same codes as three 2-D projections (latent 1 vs 2, "
+                                 "1 vs 3, 2 vs 3).")}
+    return {"latent_3d": ("latent 3d", f"The test images' {latent_dim}-D codes projected to 3-D with PCA "
+                          "(their first three principal components, fit on the training codes), coloured by class, "
+                          "from four angles."),
+            "latent_pairs": ("latent pairs", "The same projected codes as three 2-D projections (PC 1 vs 2, "
+                             "1 vs 3, 2 vs 3).")}
+
+
 def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> str:
     """WORKDIR/eval/index.html: the run's settings, the metrics table and every figure, with captions."""
     esc = html.escape
@@ -203,8 +235,7 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
                 ("data", f"{cfg.data} ({metrics['n_train']:,} train / {metrics['n_test']:,} test images)")]
     s = metrics["seconds"]
     captions = {
-        "latent_3d": "The test images' codes in 3-D, coloured by class, from four angles.",
-        "latent_pairs": "The same codes as three 2-D projections.",
+        **latent_captions(cfg.latent_dim),
         "interpolation": "Each row: test image A, decodings of points on the straight line from A's code to "
                          "B's code (t = 0 is A's reconstruction, t = 1 is B's), test image B.",
         "reconstructions": "Test images (top row) and their reconstructions by the autoencoder and by PCA "
@@ -226,12 +257,14 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
                "image." if cfg.noise > 0 else "") + "</p>",
             f"<p>Encoding the {metrics['n_test']:,} test images took {s['encode_test']:.2f} s; the whole "
             f"evaluation {s['total']:.0f} s.</p>",
-            f"<p><b><a href=\"{files['latent_3d_html']}\">Open the rotatable 3-D view</a></b> (drag, zoom, "
+            f"<p><b><a href=\"{files['latent_3d_html']}\">Open the "
+            f"{'rotatable 3-D' if cfg.latent_dim >= 3 else 'interactive'} view</a></b> (drag, zoom, "
             f"hover a point to see its image). Codes: <a href=\"latents.csv\">latents.csv</a>, "
             f"<a href=\"latents.npz\">latents.npz</a>; numbers: <a href=\"metrics.json\">metrics.json</a>.</p>"]
     for name, caption in captions.items():
         if name in files:
-            body.append(f"<h2>{esc(name.replace('_', ' '))}</h2><p>{esc(caption)}</p>"
+            heading, caption = caption if isinstance(caption, tuple) else (name.replace("_", " "), caption)
+            body.append(f"<h2>{esc(heading)}</h2><p>{esc(caption)}</p>"
                         f"<img src=\"{esc(files[name])}\" alt=\"{esc(name)}\">")
     page = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>jaxae evaluation</title><style>"
             "body{font-family:sans-serif;max-width:1500px;margin:20px}img{max-width:100%;border:1px solid #ddd}"

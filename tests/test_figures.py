@@ -8,6 +8,7 @@ import json
 import os
 import re
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -126,3 +127,76 @@ def test_a_one_point_loss_curve_has_whole_epochs_and_plain_tick_labels(tmp_path,
     assert labels and all(re.fullmatch(r"[0-9.]+", t) for t in labels), labels  # no '6x10^-2'
     assert "0.03" in labels and "0.09" in labels
     assert ax.lines[0].get_markersize() > 3
+
+
+def _padded(d, n=90):
+    """Codes of d < 3 dimensions as evaluate.py hands them to the figures (zero-padded to 3), labels, axis names."""
+    from jaxae.evaluate import project_to_3d
+
+    pts, axes, _ = project_to_3d(np.random.default_rng(0).normal(size=(n, d)), None)
+    return pts, np.arange(n) % 3, axes
+
+
+def _texts(fig):
+    return [t.get_text() for t in fig.findobj(matplotlib.text.Text)]
+
+
+def test_a_2d_code_is_drawn_in_its_own_plane_without_a_dummy_axis(tmp_path, drawn):
+    pts, labels, axes = _padded(2)
+    title = "Autoencoder latent space (the code has 2 dimension(s); the missing axes are 0)"
+    figures.latent_pairs(pts, labels, ["a", "b", "c"], str(tmp_path / "p.png"), title, axes)
+    figures.latent_views(pts, labels, ["a", "b", "c"], str(tmp_path / "v.png"), title, axes)
+    pairs, views = drawn
+    assert [ax.get_title() for ax in pairs.axes] == ["latent 1 vs latent 2"]  # one panel, not three
+    np.testing.assert_allclose(pairs.axes[0].collections[0].get_offsets()[:, 1].std(), pts[:, 1].std(), rtol=0.2)
+    assert not any(ax.name == "3d" for ax in views.axes)  # no 3-D view of a flat code
+    assert [ax.get_xlabel() for ax in views.axes] == ["latent 1", "latent 2"]
+    for fig in drawn:
+        assert not any("(none)" in t or "missing axes" in t for t in _texts(fig))
+
+
+def test_a_1d_code_is_drawn_as_one_row_per_class(tmp_path, drawn):
+    pts, labels, axes = _padded(1)
+    figures.latent_pairs(pts, labels, ["a", "b", "c"], str(tmp_path / "p.png"), "t", axes)
+    figures.latent_views(pts, labels, ["a", "b", "c"], str(tmp_path / "v.png"), "t", axes)
+    for fig in drawn:
+        (ax,) = fig.axes
+        assert ax.get_xlabel() == "latent 1" and [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
+        assert not any("(none)" in t for t in _texts(fig))
+    dots = drawn[0].axes[0].collections[0].get_offsets()
+    np.testing.assert_allclose(np.sort(dots[:, 0]), np.sort(pts[:, 0]))  # every code, at its value
+
+
+def test_3d_views_carry_few_enough_ticks_to_read(tmp_path, drawn):
+    pts = np.random.default_rng(0).normal(size=(300, 3)) * [3, 4, 3]
+    figures.latent_views(pts, np.arange(300) % 3, ["a", "b", "c"], str(tmp_path / "v.png"), "t",
+                         ["latent 1", "latent 2", "latent 3"])
+    for ax in drawn[0].axes[:4]:
+        for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim()), (ax.zaxis, ax.get_zlim())):
+            shown = [t for t in axis.get_majorticklocs() if lo <= t <= hi]
+            assert 2 <= len(shown) <= 5, (ax.get_title(), shown)  # matplotlib's own: 8 on latent 2
+
+
+def test_the_3d_page_of_a_2d_code_has_two_axes_and_says_so(tmp_path):
+    pts, labels, axes = _padded(2, 20)
+    out = tmp_path / "page.html"
+    pages.scatter3d(str(out), pts, labels, ["a", "b", "c"], np.arange(4), np.zeros((4, 8, 8, 3), np.uint8),
+                    "t (the code has 2 dimension(s); the missing axes are 0)", axes)
+    page = out.read_text()
+    data = json.loads(re.search(r"const D = (\{.*?\});\n", page).group(1))
+    assert data["axes"] == ["latent 1", "latent 2"] and {len(p) for p in data["p"]} == {2}
+    assert "face-on" in page and "(none)" not in page and "missing axes" not in page
+
+
+@pytest.mark.parametrize("dim, shown, not_shown", [
+    (2, "2-D plane", "three 2-D projections"), (1, "one row per class", "three 2-D projections"),
+    (3, "three 2-D projections", "no 3-D view"), (8, "projected to 3-D with PCA", "no 3-D view")])
+def test_index_says_what_the_latent_figures_show(tmp_path, tiny_config, dim, shown, not_shown):
+    cfg = tiny_config(tmp_path, latent_dim=dim)
+    metrics = {"step": 4, "n_train": 16, "n_test": 8, "seconds": {"encode_test": 0.1, "total": 2.0},
+               "workdir": "run"}
+    files = {"latent_3d_html": "latent_3d.html", "latent_3d": "latent_3d.png", "latent_pairs": "latent_pairs.png"}
+    page = open(os.path.join(tmp_path, pages.index(str(tmp_path / "index.html"), cfg, metrics, "table", files))
+                ).read()
+    assert shown in page and not_shown not in page
+    assert ("rotatable 3-D view" in page) == (dim >= 3)
