@@ -261,12 +261,16 @@ def _latent_strip(values, labels, class_names, out: str, title: str, axis_name: 
 
 # ------------------------------------------------------------------------------ image grids
 
-# Layout of image_grid in pixels, so a grid's size is known in advance (grid_size).
+# Layout of image_grid in pixels, so a grid's size is known in advance (grid_size). The title and header
+# bands hold two lines each, whatever the content: a small grid (16x16 images, 34-pixel columns) is too
+# narrow for its title on one line and its column labels side by side.
 TILE_SCALE = 2      # each image is enlarged by this (nearest neighbour) so 32x32 stays legible
 PAD = 2             # between tiles and around the grid
-TITLE_H = 28        # the title band
-HEADER_H = 18       # the column labels
+TITLE_H = 44        # the title band: two lines of 14 px type
+HEADER_H = 30       # the column labels: two lines of 11 px type
 LABEL_W = 150       # the row labels
+LABEL_GAP = 5       # the least space between two column labels on one line
+SIZES = (11, 10, 9)  # label type sizes, tried largest first; 9 px is the smallest that stays legible
 
 
 def grid_size(rows: int, cols: int, height: int, width: int) -> tuple[int, int]:
@@ -282,10 +286,56 @@ def _fit(draw, text: str, font, width: int) -> str:
     return text
 
 
+def _wrap(draw, text: str, font, width: int) -> list[str]:
+    """text broken at spaces into lines of at most `width` pixels (a longer word gets a line of its own)."""
+    lines = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def _title_lines(draw, title: str, width: int, load) -> tuple[list[str], object]:
+    """The title in at most two lines of `width` pixels, at the largest size from 14 px down to 11 px that
+    holds it; what still does not fit ends in '...'."""
+    for size in (14, 13, 12, 11):
+        font = load(size)
+        lines = _wrap(draw, title, font, width)
+        if len(lines) <= 2 and all(draw.textlength(line, font=font) <= width for line in lines):
+            return lines, font
+    return [_fit(draw, lines[0], font, width), _fit(draw, " ".join(lines[1:]), font, width)], font
+
+
+def _place_headers(draw, labels: list[str], centres: list[float], right: float, load):
+    """Column labels -> (font, [(text, x centre, line)]), line 1 being the one next to the tiles. All on one
+    line at the largest size in SIZES where none comes within LABEL_GAP of the next; else at the largest size
+    on two lines, each label on the lower line unless it would crowd the one before it there."""
+    for size in SIZES + (None,):
+        font = load(size or SIZES[0])
+        placed, ends = [], [-LABEL_GAP, -LABEL_GAP]  # right edge of the last label on each line
+        for text, c in zip(labels, centres):
+            w = draw.textlength(text, font=font)
+            c = min(c, right - w / 2)  # the last column's label stays on the canvas
+            line = 1 if c - w / 2 >= ends[1] + LABEL_GAP else 0 if size is None else None
+            if line is None:
+                break
+            if size is None and c - w / 2 < ends[0] + LABEL_GAP:  # both lines crowded: shorten it
+                line = int(ends[1] < ends[0])
+                text = _fit(draw, text, font, 2 * (c - ends[line] - LABEL_GAP))
+                w = draw.textlength(text, font=font)
+            placed.append((text, c, line))
+            ends[line] = c + w / 2
+        else:
+            return font, placed
+
+
 def image_grid(images, out: str, title: str, col_labels, row_labels) -> str:
     """A labelled grid of uint8 images [rows, cols, H, W, C] -> out (PNG, size grid_size(...))."""
     from PIL import Image, ImageDraw, ImageFont
 
+    load = lambda size: ImageFont.load_default(size=size)  # noqa: E731
     images = np.asarray(images)
     rows, cols, h, w = images.shape[:4]
     if images.shape[-1] == 1:
@@ -293,16 +343,21 @@ def image_grid(images, out: str, title: str, col_labels, row_labels) -> str:
     th, tw = h * TILE_SCALE, w * TILE_SCALE
     canvas = Image.new("RGB", grid_size(rows, cols, h, w), "white")
     draw = ImageDraw.Draw(canvas)
-    font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=11)
-    draw.text((PAD, 6), _fit(draw, title, font, canvas.width - 2 * PAD), fill="black", font=font)
-    for j, label in enumerate(col_labels):
-        x = LABEL_W + PAD + j * (tw + PAD)
-        draw.text((x + tw / 2, TITLE_H + HEADER_H / 2), _fit(draw, str(label), small, tw + PAD), fill="black",
-                  font=small, anchor="mm")
+    lines, font = _title_lines(draw, title, canvas.width - 2 * PAD, load)
+    line_h = font.size + 4
+    for i, line in enumerate(lines):
+        draw.text((PAD, (TITLE_H - len(lines) * line_h) / 2 + i * line_h), line, fill="black", font=font)
+    centres = [LABEL_W + PAD + j * (tw + PAD) + tw / 2 for j in range(cols)]
+    small, headers = _place_headers(draw, [str(v) for v in col_labels], centres, canvas.width - PAD, load)
+    for text, x, line in headers:
+        draw.text((x, TITLE_H + HEADER_H * (0.3 + 0.45 * line)), text, fill="black", font=small, anchor="mm")
+    row_labels = [str(v) for v in row_labels[:rows]]
+    size = next((s for s in SIZES if all(draw.textlength(t, font=load(s)) <= LABEL_W - 2 * PAD
+                                         for t in row_labels)), SIZES[-1])
     for i in range(rows):
         y = TITLE_H + HEADER_H + PAD + i * (th + PAD)
-        draw.text((PAD, y + th / 2), _fit(draw, str(row_labels[i]), small, LABEL_W - 2 * PAD), fill="black",
-                  font=small, anchor="lm")
+        draw.text((PAD, y + th / 2), _fit(draw, row_labels[i], load(size), LABEL_W - 2 * PAD), fill="black",
+                  font=load(size), anchor="lm")
         for j in range(cols):
             tile = Image.fromarray(images[i, j]).resize((tw, th), Image.NEAREST)
             canvas.paste(tile, (LABEL_W + PAD + j * (tw + PAD), y))

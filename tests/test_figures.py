@@ -177,6 +177,26 @@ def test_3d_views_carry_few_enough_ticks_to_read(tmp_path, drawn):
             assert 2 <= len(shown) <= 5, (ax.get_title(), shown)  # matplotlib's own: 8 on latent 2
 
 
+def test_grid_titles_and_column_labels_fit_a_16px_grid():
+    from PIL import ImageDraw, ImageFont
+
+    load = lambda size: ImageFont.load_default(size=size)  # noqa: E731
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width, _ = figures.grid_size(8, 9, 16, 16)  # nearest neighbours of 16x16 images: query + 8
+    title = "Test queries and their 8 nearest training images in the autoencoder's latent space"
+    lines, font = figures._title_lines(draw, title, width - 2 * figures.PAD, load)
+    assert " ".join(lines) == title and len(lines) * (font.size + 4) <= figures.TITLE_H  # not cut off
+    assert all(draw.textlength(line, font=font) <= width - 2 * figures.PAD for line in lines)
+    col = 16 * figures.TILE_SCALE + figures.PAD
+    labels = ["A"] + [f"t={v:.2f}" for v in np.linspace(0, 1, 10)] + ["B"]
+    font, placed = figures._place_headers(draw, labels, [col * j for j in range(12)], col * 12, load)
+    assert [t for t, _, _ in placed] == labels  # none shortened
+    for line in (0, 1):
+        spans = [(x - draw.textlength(t, font=font) / 2, x + draw.textlength(t, font=font) / 2)
+                 for t, x, ln in placed if ln == line]
+        assert all(b[0] - a[1] >= figures.LABEL_GAP for a, b in zip(spans, spans[1:]))  # they used to touch
+
+
 def test_the_3d_page_of_a_2d_code_has_two_axes_and_says_so(tmp_path):
     pts, labels, axes = _padded(2, 20)
     out = tmp_path / "page.html"
