@@ -33,13 +33,20 @@ def manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointM
 
 
 def check_workdir(workdir: str) -> None:
-    """Create `workdir` and prove it takes a file, before any data is loaded or anything trained."""
+    """Prove that `workdir` takes a file, before any data is loaded or anything trained. A folder made for the
+    proof is removed again: a run refused later (a bad batch size, say) leaves nothing behind. (Not where several
+    processes check the same folder at once: one would remove it under another's proof.)"""
     probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+    made = [] if os.path.isdir(workdir) or jax.process_count() > 1 else [workdir]
     try:
+        while made and not os.path.exists(os.path.dirname(made[-1]) or "."):
+            made.append(os.path.dirname(made[-1]))
         os.makedirs(workdir, exist_ok=True)
         with open(probe, "w") as fh:
             fh.write("ok")
         os.remove(probe)
+        for folder in made:
+            os.rmdir(folder)
     except OSError as e:  # root ignores permission bits, so this catches files-in-the-way and full disks too
         fix = ("free some space or pick another --workdir" if disk_full(e)
                else "pick a folder you can write to with --workdir")
