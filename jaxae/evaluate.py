@@ -197,14 +197,12 @@ def pick_pairs(labels: np.ndarray, n: int) -> list[tuple[int, int]]:
 
 
 def project_to_3d(codes: np.ndarray, fit_on: np.ndarray) -> tuple[np.ndarray, list[str], str]:
-    """Codes as 3-D points for the plots, their axis names and a note saying how they were made."""
+    """Codes as points of at most 3 dimensions for the plots, their axis names and a note saying how they were
+    made: a code of 3 or fewer dimensions as it is (the figures draw 1-D and 2-D codes in their own dimensions),
+    a longer one projected to 3-D with PCA."""
     d = codes.shape[1]
-    if d == 3:
-        return codes, [f"latent {i + 1}" for i in range(3)], ""
-    if d < 3:
-        pad = np.zeros((len(codes), 3 - d), codes.dtype)
-        return (np.concatenate([codes, pad], 1), [f"latent {i + 1}" for i in range(d)] + ["(none)"] * (3 - d),
-                f"the code has {d} dimension(s); the missing axes are 0")
+    if d <= 3:
+        return codes, [f"latent {i + 1}" for i in range(d)], ""
     pca = jax.device_get(fit_pca(fit_on, 3))
     return (np.asarray(pca_encode(pca, codes)), [f"PC {i + 1} of the code" for i in range(3)],
             f"{d}-D codes projected to 3-D with PCA (fit on the training codes)")

@@ -135,19 +135,6 @@ def _central(points, labels, title: str):
             f"percentile of an axis) not drawn")
 
 
-NO_AXIS = "(none)"  # the name jaxae.evaluate.project_to_3d gives the zero columns that pad a 1-D or 2-D code
-
-
-def real_axes(points, axis_names, title: str = "") -> tuple[np.ndarray, list[str], str]:
-    """The code's own coordinates: `points` without the columns named NO_AXIS, their names, and `title`
-    without project_to_3d's note that those columns are 0, which no longer describes the figure. A 2-D
-    code padded to 3-D drew a flat dummy axis in every view and two empty panels titled 'latent 1 vs (none)'."""
-    keep = [i for i, n in enumerate(axis_names) if n != NO_AXIS]
-    if len(keep) < len(axis_names):
-        title = title.replace("; the missing axes are 0", "")
-    return np.asarray(points)[:, keep], [axis_names[i] for i in keep], title
-
-
 def _suptitle(fig, title: str) -> None:
     """title over the figure, each line wrapped to the figure's width (a long one was cut at both edges)."""
     chars = int(fig.get_figwidth() * fig.dpi / 8.5)  # about the width of a 12-point character, in pixels
@@ -157,7 +144,6 @@ def _suptitle(fig, title: str) -> None:
 def latent_views(points, labels, class_names, out: str, title: str, axis_names) -> str:
     """3-D scatter of the codes coloured by class, seen from len(VIEWS) angles -> out (PNG). A code of fewer
     than 3 dimensions has no 3-D view: each coordinate's distribution per class instead (latent_marginals)."""
-    points, axis_names, title = real_axes(points, axis_names, title)
     if points.shape[1] < 3:
         return latent_marginals(points, labels, class_names, out, title, axis_names)
     points, labels, title = _central(points, np.asarray(labels), title)
@@ -213,7 +199,6 @@ def latent_marginals(points, labels, class_names, out: str, title: str, axis_nam
 def latent_pairs(points, labels, class_names, out: str, title: str, axis_names) -> str:
     """The codes' 2-D projections -> out (PNG): three (1-2, 1-3, 2-3) for a 3-D code, its one plane for a 2-D
     code, and for a 1-D code its values in one row per class."""
-    points, axis_names, title = real_axes(points, axis_names, title)
     points, labels, title = _central(points, np.asarray(labels), title)
     d = points.shape[1]
     if d == 1:

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from jaxae.figures import class_colours, real_axes
+from jaxae.figures import class_colours
 
 
 def _hex(rgba) -> str:
@@ -44,10 +44,9 @@ def _script_json(obj) -> str:
 
 def scatter3d(out: str, points: np.ndarray, labels: np.ndarray, class_names, thumb_index: np.ndarray,
               thumbs: np.ndarray, title: str, axis_names) -> str:
-    """A rotatable 3-D scatter of `points` [N, 3] coloured by class -> out (HTML). Points whose index is in
-    `thumb_index` carry the matching image of `thumbs`, shown on hover or click. Columns named
-    figures.NO_AXIS (the zeros padding a 1-D or 2-D code) are left out: such a code is drawn face-on, flat."""
-    points, axis_names, title = real_axes(points, axis_names, title)
+    """A rotatable 3-D scatter of `points` [N, <= 3] coloured by class -> out (HTML). Points whose index is in
+    `thumb_index` carry the matching image of `thumbs`, shown on hover or click. A 1-D or 2-D code is drawn
+    face-on, flat, without a dummy axis."""
     thumb_of = np.full(len(points), -1, np.int64)
     thumb_of[np.asarray(thumb_index)] = np.arange(len(thumb_index))
     sprite, cols = _sprite(np.asarray(thumbs))

@@ -129,8 +129,8 @@ def test_a_one_point_loss_curve_has_whole_epochs_and_plain_tick_labels(tmp_path,
     assert ax.lines[0].get_markersize() > 3
 
 
-def _padded(d, n=90):
-    """Codes of d < 3 dimensions as evaluate.py hands them to the figures (zero-padded to 3), labels, axis names."""
+def _codes(d, n=90):
+    """Codes of d < 3 dimensions as evaluate.py hands them to the figures (as they are), labels, axis names."""
     from jaxae.evaluate import project_to_3d
 
     pts, axes, _ = project_to_3d(np.random.default_rng(0).normal(size=(n, d)), None)
@@ -142,8 +142,8 @@ def _texts(fig):
 
 
 def test_a_2d_code_is_drawn_in_its_own_plane_without_a_dummy_axis(tmp_path, drawn):
-    pts, labels, axes = _padded(2)
-    title = "Autoencoder latent space (the code has 2 dimension(s); the missing axes are 0)"
+    pts, labels, axes = _codes(2)
+    title = "Autoencoder latent space"
     figures.latent_pairs(pts, labels, ["a", "b", "c"], str(tmp_path / "p.png"), title, axes)
     figures.latent_views(pts, labels, ["a", "b", "c"], str(tmp_path / "v.png"), title, axes)
     pairs, views = drawn
@@ -156,7 +156,7 @@ def test_a_2d_code_is_drawn_in_its_own_plane_without_a_dummy_axis(tmp_path, draw
 
 
 def test_a_1d_code_is_drawn_as_one_row_per_class(tmp_path, drawn):
-    pts, labels, axes = _padded(1)
+    pts, labels, axes = _codes(1)
     figures.latent_pairs(pts, labels, ["a", "b", "c"], str(tmp_path / "p.png"), "t", axes)
     figures.latent_views(pts, labels, ["a", "b", "c"], str(tmp_path / "v.png"), "t", axes)
     for fig in drawn:
@@ -198,10 +198,10 @@ def test_grid_titles_and_column_labels_fit_a_16px_grid():
 
 
 def test_the_3d_page_of_a_2d_code_has_two_axes_and_says_so(tmp_path):
-    pts, labels, axes = _padded(2, 20)
+    pts, labels, axes = _codes(2, 20)
     out = tmp_path / "page.html"
     pages.scatter3d(str(out), pts, labels, ["a", "b", "c"], np.arange(4), np.zeros((4, 8, 8, 3), np.uint8),
-                    "t (the code has 2 dimension(s); the missing axes are 0)", axes)
+                    "t", axes)
     page = out.read_text()
     data = json.loads(re.search(r"const D = (\{.*?\});\n", page).group(1))
     assert data["axes"] == ["latent 1", "latent 2"] and {len(p) for p in data["p"]} == {2}
