@@ -308,9 +308,12 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     hostmem.run_cpu_programs_inline()
     if interp_steps < 2:
         raise UsageError(f"--interp-steps must be at least 2 (got {interp_steps})")
+    out = out or os.path.join(workdir, "eval")
+    if os.path.exists(out) and not os.path.isdir(out):  # it would be moved aside for a folder: not what was meant
+        raise UsageError(f"--out {out} is a file: give a folder (evaluate.py writes index.html, the figures and "
+                         f"metrics.json into it)")
     use_compilation_cache(load_config(workdir).cache_dir if cache_dir is None else cache_dir)
     cfg, state, ds = restore(workdir, step, data, cache_dir)
-    out = out or os.path.join(workdir, "eval")
     tmp = _start_output(out)
     step_done = int(jax.device_get(state.step))
     print(f"evaluating {workdir} at step {step_done}: {ds.test_images.shape[0]} test images, "
@@ -362,6 +365,10 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     _finish_output(tmp, out)
     print(table)
     print(f"for scale: the mean training image, one output for every input, has test MSE {baseline:.4f}")
+    if pages.untrained(metrics):
+        print(f"note: the autoencoder reconstructs no better than that mean image (test MSE "
+              f"{results[ae.name]['test_mse']:.4f}): it has not learned yet at step {step_done}, so its figures "
+              f"show little; train it longer")
     print(f"encoded {n_test:,} test images in {t_encode:.2f} s ({n_test / t_encode:,.0f} images/s); PCA fit "
           f"{t_pca:.2f} s; evaluate took {time.perf_counter() - t_start:.1f} s in all")
     print(f"wrote {out}/index.html")

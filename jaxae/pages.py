@@ -221,6 +221,12 @@ def latent_captions(latent_dim: int) -> dict[str, tuple[str, str]]:
                              "1 vs 3, 2 vs 3).")}
 
 
+def untrained(metrics: dict) -> bool:
+    """Whether the autoencoder's clean test MSE is no better than the mean training image's, the output of a
+    network that ignores its input (a run evaluated after a few steps: its figures are grey)."""
+    return metrics["models"]["autoencoder"]["test_mse"] >= metrics["mean_image_test_mse"]
+
+
 def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> str:
     """WORKDIR/eval/index.html: the run's settings, the metrics table and every figure, with captions."""
     esc = html.escape
@@ -228,7 +234,8 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
              else "none (plain autoencoder)")
     settings = [("latent dimension", cfg.latent_dim), ("loss", cfg.loss.upper()), ("input noise", noise),
                 ("model", f"width {cfg.width}, {cfg.stages} stages, {cfg.blocks} res-block(s)/stage, "
-                          f"MLP {cfg.mlp_layers} x {cfg.hidden}, norm {cfg.norm}, {cfg.upsample}"),
+                          f"MLP {cfg.mlp_layers} x {cfg.hidden}, norm {cfg.norm}, {cfg.activation}, {cfg.upsample}, "
+                          f"{cfg.head} head"),
                 ("training", f"{cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr "
                              f"{cfg.learning_rate:g}, seed {cfg.seed}; checkpoint step {metrics['step']}"),
                 ("data", f"{cfg.data} ({metrics['n_train']:,} train / {metrics['n_test']:,} test images)")]
@@ -248,6 +255,11 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
             "<h2>Run</h2><table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>"
                                             for k, v in settings) + "</table>",
             "<h2>Metrics on the test split</h2>",
+            *([f"<p><b>The autoencoder reconstructs no better than the mean training image (test MSE "
+               f"{metrics['models']['autoencoder']['test_mse']:.4f} against "
+               f"{metrics['mean_image_test_mse']:.4f}): it has not learned yet at step {metrics['step']}, so the "
+               f"figures below show little. Train it longer.</b></p>"]
+              if untrained(metrics) else []),
             f"<pre>{esc(table)}</pre>",
             "<p>MSE, MAE: per pixel and channel, pixels in [0, 1]. PSNR: 10 log10(1 / MSE) over the whole split. "
             "SSIM: 11x11 Gaussian window (sigma 1.5), mean over positions and channels. k-NN: class of each "

@@ -159,6 +159,27 @@ def test_a_workdir_without_checkpoint_is_a_clear_error(tmp_path, capsys):
         evaluate.run(str(tmp_path / "nothing"))
 
 
+def test_out_naming_a_file_is_refused_and_the_file_kept(run, tmp_path):
+    log = tmp_path / "q30.out"
+    log.write_text("a log the user keeps")
+    with pytest.raises(UsageError, match="--out .*q30.out is a file: give a folder"):
+        evaluate.run(run["cfg"].workdir, out=str(log))
+    assert log.read_text() == "a log the user keeps" and os.listdir(tmp_path) == ["q30.out"]
+
+
+def test_a_model_no_better_than_the_mean_image_is_called_untrained(run, tmp_path):
+    """A run evaluated after a few steps draws grey figures: the page says why, at the top of its metrics."""
+    from jaxae import pages
+    metrics = json.load(open(os.path.join(run["out"], "metrics.json")))
+    ae = metrics["models"]["autoencoder"]["test_mse"]
+    for baseline, expected in ((ae * 1.01, False), (ae, True), (ae * 0.99, True)):
+        m = {**metrics, "mean_image_test_mse": baseline}
+        assert pages.untrained(m) is expected
+        page = tmp_path / "index.html"
+        pages.index(str(page), run["cfg"], m, "table", {"latent_3d_html": "latent_3d.html"})
+        assert ("has not learned yet" in page.read_text()) is expected
+
+
 def test_pairs_come_from_two_classes():
     labels = np.repeat([0, 1], 12)
     pairs = evaluate.pick_pairs(labels, 8)
