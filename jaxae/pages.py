@@ -224,7 +224,8 @@ def latent_captions(latent_dim: int) -> dict[str, tuple[str, str]]:
 def untrained(metrics: dict) -> bool:
     """Whether the autoencoder's clean test MSE is no better than the mean training image's, the output of a
     network that ignores its input (a run evaluated after a few steps: its figures are grey)."""
-    return metrics["models"]["autoencoder"]["test_mse"] >= metrics["mean_image_test_mse"]
+    ae, baseline = metrics.get("models", {}).get("autoencoder", {}).get("test_mse"), metrics.get("mean_image_test_mse")
+    return ae is not None and baseline is not None and ae >= baseline
 
 
 def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> str:
