@@ -33,24 +33,26 @@ def manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointM
 
 
 def check_workdir(workdir: str) -> None:
-    """Prove that `workdir` takes a file, before any data is loaded or anything trained. A folder made for the
-    proof is removed again: a run refused later (a bad batch size, say) leaves nothing behind. (Not where several
-    processes check the same folder at once: one would remove it under another's proof.)"""
+    """Prove that `workdir` takes a file, before any data is loaded or anything trained. The workdir itself, when
+    made for the proof, is removed again (best effort; not its parents, which a run beside this one may be
+    using): a run refused later (a bad batch size, say) leaves no empty workdir. Not in multi-process runs, where
+    one process would remove it under another's proof."""
     probe = os.path.join(workdir, f".write-test-{os.getpid()}")
-    made = [] if os.path.isdir(workdir) or jax.process_count() > 1 else [workdir]
+    made = not os.path.isdir(workdir) and jax.process_count() == 1
     try:
-        while made and not os.path.exists(os.path.dirname(made[-1]) or "."):
-            made.append(os.path.dirname(made[-1]))
         os.makedirs(workdir, exist_ok=True)
         with open(probe, "w") as fh:
             fh.write("ok")
         os.remove(probe)
-        for folder in made:
-            os.rmdir(folder)
     except OSError as e:  # root ignores permission bits, so this catches files-in-the-way and full disks too
         fix = ("free some space or pick another --workdir" if disk_full(e)
                else "pick a folder you can write to with --workdir")
         raise UsageError(f"--workdir {workdir} is not writable ({e.strerror}: {e.filename}): {fix}") from None
+    if made:
+        try:
+            os.rmdir(workdir)  # "run/" and "run" alike
+        except OSError:  # something else wrote there meanwhile: leave it
+            pass
 
 
 def has_checkpoints(workdir: str) -> bool:
@@ -385,20 +387,20 @@ def move_aside(workdir: str) -> str:
 
 
 def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
-    """Decide fresh start vs resume; on resume, the saved config wins and contradicting flags are refused.
+    """Decide fresh start vs resume; on resume, the saved config's run settings win and contradicting flags are
+    refused; the other settings (workdir, --max-steps, logging, ...) are this command's.
     With --fresh over an earlier run, the caller sets that run aside (start_over) once every check has passed.
 
     A workdir with a config.json but no checkpoint (a run killed before its first save, or whose checkpoints
-    were set aside) and a command that sets no run setting (`python train.py --workdir W`): that run's config
-    starts over, from step 0."""
+    were set aside) and a command that sets no run setting (`python train.py --workdir W`): that run's settings
+    start over, from step 0, as a resume would take them."""
     if cfg.fresh:
         return cfg, False
-    if not has_checkpoints(cfg.workdir):
-        if os.path.exists(config_path(cfg.workdir)) and not explicit & (set(Config.RUN_FIELDS) | {"preset"}):
-            saved = load_config(cfg.workdir)
-            print(f"note: {cfg.workdir} holds no checkpoint to resume: its config.json starts over from step 0")
-            return saved.replace(**{name: getattr(cfg, name) for name in explicit}), False
-        return cfg, False
+    resuming = has_checkpoints(cfg.workdir)
+    if not resuming:
+        if not os.path.exists(config_path(cfg.workdir)) or explicit & (set(Config.RUN_FIELDS) | {"preset"}):
+            return cfg, False
+        print(f"note: {cfg.workdir} holds no checkpoint to resume: its config.json starts over from step 0")
     saved = load_config(cfg.workdir)
     # A --preset sets fields too: resuming a default-preset run with --preset tiny must not silently mix, nor
     # a long-preset run go on at its 100 epochs under --preset default (which sets none): the fields either
@@ -419,7 +421,7 @@ def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
     for name, value in PRESETS.get(saved.preset, {}).items():
         if name in keep and name not in explicit | via_preset and keep[name] == getattr(unset, name):
             keep[name] = value
-    return saved.replace(**{**keep, "preset": saved.preset}), True
+    return saved.replace(**{**keep, "preset": saved.preset}), resuming
 
 
 def start_over(cfg: Config) -> None:

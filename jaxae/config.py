@@ -167,8 +167,12 @@ def load_config(workdir: str) -> Config:
     if not os.path.exists(path):
         raise UsageError(f"{workdir} holds no config.json: is it a jaxae workdir? Train into it with "
                          f"`python train.py --workdir {workdir}` first")
-    with open(path) as fh:
-        return Config.from_dict(json.load(fh))
+    try:
+        with open(path) as fh:
+            return Config.from_dict(json.load(fh))
+    except (ValueError, TypeError, OSError) as e:  # not JSON, not an object of settings, unreadable
+        raise UsageError(f"{path} cannot be read as a run's config ({type(e).__name__}: {e}): restore it, or start "
+                         f"over with --fresh (what the workdir holds is moved aside) or another --workdir") from None
 
 
 def add_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:

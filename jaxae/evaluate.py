@@ -308,10 +308,10 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     hostmem.run_cpu_programs_inline()
     if interp_steps < 2:
         raise UsageError(f"--interp-steps must be at least 2 (got {interp_steps})")
-    out = out or os.path.join(workdir, "eval")
+    given, out = out, out or os.path.join(workdir, "eval")
     if os.path.exists(out) and not os.path.isdir(out):  # it would be moved aside for a folder: not what was meant
-        raise UsageError(f"--out {out} is a file: give a folder (evaluate.py writes index.html, the figures and "
-                         f"metrics.json into it)")
+        raise UsageError(f"{'--out ' if given else ''}{out} is a file: give {'a folder' if given else '--out FOLDER'} "
+                         f"(evaluate.py writes index.html, the figures and metrics.json into it)")
     use_compilation_cache(load_config(workdir).cache_dir if cache_dir is None else cache_dir)
     cfg, state, ds = restore(workdir, step, data, cache_dir)
     tmp = _start_output(out)

@@ -264,10 +264,13 @@ def grid_size(rows: int, cols: int, height: int, width: int) -> tuple[int, int]:
     return LABEL_W + cols * (tw + PAD) + PAD, TITLE_H + HEADER_H + rows * (th + PAD) + PAD
 
 
-def _fit(draw, text: str, font, width: int) -> str:
-    """text, shortened with '...' until it fits in `width` pixels."""
+def _fit(draw, text: str, font, width: float) -> str:
+    """text, shortened with '...' until it fits in `width` pixels; "" when not even a letter and '...' do."""
     while len(text) > 1 and draw.textlength(text, font=font) > width:
-        text = text.removesuffix("...")[:-1] + "..."
+        body = text.removesuffix("...")[:-1]
+        if not body:  # '...' alone did not fit either (it loops for ever on '...')
+            return ""
+        text = body + "..."
     return text
 
 
@@ -308,7 +311,7 @@ def _place_headers(draw, labels: list[str], centres: list[float], right: float, 
                 break
             if size is None and c - w / 2 < ends[0] + LABEL_GAP:  # both lines crowded: shorten it
                 line = int(ends[1] < ends[0])
-                text = _fit(draw, text, font, 2 * (c - ends[line] - LABEL_GAP))
+                text = _fit(draw, text, font, max(0.0, 2 * (c - ends[line] - LABEL_GAP)))
                 w = draw.textlength(text, font=font)
             placed.append((text, c, line))
             ends[line] = c + w / 2

@@ -307,10 +307,10 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
                                      built_for=f"images of {'x'.join(map(str, ds.image_shape))} from --data {cfg.data}")
         if int(state.step) >= total:
             checkpoints.finish(mngr)
-            if cfg.max_steps and cfg.max_steps < cfg.epochs * spe:
-                why = f"--max-steps {cfg.max_steps} ends it; pass a larger --max-steps, or none, to train on"
-            else:
+            if int(state.step) >= cfg.epochs * spe:
                 why = f"its {cfg.epochs} epochs end; `python evaluate.py --workdir {cfg.workdir}` shows it"
+            else:
+                why = f"--max-steps {cfg.max_steps} ends it; pass a larger --max-steps, or none, to train on"
             monitor.log(f"nothing to train: the run is at step {int(state.step)}, where {why}")
             return {"exit": 0, "step": int(state.step), "total": total, "state": state,
                     "seconds": time.perf_counter() - started}

@@ -220,3 +220,16 @@ def test_index_says_what_the_latent_figures_show(tmp_path, tiny_config, dim, sho
                 ).read()
     assert shown in page and not_shown not in page
     assert ("rotatable 3-D view" in page) == (dim >= 3)
+
+
+def test_crowded_long_column_labels_are_shortened_and_the_grid_is_drawn(tmp_path):
+    """Twelve long labels over 16x16 tiles crowd both header lines: shortening one to nothing looped for ever
+    (the reconstructions figure of an image folder with long class names hung evaluate.py)."""
+    from PIL import ImageDraw, ImageFont
+    labels = [f"class_{i:02d}_longname" for i in range(12)]
+    out = figures.image_grid(np.zeros((2, 12, 16, 16, 3), np.uint8), str(tmp_path / "g.png"), "t", labels, ["a", "b"])
+    assert Image.open(tmp_path / out).size == figures.grid_size(2, 12, 16, 16)
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    font = ImageFont.load_default(size=10)
+    assert figures._fit(draw, "...", font, 0) == "" and figures._fit(draw, "abcdef", font, -5) == ""
+    assert figures._fit(draw, "abcdef", font, 1000) == "abcdef"

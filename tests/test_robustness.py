@@ -21,7 +21,7 @@ import pytest
 
 from conftest import REFERENCE_FLAGS, REFERENCE_STEPS, REPO, make_image_folder, tiny_config, tiny_dataset
 from jaxae import checkpoints, data
-from jaxae.config import TrainingStopped, UsageError
+from jaxae.config import Config, TrainingStopped, UsageError
 from jaxae import train as train_module
 from jaxae.metrics import mean_image_mse
 from jaxae.monitor import collapsed
@@ -295,9 +295,18 @@ def test_a_new_run_never_overwrites_an_earlier_runs_results(three_epochs, tmp_pa
     before = tree_hash(cfg.workdir)
     capsys.readouterr()
     resolved, resuming = checkpoints.resolve_workdir(tiny_config(tmp_path, max_steps=2), {"workdir", "max_steps"})
-    assert not resuming and resolved.max_steps == 2
-    # the run's own config (the copy's config.json names the original workdir)
-    assert resolved.replace(max_steps=0) == checkpoints.load_config(cfg.workdir).replace(workdir=cfg.workdir)
+    saved = checkpoints.load_config(cfg.workdir)
+    assert not resuming and all(getattr(resolved, n) == getattr(saved, n) for n in Config.RUN_FIELDS)
+    # the rest is this command's, as on a resume: not the copy's workdir, nor an earlier --max-steps or --fresh
+    stale = saved.replace(workdir="elsewhere", max_steps=10, fresh=True, microbatch=16)
+    with open(checkpoints.config_path(cfg.workdir)) as fh:
+        original = fh.read()
+    with open(checkpoints.config_path(cfg.workdir), "w") as fh:
+        fh.write(stale.to_json())
+    resolved, _ = checkpoints.resolve_workdir(tiny_config(tmp_path, max_steps=2), {"workdir", "max_steps"})
+    assert (resolved.workdir, resolved.max_steps, resolved.fresh, resolved.microbatch) == (cfg.workdir, 2, False, 0)
+    with open(checkpoints.config_path(cfg.workdir), "w") as fh:
+        fh.write(original)
     result = train_and_evaluate(tiny_config(tmp_path, max_steps=2), {"workdir", "max_steps"}, ds=tiny_dataset(),
                                 progress=False)
     out = capsys.readouterr().out
@@ -323,9 +332,21 @@ def test_a_finished_run_says_there_is_nothing_to_train(three_epochs, tmp_path, c
     assert result["exit"] == 0 and result["step"] == 12 and "test_mse" not in result
     assert "nothing to train: the run is at step 12, where its 3 epochs end" in out, out
     result = train_and_evaluate(cfg.replace(max_steps=8), {"max_steps"}, ds=tiny_dataset(), progress=False)
-    assert "nothing to train: the run is at step 12, where --max-steps 8 ends it" in capsys.readouterr().out
+    assert "nothing to train: the run is at step 12, where its 3 epochs end" in capsys.readouterr().out  # finished
     assert tree_hash(cfg.workdir) == before
+    shutil.rmtree(os.path.join(cfg.workdir, "checkpoints", "12"))  # now as a run stopped by --max-steps 8
+    train_and_evaluate(cfg.replace(max_steps=8), {"max_steps"}, ds=tiny_dataset(), progress=False)
+    assert "nothing to train: the run is at step 8, where --max-steps 8 ends it; pass a larger --max-steps" in \
+        capsys.readouterr().out
     assert checkpoints.resume_command(cfg.replace(max_steps=8)).endswith("--max-steps 8")
+
+
+def test_an_unreadable_config_json_is_one_clear_error(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text('{"width": 8,')  # cut short
+    with pytest.raises(UsageError, match=r"config.json cannot be read as a run's config \(JSONDecodeError"):
+        checkpoints.resolve_workdir(tiny_config(tmp_path), {"workdir"})
 
 
 def test_truncated_checkpoint_falls_back(three_epochs, tmp_path, capsys):
