@@ -40,7 +40,8 @@ def output_path(page: str, out: str | None = None, force: bool = False) -> str:
 def main(argv=None) -> int:
     from jaxae.config import UsageError
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from jaxae.cli import ArgumentParser  # one-line flag mistakes, as the other scripts
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("page", help="the HTML file to render")
     parser.add_argument("--out", default=None, help="PNG to write (default: the page's name with _page.png, "
                         "e.g. latent_3d_page.png)")
