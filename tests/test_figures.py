@@ -187,9 +187,11 @@ def test_grid_titles_and_column_labels_fit_a_16px_grid():
     lines, font = figures._title_lines(draw, title, width - 2 * figures.PAD, load)
     assert " ".join(lines) == title and len(lines) * (font.size + 4) <= figures.TITLE_H  # not cut off
     assert all(draw.textlength(line, font=font) <= width - 2 * figures.PAD for line in lines)
-    col = 16 * figures.TILE_SCALE + figures.PAD
+    tw = 16 * figures.TILE_SCALE
     labels = ["A"] + [f"t={v:.2f}" for v in np.linspace(0, 1, 10)] + ["B"]
-    font, placed = figures._place_headers(draw, labels, [col * j for j in range(12)], col * 12, load)
+    width, _ = figures.grid_size(8, 12, 16, 16)  # the interpolation figure's: where image_grid puts the centres
+    centres = [figures.LABEL_W + figures.PAD + j * (tw + figures.PAD) + tw / 2 for j in range(12)]
+    font, placed = figures._place_headers(draw, labels, centres, width - figures.PAD, load)
     assert [t for t, _, _ in placed] == labels  # none shortened
     for line in (0, 1):
         spans = [(x - draw.textlength(t, font=font) / 2, x + draw.textlength(t, font=font) / 2)
