@@ -101,19 +101,21 @@ def _weights(xp, n: int, i: int):
     return (xp.arange(n, dtype=xp.uint32) * xp.uint32(_WEIGHT) + xp.uint32(i * _LEAF_OFFSET)) | xp.uint32(1)
 
 
+def _checksum_of(xp, tree):
+    """The checksum in the array module `xp`: jax.numpy (under jit, on the device) or NumPy (on the host). The
+    per-leaf sums are added as one array, which wraps at 2**32 in both (NumPy warns on its scalars' overflow)."""
+    sums = []
+    for i, leaf in enumerate(jax.tree.leaves(tree)):
+        leaf = xp.asarray(leaf)
+        words = leaf.view(xp.dtype(f"uint{8 * leaf.dtype.itemsize}")).astype(xp.uint32, copy=False).ravel()
+        sums.append(xp.sum(words * _weights(xp, words.size, i), dtype=xp.uint32))
+    return xp.sum(xp.stack(sums), dtype=xp.uint32)
+
+
 @jax.jit
 def _checksum(tree) -> jax.Array:
     """The checksum, computed where the tree's arrays are (see above)."""
-    total = jnp.uint32(0)
-    for i, leaf in enumerate(jax.tree.leaves(tree)):
-        leaf = jnp.asarray(leaf)
-        if leaf.dtype.itemsize == 4:
-            words = jax.lax.bitcast_convert_type(leaf, jnp.uint32)
-        else:
-            words = jax.lax.bitcast_convert_type(leaf, jnp.dtype(f"uint{8 * leaf.dtype.itemsize}"))
-        words = words.astype(jnp.uint32).ravel()
-        total = total + jnp.sum(words * _weights(jnp, words.size, i), dtype=jnp.uint32)
-    return total
+    return _checksum_of(jnp, tree)
 
 
 def checksum_host(tree) -> int:
@@ -124,15 +126,7 @@ def checksum_host(tree) -> int:
     fifteenth). Every restore paid that compile, since a restored state is placed otherwise than the training's,
     and so did every training process at its first save.
     """
-    total = 0
-    for i, leaf in enumerate(jax.tree.leaves(tree)):
-        a = np.asarray(leaf)
-        if a.dtype.itemsize == 4:
-            words = a.view(np.uint32)
-        else:
-            words = a.view(np.dtype(f"uint{8 * a.dtype.itemsize}")).astype(np.uint32)
-        total += int(np.sum(words.ravel() * _weights(np, words.size, i), dtype=np.uint32))
-    return total & 0xFFFFFFFF
+    return int(_checksum_of(np, tree))
 
 
 def _stored_checksum(tree) -> jax.Array:
