@@ -11,15 +11,14 @@ import argparse
 
 def main(argv=None) -> int:
     from jaxae import config
+    from jaxae.cli import ArgumentParser, use_compilation_cache
 
-    from jaxae.cli import ArgumentParser
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_flags(parser)
     args = parser.parse_args(argv)
     cfg, explicit = config.from_args(args)
 
     from jaxae import distributed, figures, hostmem, monitor
-    from jaxae.cli import use_compilation_cache
     from jaxae.config import TrainingStopped
     from jaxae.train import train_and_evaluate
 

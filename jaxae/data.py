@@ -35,6 +35,10 @@ class Dataset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])
 
+    def described(self, source: str) -> str:
+        """"images of HxWxC from --data SOURCE": what a model built for this data was built for."""
+        return f"images of {'x'.join(map(str, self.image_shape))} from --data {source}"
+
 
 def load(data: str, dataset: str = "cifar10", cache_dir: str = "") -> Dataset:
     """Load `data` ('tfds' or a local path) into memory; raise UsageError with a fix when it cannot be read."""

@@ -44,8 +44,7 @@ def restore(workdir: str, step: int | None = None, data: str | None = None,
     state = train_state_to_restore(cfg, ds.image_shape, cfg.epochs * spe, spe)
     mngr = checkpoints.manager(workdir, create=False)
     try:
-        state = checkpoints.restore(mngr, state, step,
-                                     built_for=f"images of {'x'.join(map(str, ds.image_shape))} from --data {cfg.data}")
+        state = checkpoints.restore(mngr, state, step, built_for=ds.described(cfg.data))
     finally:
         mngr.close()
     return cfg, state, ds

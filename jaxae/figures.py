@@ -144,6 +144,7 @@ def _suptitle(fig, title: str) -> None:
 def latent_views(points, labels, class_names, out: str, title: str, axis_names) -> str:
     """3-D scatter of the codes coloured by class, seen from len(VIEWS) angles -> out (PNG). A code of fewer
     than 3 dimensions has no 3-D view: each coordinate's distribution per class instead (latent_marginals)."""
+    points = np.asarray(points)
     if points.shape[1] < 3:
         return latent_marginals(points, labels, class_names, out, title, axis_names)
     points, labels, title = _central(points, np.asarray(labels), title)
@@ -199,7 +200,7 @@ def latent_marginals(points, labels, class_names, out: str, title: str, axis_nam
 def latent_pairs(points, labels, class_names, out: str, title: str, axis_names) -> str:
     """The codes' 2-D projections -> out (PNG): three (1-2, 1-3, 2-3) for a 3-D code, its one plane for a 2-D
     code, and for a 1-D code its values in one row per class."""
-    points, labels, title = _central(points, np.asarray(labels), title)
+    points, labels, title = _central(np.asarray(points), np.asarray(labels), title)
     d = points.shape[1]
     if d == 1:
         return _latent_strip(points[:, 0], labels, class_names, out, title, axis_names[0])
@@ -340,12 +341,12 @@ def image_grid(images, out: str, title: str, col_labels, row_labels) -> str:
     for text, x, line in headers:
         draw.text((x, TITLE_H + HEADER_H * (0.3 + 0.45 * line)), text, fill="black", font=small, anchor="mm")
     row_labels = [str(v) for v in row_labels[:rows]]
-    size = next((s for s in SIZES if all(draw.textlength(t, font=load(s)) <= LABEL_W - 2 * PAD
-                                         for t in row_labels)), SIZES[-1])
+    row_font = next((f for f in map(load, SIZES) if all(draw.textlength(t, font=f) <= LABEL_W - 2 * PAD
+                                                         for t in row_labels)), load(SIZES[-1]))
     for i in range(rows):
         y = TITLE_H + HEADER_H + PAD + i * (th + PAD)
-        draw.text((PAD, y + th / 2), _fit(draw, row_labels[i], load(size), LABEL_W - 2 * PAD), fill="black",
-                  font=load(size), anchor="lm")
+        draw.text((PAD, y + th / 2), _fit(draw, row_labels[i], row_font, LABEL_W - 2 * PAD), fill="black",
+                  font=row_font, anchor="lm")
         for j in range(cols):
             tile = Image.fromarray(images[i, j]).resize((tw, th), Image.NEAREST)
             canvas.paste(tile, (LABEL_W + PAD + j * (tw + PAD), y))

@@ -303,8 +303,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
         checkpoints.start_over(cfg)
     mngr = checkpoints.manager(cfg.workdir, cfg.keep)
     if resuming:
-        state = checkpoints.restore(mngr, state, set_aside=True,
-                                     built_for=f"images of {'x'.join(map(str, ds.image_shape))} from --data {cfg.data}")
+        state = checkpoints.restore(mngr, state, set_aside=True, built_for=ds.described(cfg.data))
         if int(state.step) >= total:
             checkpoints.finish(mngr)
             if int(state.step) >= cfg.epochs * spe:
