@@ -6,6 +6,7 @@ Local sources are decoded once and cached as an .npz, so the second run starts i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -88,7 +89,8 @@ def load_tfds(name: str) -> Dataset:
         raise UsageError(f"--data tfds needs tensorflow-datasets and tensorflow ({e}): `pip install -r "
                          f"requirements.txt`, or pass --data PATH to a local copy") from None
     try:
-        splits, info = tfds.load(name, split=list(SPLITS), as_supervised=True, with_info=True)
+        with _few_download_retries():
+            splits, info = tfds.load(name, split=list(SPLITS), as_supervised=True, with_info=True)
     except tfds.core.registered.DatasetNotFoundError:
         raise UsageError(f"--dataset {name}: tfds knows no dataset of that name (try cifar10, mnist, "
                          f"fashion_mnist)") from None
@@ -100,15 +102,31 @@ def load_tfds(name: str) -> Dataset:
                          f"requirements.txt`, or pass --data PATH to a local copy") from None
     except Exception as e:  # download failures come as many types (OSError, DownloadError, ...)
         if "download" in repr(e).lower() or isinstance(e, OSError):
-            raise UsageError(f"tfds could not download {name} ({type(e).__name__}); with no network, pass "
-                             f"--data PATH to a local copy (an image folder, a tar of one, or "
-                             f"cifar-10-python.tar.gz)") from None
+            raise UsageError(f"tfds could not download {name} ({type(e).__name__}); check the network and run "
+                             f"again, or with no network pass --data PATH to a local copy (an image folder, a "
+                             f"tar of one, or cifar-10-python.tar.gz)") from None
         raise
     # Read in batches, not with batch_size=-1: that sizes one batch from info.splits, which
     # tfds.testing.mock_data leaves unknown (TensorFlow then aborts the process in vector::reserve).
     (tr_x, tr_y), (te_x, te_y) = [[np.concatenate(a) for a in zip(*tfds.as_numpy(s.batch(4096)))] for s in splits]
     names = list(info.features["label"].names)
     return Dataset(_as_uint8(tr_x), tr_y.astype(np.int32), _as_uint8(te_x), te_y.astype(np.int32), names)
+
+
+@contextlib.contextmanager
+def _few_download_retries(retries: int = 3):
+    """tfds retries each request 10 times with exponential backoff: with no network (a failed DNS lookup, a
+    refusing proxy) that is 3 min 24 s of silence before its error. 3 retries give up after about 1 s."""
+    from tensorflow_datasets.core.download import downloader
+    before = getattr(downloader, "MAX_RETRIES", None)
+    if before is None:  # another tfds version: leave it as it is
+        yield
+        return
+    downloader.MAX_RETRIES = min(before, retries)
+    try:
+        yield
+    finally:
+        downloader.MAX_RETRIES = before
 
 
 def _as_uint8(x: np.ndarray) -> np.ndarray:
