@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=None, help="data source (default: the one the run was trained on); "
                         "'tfds' or a local folder / tar, as train.py --data")
     parser.add_argument("--interp-steps", type=int, default=10, help="decoded steps per interpolation row and "
-                        "per traversal row (default: 10)")
+                        "per traversal row (default: 10, at most 50)")
     parser.add_argument("--cache-dir", default=None, help="where decoded local datasets and compiled "
                         "programs are cached (default: the run's, else ~/.cache/jaxae)")
     args = parser.parse_args(argv)

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable
 
@@ -27,6 +28,7 @@ from jaxae.train import TrainState, steps_per_epoch, train_state_to_restore
 
 BATCH = 500          # images per scan step when encoding / reconstructing a split
 NOISE_SEED = 1234    # corrupted test inputs are the same in every evaluation of every run
+MAX_INTERP_STEPS = 50  # columns of the interpolation and traversal grids: more are too small to see
 
 
 # ------------------------------------------------------------------------------------ restore
@@ -38,6 +40,10 @@ def restore(workdir: str, step: int | None = None, data: str | None = None,
     if not checkpoints.has_checkpoints(workdir):
         raise UsageError(f"{workdir} holds no checkpoint yet: train it first (`python train.py --workdir "
                          f"{workdir}`) or point --workdir at a run that has a checkpoints/ folder")
+    if data is None and cfg.data != "tfds" and not os.path.exists(os.path.expanduser(cfg.data)):
+        where = "" if os.path.isabs(os.path.expanduser(cfg.data)) else f" from {os.getcwd()} (a relative path)"
+        raise UsageError(f"{workdir} was trained on --data {cfg.data}, which is not there{where}: pass --data "
+                         f"PATH to a copy of that dataset")
     cfg = cfg.replace(data=data or cfg.data, cache_dir=cfg.cache_dir if cache_dir is None else cache_dir)
     ds = load(cfg.data, cfg.dataset, cfg.cache_dir)
     spe = max(steps_per_epoch(ds.train_images.shape[0], cfg.batch_size), 1)
@@ -190,7 +196,8 @@ def pick_pairs(labels: np.ndarray, n: int) -> list[tuple[int, int]]:
     for r in range(n):
         shift = 1 + (r // len(classes)) % max(len(classes) - 1, 1)  # 1 .. C-1: never the same class
         a, b = classes[r % len(classes)], classes[(r + shift) % len(classes)]
-        ia, ib = by_class[a][r // len(classes) % len(by_class[a])], by_class[b][-(r // len(classes)) - 1]
+        q = r // len(classes)  # the q-th image of a from the front, of b from the back
+        ia, ib = by_class[a][q % len(by_class[a])], by_class[b][-(q % len(by_class[b])) - 1]
         pairs.append((int(ia), int(ib)))
     return pairs
 
@@ -247,7 +254,7 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
         f"Linear interpolation in the latent space: decode((1-t) z_A + t z_B), {interp_steps} steps",
         ["A"] + [f"t={v:.2f}" for v in t] + ["B"], [f"A: {cls(a)}, B: {cls(b)}" for a, b in pairs])
 
-    idx = pick_pairs(test_y, 12)
+    idx = pick_pairs(test_y, min(12, len(test_y)))
     sel = np.array([a for a, _ in idx])
     inputs = x(sel)
     recon_rows = [("original", ds.test_images[sel])]
@@ -274,7 +281,8 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
     trav = _u8(dec(sweep.reshape(-1, c.shape[1]))).reshape(len(dims), interp_steps, *ds.image_shape)
     files["traversal"] = figures.image_grid(
         trav, os.path.join(out, "traversal.png"),
-        "Latent traversal: one coordinate swept from its 1st to 99th percentile, the others at their median",
+        "Latent traversal: one coordinate swept from its 1st to 99th percentile, the others at their median"
+        + (f" (the first {len(dims)} of {c.shape[1]} coordinates)" if len(dims) < c.shape[1] else ""),
         ["1st pct"] + [str(i) for i in range(2, interp_steps)] + ["99th pct"],
         [f"latent {d + 1}: {lo[d]:.2f}..{hi[d]:.2f}" for d in dims])
 
@@ -305,15 +313,11 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     t_start = time.perf_counter()
     hostmem.keep_freed_memory()
     hostmem.run_cpu_programs_inline()
-    if interp_steps < 2:
-        raise UsageError(f"--interp-steps must be at least 2 (got {interp_steps})")
-    given, out = out, out or os.path.join(workdir, "eval")
-    if os.path.exists(out) and not os.path.isdir(out):  # it would be moved aside for a folder: not what was meant
-        raise UsageError(f"{'--out ' if given else ''}{out} is a file: give {'a folder' if given else '--out FOLDER'} "
-                         f"(evaluate.py writes index.html, the figures and metrics.json into it)")
+    if not 2 <= interp_steps <= MAX_INTERP_STEPS:
+        raise UsageError(f"--interp-steps must be between 2 and {MAX_INTERP_STEPS} (got {interp_steps})")
+    out = _check_out(out, workdir)
     use_compilation_cache(load_config(workdir).cache_dir if cache_dir is None else cache_dir)
     cfg, state, ds = restore(workdir, step, data, cache_dir)
-    tmp = _start_output(out)
     step_done = int(jax.device_get(state.step))
     print(f"evaluating {workdir} at step {step_done}: {ds.test_images.shape[0]} test images, "
           f"{ds.train_images.shape[0]} training images, {cfg.latent_dim}-D code", flush=True)
@@ -335,33 +339,43 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
              "pca_test": test_codes["pca"][:n_test], "pca_train": encode_split(pca, train_x)[:n_train]}
 
     results: dict[str, dict] = {}
+    knn_k = min(KNN_K, len(ds.train_images))
+    if knn_k < KNN_K:
+        print(f"note: the class accuracy votes over {knn_k} neighbours, not {KNN_K}: the training split has "
+              f"{len(ds.train_images)} images")
     for codec, key in ((ae, "ae"), (pca, "pca")):
         m = {f"test_{k}": v for k, v in
              reconstruction_metrics(codec, test_x, test_mask, codes=test_codes[key]).items()}
         if cfg.noise > 0:
             m.update({f"noisy_test_{k}": v for k, v in
                       reconstruction_metrics(codec, test_x, test_mask, cfg.corruption, cfg.noise).items()})
-        nn = np.asarray(nearest_neighbours(codes[f"{key}_test"], codes[f"{key}_train"]))
-        m[f"knn{KNN_K}_accuracy"] = knn_accuracy(nn, ds.train_labels, ds.test_labels, len(ds.class_names))
+        nn = np.asarray(nearest_neighbours(codes[f"{key}_test"], codes[f"{key}_train"], k=knn_k))
+        m[f"knn{knn_k}_accuracy"] = knn_accuracy(nn, ds.train_labels, ds.test_labels, len(ds.class_names))
         results[codec.name] = m
     codes = {k: np.asarray(v) for k, v in codes.items()}
-
-    _save_latents(tmp, codes["ae_test"], ds)
-    files = make_figures(cfg, ae, pca, ds, codes, tmp, interp_steps)
     baseline = mean_image_mse(ds.train_images, ds.test_images)
-    curve = figures.loss_curve(workdir, os.path.join(tmp, "loss_curve.png"), results[pca.name]["test_mse"], baseline)
-    if curve:
-        files["loss_curve"] = os.path.basename(curve)
-    metrics = {"workdir": os.path.abspath(workdir), "step": step_done, "data": cfg.data, "n_test": n_test,
-               "n_train": n_train, "latent_dim": cfg.latent_dim, "models": results, "mean_image_test_mse": baseline,
-               "seconds": {"encode_test": t_encode, "pca_fit": t_pca,
-                           "total": time.perf_counter() - t_start},
-               "config": json.loads(cfg.to_json())}
     table = format_table(results)
-    pages.index(os.path.join(tmp, "index.html"), cfg, metrics, table, files)
-    with open(os.path.join(tmp, "metrics.json"), "w") as fh:
-        json.dump(metrics, fh, indent=2)
-    _finish_output(tmp, out)
+
+    tmp = _start_output(out)
+    try:  # an error or Ctrl-C leaves nothing half-written behind
+        _save_latents(tmp, codes["ae_test"], ds)
+        files = make_figures(cfg, ae, pca, ds, codes, tmp, interp_steps)
+        curve = figures.loss_curve(workdir, os.path.join(tmp, "loss_curve.png"), results[pca.name]["test_mse"],
+                                   baseline)
+        if curve:
+            files["loss_curve"] = os.path.basename(curve)
+        metrics = {"workdir": os.path.abspath(workdir), "step": step_done, "data": cfg.data, "n_test": n_test,
+                   "n_train": n_train, "latent_dim": cfg.latent_dim, "models": results,
+                   "mean_image_test_mse": baseline,
+                   "seconds": {"encode_test": t_encode, "pca_fit": t_pca, "total": time.perf_counter() - t_start},
+                   "config": json.loads(cfg.to_json())}
+        pages.index(os.path.join(tmp, "index.html"), cfg, metrics, table, files)
+        with open(os.path.join(tmp, "metrics.json"), "w") as fh:
+            json.dump(metrics, fh, indent=2)
+        _finish_output(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     print(table)
     print(f"for scale: the mean training image, one output for every input, has test MSE {baseline:.4f}")
     if pages.untrained(metrics):
@@ -381,7 +395,7 @@ def format_table(results: dict[str, dict]) -> str:
     lines = [f"{'test split':<26}" + "".join(f"{n:>14}" for n in names)]
     for r in rows:
         if r.startswith("knn"):
-            text = f"{KNN_K}-NN class accuracy"
+            text = f"{r[3:].split('_')[0]}-NN class accuracy"
             vals = [f"{100 * results[n][r]:.1f} %" for n in names]
         else:
             kind = r.split("_")[-1]
@@ -399,6 +413,33 @@ def _save_latents(out: str, codes: np.ndarray, ds: Dataset) -> None:
         w.writerow(["index", "label", "class"] + [f"z{i + 1}" for i in range(codes.shape[1])])
         for i, (z, y) in enumerate(zip(codes, ds.test_labels)):
             w.writerow([i, int(y), ds.class_names[int(y)]] + [f"{v:.6g}" for v in z])
+
+
+def _check_out(out: str | None, workdir: str) -> str:
+    """The output folder (default WORKDIR/eval), refused when replacing it would lose something: a file, the run
+    itself or a folder holding it, the current folder, or a folder of other things than an earlier evaluation."""
+    path = out or os.path.join(workdir, "eval")
+    flag = f"--out {out}" if out else path
+    real = os.path.realpath(path)
+    inside = lambda p: p == real or p.startswith(real.rstrip(os.sep) + os.sep)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} is a file: give {'a folder' if out else '--out FOLDER'} (evaluate.py writes "
+                         f"index.html, the figures and metrics.json into it)")
+    if inside(os.path.realpath(workdir)):
+        raise UsageError(f"{flag} is or holds the run's workdir {workdir}: give a folder of its own, e.g. "
+                         f"{os.path.join(workdir, 'eval-2')}")
+    if inside(os.path.realpath(os.getcwd())):
+        raise UsageError(f"{flag} is the current folder or holds it: give a folder of its own, e.g. eval-2")
+    entries = set(os.listdir(path)) if os.path.isdir(path) else set()
+    if entries and not ({"index.html", "metrics.json"} & entries and not {"config.json", "checkpoints"} & entries):
+        raise UsageError(f"{flag} holds files that are not an evaluation (no index.html or metrics.json): give a "
+                         f"new or empty folder, or an earlier evaluation's (it is moved aside, not deleted)")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag}: cannot write in {parent}; pick a writable folder")
+    return path
 
 
 def _start_output(out: str) -> str:

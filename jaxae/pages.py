@@ -241,12 +241,17 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
                              f"{cfg.learning_rate:g}, seed {cfg.seed}; checkpoint step {metrics['step']}"),
                 ("data", f"{cfg.data} ({metrics['n_train']:,} train / {metrics['n_test']:,} test images)")]
     s = metrics["seconds"]
+    models = metrics.get("models", {})
+    pca_k = next((int(n[4:]) for n in models if n.startswith("PCA-")), cfg.latent_dim)  # fewer with few images
+    knn_k = next((k[3:].split("_")[0] for k in models.get("autoencoder", {}) if k.startswith("knn")), "k")
     captions = {
         **latent_captions(cfg.latent_dim),
         "interpolation": "Each row: test image A, decodings of points on the straight line from A's code to "
                          "B's code (t = 0 is A's reconstruction, t = 1 is B's), test image B.",
         "reconstructions": "Test images (top row) and their reconstructions by the autoencoder and by PCA "
-                           "with as many components as the code has dimensions.",
+                           + ("with as many components as the code has dimensions." if pca_k == cfg.latent_dim else
+                              f"with {pca_k} components, all that {metrics['n_train']:,} training images give "
+                              f"(the code has {cfg.latent_dim})."),
         "traversal": "Each row sweeps one latent coordinate across its observed range (1st to 99th "
                      "percentile of the test codes) with the other coordinates at their median.",
         "neighbours": "Each row: a test image and its nearest training images by distance between codes.",
@@ -264,7 +269,7 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
             f"<pre>{esc(table)}</pre>",
             "<p>MSE, MAE: per pixel and channel, pixels in [0, 1]. PSNR: 10 log10(1 / MSE) over the whole split. "
             "SSIM: 11x11 Gaussian window (sigma 1.5), mean over positions and channels. k-NN: class of each "
-            "test code by a vote of its 10 nearest training codes. PCA is fit on the training images."
+            f"test code by a vote of its {knn_k} nearest training codes. PCA is fit on the training images."
             + (" Noisy input: the test images corrupted as in training (fixed seed), compared with the clean "
                "image." if cfg.noise > 0 else "") + "</p>",
             f"<p>Encoding the {metrics['n_test']:,} test images took {s['encode_test']:.2f} s; the whole "

@@ -184,3 +184,74 @@ def test_pairs_come_from_two_classes():
     labels = np.repeat([0, 1], 12)
     pairs = evaluate.pick_pairs(labels, 8)
     assert all(labels[a] != labels[b] for a, b in pairs) and len(set(pairs)) == 8
+
+
+def test_pairs_of_classes_with_one_test_image_each():
+    """CIFAR-like classes with one test image each: the reconstructions' 12 pairs wrap around (an IndexError
+    before)."""
+    labels = np.arange(10)
+    pairs = evaluate.pick_pairs(labels, 12)
+    assert len(pairs) == 12 and all(labels[a] != labels[b] for a, b in pairs)
+    assert evaluate.pick_pairs(np.zeros(3, int), 5) == [(0, 2), (1, 1), (2, 0), (0, 2), (1, 1)]  # one class
+
+
+def test_a_few_images_evaluate_with_fewer_neighbours_and_pairs(run, tmp_path, capsys):
+    """4 training and 3 test images (other data of the run's image size): 4-NN instead of 10-NN, said so,
+    and every figure drawn (a top_k error and an IndexError before)."""
+    data = make_image_folder(tmp_path / "few", classes=("cat", "dog", "eel"), n_train=2, n_test=1)
+    os.remove(os.path.join(data, "train", "eel", "0000.png"))
+    os.remove(os.path.join(data, "train", "eel", "0001.png"))
+    with pytest.warns(UserWarning, match=r"class folder\(s\) with no images: train/eel$"):  # a test class still
+        m = evaluate.run(run["cfg"].workdir, out=str(tmp_path / "ev"), data=data, interp_steps=2)
+    assert set(m["models"]["autoencoder"]) >= {"knn4_accuracy", "test_mse"}
+    out = capsys.readouterr().out
+    assert "votes over 4 neighbours, not 10" in out and "4-NN class accuracy" in out
+    assert "its 4 nearest training codes" in open(tmp_path / "ev" / "index.html").read()
+    assert Image.open(tmp_path / "ev" / "reconstructions.png").size == figures.grid_size(6, 3, 16, 16)
+
+
+@pytest.mark.parametrize("where", ["workdir", "parent", "cwd", "other files"])
+def test_out_that_would_move_the_run_or_other_things_aside_is_refused(run, tmp_path, monkeypatch, where):
+    """Replacing --out moves it aside: never the run itself, a folder holding it, the current folder or a
+    folder of other things (the run was moved out of its workdir before)."""
+    workdir = run["cfg"].workdir
+    out = {"workdir": workdir, "parent": os.path.dirname(workdir), "cwd": str(tmp_path),
+           "other files": str(tmp_path / "notes")}[where]
+    os.makedirs(tmp_path / "notes")
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(os.listdir(os.path.dirname(workdir))), sorted(os.listdir(workdir))
+    message = {"workdir": "is or holds the run's workdir", "parent": "is or holds the run's workdir", "cwd": "is the current folder",
+               "other files": "holds files that are not an evaluation"}[where]
+    with pytest.raises(UsageError, match=message):
+        evaluate.run(workdir, out=out)
+    assert (sorted(os.listdir(os.path.dirname(workdir))), sorted(os.listdir(workdir))) == before
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+
+
+def test_a_failed_evaluation_leaves_no_partial_folder(run, tmp_path, monkeypatch):
+    def fail(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(figures, "loss_curve", fail)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.run(run["cfg"].workdir, out=str(tmp_path / "ev"), interp_steps=2)
+    assert os.listdir(tmp_path) == []
+
+
+def test_interp_steps_out_of_range_is_refused(run):
+    for n in (1, 51):
+        with pytest.raises(UsageError, match="--interp-steps must be between 2 and 50"):
+            evaluate.run(run["cfg"].workdir, interp_steps=n)
+
+
+def test_a_run_whose_relative_data_path_is_gone_names_where_it_came_from(run, tmp_path, monkeypatch):
+    cfg = run["cfg"]
+    workdir = str(tmp_path / "copy")
+    import shutil
+    shutil.copytree(cfg.workdir, workdir)
+    saved = json.load(open(os.path.join(workdir, "config.json")))
+    json.dump({**saved, "data": "data/cifar10"}, open(os.path.join(workdir, "config.json"), "w"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match=r"was trained on --data data/cifar10, which is not there from .* \(a "
+                                         r"relative path\): pass --data PATH"):
+        evaluate.run(workdir)
