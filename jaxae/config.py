@@ -110,6 +110,9 @@ class Config:
         if not 0.0 <= self.noise <= (10.0 if self.corruption == "gaussian" else 1.0):
             raise UsageError(f"--noise must be between 0 and {'10' if self.corruption == 'gaussian' else '1'} "
                              f"for --corruption {self.corruption} (got {self.noise})")
+        if self.norm == "group" and self.blocks and self.width % 8:
+            raise UsageError(f"--norm group normalises 8 groups of channels: --width must be a multiple of 8 (got "
+                             f"{self.width}), or use --norm layer")
         if self.learning_rate <= 0:
             raise UsageError(f"--learning-rate must be positive (got {self.learning_rate})")
         for name in ("warmup_epochs", "weight_decay", "grad_clip"):

@@ -152,6 +152,11 @@ class _DirReader:
         with open(os.path.join(self.root, name), "rb") as fh:
             return fh.read()
 
+    def folders(self, split: str) -> list[str]:
+        """Names of the folders in <split>/ (the classes), empty ones included."""
+        top = os.path.join(self.root, split)
+        return [d for d in os.listdir(top) if os.path.isdir(os.path.join(top, d))] if os.path.isdir(top) else []
+
 
 class _TarReader:
     def __init__(self, tar: tarfile.TarFile):
@@ -166,23 +171,32 @@ class _TarReader:
     def read(self, name: str) -> bytes:
         return self.tar.extractfile(self.members[name]).read()
 
+    def folders(self, split: str) -> list[str]:
+        """Names of the folders in <prefix>/<split>/ (the classes), empty ones included."""
+        out = set()
+        for m in self.tar.getmembers():
+            parts = m.name.rstrip("/").split("/")
+            if m.isdir() and len(parts) >= 2 and parts[-2] == split:
+                out.add(parts[-1])
+        return sorted(out)
+
 
 def _image_folder(reader, where: str) -> Dataset:
     """Decode <prefix>/{train,test}/<class>/<image> from a folder or tar; classes sorted by name."""
     files = reader.files()
     by_split: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
-    skipped = []
+    skipped, nested = [], []
     for name in files:
         parts = name.split("/")
-        for i in range(len(parts) - 2):
-            if parts[i] in SPLITS and i + 3 == len(parts):
-                if os.path.basename(name).startswith("."):
-                    break
-                if not name.lower().endswith(IMAGE_EXTENSIONS):
-                    skipped.append(name)
-                    break
-                by_split[parts[i]].setdefault(parts[i + 1], []).append(name)
-                break
+        splits_at = [i for i in range(len(parts) - 2) if parts[i] in SPLITS]
+        if not splits_at or any(p.startswith(".") for p in parts[splits_at[-1] + 1:]):
+            continue  # not under a split; hidden files and folders (.DS_Store, .ipynb_checkpoints/) are no classes
+        if not name.lower().endswith(IMAGE_EXTENSIONS):
+            skipped.append(name)
+        elif splits_at[-1] + 3 == len(parts):
+            by_split[parts[splits_at[-1]]].setdefault(parts[splits_at[-1] + 1], []).append(name)
+        else:
+            nested.append(name)
     if not by_split["train"] and not by_split["test"]:
         if not files:
             raise UsageError(f"--data {where} is empty: it needs train/<class>/ and test/<class>/ image folders")
@@ -195,6 +209,13 @@ def _image_folder(reader, where: str) -> Dataset:
     if skipped:
         warnings.warn(f"skipped {len(skipped)} file(s) that are not images (by extension), e.g. {skipped[0]}",
                       stacklevel=2)
+    if nested:
+        warnings.warn(f"skipped {len(nested)} image(s) in sub-folders of a class folder, e.g. {nested[0]}: only "
+                      f"<split>/<class>/<image> is read", stacklevel=2)
+    empty = [f"{s}/{c}" + ("" if c in classes else " (no such class then)") for s in SPLITS
+             for c in sorted(reader.folders(s)) if not c.startswith(".") and c not in by_split[s]]
+    if empty:
+        warnings.warn(f"class folder(s) with no images: {', '.join(empty)}", stacklevel=2)
     decoded = {}
     converted = {}
     for split in SPLITS:
@@ -205,13 +226,12 @@ def _image_folder(reader, where: str) -> Dataset:
     names = decoded["train"][2] + decoded["test"][2]
     sizes = {im.size for im in imgs}
     if len(sizes) > 1:
-        first = imgs[0].size
-        odd = next(n for n, im in zip(names, imgs) if im.size != first)
-        raise UsageError(f"--data {where}: images have different sizes ({names[0]} is {first[0]}x{first[1]}, "
-                         f"{odd} is {imgs[names.index(odd)].size[0]}x{imgs[names.index(odd)].size[1]}); "
-                         f"resize them all to one size first")
+        odd = next(i for i, im in enumerate(imgs) if im.size != imgs[0].size)
+        hw = lambda im: f"{im.size[1]}x{im.size[0]}"  # height x width, as everywhere else (PIL's size is w, h)
+        raise UsageError(f"--data {where}: images have different sizes ({names[0]} is {hw(imgs[0])}, {names[odd]} "
+                         f"is {hw(imgs[odd])}, height x width); resize them all to one size first")
     modes = {im.mode for im in imgs}
-    target = "L" if modes <= {"L", "1", "I;16", "I", "F"} else "RGB"
+    target = "L" if modes <= {"L", "1"} else "RGB"
     # Original modes of everything that is not already `target`: alpha/palette images were converted in
     # _decode, the rest is converted below. Either way the user hears about it once.
     counts: dict[str, int] = {}
@@ -238,9 +258,19 @@ def _decode(reader, name: str, converted: dict):
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         why = "truncated, or not an image" if isinstance(e, UnidentifiedImageError) else str(e)  # PIL names a BytesIO
         raise UsageError(f"cannot read image {name} ({why}): remove or replace the file") from None
-    if im.mode in ("RGBA", "LA", "P", "PA"):  # drop alpha / palette; composited on black
+    if im.mode in ("RGBA", "LA", "P", "PA"):  # palette to colours; alpha dropped (the colour under it is kept)
         converted[name] = im.mode
         im = im.convert("RGB" if im.mode != "LA" else "L")
+    elif im.mode.startswith("I"):  # 16-bit grayscale ("I;16", or "I"): PIL's convert("L") would clip it to 255
+        a = np.asarray(im)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise UsageError(f"image {name} has 32-bit integer pixels ({a.min()}..{a.max()}): save it as 8- or "
+                             f"16-bit")
+        converted[name] = f"16-bit {im.mode}"
+        im = Image.fromarray(((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8), "L")
+    elif im.mode == "F":
+        raise UsageError(f"image {name} has floating-point pixels (mode F), whose range jaxae cannot know: save "
+                         f"it as an 8- or 16-bit image")
     return im
 
 

@@ -329,6 +329,9 @@ def model_from_config(cfg, image_shape: Sequence[int]) -> Autoencoder:
     h, w, _ = image_shape
     if min(h, w) < 2 ** cfg.stages:
         from jaxae.config import UsageError
+        if min(h, w) < 2:
+            raise UsageError(f"images of {h}x{w} are too small: each stage halves them, so they must be at least "
+                             f"2x2")
         raise UsageError(f"images of {h}x{w} are too small for --stages {cfg.stages}: use --stages "
                          f"{max(1, min(h, w).bit_length() - 1)} or fewer")
     return Autoencoder(image_shape=tuple(image_shape), latent_dim=cfg.latent_dim, width=cfg.width,

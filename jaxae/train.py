@@ -280,7 +280,12 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
 
 def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, progress: bool) -> dict[str, Any]:
     started = time.perf_counter()
+    if cfg.data != "tfds":  # saved as an absolute path: evaluate.py and a resume work from any folder
+        cfg = cfg.replace(data=os.path.abspath(os.path.expanduser(cfg.data)))
     cfg, resuming = checkpoints.resolve_workdir(cfg.validate(), set(explicit))
+    if "corruption" in explicit and cfg.noise == 0:
+        raise UsageError(f"--corruption {cfg.corruption} does nothing with --noise 0: give its strength, e.g. "
+                         f"--noise {0.2 if cfg.corruption == 'gaussian' else 0.25}")
     # set aside below, after the checks: --fresh over an earlier run, or a new run over an earlier one's results
     earlier_run = not resuming and bool(checkpoints.earlier_results(cfg.workdir))
     n_dev, local_batch = _device_layout(cfg.batch_size)

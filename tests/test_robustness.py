@@ -82,7 +82,9 @@ def _bad_data(kind: str, root: str) -> str:
         with open(path, "wb") as fh:
             fh.write(head)
     if kind == "mixed_sizes":
-        Image.new("RGB", (20, 16)).save(os.path.join(folder, "test", "dog", "0000.png"))
+        Image.new("RGB", (20, 16)).save(os.path.join(folder, "test", "dog", "0000.png"))  # PIL: width, height
+    if kind == "float_pixels":
+        Image.new("F", (16, 16), 0.5).save(os.path.join(folder, "train", "cat", "float.tif"))
     return folder
 
 
@@ -91,7 +93,8 @@ def _bad_data(kind: str, root: str) -> str:
     ("empty", ["is empty", "train/<class>/"]),
     ("no_classes", ["no train/<class>/<image>", "one sub-folder per class"]),
     ("truncated", ["cannot read image train/cat/0001.png", "remove or replace"]),
-    ("mixed_sizes", ["different sizes", "test/dog/0000.png is 20x16", "resize them"]),
+    ("mixed_sizes", ["different sizes", "test/dog/0000.png is 16x20, height x width", "resize them"]),
+    ("float_pixels", ["image train/cat/float.tif has floating-point pixels", "8- or 16-bit"]),
 ])
 def test_bad_data_is_one_line_exit_2_and_writes_no_checkpoint(tmp_path, kind, words):
     workdir = tmp_path / "run"
@@ -107,6 +110,8 @@ def test_bad_data_is_one_line_exit_2_and_writes_no_checkpoint(tmp_path, kind, wo
     (["--microbatch", "3"], ["--microbatch 3 does not divide the per-device batch (4)", "a divisor of it"]),
     (["--loss", "l3"], ["--loss", "invalid choice", "l3"]),  # argparse's own one-line error
     (["--shift", "-1"], ["--shift must be 0 or more", "-1"]),
+    (["--norm", "group", "--width", "12", "--blocks", "1"], ["--norm group normalises 8 groups", "multiple of 8 (got 12)"]),
+    (["--corruption", "mask"], ["--corruption mask does nothing with --noise 0", "--noise 0.25"]),
 ])
 def test_invalid_flags_exit_2(tmp_path, flags, words):
     proc = script(*tiny_args(tmp_path / "nodata", tmp_path / "run", *flags))
@@ -142,6 +147,22 @@ def test_config_mismatch_refused_naming_the_flag(tmp_path):
     assert tree_hash(workdir) == before
 
 
+def test_data_is_saved_as_an_absolute_path_and_an_older_relative_one_still_resumes(tmp_path, monkeypatch):
+    """evaluate.py from another folder found no data for a run trained with a relative --data."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(tmp_path, data="img", max_steps=1)
+    train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+    assert checkpoints.load_config(cfg.workdir).data == str(tmp_path / "img")
+    # a run saved before (data as typed, relative): the same relative flag is the same data, another is not
+    saved = json.load(open(checkpoints.config_path(cfg.workdir)))
+    json.dump({**saved, "data": "img"}, open(checkpoints.config_path(cfg.workdir), "w"))
+    train_py = os.path.join(REPO, "train.py")
+    proc = script(train_py, *tiny_args("img", cfg.workdir, "--latent-dim", "5")[1:], cwd=tmp_path)
+    assert_one_line_error(proc, "--latent-dim 3, not 5")
+    proc = script(train_py, *tiny_args("other", cfg.workdir)[1:], cwd=tmp_path)
+    assert_one_line_error(proc, f"--data img, not {tmp_path / 'other'}")
+
+
 def test_evaluate_without_checkpoint_exit_2(tmp_path):
     checkpoints.save_config(tiny_config(tmp_path))
     proc = script("evaluate.py", "--workdir", str(tmp_path / "run"))
@@ -168,6 +189,36 @@ def test_stray_files_skipped_with_warning_and_gray_rgba_converted(tmp_path, caps
     assert "note: converted 1 L, 1 RGBA image(s) to RGB" in note
     gray = ds.train_images[ds.train_labels == 1][-1]  # dog/gray.png sorts after dog/0000.png ...
     assert (gray == 128).all()
+
+
+def test_16_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path, capsys):
+    """A 16-bit grayscale PNG (scientific and medical images) became all 255 through PIL's convert("L")."""
+    from PIL import Image
+    folder = make_image_folder(tmp_path / "img", n_train=2, n_test=1, mode="L")
+    values = np.tile(np.repeat(np.array([0, 257, 32896, 65535], np.uint16), 4), (16, 1))  # 16x16
+    for split, cls in (("train", "cat"), ("test", "dog")):
+        Image.fromarray(values).save(tmp_path / "img" / split / cls / "deep16.png")
+        assert Image.open(tmp_path / "img" / split / cls / "deep16.png").mode.startswith("I")
+    ds = data.load(folder, cache_dir=str(tmp_path / "cache"))
+    assert ds.train_images.shape == (5, 16, 16, 1)
+    np.testing.assert_array_equal(ds.train_images[2][0, ::4, 0], [0, 1, 128, 255])  # cat/deep16 after cat/000*
+    assert "image(s) to L" in capsys.readouterr().err
+
+
+def test_hidden_nested_and_empty_folders_are_no_classes_and_are_reported(tmp_path):
+    from PIL import Image
+    folder = make_image_folder(tmp_path / "img", n_train=2, n_test=1)
+    for rel in ("train/.ipynb_checkpoints/x.png", "train/cat/sub/deep.png", "test/cat/._0000.png"):
+        os.makedirs(os.path.dirname(tmp_path / "img" / rel), exist_ok=True)
+        Image.new("RGB", (16, 16)).save(tmp_path / "img" / rel)
+    os.makedirs(tmp_path / "img" / "train" / "eel")
+    with pytest.warns(UserWarning) as caught:
+        ds = data.load(folder, cache_dir=str(tmp_path / "cache"))
+    assert ds.class_names == ["cat", "dog"] and len(ds.train_images) == 4 and len(ds.test_images) == 2
+    assert sorted(str(w.message) for w in caught) == [
+        "class folder(s) with no images: train/eel (no such class then)",
+        "skipped 1 image(s) in sub-folders of a class folder, e.g. train/cat/sub/deep.png: only "
+        "<split>/<class>/<image> is read"]
 
 
 def test_unknown_tfds_dataset_and_no_network(monkeypatch):
