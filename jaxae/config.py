@@ -22,7 +22,7 @@ def _f(default, help: str, choices=None, flag: bool = True):
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)  # hashable: a jit's static argument (change it with .replace)
 class Config:
     # --- data
     data: str = _f("tfds", "'tfds' (download/prepare with tensorflow-datasets) or a local copy: a folder with "
@@ -167,6 +167,9 @@ def config_path(workdir: str) -> str:
 
 def load_config(workdir: str) -> Config:
     path = config_path(workdir)
+    if not os.path.isdir(workdir):
+        raise UsageError(f"--workdir {workdir}: {'not a folder' if os.path.exists(workdir) else 'no such folder'}; "
+                         f"give the folder a training run wrote (it holds config.json and checkpoints/)")
     if not os.path.exists(path):
         raise UsageError(f"{workdir} holds no config.json: is it a jaxae workdir? Train into it with "
                          f"`python train.py --workdir {workdir}` first")

@@ -97,13 +97,13 @@ def place_state(state: TrainState, mesh: Mesh) -> TrainState:
 
 # ------------------------------------------------------------------------------------- step
 
-def prepare_batch(key: jax.Array, images_u8: jax.Array, cfg: Config, axis_name: str | None = AXIS):
+def prepare_batch(key: jax.Array, images_u8: jax.Array, cfg: Config, axis_name: str | None = None):
     """uint8 batch -> (corrupted input, clean target) in [0, 1], per-example keys from the step key.
 
     Example i of the *global* batch always gets key split(key, global_batch)[i], whatever the number of
     devices, so a run on 2 devices sees the same noise and flips as a run on 1.
     """
-    x = images_u8.astype(jnp.float32) / 255.0
+    x = _unit_range(images_u8)
     local = x.shape[0]
     if axis_name is None:
         n_dev, dev = 1, 0
@@ -128,10 +128,17 @@ def random_shift(keys: jax.Array, x: jax.Array, n: int) -> jax.Array:
     return jax.vmap(lambda im, o: lax.dynamic_slice(im, (o[0], o[1], 0), x.shape[1:]))(padded, offsets)
 
 
+def _unit_range(images_u8: jax.Array) -> jax.Array:
+    if images_u8.dtype != jnp.uint8:  # floats in [0, 1] divided by 255 again would train towards black
+        raise TypeError(f"jaxae's steps take uint8 images (0-255) and scale them themselves, not "
+                        f"{images_u8.dtype}: pass (x * 255).round().astype(np.uint8) for floats in [0, 1]")
+    return images_u8.astype(jnp.float32) / 255.0
+
+
 def train_step(state: TrainState, batch: jax.Array, key: jax.Array, cfg: Config,
-               axis_name: str | None = AXIS) -> tuple[TrainState, dict[str, jax.Array]]:
+               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step on a uint8 batch: (state, batch, key) -> (state, metrics). Pure; gradients and
-    metrics are averaged over `axis_name` (the pmap axis) when it is given."""
+    metrics are averaged over `axis_name` when it is given (inside a pmap over that axis, as train.py does)."""
     inputs, targets = prepare_batch(key, batch, cfg, axis_name)
     loss_fn = losses.LOSSES[cfg.loss]
 
@@ -156,6 +163,13 @@ def train_step(state: TrainState, batch: jax.Array, key: jax.Array, cfg: Config,
     if axis_name is not None:
         grads, loss = lax.pmean((grads, loss), axis_name)
     return state.apply_gradients(grads=grads), {"loss": loss}
+
+
+def eval_step(state: TrainState, batch: jax.Array) -> dict[str, jax.Array]:
+    """Reconstruction errors of a clean uint8 batch: {"mse", "mae"}, means over pixels and channels in [0, 1]."""
+    x = _unit_range(batch)
+    err = state.apply_fn({"params": state.params}, x) - x
+    return {"mse": jnp.mean(err * err), "mae": jnp.mean(jnp.abs(err))}
 
 
 # Microbatch passes of a step that may run at once. Left alone, XLA interleaved all the unrolled passes op by

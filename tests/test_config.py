@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import os
 
 import pytest
 
@@ -77,5 +78,8 @@ def test_json_round_trip_and_load_config(tmp_path):
     assert load_config(str(tmp_path)) == cfg
     # keys written by a newer version are ignored, not fatal
     assert Config.from_dict({**dataclasses.asdict(cfg), "future_setting": 1}) == cfg
-    with pytest.raises(UsageError, match="no config.json"):
+    with pytest.raises(UsageError, match="elsewhere: no such folder; give the folder a training run wrote"):
         load_config(str(tmp_path / "elsewhere"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(UsageError, match="no config.json"):
+        load_config(str(tmp_path / "empty"))

@@ -66,7 +66,7 @@ def test_prepare_batch_shift_is_the_same_on_two_devices_and_leaves_other_runs_al
     plain = jax.jit(functools.partial(train.prepare_batch, cfg=cfg, axis_name=None))(key, batch)
     shifted_cfg = cfg.replace(shift=2)
     one = jax.jit(functools.partial(train.prepare_batch, cfg=shifted_cfg, axis_name=None))(key, batch)
-    two = jax.pmap(functools.partial(train.prepare_batch, cfg=shifted_cfg), axis_name=train.AXIS,
+    two = jax.pmap(functools.partial(train.prepare_batch, cfg=shifted_cfg, axis_name=train.AXIS), axis_name=train.AXIS,
                    in_axes=(None, 0))(key, batch.reshape(2, 4, *batch.shape[1:]))
     for a, b in zip(one, two):  # example i gets its offsets from its global key, whatever the device split
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b).reshape(a.shape))
@@ -109,7 +109,8 @@ def test_init_params_compiles_at_level_1_to_the_very_parameters_of_xlas_default_
     out = subprocess.run([sys.executable, "-c", INIT_PROBE], capture_output=True, text=True, cwd=REPO,
                          env={**env, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["[{'xla_backend_optimization_level':", "1},", "None,", "None]", "True", "True", "True"], out.stdout
+    assert out.stdout.split() == ["[{'xla_backend_optimization_level':", "1},", "None,", "None]", "True", "True",
+                                  "True"], out.stdout
 
 
 def test_pmap_on_two_devices_equals_one_device(setup):
@@ -253,3 +254,29 @@ def test_train_and_evaluate_on_two_devices(setup, tmp_path):
     assert result["test_mse"] == records[-1]["test_mse"]
     saved = [int(n) for n in os.listdir(os.path.join(cfg.workdir, "checkpoints")) if n.isdigit()]
     assert max(saved) == 4 * spe
+
+
+def test_the_readme_python_example_runs_and_learns(capsys):
+    """README's "Use from Python" block, as printed there: it trains, and its shapes are what it says."""
+    readme = open(os.path.join(REPO, "README.md")).read()
+    section = readme.split("## Use from Python\n", 1)[1].split("\n## ", 1)[0]
+    lines = section.split("\n")
+    start = next(i for i, l in enumerate(lines) if l.startswith("    "))
+    end = next(i for i in range(start, len(lines)) if lines[i] and not lines[i].startswith("    "))
+    code = "\n".join(l[4:] for l in lines[start:end])
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["codes"].shape == (64, 3) and scope["recon"].shape == (64, 16, 16, 3)
+    first_loss = float(train.eval_step(train.create_train_state(scope["cfg"], (16, 16, 3), 8, 8),
+                                       scope["images"])["mse"])
+    assert float(scope["metrics"]["loss"]) < first_loss  # eight steps of the tiny model learn something
+
+
+def test_steps_refuse_float_images(tmp_path):
+    """Floats in [0, 1] were divided by 255 again, silently training towards black."""
+    cfg = tiny_config(tmp_path)
+    state = train.create_train_state(cfg, (16, 16, 3), 8, 8)
+    with pytest.raises(TypeError, match="take uint8 images"):
+        train.eval_step(state, jnp.zeros((4, 16, 16, 3)))
+    with pytest.raises(TypeError, match="take uint8 images"):
+        train.train_step(state, jnp.zeros((4, 16, 16, 3)), jax.random.PRNGKey(0), cfg)
