@@ -409,7 +409,7 @@ def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
     via_preset = (set(PRESETS.get(cfg.preset, {})) | set(PRESETS.get(saved.preset, {}))) - explicit \
         if "preset" in explicit else set()
     for name in Config.RUN_FIELDS:
-        if name in explicit | via_preset and not _same_setting(name, getattr(saved, name), getattr(cfg, name)):
+        if name in explicit | via_preset and not same_setting(name, getattr(saved, name), getattr(cfg, name)):
             given = (f"--preset {cfg.preset} sets --{name.replace('_', '-')} {getattr(cfg, name)}"
                      if name in via_preset else f"not {getattr(cfg, name)}")
             raise UsageError(f"{cfg.workdir} holds a run with --{name.replace('_', '-')} {getattr(saved, name)}, "
@@ -425,7 +425,7 @@ def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
     return saved.replace(**{**keep, "preset": saved.preset}), resuming
 
 
-def _same_setting(name: str, saved, given) -> bool:
+def same_setting(name: str, saved, given) -> bool:
     """A run saved before --data was stored as an absolute path names it relative to where it was started."""
     if name == "data" and "tfds" not in (saved, given):
         return os.path.abspath(os.path.expanduser(saved)) == os.path.abspath(os.path.expanduser(given))

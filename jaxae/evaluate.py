@@ -44,6 +44,8 @@ def restore(workdir: str, step: int | None = None, data: str | None = None,
         where = "" if os.path.isabs(os.path.expanduser(cfg.data)) else f" from {os.getcwd()} (a relative path)"
         raise UsageError(f"{workdir} was trained on --data {cfg.data}, which is not there{where}: pass --data "
                          f"PATH to a copy of that dataset")
+    if data and not checkpoints.same_setting("data", cfg.data, data):
+        print(f"note: evaluating on --data {data}, not on the data the run was trained on ({cfg.data})")
     cfg = cfg.replace(data=data or cfg.data, cache_dir=cfg.cache_dir if cache_dir is None else cache_dir)
     ds = load(cfg.data, cfg.dataset, cfg.cache_dir)
     spe = max(steps_per_epoch(ds.train_images.shape[0], cfg.batch_size), 1)
@@ -361,7 +363,7 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
         _save_latents(tmp, codes["ae_test"], ds)
         files = make_figures(cfg, ae, pca, ds, codes, tmp, interp_steps)
         curve = figures.loss_curve(workdir, os.path.join(tmp, "loss_curve.png"), results[pca.name]["test_mse"],
-                                   baseline)
+                                   baseline, step=step_done)
         if curve:
             files["loss_curve"] = os.path.basename(curve)
         metrics = {"workdir": os.path.abspath(workdir), "step": step_done, "data": cfg.data, "n_test": n_test,

@@ -36,12 +36,23 @@ def per_epoch(records: list[dict]) -> list[dict]:
     return [last[e] for e in sorted(last)]
 
 
+def epoch_positions(records: list[dict]) -> tuple[list[float], float]:
+    """Where per_epoch's rows go on an epoch axis, and the steps per epoch (0 when unknown): a row's epoch, or
+    step / steps per epoch for an epoch cut short. Steps per epoch come from the fullest row: a cut epoch e has
+    fewer than e x steps per epoch."""
+    if not records or any(r["epoch"] < 1 or "step" not in r for r in records):
+        return [r["epoch"] for r in records], 0.0
+    spe = max(r["step"] / r["epoch"] for r in records)
+    return [min(r["epoch"], r["step"] / spe) for r in records], spe
+
+
 def _log_ticks(lo: float, hi: float) -> list[float]:
-    """Ticks for a log axis from lo to hi, written plainly: every 1-9 x 10^k when that is at most 7 of them,
+    """Ticks for a log axis from lo to hi, written plainly: every 1, 1.5, 2, ... 9.5 x 10^k when that is at most
+    7 of them (a run's curves between 0.031 and 0.039 get 0.035, not no label at all), else every 1-9 x 10^k,
     else 1, 2, 5 x 10^k, else the powers of ten. Matplotlib's own labels a narrow range's minor ticks as
     '6x10^-2' and crowds them."""
     ks = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
-    for mantissas in ((1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 5), (1,)):
+    for mantissas in (np.arange(2, 20) / 2, (1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 5), (1,)):
         ticks = [m * 10.0 ** k for k in ks for m in mantissas if lo <= m * 10.0 ** k <= hi]
         if len(ticks) <= 7:
             return ticks
@@ -49,15 +60,16 @@ def _log_ticks(lo: float, hi: float) -> list[float]:
 
 
 def loss_curve(workdir: str, out: str | None = None, pca_mse: float | None = None,
-               mean_mse: float | None = None) -> str | None:
+               mean_mse: float | None = None, step: int | None = None) -> str | None:
     """Train loss and test MSE per epoch -> WORKDIR/loss_curve.png, with the PCA baseline's and the mean
-    training image's test MSE as lines when given."""
+    training image's test MSE as lines when given, and `step` (an evaluated checkpoint) marked when the run
+    went on past it. An epoch cut short by --max-steps is drawn where it stopped (epoch 1.2, not 2)."""
     records = per_epoch(read_metrics(workdir))
     train_label = _train_label(workdir)
     if not records:
         return None
     out = out or os.path.join(workdir, "loss_curve.png")
-    epochs = [r["epoch"] for r in records]
+    epochs, spe = epoch_positions(records)
     ms = 3 if len(records) > 1 else 7  # a lone point has no line to show it
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     ax.plot(epochs, [r["train_loss"] for r in records], "o-", ms=ms, label=train_label)
@@ -67,6 +79,8 @@ def loss_curve(workdir: str, out: str | None = None, pca_mse: float | None = Non
     if mean_mse is not None:
         ax.axhline(mean_mse, color="black", ls=":", lw=1,
                    label=f"mean training image MSE {mean_mse:.4f} (no learning)")
+    if step is not None and spe and step < max(r.get("step", 0) for r in records):
+        ax.axvline(step / spe, color="tab:red", ls="-.", lw=1, label=f"evaluated checkpoint (step {step})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss per pixel")
     ax.set_yscale("log")

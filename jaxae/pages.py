@@ -231,6 +231,7 @@ def untrained(metrics: dict) -> bool:
 def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> str:
     """WORKDIR/eval/index.html: the run's settings, the metrics table and every figure, with captions."""
     esc = html.escape
+    epochs_done = metrics["step"] / max(metrics["n_train"] // cfg.batch_size, 1)  # a run stopped early, too
     noise = (f"{cfg.corruption} corruption, strength {cfg.noise:g} (denoising autoencoder)" if cfg.noise > 0
              else "none (plain autoencoder)")
     settings = [("latent dimension", cfg.latent_dim), ("loss", cfg.loss.upper()), ("input noise", noise),
@@ -238,7 +239,9 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
                           f"MLP {cfg.mlp_layers} x {cfg.hidden}, norm {cfg.norm}, {cfg.activation}, {cfg.upsample}, "
                           f"{cfg.head} head"),
                 ("training", f"{cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr "
-                             f"{cfg.learning_rate:g}, seed {cfg.seed}; checkpoint step {metrics['step']}"),
+                             f"{cfg.learning_rate:g}, seed {cfg.seed}; checkpoint step {metrics['step']}"
+                             + (f", {epochs_done:.3g} of the {cfg.epochs} epochs" if epochs_done < cfg.epochs
+                                else "")),
                 ("data", f"{cfg.data} ({metrics['n_train']:,} train / {metrics['n_test']:,} test images)")]
     s = metrics["seconds"]
     models = metrics.get("models", {})
@@ -249,6 +252,8 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
         "interpolation": "Each row: test image A, decodings of points on the straight line from A's code to "
                          "B's code (t = 0 is A's reconstruction, t = 1 is B's), test image B.",
         "reconstructions": "Test images (top row) and their reconstructions by the autoencoder and by PCA "
+                           + ("(then the same images corrupted as in training, and both reconstructions of "
+                              "those) " if cfg.noise > 0 else "")
                            + ("with as many components as the code has dimensions." if pca_k == cfg.latent_dim else
                               f"with {pca_k} components, all that {metrics['n_train']:,} training images give "
                               f"(the code has {cfg.latent_dim})."),

@@ -49,6 +49,8 @@ def test_every_output_file_is_written(run):
     for name in names[2:]:
         assert name in index, f"index.html does not link {name}"
     assert "gaussian corruption, strength 0.2" in index and "latent dimension" in index
+    assert "checkpoint step 4, 1 of the 4 epochs" in index  # --max-steps 4 stopped it after one
+    assert "then the same images corrupted as in training, and both reconstructions of those" in index
 
 
 def test_a_previous_evaluation_is_moved_aside_not_deleted(run):
@@ -155,7 +157,7 @@ def test_a_workdir_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "no checkpoint" in err and "\n" not in err
-    with pytest.raises(UsageError, match="no config.json"):
+    with pytest.raises(UsageError, match="nothing: no such folder"):
         evaluate.run(str(tmp_path / "nothing"))
 
 
@@ -206,6 +208,7 @@ def test_a_few_images_evaluate_with_fewer_neighbours_and_pairs(run, tmp_path, ca
     assert set(m["models"]["autoencoder"]) >= {"knn4_accuracy", "test_mse"}
     out = capsys.readouterr().out
     assert "votes over 4 neighbours, not 10" in out and "4-NN class accuracy" in out
+    assert f"note: evaluating on --data {data}, not on the data the run was trained on" in out
     assert "its 4 nearest training codes" in open(tmp_path / "ev" / "index.html").read()
     assert Image.open(tmp_path / "ev" / "reconstructions.png").size == figures.grid_size(6, 3, 16, 16)
 
@@ -221,7 +224,8 @@ def test_out_that_would_move_the_run_or_other_things_aside_is_refused(run, tmp_p
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
     monkeypatch.chdir(tmp_path)
     before = sorted(os.listdir(os.path.dirname(workdir))), sorted(os.listdir(workdir))
-    message = {"workdir": "is or holds the run's workdir", "parent": "is or holds the run's workdir", "cwd": "is the current folder",
+    message = {"workdir": "is or holds the run's workdir", "parent": "is or holds the run's workdir",
+               "cwd": "is the current folder",
                "other files": "holds files that are not an evaluation"}[where]
     with pytest.raises(UsageError, match=message):
         evaluate.run(workdir, out=out)

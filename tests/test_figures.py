@@ -116,6 +116,18 @@ def test_loss_curve_of_a_resumed_partial_epoch_draws_each_epoch_once(tmp_path, d
     assert [r["step"] for r in figures.per_epoch(rows[::-1])] == [390, 780]  # order in the file does not matter
 
 
+def test_a_cut_epoch_is_drawn_where_it_stopped_and_the_evaluated_step_is_marked(tmp_path, drawn):
+    # 10 steps per epoch; --max-steps 24 stopped epoch 3 after 4 of its steps; evaluate.py --step 10
+    rows = [{"epoch": e, "step": s, "train_loss": 0.05, "test_mse": 0.04} for e, s in ((1, 10), (2, 20), (3, 24))]
+    figures.loss_curve(_rows(tmp_path / "run", rows), step=10)
+    ax = drawn[0].axes[0]
+    assert list(ax.lines[0].get_xdata()) == [1, 2, 2.4]
+    marker = [l for l in ax.lines if "evaluated checkpoint (step 10)" in l.get_label()]
+    assert len(marker) == 1 and list(marker[0].get_xdata()) == [1, 1]
+    figures.loss_curve(_rows(tmp_path / "run", rows), step=24)  # the last step: nothing to mark
+    assert not [l for l in drawn[1].axes[0].lines if "evaluated" in l.get_label()]
+
+
 def test_a_one_point_loss_curve_has_whole_epochs_and_plain_tick_labels(tmp_path, drawn):
     figures.loss_curve(_rows(tmp_path / "run", [{"epoch": 1, "step": 20, "train_loss": 0.09, "test_mse": 0.064}]),
                        pca_mse=0.03, mean_mse=0.061)
@@ -235,3 +247,11 @@ def test_crowded_long_column_labels_are_shortened_and_the_grid_is_drawn(tmp_path
     font = ImageFont.load_default(size=10)
     assert figures._fit(draw, "...", font, 0) == "" and figures._fit(draw, "abcdef", font, -5) == ""
     assert figures._fit(draw, "abcdef", font, 1000) == "abcdef"
+
+
+def test_log_ticks_label_the_band_where_the_curves_lie():
+    """Curves between 0.031 and 0.039 under a mean-image line at 0.061 had no labelled tick below 0.04."""
+    ticks = figures._log_ticks(0.031, 0.065)
+    assert min(ticks) < 0.04 and len(ticks) <= 7
+    assert [f"{t:g}" for t in ticks] == ["0.035", "0.04", "0.045", "0.05", "0.055", "0.06", "0.065"]
+    assert [f"{t:g}" for t in figures._log_ticks(0.02, 0.5)] == ["0.02", "0.05", "0.1", "0.2", "0.5"]

@@ -110,7 +110,8 @@ def test_bad_data_is_one_line_exit_2_and_writes_no_checkpoint(tmp_path, kind, wo
     (["--microbatch", "3"], ["--microbatch 3 does not divide the per-device batch (4)", "a divisor of it"]),
     (["--loss", "l3"], ["--loss", "invalid choice", "l3"]),  # argparse's own one-line error
     (["--shift", "-1"], ["--shift must be 0 or more", "-1"]),
-    (["--norm", "group", "--width", "12", "--blocks", "1"], ["--norm group normalises 8 groups", "multiple of 8 (got 12)"]),
+    (["--norm", "group", "--width", "12", "--blocks", "1"],
+     ["--norm group normalises 8 groups", "multiple of 8 (got 12)"]),
     (["--corruption", "mask"], ["--corruption mask does nothing with --noise 0", "--noise 0.25"]),
 ])
 def test_invalid_flags_exit_2(tmp_path, flags, words):
