@@ -217,13 +217,16 @@ def _image_folder(reader, where: str) -> Dataset:
     if empty:
         warnings.warn(f"class folder(s) with no images: {', '.join(empty)}", stacklevel=2)
     decoded = {}
-    converted = {}
+    converted, rotated = {}, []
     for split in SPLITS:
         items = [(f, classes.index(c)) for c in sorted(by_split[split]) for f in sorted(by_split[split][c])]
-        decoded[split] = ([_decode(reader, f, converted) for f, _ in items],
+        decoded[split] = ([_decode(reader, f, converted, rotated) for f, _ in items],
                           np.array([y for _, y in items], np.int32), [f for f, _ in items])
     imgs = decoded["train"][0] + decoded["test"][0]
     names = decoded["train"][2] + decoded["test"][2]
+    if rotated:
+        print(f"note: turned {len(rotated)} image(s) upright by their EXIF orientation, as image viewers show "
+              f"them, e.g. {rotated[0]}", file=sys.stderr)
     sizes = {im.size for im in imgs}
     if len(sizes) > 1:
         odd = next(i for i, im in enumerate(imgs) if im.size != imgs[0].size)
@@ -250,11 +253,14 @@ def _image_folder(reader, where: str) -> Dataset:
     return Dataset(out[0], out[1], out[2], out[3], classes)
 
 
-def _decode(reader, name: str, converted: dict):
-    from PIL import Image, UnidentifiedImageError
+def _decode(reader, name: str, converted: dict, rotated: list):
+    from PIL import Image, ImageOps, UnidentifiedImageError
     try:
         im = Image.open(io.BytesIO(reader.read(name)))
         im.load()
+        if im.getexif().get(0x0112, 1) != 1:  # a camera's orientation tag (5 us per image to read)
+            im = ImageOps.exif_transpose(im)
+            rotated.append(name)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         why = "truncated, or not an image" if isinstance(e, UnidentifiedImageError) else str(e)  # PIL names a BytesIO
         raise UsageError(f"cannot read image {name} ({why}): remove or replace the file") from None
@@ -311,9 +317,14 @@ def _cifar_python_tar(tar: tarfile.TarFile) -> Dataset:
 
 # ------------------------------------------------------------------------------------------ cache
 
+# What a decode gives for the same files; part of the cache key, so a change to it decodes again. 2: 16-bit
+# images scaled (were clipped), EXIF orientation applied, hidden folders no classes (seventeenth session).
+DECODE_VERSION = 2
+
+
 def _cache_file(path: str, cache_dir: str) -> str:
     path = os.path.abspath(path)
-    h = hashlib.sha1()
+    h = hashlib.sha1(f"decode {DECODE_VERSION}|".encode())
     if os.path.isdir(path):  # a folder's own mtime misses edits deep inside: hash the listing
         st = os.stat(path)
         h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode())

@@ -526,3 +526,18 @@ def test_sigterm_sigint_sigkill_then_resume_is_bitwise_identical(tmp_path, refer
     assert final.returncode == 0, final.stderr
     assert "resuming" in final.stdout and f"done: step {REFERENCE_STEPS}" in final.stdout
     assert params_hash(workdir) == params_hash(reference_run["workdir"])
+
+
+def test_a_photo_with_an_exif_rotation_is_turned_upright(tmp_path, capsys):
+    """A camera stores a portrait photo sideways with an orientation tag; viewers (and now jaxae) turn it."""
+    from PIL import Image
+    folder = make_image_folder(tmp_path / "img", n_train=2, n_test=1)
+    sideways = np.zeros((16, 16, 3), np.uint8)
+    sideways[:, :4] = 255  # a white band on the left, stored; the tag says: rotate 90 degrees clockwise to view
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(sideways).save(tmp_path / "img" / "train" / "cat" / "photo.jpg", exif=exif, quality=95)
+    ds = data.load(folder, cache_dir=str(tmp_path / "cache"))
+    photo = ds.train_images[2]  # cat/0000, cat/0001, cat/photo
+    assert photo[:4].mean() > 200 and photo[6:].mean() < 30  # the band is now at the top
+    assert "turned 1 image(s) upright by their EXIF orientation" in capsys.readouterr().err
