@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxae.config import PRESETS, Config, UsageError, config_path, load_config
+from jaxae.data import local_path
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -422,13 +423,15 @@ def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
     for name, value in PRESETS.get(saved.preset, {}).items():
         if name in keep and name not in explicit | via_preset and keep[name] == getattr(unset, name):
             keep[name] = value
-    return saved.replace(**{**keep, "preset": saved.preset}), resuming
+    # an older run's relative --data, given again here: saved absolute from now on
+    data = cfg.data if "data" in explicit else saved.data
+    return saved.replace(**{**keep, "preset": saved.preset, "data": data}), resuming
 
 
 def same_setting(name: str, saved, given) -> bool:
     """A run saved before --data was stored as an absolute path names it relative to where it was started."""
-    if name == "data" and "tfds" not in (saved, given):
-        return os.path.abspath(os.path.expanduser(saved)) == os.path.abspath(os.path.expanduser(given))
+    if name == "data":
+        return local_path(saved) == local_path(given)
     return saved == given
 
 

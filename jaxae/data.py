@@ -117,9 +117,12 @@ def load_tfds(name: str) -> Dataset:
 def _few_download_retries(retries: int = 3):
     """tfds retries each request 10 times with exponential backoff: with no network (a failed DNS lookup, a
     refusing proxy) that is 3 min 24 s of silence before its error. 3 retries give up after about 1 s."""
-    from tensorflow_datasets.core.download import downloader
+    try:
+        from tensorflow_datasets.core.download import downloader
+    except ImportError:  # another tfds layout: leave it as it is
+        downloader = None
     before = getattr(downloader, "MAX_RETRIES", None)
-    if before is None:  # another tfds version: leave it as it is
+    if before is None:
         yield
         return
     downloader.MAX_RETRIES = min(before, retries)
@@ -138,13 +141,32 @@ def _as_uint8(x: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------- image folders
 
+def local_path(data: str) -> str:
+    """--data as an absolute path ('tfds' as it is): what a run saves, so it is found from any folder."""
+    return data if data == "tfds" else os.path.abspath(os.path.expanduser(data))
+
+
+def _walk(root: str):
+    """(folder, sorted file names) under root, symlinked folders followed (a class folder linked in from
+    elsewhere is common), each real folder once (a link cycle ends)."""
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        yield dirpath, sorted(filenames)
+
+
 class _DirReader:
     def __init__(self, root: str):
         self.root = root
 
     def files(self) -> list[str]:
         out = []
-        for dirpath, _, filenames in os.walk(self.root):
+        for dirpath, filenames in _walk(self.root):
             out += [os.path.relpath(os.path.join(dirpath, f), self.root).replace(os.sep, "/") for f in filenames]
         return out
 
@@ -233,14 +255,15 @@ def _image_folder(reader, where: str) -> Dataset:
         hw = lambda im: f"{im.size[1]}x{im.size[0]}"  # height x width, as everywhere else (PIL's size is w, h)
         raise UsageError(f"--data {where}: images have different sizes ({names[0]} is {hw(imgs[0])}, {names[odd]} "
                          f"is {hw(imgs[odd])}, height x width); resize them all to one size first")
-    modes = {im.mode for im in imgs}
+    full = _deep_range(imgs)
+    modes = {"L" if im.mode.startswith("I") else im.mode for im in imgs}
     target = "L" if modes <= {"L", "1"} else "RGB"
     # Original modes of everything that is not already `target`: alpha/palette images were converted in
     # _decode, the rest is converted below. Either way the user hears about it once.
     counts: dict[str, int] = {}
     for name, im in zip(names, imgs):
         mode = converted.get(name, im.mode)
-        if mode != target:
+        if mode != target and not (mode.startswith("I") and target == "L"):  # _deep_range's note tells those
             counts[mode] = counts.get(mode, 0) + 1
     counts = dict(sorted(counts.items()))
     if counts:
@@ -248,9 +271,30 @@ def _image_folder(reader, where: str) -> Dataset:
                   file=sys.stderr)
     out = []
     for split in SPLITS:
-        arr = np.stack([np.asarray(im.convert(target)) for im in decoded[split][0]])
+        arr = np.stack([np.asarray(_eight_bit(im, full).convert(target)) for im in decoded[split][0]])
         out += [_as_uint8(arr), decoded[split][1]]
     return Dataset(out[0], out[1], out[2], out[3], classes)
+
+
+def _deep_range(imgs: list) -> int:
+    """The largest value of the dataset's 16-bit images' bit depth, 2^b - 1 for the smallest b of 8, 10, 12, 14,
+    16 that holds them all: 12-bit data (medical, scientific cameras) scaled as 16-bit would be near black.
+    One range for the whole dataset keeps the images' brightness relative to each other."""
+    deep = [im for im in imgs if im.mode.startswith("I")]
+    if not deep:
+        return 0
+    top = max(int(np.asarray(im).max()) for im in deep)
+    full = next(2 ** b - 1 for b in (8, 10, 12, 14, 16) if top < 2 ** b)
+    print(f"note: {len(deep)} 16-bit image(s), values up to {top}: read as {full.bit_length()}-bit (0..{full}) and "
+          f"scaled to 8 bits", file=sys.stderr)
+    return full
+
+
+def _eight_bit(im, full: int):
+    from PIL import Image
+    if not im.mode.startswith("I"):
+        return im
+    return Image.fromarray(((np.asarray(im).astype(np.uint32) * 255 + full // 2) // full).astype(np.uint8), "L")
 
 
 def _decode(reader, name: str, converted: dict, rotated: list):
@@ -267,13 +311,11 @@ def _decode(reader, name: str, converted: dict, rotated: list):
     if im.mode in ("RGBA", "LA", "P", "PA"):  # palette to colours; alpha dropped (the colour under it is kept)
         converted[name] = im.mode
         im = im.convert("RGB" if im.mode != "LA" else "L")
-    elif im.mode.startswith("I"):  # 16-bit grayscale ("I;16", or "I"): PIL's convert("L") would clip it to 255
-        a = np.asarray(im)
+    elif im.mode.startswith("I"):  # 16-bit grayscale ("I;16", or "I"): PIL's convert("L") would clip it to 255;
+        a = np.asarray(im)          # _eight_bit scales it
         if a.size and (a.min() < 0 or a.max() > 65535):
             raise UsageError(f"image {name} has 32-bit integer pixels ({a.min()}..{a.max()}): save it as 8- or "
                              f"16-bit")
-        converted[name] = f"16-bit {im.mode}"
-        im = Image.fromarray(((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8), "L")
     elif im.mode == "F":
         raise UsageError(f"image {name} has floating-point pixels (mode F), whose range jaxae cannot know: save "
                          f"it as an 8- or 16-bit image")
@@ -328,8 +370,8 @@ def _cache_file(path: str, cache_dir: str) -> str:
     if os.path.isdir(path):  # a folder's own mtime misses edits deep inside: hash the listing
         st = os.stat(path)
         h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode())
-        for dirpath, _, filenames in sorted(os.walk(path)):
-            for f in sorted(filenames):
+        for dirpath, filenames in _walk(path):
+            for f in filenames:
                 s = os.stat(os.path.join(dirpath, f))
                 h.update(f"|{dirpath}/{f}:{s.st_size}:{s.st_mtime_ns}".encode())
     else:  # an archive: by its bytes (~0.3 s for CIFAR-10), so a copy or a move of it finds the same cache

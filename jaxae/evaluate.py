@@ -22,7 +22,7 @@ from jaxae.metrics import (KNN_K, fit_pca, knn_accuracy, mean_image_mse, nearest
                            pca_decode, pca_encode, psnr, ssim)
 from jaxae.cli import use_compilation_cache
 from jaxae.config import Config, UsageError, load_config
-from jaxae.data import Dataset, load
+from jaxae.data import Dataset, load, local_path
 from jaxae.models import model_from_config
 from jaxae.train import TrainState, steps_per_epoch, train_state_to_restore
 
@@ -40,7 +40,7 @@ def restore(workdir: str, step: int | None = None, data: str | None = None,
     if not checkpoints.has_checkpoints(workdir):
         raise UsageError(f"{workdir} holds no checkpoint yet: train it first (`python train.py --workdir "
                          f"{workdir}`) or point --workdir at a run that has a checkpoints/ folder")
-    if data is None and cfg.data != "tfds" and not os.path.exists(os.path.expanduser(cfg.data)):
+    if data is None and cfg.data != "tfds" and not os.path.exists(local_path(cfg.data)):
         where = "" if os.path.isabs(os.path.expanduser(cfg.data)) else f" from {os.getcwd()} (a relative path)"
         raise UsageError(f"{workdir} was trained on --data {cfg.data}, which is not there{where}: pass --data "
                          f"PATH to a copy of that dataset")
@@ -358,7 +358,7 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     baseline = mean_image_mse(ds.train_images, ds.test_images)
     table = format_table(results)
 
-    tmp = _start_output(out)
+    tmp, made = _start_output(out)
     try:  # an error or Ctrl-C leaves nothing half-written behind
         _save_latents(tmp, codes["ae_test"], ds)
         files = make_figures(cfg, ae, pca, ds, codes, tmp, interp_steps)
@@ -366,7 +366,9 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
                                    baseline, step=step_done)
         if curve:
             files["loss_curve"] = os.path.basename(curve)
-        metrics = {"workdir": os.path.abspath(workdir), "step": step_done, "data": cfg.data, "n_test": n_test,
+        spe = figures.epoch_positions(figures.per_epoch(figures.read_metrics(workdir)))[1]
+        metrics = {"workdir": os.path.abspath(workdir), "step": step_done,
+                   "epochs_done": step_done / spe if spe else None, "data": cfg.data, "n_test": n_test,
                    "n_train": n_train, "latent_dim": cfg.latent_dim, "models": results,
                    "mean_image_test_mse": baseline,
                    "seconds": {"encode_test": t_encode, "pca_fit": t_pca, "total": time.perf_counter() - t_start},
@@ -376,7 +378,7 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
             json.dump(metrics, fh, indent=2)
         _finish_output(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_output(tmp, made)
         raise
     print(table)
     print(f"for scale: the mean training image, one output for every input, has test MSE {baseline:.4f}")
@@ -396,8 +398,8 @@ def format_table(results: dict[str, dict]) -> str:
     label = {"mse": "MSE", "mae": "MAE", "psnr": "PSNR (dB)", "ssim": "SSIM"}
     lines = [f"{'test split':<26}" + "".join(f"{n:>14}" for n in names)]
     for r in rows:
-        if r.startswith("knn"):
-            text = f"{r[3:].split('_')[0]}-NN class accuracy"
+        if r == pages.knn_key(results[names[0]]):
+            text = f"{pages.knn_neighbours(r)}-NN class accuracy"
             vals = [f"{100 * results[n][r]:.1f} %" for n in names]
         else:
             kind = r.split("_")[-1]
@@ -433,8 +435,8 @@ def _check_out(out: str | None, workdir: str) -> str:
     if inside(os.path.realpath(os.getcwd())):
         raise UsageError(f"{flag} is the current folder or holds it: give a folder of its own, e.g. eval-2")
     entries = set(os.listdir(path)) if os.path.isdir(path) else set()
-    if entries and not ({"index.html", "metrics.json"} & entries and not {"config.json", "checkpoints"} & entries):
-        raise UsageError(f"{flag} holds files that are not an evaluation (no index.html or metrics.json): give a "
+    if entries and not ({"index.html", "metrics.json"} <= entries and not {"config.json", "checkpoints"} & entries):
+        raise UsageError(f"{flag} holds files that are not an evaluation (no index.html and metrics.json): give a "
                          f"new or empty folder, or an earlier evaluation's (it is moved aside, not deleted)")
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
@@ -444,16 +446,31 @@ def _check_out(out: str | None, workdir: str) -> str:
     return path
 
 
-def _start_output(out: str) -> str:
-    """A fresh sibling folder to write into; it replaces `out` only once everything is written."""
+def _start_output(out: str) -> tuple[str, list[str]]:
+    """A fresh sibling folder to write into (it replaces `out` only once everything is written), and the
+    parent folders made for it, deepest first (_remove_output removes them again when they are empty)."""
     parent = os.path.dirname(os.path.abspath(out))
+    made, p = [], parent
+    while not os.path.exists(p):
+        made.append(p)
+        p = os.path.dirname(p)
     try:
         os.makedirs(parent, exist_ok=True)
         tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(out))}.partial-{os.getpid()}")
         os.makedirs(tmp, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {out}: cannot write there ({e.strerror}); pick a writable folder") from None
-    return tmp
+    return tmp, made
+
+
+def _remove_output(tmp: str, made: list[str]) -> None:
+    """What a failed or interrupted evaluation wrote: its partial folder and the empty parents it made."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    for folder in made:
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty: something else is there now
+            break
 
 
 def _finish_output(tmp: str, out: str) -> None:

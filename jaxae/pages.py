@@ -228,10 +228,19 @@ def untrained(metrics: dict) -> bool:
     return ae is not None and baseline is not None and ae >= baseline
 
 
+def knn_key(model_metrics: dict) -> str | None:
+    """The class-accuracy entry of a model's metrics: knn10_accuracy, or knnK_ with fewer training images."""
+    return next((k for k in model_metrics if k.startswith("knn")), None)
+
+
+def knn_neighbours(key: str) -> str:
+    return key[3:].split("_")[0]
+
+
 def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> str:
     """WORKDIR/eval/index.html: the run's settings, the metrics table and every figure, with captions."""
     esc = html.escape
-    epochs_done = metrics["step"] / max(metrics["n_train"] // cfg.batch_size, 1)  # a run stopped early, too
+    done = metrics.get("epochs_done")  # from the run's metrics.jsonl: a run stopped early, or --step
     noise = (f"{cfg.corruption} corruption, strength {cfg.noise:g} (denoising autoencoder)" if cfg.noise > 0
              else "none (plain autoencoder)")
     settings = [("latent dimension", cfg.latent_dim), ("loss", cfg.loss.upper()), ("input noise", noise),
@@ -240,20 +249,21 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
                           f"{cfg.head} head"),
                 ("training", f"{cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr "
                              f"{cfg.learning_rate:g}, seed {cfg.seed}; checkpoint step {metrics['step']}"
-                             + (f", {epochs_done:.3g} of the {cfg.epochs} epochs" if epochs_done < cfg.epochs
-                                else "")),
+                             + (f", epoch {math.floor(done * 100) / 100:g} of {cfg.epochs}"
+                                if done is not None and done < cfg.epochs else "")),
                 ("data", f"{cfg.data} ({metrics['n_train']:,} train / {metrics['n_test']:,} test images)")]
     s = metrics["seconds"]
     models = metrics.get("models", {})
     pca_k = next((int(n[4:]) for n in models if n.startswith("PCA-")), cfg.latent_dim)  # fewer with few images
-    knn_k = next((k[3:].split("_")[0] for k in models.get("autoencoder", {}) if k.startswith("knn")), "k")
+    knn = knn_key(models.get("autoencoder", {}))
+    knn_k = knn_neighbours(knn) if knn else "k"
     captions = {
         **latent_captions(cfg.latent_dim),
         "interpolation": "Each row: test image A, decodings of points on the straight line from A's code to "
                          "B's code (t = 0 is A's reconstruction, t = 1 is B's), test image B.",
         "reconstructions": "Test images (top row) and their reconstructions by the autoencoder and by PCA "
-                           + ("(then the same images corrupted as in training, and both reconstructions of "
-                              "those) " if cfg.noise > 0 else "")
+                           + ("(second row: the same images corrupted as in training; last two rows: both "
+                              "reconstructions of those) " if cfg.noise > 0 else "")
                            + ("with as many components as the code has dimensions." if pca_k == cfg.latent_dim else
                               f"with {pca_k} components, all that {metrics['n_train']:,} training images give "
                               f"(the code has {cfg.latent_dim})."),

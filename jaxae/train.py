@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxae import checkpoints, corruption, hostmem, losses, monitor
 from jaxae.config import Config, UsageError
-from jaxae.data import Dataset, load
+from jaxae.data import Dataset, load, local_path
 from jaxae.metrics import mean_image_mse, pad_to_multiple, reconstruction_error
 from jaxae.models import model_from_config
 
@@ -294,8 +294,7 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
 
 def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, progress: bool) -> dict[str, Any]:
     started = time.perf_counter()
-    if cfg.data != "tfds":  # saved as an absolute path: evaluate.py and a resume work from any folder
-        cfg = cfg.replace(data=os.path.abspath(os.path.expanduser(cfg.data)))
+    cfg = cfg.replace(data=local_path(cfg.data))  # saved absolute: evaluate.py and a resume work from any folder
     cfg, resuming = checkpoints.resolve_workdir(cfg.validate(), set(explicit))
     if "corruption" in explicit and cfg.noise == 0:
         raise UsageError(f"--corruption {cfg.corruption} does nothing with --noise 0: give its strength, e.g. "

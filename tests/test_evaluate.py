@@ -49,8 +49,8 @@ def test_every_output_file_is_written(run):
     for name in names[2:]:
         assert name in index, f"index.html does not link {name}"
     assert "gaussian corruption, strength 0.2" in index and "latent dimension" in index
-    assert "checkpoint step 4, 1 of the 4 epochs" in index  # --max-steps 4 stopped it after one
-    assert "then the same images corrupted as in training, and both reconstructions of those" in index
+    assert "checkpoint step 4, epoch 1 of 4" in index  # --max-steps 4 stopped it after one
+    assert "second row: the same images corrupted as in training; last two rows: both reconstructions" in index
 
 
 def test_a_previous_evaluation_is_moved_aside_not_deleted(run):
@@ -222,6 +222,7 @@ def test_out_that_would_move_the_run_or_other_things_aside_is_refused(run, tmp_p
            "other files": str(tmp_path / "notes")}[where]
     os.makedirs(tmp_path / "notes")
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    (tmp_path / "notes" / "index.html").write_text("a web page, not an evaluation")
     monkeypatch.chdir(tmp_path)
     before = sorted(os.listdir(os.path.dirname(workdir))), sorted(os.listdir(workdir))
     message = {"workdir": "is or holds the run's workdir", "parent": "is or holds the run's workdir",
@@ -238,8 +239,8 @@ def test_a_failed_evaluation_leaves_no_partial_folder(run, tmp_path, monkeypatch
         raise KeyboardInterrupt
     monkeypatch.setattr(figures, "loss_curve", fail)
     with pytest.raises(KeyboardInterrupt):
-        evaluate.run(run["cfg"].workdir, out=str(tmp_path / "ev"), interp_steps=2)
-    assert os.listdir(tmp_path) == []
+        evaluate.run(run["cfg"].workdir, out=str(tmp_path / "new" / "deep" / "ev"), interp_steps=2)
+    assert os.listdir(tmp_path) == []  # nor the folders made for it
 
 
 def test_interp_steps_out_of_range_is_refused(run):

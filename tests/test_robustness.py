@@ -157,10 +157,10 @@ def test_data_is_saved_as_an_absolute_path_and_an_older_relative_one_still_resum
     # a run saved before (data as typed, relative): the same relative flag is the same data, another is not
     saved = json.load(open(checkpoints.config_path(cfg.workdir)))
     json.dump({**saved, "data": "img"}, open(checkpoints.config_path(cfg.workdir), "w"))
-    train_py = os.path.join(REPO, "train.py")
-    proc = script(train_py, *tiny_args("img", cfg.workdir, "--latent-dim", "5")[1:], cwd=tmp_path)
-    assert_one_line_error(proc, "--latent-dim 3, not 5")
-    proc = script(train_py, *tiny_args("other", cfg.workdir)[1:], cwd=tmp_path)
+    resumed, resuming = checkpoints.resolve_workdir(cfg.replace(data=str(tmp_path / "img")), {"data"})
+    assert resuming and resumed.data == str(tmp_path / "img")  # accepted, and saved absolute from now on
+    assert checkpoints.resolve_workdir(cfg.replace(data=str(tmp_path / "img")), set())[0].data == "img"
+    proc = script(os.path.join(REPO, "train.py"), *tiny_args("other", cfg.workdir)[1:], cwd=tmp_path)
     assert_one_line_error(proc, f"--data img, not {tmp_path / 'other'}")
 
 
@@ -203,7 +203,13 @@ def test_16_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path, capsys):
     ds = data.load(folder, cache_dir=str(tmp_path / "cache"))
     assert ds.train_images.shape == (5, 16, 16, 1)
     np.testing.assert_array_equal(ds.train_images[2][0, ::4, 0], [0, 1, 128, 255])  # cat/deep16 after cat/000*
-    assert "image(s) to L" in capsys.readouterr().err
+    assert "2 16-bit image(s), values up to 65535: read as 16-bit (0..65535)" in capsys.readouterr().err
+    # 12-bit data in 16-bit files (a medical or scientific camera): scaled from 0..4095, not left near black
+    for split, cls in (("train", "cat"), ("test", "dog")):
+        Image.fromarray(values // 16).save(tmp_path / "img" / split / cls / "deep16.png")
+    ds = data.load(folder, cache_dir=str(tmp_path / "cache"))
+    np.testing.assert_array_equal(ds.train_images[2][0, ::4, 0], [0, 1, 128, 255])
+    assert "values up to 4095: read as 12-bit (0..4095)" in capsys.readouterr().err
 
 
 def test_hidden_nested_and_empty_folders_are_no_classes_and_are_reported(tmp_path):
@@ -541,3 +547,13 @@ def test_a_photo_with_an_exif_rotation_is_turned_upright(tmp_path, capsys):
     photo = ds.train_images[2]  # cat/0000, cat/0001, cat/photo
     assert photo[:4].mean() > 200 and photo[6:].mean() < 30  # the band is now at the top
     assert "turned 1 image(s) upright by their EXIF orientation" in capsys.readouterr().err
+
+
+def test_a_symlinked_class_folder_is_read_and_a_link_cycle_ends(tmp_path):
+    folder = make_image_folder(tmp_path / "img", n_train=2, n_test=1)
+    elsewhere = make_image_folder(tmp_path / "more", classes=("eel",), n_train=3, n_test=1)
+    os.symlink(os.path.join(elsewhere, "train", "eel"), tmp_path / "img" / "train" / "eel")
+    os.symlink(os.path.join(elsewhere, "test", "eel"), tmp_path / "img" / "test" / "eel")
+    os.symlink(tmp_path / "img" / "train", tmp_path / "img" / "train" / "cat" / "loop")  # a cycle
+    ds = data.load(folder, cache_dir=str(tmp_path / "cache"))
+    assert ds.class_names == ["cat", "dog", "eel"] and len(ds.train_images) == 7 and len(ds.test_images) == 3

@@ -267,9 +267,9 @@ def test_the_readme_python_example_runs_and_learns(capsys):
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["codes"].shape == (64, 3) and scope["recon"].shape == (64, 16, 16, 3)
-    first_loss = float(train.eval_step(train.create_train_state(scope["cfg"], (16, 16, 3), 8, 8),
-                                       scope["images"])["mse"])
-    assert float(scope["metrics"]["loss"]) < first_loss  # eight steps of the tiny model learn something
+    before = train.eval_step(train.create_train_state(scope["cfg"], (16, 16, 3), 8, 8), scope["images"])["mse"]
+    after = train.eval_step(scope["state"], scope["images"])["mse"]
+    assert float(after) < 0.6 * float(before)  # 0.112 -> 0.050 when it was written
 
 
 def test_steps_refuse_float_images(tmp_path):
