@@ -288,6 +288,9 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
         ["1st pct"] + [str(i) for i in range(2, interp_steps)] + ["99th pct"],
         [f"latent {d + 1}: {lo[d]:.2f}..{hi[d]:.2f}" for d in dims])
 
+    if c.shape[1] >= 2:
+        files["decoder_map"] = _decoder_map(c, dec, interp_steps, ds.image_shape, os.path.join(out, "decoder_map.png"))
+
     queries = np.array([a for a, _ in pick_pairs(test_y, min(8, len(test_y)))])
     k = min(8, len(ds.train_images))
     nn = np.asarray(nearest_neighbours(jnp.asarray(c[queries]), jnp.asarray(codes["ae_train"]), k=k, chunk=8))
@@ -299,6 +302,27 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
         ["query"] + [f"#{i + 1}" for i in range(k)],
         [f"{cls(q)}: {s}/{k} same" for q, s in zip(queries, same)])
     return files
+
+
+def _decoder_map(codes: np.ndarray, dec: Callable, n: int, image_shape, out: str) -> str:
+    """What the decoder draws over a regular n x n grid of a plane of the latent space: the plane itself for a
+    2-D code, else the plane of the test codes' two main directions (PCA) through their mean, spanning the
+    codes' 1st to 99th percentile along each."""
+    mean = codes.mean(0)
+    if codes.shape[1] == 2:
+        basis, axis = np.eye(2), ("latent 1", "latent 2")
+    else:
+        basis, axis = np.linalg.svd(codes - mean, full_matrices=False)[2][:2], ("PC 1", "PC 2")
+    coords = (codes - mean) @ basis.T
+    lo, hi = np.percentile(coords, 1, axis=0), np.percentile(coords, 99, axis=0)
+    across, down = np.linspace(lo[0], hi[0], n), np.linspace(hi[1], lo[1], n)  # the top row is PC 2's high end
+    grid = mean + across[None, :, None] * basis[0] + down[:, None, None] * basis[1]
+    images = _u8(dec(grid.reshape(n * n, -1))).reshape(n, n, *image_shape)
+    where = ("the latent plane" if codes.shape[1] == 2 else
+             "the plane of the test codes' two main directions, through their mean")
+    return figures.image_grid(
+        images, out, f"The decoder over {where}: {axis[0]} across, {axis[1]} down, each from the codes' 1st to "
+                     f"99th percentile", [f"{v:.2f}" for v in across], [f"{axis[1]} = {v:.2f}" for v in down])
 
 
 # ----------------------------------------------------------------------------------------- run

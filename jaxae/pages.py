@@ -269,6 +269,11 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
                               f"(the code has {cfg.latent_dim})."),
         "traversal": "Each row sweeps one latent coordinate across its observed range (1st to 99th "
                      "percentile of the test codes) with the other coordinates at their median.",
+        "decoder_map": ("decoder map", "The decoder's output over a regular grid of a plane of the latent space "
+                        "(for a code of more than 2 dimensions, the plane of the test codes' two main directions "
+                        "through their mean; the column headers are the first coordinate). Where the grid leaves "
+                        "the cloud of codes (compare the latent plots), the decoder draws what no image was "
+                        "encoded to."),
         "neighbours": "Each row: a test image and its nearest training images by distance between codes.",
         "loss_curve": "Training loss and test MSE per epoch; the dashed line is the PCA baseline.",
     }

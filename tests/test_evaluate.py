@@ -41,7 +41,8 @@ def run(tmp_path_factory):
 
 def test_every_output_file_is_written(run):
     names = ["index.html", "metrics.json", "latents.npz", "latents.csv", "latent_3d.html", "latent_3d.png",
-             "latent_pairs.png", "interpolation.png", "reconstructions.png", "traversal.png", "neighbours.png",
+             "latent_pairs.png", "interpolation.png", "reconstructions.png", "traversal.png", "decoder_map.png",
+             "neighbours.png",
              "loss_curve.png"]
     for name in names:
         assert os.path.getsize(os.path.join(run["out"], name)) > 0, name
@@ -67,6 +68,7 @@ def test_image_grids_have_the_expected_pixel_sizes(run):
     assert size("reconstructions.png") == figures.grid_size(6, 12, 16, 16)
     assert size("traversal.png") == figures.grid_size(3, STEPS, 16, 16)  # one row per latent axis
     assert size("neighbours.png") == figures.grid_size(8, 1 + 8, 16, 16)  # query + 8 neighbours
+    assert size("decoder_map.png") == figures.grid_size(STEPS, STEPS, 16, 16)
     assert figures.grid_size(8, STEPS + 2, 16, 16) == (figures.LABEL_W + 6 * 34 + 2,
                                                        figures.TITLE_H + figures.HEADER_H + 8 * 34 + 2)
 
@@ -260,3 +262,23 @@ def test_a_run_whose_relative_data_path_is_gone_names_where_it_came_from(run, tm
     with pytest.raises(UsageError, match=r"was trained on --data data/cifar10, which is not there from .* \(a "
                                          r"relative path\): pass --data PATH"):
         evaluate.run(workdir)
+
+
+def test_the_decoder_map_spans_the_codes_main_plane(tmp_path):
+    """A 3-D code cloud that is flat along latent 3: the map's grid lies in its plane, about its mean, spanning
+    the 1st to 99th percentile of each main direction."""
+    rng = np.random.default_rng(0)
+    codes = np.stack([rng.normal(0, 3, 2000), rng.normal(0, 1, 2000), np.full(2000, 5.0)], 1) + [1, 2, 0]
+    seen = []
+    def dec(z):
+        seen.append(np.asarray(z))
+        return np.zeros((len(z), 4, 4, 3), np.float32)
+    evaluate._decoder_map(codes, dec, 5, (4, 4, 3), str(tmp_path / "map.png"))
+    grid = seen[0].reshape(5, 5, 3)
+    np.testing.assert_allclose(grid[..., 2], 5.0, atol=1e-6)  # in the plane of the codes
+    np.testing.assert_allclose(grid[2, 2], codes.mean(0), atol=0.3)  # the middle of the percentile box
+    first = np.abs(grid[0, :, 0] - grid[0, 0, 0]).max() > np.abs(grid[0, :, 1] - grid[0, 0, 1]).max()
+    assert first  # across: the wide direction (latent 1), down: latent 2
+    span = np.percentile(codes[:, 0] - codes[:, 0].mean(), [1, 99])
+    np.testing.assert_allclose(sorted([grid[2, 0, 0], grid[2, -1, 0]]), span + codes[:, 0].mean(), rtol=0.02)
+    assert Image.open(tmp_path / "map.png").size == figures.grid_size(5, 5, 4, 4)
