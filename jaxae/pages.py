@@ -275,7 +275,8 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
                         "the cloud of codes (compare the latent plots), the decoder draws what no image was "
                         "encoded to."),
         "neighbours": "Each row: a test image and its nearest training images by distance between codes.",
-        "loss_curve": "Training loss and test MSE per epoch; the dashed line is the PCA baseline.",
+        "loss_curve": "Training loss and test MSE per epoch; the dashed line is the PCA baseline, the dotted line "
+                      "the mean training image's test MSE (what a model that learned nothing reaches).",
     }
     body = [f"<h1>Evaluation of {esc(metrics['workdir'])} at step {metrics['step']}</h1>",
             "<h2>Run</h2><table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>"
