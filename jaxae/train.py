@@ -325,7 +325,8 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
         if int(state.step) >= total:
             checkpoints.finish(mngr)
             if int(state.step) >= cfg.epochs * spe:
-                why = f"its {cfg.epochs} epochs end; `python evaluate.py --workdir {cfg.workdir}` shows it"
+                ends = f"{cfg.epochs} epochs end" if cfg.epochs != 1 else "1 epoch ends"
+                why = f"its {ends}; `python evaluate.py --workdir {cfg.workdir}` shows it"
             else:
                 why = f"--max-steps {cfg.max_steps} ends it; pass a larger --max-steps, or none, to train on"
             monitor.log(f"nothing to train: the run is at step {int(state.step)}, where {why}")
