@@ -90,3 +90,16 @@ def test_only_process_zero_logs(runs):
     assert "epoch 4/4" in outs[0] and "epoch 4/4" not in outs[1]
     with open(os.path.join(multi, "metrics.jsonl")) as fh:
         assert len([l for l in fh if l.strip()]) == 4  # one record per epoch, written once
+
+
+def test_open_mpi_without_orte_is_one_clear_error(monkeypatch, tmp_path):
+    """Open MPI 5 sets OMPI_COMM_WORLD_SIZE but not the ORTE variable jax 0.10 detects it by: jax raised
+    'coordinator_address should be defined' from deep inside."""
+    from conftest import tiny_config
+    from jaxae import distributed
+    from jaxae.config import UsageError
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "0")
+    monkeypatch.delenv("OMPI_MCA_orte_hnp_uri", raising=False)
+    with pytest.raises(UsageError, match="Open MPI 5 .*--num-processes \\$OMPI_COMM_WORLD_SIZE"):
+        distributed.initialize(tiny_config(tmp_path))
