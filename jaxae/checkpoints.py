@@ -394,15 +394,16 @@ def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
     With --fresh over an earlier run, the caller sets that run aside (start_over) once every check has passed.
 
     A workdir with a config.json but no checkpoint (a run killed before its first save, or whose checkpoints
-    were set aside) and a command that sets no run setting (`python train.py --workdir W`): that run's settings
-    start over, from step 0, as a resume would take them."""
-    if cfg.fresh:
-        return cfg, False
-    resuming = has_checkpoints(cfg.workdir)
+    were set aside), or --fresh, and a command that sets no run setting (`python train.py --workdir W
+    [--fresh]`): that run's settings start over, from step 0, as a resume would take them."""
+    resuming = not cfg.fresh and has_checkpoints(cfg.workdir)
     if not resuming:
-        if not os.path.exists(config_path(cfg.workdir)) or explicit & (set(Config.RUN_FIELDS) | {"preset"}):
+        if (not os.path.exists(config_path(cfg.workdir)) or explicit & (set(Config.RUN_FIELDS) | {"preset"})
+                or (cfg.fresh and "fresh" not in explicit)):  # a caller's own fresh Config (bench/sweep.py) as is
             return cfg, False
-        print(f"note: {cfg.workdir} holds no checkpoint to resume: its config.json starts over from step 0")
+        print(f"note: {cfg.workdir}'s config.json starts over from step 0" + (
+            " (--fresh with no run setting: give --preset or run flags to start another run)" if cfg.fresh else
+            ": it holds no checkpoint to resume"))
     saved = load_config(cfg.workdir)
     # A --preset sets fields too: resuming a default-preset run with --preset tiny must not silently mix, nor
     # a long-preset run go on at its 100 epochs under --preset default (which sets none): the fields either

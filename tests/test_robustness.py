@@ -368,7 +368,7 @@ def test_a_new_run_never_overwrites_an_earlier_runs_results(three_epochs, tmp_pa
     result = train_and_evaluate(tiny_config(tmp_path, max_steps=2), {"workdir", "max_steps"}, ds=tiny_dataset(),
                                 progress=False)
     out = capsys.readouterr().out
-    assert result["step"] == 2 and "its config.json starts over from step 0" in out, out
+    assert result["step"] == 2 and "config.json starts over from step 0: it holds no checkpoint" in out, out
     assert "holds an earlier run's results (metrics.jsonl, unreadable-checkpoints, eval)" in out, out
     (moved,) = glob.glob(os.path.join(cfg.workdir, "previous-*"))
     assert tree_hash(moved) == before  # every earlier file, as it was
@@ -380,6 +380,18 @@ def test_a_new_run_never_overwrites_an_earlier_runs_results(three_epochs, tmp_pa
     assert "--fresh: moved the previous run's files" in capsys.readouterr().out
     newest = max(glob.glob(os.path.join(cfg.workdir, "previous-*")))
     assert {"checkpoints", "config.json", "metrics.jsonl", "eval-2"} <= set(os.listdir(newest)), os.listdir(newest)
+
+
+def test_fresh_alone_starts_the_runs_own_settings_over(three_epochs, tmp_path, capsys):
+    """`python train.py --workdir W --fresh` started the defaults over (the tfds data, the default model)."""
+    cfg = copy_of(three_epochs, tmp_path)
+    saved = checkpoints.load_config(cfg.workdir)
+    resolved, resuming = checkpoints.resolve_workdir(Config(workdir=cfg.workdir, fresh=True), {"workdir", "fresh"})
+    assert not resuming and resolved.fresh
+    assert all(getattr(resolved, n) == getattr(saved, n) for n in Config.RUN_FIELDS)
+    assert "config.json starts over from step 0 (--fresh with no run setting" in capsys.readouterr().out
+    other = Config(workdir=cfg.workdir, fresh=True, latent_dim=5)  # a run setting: that run, not the saved one
+    assert checkpoints.resolve_workdir(other, {"workdir", "fresh", "latent_dim"}) == (other, False)
 
 
 def test_a_finished_run_says_there_is_nothing_to_train(three_epochs, tmp_path, capsys):
