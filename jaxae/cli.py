@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Callable
 
 from jaxae.config import TrainingStopped, UsageError
@@ -19,7 +20,20 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (`{self.prog} --help` lists every flag)\n")
 
 
+_format_warning = warnings.formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """jaxae's own warnings (a skipped file, an empty class folder) as one `warning:` line, like its notes and
+    errors: Python's format adds the file, line and source of the warnings.warn call, which tell a user nothing.
+    Other libraries' warnings keep that format."""
+    if os.path.dirname(os.path.abspath(filename)) == os.path.dirname(os.path.abspath(__file__)):
+        return f"warning: {message}\n"
+    return _format_warning(message, category, filename, lineno, line)
+
+
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
+    warnings.formatwarning = _one_line_warning
     try:
         code = main(argv)
     except UsageError as e:

@@ -184,3 +184,13 @@ def test_a_flag_mistake_is_one_line_and_exit_2(script, argv, words, capsys, monk
     assert exit_.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
     for w in words:
         assert w in err, err
+
+
+def test_jaxaes_own_warnings_are_one_line_in_the_scripts():
+    """A skipped file printed Python's two lines (jaxae/data.py:71: UserWarning: ..., then the source line)."""
+    import jaxae
+    from jaxae import cli
+    ours = os.path.join(os.path.dirname(jaxae.__file__), "data.py")
+    assert cli._one_line_warning(UserWarning("skipped 1 file"), UserWarning, ours, 71) == "warning: skipped 1 file\n"
+    theirs = cli._one_line_warning(UserWarning("deprecated"), UserWarning, "/site-packages/orbax/x.py", 5)
+    assert "/site-packages/orbax/x.py:5: UserWarning: deprecated" in theirs
