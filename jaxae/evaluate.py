@@ -290,6 +290,7 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
 
     if c.shape[1] >= 2:
         files["decoder_map"] = _decoder_map(c, dec, interp_steps, ds.image_shape, os.path.join(out, "decoder_map.png"))
+    files["class_means"] = _class_means(c, test_y, ds, dec, os.path.join(out, "class_means.png"))
 
     queries = np.array([a for a, _ in pick_pairs(test_y, min(8, len(test_y)))])
     k = min(8, len(ds.train_images))
@@ -302,6 +303,20 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
         ["query"] + [f"#{i + 1}" for i in range(k)],
         [f"{cls(q)}: {s}/{k} same" for q, s in zip(queries, same)])
     return files
+
+
+def _class_means(codes: np.ndarray, labels: np.ndarray, ds: Dataset, dec: Callable, out: str) -> str:
+    """Per class (a column each): the decoded mean of its test codes, the mean of its test images in pixel
+    space, and its test image whose code is nearest that mean."""
+    present = [k for k in range(len(ds.class_names)) if (labels == k).any()]
+    means = np.stack([codes[labels == k].mean(0) for k in present])
+    nearest = [np.flatnonzero(labels == k)[np.argmin(((codes[labels == k] - m) ** 2).sum(1))]
+               for k, m in zip(present, means)]
+    pixel_means = np.stack([ds.test_images[labels == k].mean(0) for k in present])
+    rows = np.stack([_u8(dec(means)), np.round(pixel_means).astype(np.uint8), ds.test_images[nearest]])
+    return figures.image_grid(rows, out, "Each class's mean code, decoded, against the mean of its images",
+                              [ds.class_names[k] for k in present],
+                              ["decoded mean code", "mean image (pixels)", "image nearest the mean code"])
 
 
 def _decoder_map(codes: np.ndarray, dec: Callable, n: int, image_shape, out: str) -> str:

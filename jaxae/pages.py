@@ -274,6 +274,10 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
                         "through their mean; the column headers are the first coordinate). Where the grid leaves "
                         "the cloud of codes (compare the latent plots), the decoder draws what no image was "
                         "encoded to."),
+        "class_means": ("class means", "Per class: the decoder's image of the mean of the class's test codes (a "
+                        "point in the latent space), the mean of the class's test images (pixels averaged), and "
+                        "the test image whose code is nearest the mean code. Where the decoded mean is sharper "
+                        "than the pixel mean, the code space averages something other than pixels."),
         "neighbours": "Each row: a test image and its nearest training images by distance between codes.",
         "loss_curve": "Training loss and test MSE per epoch; the dashed line is the PCA baseline, the dotted line "
                       "the mean training image's test MSE (what a model that learned nothing reaches).",

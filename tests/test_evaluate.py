@@ -42,7 +42,7 @@ def run(tmp_path_factory):
 def test_every_output_file_is_written(run):
     names = ["index.html", "metrics.json", "latents.npz", "latents.csv", "latent_3d.html", "latent_3d.png",
              "latent_pairs.png", "interpolation.png", "reconstructions.png", "traversal.png", "decoder_map.png",
-             "neighbours.png",
+             "class_means.png", "neighbours.png",
              "loss_curve.png"]
     for name in names:
         assert os.path.getsize(os.path.join(run["out"], name)) > 0, name
@@ -282,3 +282,25 @@ def test_the_decoder_map_spans_the_codes_main_plane(tmp_path):
     span = np.percentile(codes[:, 0] - codes[:, 0].mean(), [1, 99])
     np.testing.assert_allclose(sorted([grid[2, 0, 0], grid[2, -1, 0]]), span + codes[:, 0].mean(), rtol=0.02)
     assert Image.open(tmp_path / "map.png").size == figures.grid_size(5, 5, 4, 4)
+
+
+def test_class_means_decode_each_class_mean_code_beside_its_pixel_mean(tmp_path):
+    from jaxae.data import Dataset
+    images = (np.arange(6) * 40).astype(np.uint8)[:, None, None, None].repeat(4, 1).repeat(4, 2).repeat(3, 3)
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    ds = Dataset(images, labels, images, labels, ["dark", "bright", "absent"])
+    codes = np.array([[0.0], [1.0], [2.0], [10.0], [15.0], [11.0]])
+    seen = []
+    def dec(z):
+        seen.append(np.asarray(z))
+        return np.full((len(z), 4, 4, 3), 0.5, np.float32)
+    evaluate._class_means(codes, labels, ds, dec, str(tmp_path / "m.png"))
+    np.testing.assert_allclose(seen[0][:, 0], [1.0, 12.0])  # the two present classes' mean codes, in order
+    grid = np.asarray(Image.open(tmp_path / "m.png").convert("L"))
+    assert grid.shape[::-1] == figures.grid_size(3, 2, 4, 4)
+    side = 4 * figures.TILE_SCALE
+    tile = lambda i, j: grid[figures.TITLE_H + figures.HEADER_H + figures.PAD + i * (side + figures.PAD) + side // 2,
+                             figures.LABEL_W + figures.PAD + j * (side + figures.PAD) + side // 2]
+    assert [tile(0, 0), tile(0, 1)] == [128, 128]  # decoded: 0.5
+    assert [tile(1, 0), tile(1, 1)] == [40, 160]  # pixel means of 0, 40, 80 and of 120, 160, 200
+    assert [tile(2, 0), tile(2, 1)] == [40, 200]  # images 1 and 5: codes 1 and 11 are nearest 1 and 12
