@@ -401,10 +401,17 @@ def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
         if (not os.path.exists(config_path(cfg.workdir)) or explicit & (set(Config.RUN_FIELDS) | {"preset"})
                 or (cfg.fresh and "fresh" not in explicit)):  # a caller's own fresh Config (bench/sweep.py) as is
             return cfg, False
+    try:
+        saved = load_config(cfg.workdir)
+    except UsageError:
+        if not cfg.fresh:
+            raise
+        raise UsageError(f"{config_path(cfg.workdir)} cannot be read, so --fresh cannot start its settings over: "
+                         f"give the run's flags (--preset, --data, ...) to start a new run") from None
+    if not resuming:
         print(f"note: {cfg.workdir}'s config.json starts over from step 0" + (
             " (--fresh with no run setting: give --preset or run flags to start another run)" if cfg.fresh else
             ": it holds no checkpoint to resume"))
-    saved = load_config(cfg.workdir)
     # A --preset sets fields too: resuming a default-preset run with --preset tiny must not silently mix, nor
     # a long-preset run go on at its 100 epochs under --preset default (which sets none): the fields either
     # preset sets are compared.

@@ -26,14 +26,15 @@ _format_warning = warnings.formatwarning
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     """jaxae's own warnings (a skipped file, an empty class folder) as one `warning:` line, like its notes and
     errors: Python's format adds the file, line and source of the warnings.warn call, which tell a user nothing.
-    Other libraries' warnings keep that format."""
-    if os.path.dirname(os.path.abspath(filename)) == os.path.dirname(os.path.abspath(__file__)):
+    Other warnings (other libraries', or a numpy RuntimeWarning raised in jaxae's code) keep that format."""
+    ours = os.path.dirname(os.path.abspath(filename)) == os.path.dirname(os.path.abspath(__file__))
+    if ours and category is UserWarning:
         return f"warning: {message}\n"
     return _format_warning(message, category, filename, lineno, line)
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
-    warnings.formatwarning = _one_line_warning
+    warnings.formatwarning, before = _one_line_warning, warnings.formatwarning
     try:
         code = main(argv)
     except UsageError as e:
@@ -45,6 +46,8 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
+    finally:
+        warnings.formatwarning = before  # for a caller in the same process (the tests)
     sys.exit(code)
 
 

@@ -288,7 +288,7 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
         ["1st pct"] + [str(i) for i in range(2, interp_steps)] + ["99th pct"],
         [f"latent {d + 1}: {lo[d]:.2f}..{hi[d]:.2f}" for d in dims])
 
-    if c.shape[1] >= 2:
+    if c.shape[1] >= 2 and len(c) >= 3:  # a plane needs 3 codes
         files["decoder_map"] = _decoder_map(c, dec, interp_steps, ds.image_shape, os.path.join(out, "decoder_map.png"))
     files["class_means"] = _class_means(c, test_y, ds, dec, os.path.join(out, "class_means.png"))
 
@@ -306,17 +306,19 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
 
 
 def _class_means(codes: np.ndarray, labels: np.ndarray, ds: Dataset, dec: Callable, out: str) -> str:
-    """Per class (a column each): the decoded mean of its test codes, the mean of its test images in pixel
-    space, and its test image whose code is nearest that mean."""
-    present = [k for k in range(len(ds.class_names)) if (labels == k).any()]
-    means = np.stack([codes[labels == k].mean(0) for k in present])
-    nearest = [np.flatnonzero(labels == k)[np.argmin(((codes[labels == k] - m) ** 2).sum(1))]
-               for k, m in zip(present, means)]
-    pixel_means = np.stack([ds.test_images[labels == k].mean(0) for k in present])
-    rows = np.stack([_u8(dec(means)), np.round(pixel_means).astype(np.uint8), ds.test_images[nearest]])
-    return figures.image_grid(rows, out, "Each class's mean code, decoded, against the mean of its images",
-                              [ds.class_names[k] for k in present],
-                              ["decoded mean code", "mean image (pixels)", "image nearest the mean code"])
+    """Per class (a column each; a row each past 20 classes): the decoded mean of its test codes, the mean of its
+    test images in pixel space, and its test image whose code is nearest that mean."""
+    members = [idx for idx in (np.flatnonzero(labels == k) for k in range(len(ds.class_names))) if len(idx)]
+    means = np.stack([codes[idx].mean(0) for idx in members])
+    nearest = [idx[np.argmin(((codes[idx] - m) ** 2).sum(1))] for idx, m in zip(members, means)]
+    pixel_means = np.stack([ds.test_images[idx].mean(0) for idx in members])
+    grid = np.stack([_u8(dec(means)), np.round(pixel_means).astype(np.uint8), ds.test_images[nearest]])
+    kinds = ["decoded mean code", "mean image (pixels)", "image nearest the mean code"]
+    names = [ds.class_names[labels[idx[0]]] for idx in members]
+    title = "Each class's mean code, decoded, against the mean of its images"
+    if len(members) > 20:  # CIFAR-100: 100 columns would shrink to nothing on the page
+        return figures.image_grid(grid.swapaxes(0, 1), out, title, ["decoded mean", "mean image", "nearest"], names)
+    return figures.image_grid(grid, out, title, names, kinds)
 
 
 def _decoder_map(codes: np.ndarray, dec: Callable, n: int, image_shape, out: str) -> str:
@@ -324,20 +326,22 @@ def _decoder_map(codes: np.ndarray, dec: Callable, n: int, image_shape, out: str
     2-D code, else the plane of the test codes' two main directions (PCA) through their mean, spanning the
     codes' 1st to 99th percentile along each."""
     mean = codes.mean(0)
-    if codes.shape[1] == 2:
-        basis, axis = np.eye(2), ("latent 1", "latent 2")
-    else:
-        basis, axis = np.linalg.svd(codes - mean, full_matrices=False)[2][:2], ("PC 1", "PC 2")
+    if codes.shape[1] == 2:  # the latent coordinates themselves
+        basis, axis, origin = np.eye(2), ("latent 1", "latent 2"), mean
+    else:  # coordinates along the main directions, 0 at the mean; each direction's sign: its largest entry > 0
+        basis, axis, origin = np.linalg.svd(codes - mean, full_matrices=False)[2][:2], ("PC 1", "PC 2"), np.zeros(2)
+        basis = basis * np.sign(basis[np.arange(2), np.abs(basis).argmax(1)])[:, None]
     coords = (codes - mean) @ basis.T
     lo, hi = np.percentile(coords, 1, axis=0), np.percentile(coords, 99, axis=0)
-    across, down = np.linspace(lo[0], hi[0], n), np.linspace(hi[1], lo[1], n)  # the top row is PC 2's high end
+    across, down = np.linspace(lo[0], hi[0], n), np.linspace(hi[1], lo[1], n)  # the top row is the high end
     grid = mean + across[None, :, None] * basis[0] + down[:, None, None] * basis[1]
     images = _u8(dec(grid.reshape(n * n, -1))).reshape(n, n, *image_shape)
     where = ("the latent plane" if codes.shape[1] == 2 else
              "the plane of the test codes' two main directions, through their mean")
     return figures.image_grid(
         images, out, f"The decoder over {where}: {axis[0]} across, {axis[1]} down, each from the codes' 1st to "
-                     f"99th percentile", [f"{v:.2f}" for v in across], [f"{axis[1]} = {v:.2f}" for v in down])
+                     f"99th percentile", [f"{origin[0] + v:.2f}" for v in across],
+        [f"{axis[1]} = {origin[1] + v:.2f}" for v in down])
 
 
 # ----------------------------------------------------------------------------------------- run

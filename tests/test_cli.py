@@ -186,11 +186,25 @@ def test_a_flag_mistake_is_one_line_and_exit_2(script, argv, words, capsys, monk
         assert w in err, err
 
 
-def test_jaxaes_own_warnings_are_one_line_in_the_scripts():
+def test_jaxaes_own_warnings_are_one_line_in_the_scripts(tmp_path, capsys):
     """A skipped file printed Python's two lines (jaxae/data.py:71: UserWarning: ..., then the source line)."""
+    import warnings
     import jaxae
-    from jaxae import cli
-    ours = os.path.join(os.path.dirname(jaxae.__file__), "data.py")
-    assert cli._one_line_warning(UserWarning("skipped 1 file"), UserWarning, ours, 71) == "warning: skipped 1 file\n"
+    from jaxae import cli, data
+    from conftest import make_image_folder
+    folder = make_image_folder(tmp_path / "img", n_train=2, n_test=1)
+    (tmp_path / "img" / "train" / "cat" / "notes.txt").write_text("not an image")
+    before = warnings.formatwarning
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as exit_:
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda m, c, f, n, file=None, line=None: sys.stderr.write(  # as Python's own
+            warnings.formatwarning(m, c, f, n, line))  # printer does, where pytest would record the warning
+        cli.run_main(lambda argv: data.load(folder, cache_dir=str(tmp_path / "cache")) and 0)
+    assert exit_.value.code == 0 and warnings.formatwarning is before  # restored for the next caller
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: skipped 1 file(s) that are not images (by extension), e.g. train/cat/notes.txt"]
+    ours = os.path.join(os.path.dirname(jaxae.__file__), "metrics.py")
+    numpy_s = cli._one_line_warning(RuntimeWarning("Mean of empty slice"), RuntimeWarning, ours, 5)
+    assert "metrics.py:5: RuntimeWarning: Mean of empty slice" in numpy_s  # not ours: where it came from stays
     theirs = cli._one_line_warning(UserWarning("deprecated"), UserWarning, "/site-packages/orbax/x.py", 5)
     assert "/site-packages/orbax/x.py:5: UserWarning: deprecated" in theirs

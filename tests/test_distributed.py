@@ -101,5 +101,8 @@ def test_open_mpi_without_orte_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
     monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "0")
     monkeypatch.delenv("OMPI_MCA_orte_hnp_uri", raising=False)
+    settings = []
+    monkeypatch.setattr(jax.config, "update", lambda *a: settings.append(a))
     with pytest.raises(UsageError, match="Open MPI 5 .*--num-processes \\$OMPI_COMM_WORLD_SIZE"):
         distributed.initialize(tiny_config(tmp_path))
+    assert settings == []  # refused before it set anything of JAX's

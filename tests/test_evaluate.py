@@ -304,3 +304,28 @@ def test_class_means_decode_each_class_mean_code_beside_its_pixel_mean(tmp_path)
     assert [tile(0, 0), tile(0, 1)] == [128, 128]  # decoded: 0.5
     assert [tile(1, 0), tile(1, 1)] == [40, 160]  # pixel means of 0, 40, 80 and of 120, 160, 200
     assert [tile(2, 0), tile(2, 1)] == [40, 200]  # images 1 and 5: codes 1 and 11 are nearest 1 and 12
+
+
+def test_the_decoder_map_of_a_2d_code_is_labelled_with_its_coordinates(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    codes = rng.normal(0, 1, (500, 2)) + [10, -20]
+    drawn, seen = [], []
+    monkeypatch.setattr(figures, "image_grid", lambda *a: drawn.append(a) or "map.png")
+    evaluate._decoder_map(codes, lambda z: seen.append(np.asarray(z)) or np.zeros((len(z), 4, 4, 3)), 3,
+                          (4, 4, 3), str(tmp_path / "map.png"))
+    grid = seen[0].reshape(3, 3, 2)
+    _, _, title, cols, rows = drawn[0]
+    np.testing.assert_allclose([float(c) for c in cols], grid[0, :, 0], atol=0.006)  # latent 1, not offsets
+    np.testing.assert_allclose([float(r.split("= ")[1]) for r in rows], grid[:, 0, 1], atol=0.006)
+    assert rows[0].startswith("latent 2 = ") and grid[0, 0, 1] > grid[-1, 0, 1]  # the top row is the high end
+    np.testing.assert_allclose(grid[:, :, 0].min(), np.percentile(codes[:, 0], 1), rtol=1e-6)
+
+
+def test_one_test_image_evaluates_without_a_decoder_map(run, tmp_path):
+    """A plane needs three codes: with one (an IndexError before) or two the page has no decoder map."""
+    data = make_image_folder(tmp_path / "one", classes=("cat", "dog"), n_train=2, n_test=1)
+    os.remove(os.path.join(data, "test", "dog", "0000.png"))
+    with pytest.warns(UserWarning, match="class folder\\(s\\) with no images: test/dog"):
+        evaluate.run(run["cfg"].workdir, out=str(tmp_path / "ev"), data=data, interp_steps=2)
+    assert not os.path.exists(tmp_path / "ev" / "decoder_map.png")
+    assert os.path.exists(tmp_path / "ev" / "class_means.png")

@@ -392,6 +392,11 @@ def test_fresh_alone_starts_the_runs_own_settings_over(three_epochs, tmp_path, c
     assert "config.json starts over from step 0 (--fresh with no run setting" in capsys.readouterr().out
     other = Config(workdir=cfg.workdir, fresh=True, latent_dim=5)  # a run setting: that run, not the saved one
     assert checkpoints.resolve_workdir(other, {"workdir", "fresh", "latent_dim"}) == (other, False)
+    with open(checkpoints.config_path(cfg.workdir), "w") as fh:
+        fh.write("{not json")  # --fresh alone cannot restart it; the error does not send the user to --fresh
+    with pytest.raises(UsageError, match="cannot be read, so --fresh cannot start its settings over: give the run"):
+        checkpoints.resolve_workdir(Config(workdir=cfg.workdir, fresh=True), {"workdir", "fresh"})
+    assert "starts over" not in capsys.readouterr().out
 
 
 def test_a_finished_run_says_there_is_nothing_to_train(three_epochs, tmp_path, capsys):
