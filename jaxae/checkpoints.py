@@ -400,6 +400,8 @@ def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
     if not resuming:
         if (not os.path.exists(config_path(cfg.workdir)) or explicit & (set(Config.RUN_FIELDS) | {"preset"})
                 or (cfg.fresh and "fresh" not in explicit)):  # a caller's own fresh Config (bench/sweep.py) as is
+            if cfg.fresh and "fresh" in explicit and "data" not in explicit:
+                _say_fresh_takes_the_default_data(cfg)
             return cfg, False
     try:
         saved = load_config(cfg.workdir)
@@ -434,6 +436,17 @@ def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
     # an older run's relative --data, given again here: saved absolute from now on
     data = cfg.data if "data" in explicit else saved.data
     return saved.replace(**{**keep, "preset": saved.preset, "data": data}), resuming
+
+
+def _say_fresh_takes_the_default_data(cfg: Config) -> None:
+    """--fresh with run flags starts from the defaults: the earlier run's local --data is not kept."""
+    try:
+        before = load_config(cfg.workdir).data
+    except UsageError:  # no config.json, or an unreadable one: nothing to compare
+        return
+    if not same_setting("data", before, cfg.data):
+        print(f"note: --fresh with run flags starts from the defaults, so --data {cfg.data}, not the earlier run's "
+              f"{before}; pass --data to keep it")
 
 
 def same_setting(name: str, saved, given) -> bool:

@@ -385,13 +385,15 @@ def test_a_new_run_never_overwrites_an_earlier_runs_results(three_epochs, tmp_pa
 def test_fresh_alone_starts_the_runs_own_settings_over(three_epochs, tmp_path, capsys):
     """`python train.py --workdir W --fresh` started the defaults over (the tfds data, the default model)."""
     cfg = copy_of(three_epochs, tmp_path)
-    saved = checkpoints.load_config(cfg.workdir)
+    saved = checkpoints.load_config(cfg.workdir).replace(workdir=cfg.workdir, data=str(tmp_path / "img"))  # local
+    checkpoints.save_config(saved)
     resolved, resuming = checkpoints.resolve_workdir(Config(workdir=cfg.workdir, fresh=True), {"workdir", "fresh"})
     assert not resuming and resolved.fresh
     assert all(getattr(resolved, n) == getattr(saved, n) for n in Config.RUN_FIELDS)
     assert "config.json starts over from step 0 (--fresh with no run setting" in capsys.readouterr().out
     other = Config(workdir=cfg.workdir, fresh=True, latent_dim=5)  # a run setting: that run, not the saved one
     assert checkpoints.resolve_workdir(other, {"workdir", "fresh", "latent_dim"}) == (other, False)
+    assert f"--data tfds, not the earlier run's {tmp_path / 'img'}; pass --data to keep it" in capsys.readouterr().out
     with open(checkpoints.config_path(cfg.workdir), "w") as fh:
         fh.write("{not json")  # --fresh alone cannot restart it; the error does not send the user to --fresh
     with pytest.raises(UsageError, match="cannot be read, so --fresh cannot start its settings over: give the run"):
