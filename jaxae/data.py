@@ -174,9 +174,9 @@ class _DirReader:
         with open(os.path.join(self.root, name), "rb") as fh:
             return fh.read()
 
-    def folders(self, split: str) -> list[str]:
-        """Names of the folders in <split>/ (the classes), empty ones included."""
-        top = os.path.join(self.root, split)
+    def folders(self, under: str) -> list[str]:
+        """Names of the folders in the folder `under` (a split: the classes), empty ones included."""
+        top = os.path.join(self.root, under)
         return [d for d in os.listdir(top) if os.path.isdir(os.path.join(top, d))] if os.path.isdir(top) else []
 
 
@@ -193,21 +193,18 @@ class _TarReader:
     def read(self, name: str) -> bytes:
         return self.tar.extractfile(self.members[name]).read()
 
-    def folders(self, split: str) -> list[str]:
-        """Names of the folders in <prefix>/<split>/ (the classes), empty ones included."""
-        out = set()
-        for m in self.tar.getmembers():
-            parts = m.name.rstrip("/").split("/")
-            if m.isdir() and len(parts) >= 2 and parts[-2] == split:
-                out.add(parts[-1])
-        return sorted(out)
+    def folders(self, under: str) -> list[str]:
+        """Names of the folders in the folder `under` (a split: the classes), empty ones included (a tar that
+        stores its folders as members)."""
+        return [m.name.rstrip("/").rsplit("/", 1)[-1] for m in self.tar.getmembers()
+                if m.isdir() and os.path.dirname(m.name.rstrip("/")) == under]
 
 
 def _image_folder(reader, where: str) -> Dataset:
     """Decode <prefix>/{train,test}/<class>/<image> from a folder or tar; classes sorted by name."""
     files = reader.files()
     by_split: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
-    skipped, nested = [], []
+    skipped, nested, split_dirs = [], [], set()
     for name in files:
         parts = name.split("/")
         splits_at = [i for i in range(len(parts) - 2) if parts[i] in SPLITS]
@@ -217,6 +214,7 @@ def _image_folder(reader, where: str) -> Dataset:
             skipped.append(name)
         elif splits_at[-1] + 3 == len(parts):
             by_split[parts[splits_at[-1]]].setdefault(parts[splits_at[-1] + 1], []).append(name)
+            split_dirs.add("/".join(parts[:splits_at[-1] + 1]))
         else:
             nested.append(name)
     if not by_split["train"] and not by_split["test"]:
@@ -234,8 +232,8 @@ def _image_folder(reader, where: str) -> Dataset:
     if nested:
         warnings.warn(f"skipped {len(nested)} image(s) in sub-folders of a class folder, e.g. {nested[0]}: only "
                       f"<split>/<class>/<image> is read", stacklevel=2)
-    empty = [f"{s}/{c}" + ("" if c in classes else " (no such class then)") for s in SPLITS
-             for c in sorted(reader.folders(s)) if not c.startswith(".") and c not in by_split[s]]
+    empty = [f"{d}/{c}" + ("" if c in classes else " (no such class then)") for d in sorted(split_dirs)
+             for c in sorted(reader.folders(d)) if not c.startswith(".") and c not in by_split[d.rsplit("/", 1)[-1]]]
     if empty:
         warnings.warn(f"class folder(s) with no images: {', '.join(empty)}", stacklevel=2)
     decoded = {}

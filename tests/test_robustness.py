@@ -576,3 +576,19 @@ def test_a_symlinked_class_folder_is_read_and_a_link_cycle_ends(tmp_path):
     os.symlink(tmp_path / "img" / "train", tmp_path / "img" / "train" / "cat" / "loop")  # a cycle
     ds = data.load(folder, cache_dir=str(tmp_path / "cache"))
     assert ds.class_names == ["cat", "dog", "eel"] and len(ds.train_images) == 7 and len(ds.test_images) == 3
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_an_empty_class_folder_is_reported_below_a_prefix_folder_and_in_a_tar(tmp_path, packed):
+    """A dataset one level down (root/cifar/train/...) got no empty-folder warning when it was a folder."""
+    import tarfile
+    make_image_folder(tmp_path / "root" / "cifar", n_train=2, n_test=1)
+    os.makedirs(tmp_path / "root" / "cifar" / "test" / "eel")
+    path = str(tmp_path / "root")
+    if packed:
+        with tarfile.open(tmp_path / "root.tar", "w") as tar:
+            tar.add(path, arcname="root")
+        path = str(tmp_path / "root.tar")
+    with pytest.warns(UserWarning, match=r"with no images: (root/)?cifar/test/eel \(no such class then\)$"):
+        ds = data.load(path, cache_dir=str(tmp_path / "cache"))
+    assert ds.class_names == ["cat", "dog"]
