@@ -38,11 +38,12 @@ def per_epoch(records: list[dict]) -> list[dict]:
 
 def epoch_positions(records: list[dict]) -> tuple[list[float], float]:
     """Where per_epoch's rows go on an epoch axis, and the steps per epoch (0 when unknown): a row's epoch, or
-    step / steps per epoch for an epoch cut short. Steps per epoch come from the fullest row: a cut epoch e has
-    fewer than e x steps per epoch."""
+    step / steps per epoch for an epoch cut short. Steps per epoch: the rows' own, else the fullest row's (a
+    cut epoch e has fewer than e x steps per epoch)."""
     if not records or any(r["epoch"] < 1 or "step" not in r for r in records):
         return [r["epoch"] for r in records], 0.0
-    spe = max(r["step"] / r["epoch"] for r in records)
+    # written in every row since the seventeenth session; a run before it: a lone cut epoch reads as whole
+    spe = records[-1].get("steps_per_epoch") or max(r["step"] / r["epoch"] for r in records)
     return [min(r["epoch"], r["step"] / spe) for r in records], spe
 
 

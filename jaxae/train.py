@@ -398,7 +398,8 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
                 epoch_done = step == end and (step % spe == 0 or step == total)
                 if epoch_done:
                     record = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses_epoch)),
-                              **reconstruction_error(state, test_x, test_mask, 500), "time": time.time()}
+                              **reconstruction_error(state, test_x, test_mask, 500), "time": time.time(),
+                              "steps_per_epoch": spe}  # where a cut epoch ends, for the figures
                     monitor.write_metrics(metrics_file, writer, record)
                     monitor.log(f"epoch {epoch + 1}/{cfg.epochs}  train {cfg.loss} {record['train_loss']:.5f}  "
                                 f"test mse {record['test_mse']:.5f}  test mae {record['test_mae']:.5f}")

@@ -255,3 +255,11 @@ def test_log_ticks_label_the_band_where_the_curves_lie():
     assert min(ticks) < 0.04 and len(ticks) <= 7
     assert [f"{t:g}" for t in ticks] == ["0.035", "0.04", "0.045", "0.05", "0.055", "0.06", "0.065"]
     assert [f"{t:g}" for t in figures._log_ticks(0.02, 0.5)] == ["0.02", "0.05", "0.1", "0.2", "0.5"]
+
+
+def test_a_lone_cut_epoch_is_placed_by_the_rows_steps_per_epoch():
+    """--max-steps 300 of 390: the only row says epoch 1, step 300; it sits at 0.77, not at 1."""
+    rows = [{"epoch": 1, "step": 300, "train_loss": 0.04, "test_mse": 0.033, "steps_per_epoch": 390}]
+    positions, spe = figures.epoch_positions(rows)
+    assert spe == 390 and positions == [300 / 390]
+    assert figures.epoch_positions([{k: v for k, v in rows[0].items() if k != "steps_per_epoch"}]) == ([1.0], 300)
