@@ -253,7 +253,7 @@ def _image_folder(reader, where: str) -> Dataset:
         hw = lambda im: f"{im.size[1]}x{im.size[0]}"  # height x width, as everywhere else (PIL's size is w, h)
         raise UsageError(f"--data {where}: images have different sizes ({names[0]} is {hw(imgs[0])}, {names[odd]} "
                          f"is {hw(imgs[odd])}, height x width); resize them all to one size first")
-    full = _deep_range(imgs)
+    full = _deep_range(imgs, names)
     modes = {"L" if im.mode.startswith("I") else im.mode for im in imgs}
     target = "L" if modes <= {"L", "1"} else "RGB"
     # Original modes of everything that is not already `target`: alpha/palette images were converted in
@@ -274,14 +274,21 @@ def _image_folder(reader, where: str) -> Dataset:
     return Dataset(out[0], out[1], out[2], out[3], classes)
 
 
-def _deep_range(imgs: list) -> int:
+def _deep_range(imgs: list, names: list[str]) -> int:
     """The largest value of the dataset's 16-bit images' bit depth, 2^b - 1 for the smallest b of 8, 10, 12, 14,
     16 that holds them all: 12-bit data (medical, scientific cameras) scaled as 16-bit would be near black.
-    One range for the whole dataset keeps the images' brightness relative to each other."""
-    deep = [im for im in imgs if im.mode.startswith("I")]
+    One range for the whole dataset keeps the images' brightness relative to each other. Images of mode "I"
+    (32-bit integers) outside 0..65535 are refused."""
+    deep = [(name, im) for name, im in zip(names, imgs) if im.mode.startswith("I")]
     if not deep:
         return 0
-    top = max(int(np.asarray(im).max()) for im in deep)
+    top = 0
+    for name, im in deep:
+        a = np.asarray(im)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise UsageError(f"image {name} has 32-bit integer pixels ({a.min()}..{a.max()}): save it as 8- or "
+                             f"16-bit")
+        top = max(top, int(a.max()) if a.size else 0)
     full = next(2 ** b - 1 for b in (8, 10, 12, 14, 16) if top < 2 ** b)
     print(f"note: {len(deep)} 16-bit image(s), values up to {top}: read as {full.bit_length()}-bit (0..{full}) and "
           f"scaled to 8 bits", file=sys.stderr)
@@ -309,12 +316,7 @@ def _decode(reader, name: str, converted: dict, rotated: list):
     if im.mode in ("RGBA", "LA", "P", "PA"):  # palette to colours; alpha dropped (the colour under it is kept)
         converted[name] = im.mode
         im = im.convert("RGB" if im.mode != "LA" else "L")
-    elif im.mode.startswith("I"):  # 16-bit grayscale ("I;16", or "I"): PIL's convert("L") would clip it to 255;
-        a = np.asarray(im)          # _eight_bit scales it
-        if a.size and (a.min() < 0 or a.max() > 65535):
-            raise UsageError(f"image {name} has 32-bit integer pixels ({a.min()}..{a.max()}): save it as 8- or "
-                             f"16-bit")
-    elif im.mode == "F":
+    elif im.mode == "F":  # (16-bit grayscale, "I;16" or "I", stays as it is: _deep_range and _eight_bit scale it)
         raise UsageError(f"image {name} has floating-point pixels (mode F), whose range jaxae cannot know: save "
                          f"it as an 8- or 16-bit image")
     return im

@@ -482,8 +482,8 @@ def _check_out(out: str | None, workdir: str) -> str:
         raise UsageError(f"{flag} holds files that are not an evaluation (no index.html and metrics.json): give a "
                          f"new or empty folder, or an earlier evaluation's (it is moved aside, not deleted)")
     parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
+    missing = _missing_folders(parent)
+    parent = os.path.dirname(missing[-1]) if missing else parent  # the nearest folder that exists
     if not os.access(parent, os.W_OK):
         raise UsageError(f"{flag}: cannot write in {parent}; pick a writable folder")
     return path
@@ -493,10 +493,7 @@ def _start_output(out: str) -> tuple[str, list[str]]:
     """A fresh sibling folder to write into (it replaces `out` only once everything is written), and the
     parent folders made for it, deepest first (_remove_output removes them again when they are empty)."""
     parent = os.path.dirname(os.path.abspath(out))
-    made, p = [], parent
-    while not os.path.exists(p):
-        made.append(p)
-        p = os.path.dirname(p)
+    made = _missing_folders(parent)
     try:
         os.makedirs(parent, exist_ok=True)
         tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(out))}.partial-{os.getpid()}")
@@ -504,6 +501,15 @@ def _start_output(out: str) -> tuple[str, list[str]]:
     except OSError as e:
         raise UsageError(f"--out {out}: cannot write there ({e.strerror}); pick a writable folder") from None
     return tmp, made
+
+
+def _missing_folders(folder: str) -> list[str]:
+    """`folder` and those of its parents that do not exist, deepest first."""
+    missing = []
+    while not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
 
 
 def _remove_output(tmp: str, made: list[str]) -> None:

@@ -210,6 +210,9 @@ def test_16_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path, capsys):
     ds = data.load(folder, cache_dir=str(tmp_path / "cache"))
     np.testing.assert_array_equal(ds.train_images[2][0, ::4, 0], [0, 1, 128, 255])
     assert "values up to 4095: read as 12-bit (0..4095)" in capsys.readouterr().err
+    Image.fromarray(np.full((16, 16), 70000, np.int32), "I").save(tmp_path / "img" / "train" / "cat" / "big.tif")
+    with pytest.raises(UsageError, match=r"image train/cat/big.tif has 32-bit integer pixels \(70000..70000\)"):
+        data.load(folder, cache_dir=str(tmp_path / "cache"))
 
 
 def test_hidden_nested_and_empty_folders_are_no_classes_and_are_reported(tmp_path):
