@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import tarfile
+import tempfile
 
 import numpy as np
 import pytest
@@ -150,8 +151,11 @@ def test_missing_path_is_a_usage_error(tmp_path):
         data.load(str(tmp_path / "nowhere"), cache_dir=str(tmp_path / "cache"))
 
 
-def test_tfds_with_mock_data():
+def test_tfds_with_mock_data(tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
+    # tfds's builder leaves an empty tempfile.mkdtemp("tfds") behind (DatasetInfo.initialize_from_bucket): keep it
+    # out of /tmp
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with tfds.testing.mock_data(num_examples=12):
         ds = data.load("tfds", "cifar10")
     assert ds.train_images.shape == (12, 32, 32, 3) and ds.train_images.dtype == np.uint8
@@ -184,7 +188,7 @@ def test_tfds_without_network_is_one_line_exit_2(tmp_path):
     proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
     env = {**os.environ, "TFDS_DATA_DIR": str(tmp_path / "tfds"), "JAX_NUM_CPU_DEVICES": "2",
            "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy,
-           "NO_PROXY": "", "no_proxy": ""}
+           "NO_PROXY": "", "no_proxy": "", "TMPDIR": str(tmp_path)}  # tfds's empty mkdtemp("tfds") goes there
     workdir = tmp_path / "run"
     argv = ["train.py", "--preset", "tiny", "--max-steps", "1", "--data", "tfds", "--workdir", str(workdir)]
     with closed:
