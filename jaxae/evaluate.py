@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import functools
 import json
+import math
 import os
 import shutil
 import time
@@ -18,8 +19,8 @@ import numpy as np
 from jax import lax
 
 from jaxae import checkpoints, corruption, figures, hostmem, pages
-from jaxae.metrics import (KNN_K, fit_pca, knn_accuracy, mean_image_mse, nearest_neighbours, pad_to_multiple,
-                           pca_decode, pca_encode, psnr, ssim)
+from jaxae.metrics import (KNN_K, chance_accuracy, fit_pca, knn_accuracy, mean_image_mse, nearest_neighbours,
+                           pad_to_multiple, pca_decode, pca_encode, psnr, ssim)
 from jaxae.cli import use_compilation_cache
 from jaxae.config import Config, UsageError, load_config
 from jaxae.data import Dataset, load, local_path
@@ -412,19 +413,23 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
         spe = figures.epoch_positions(figures.per_epoch(figures.read_metrics(workdir)))[1]
         metrics = {"workdir": os.path.abspath(workdir), "step": step_done,
                    "epochs_done": step_done / spe if spe else None, "data": cfg.data, "n_test": n_test,
-                   "n_train": n_train, "latent_dim": cfg.latent_dim, "models": results,
+                   "n_train": n_train, "image_shape": list(ds.test_images.shape[1:]), "latent_dim": cfg.latent_dim,
+                   "models": results,
                    "mean_image_test_mse": baseline,
+                   "chance_accuracy": chance_accuracy(ds.train_labels, ds.test_labels),
+                   "class_names": list(ds.class_names),
                    "seconds": {"encode_test": t_encode, "pca_fit": t_pca, "total": time.perf_counter() - t_start},
                    "config": json.loads(cfg.to_json())}
         pages.index(os.path.join(tmp, "index.html"), cfg, metrics, table, files)
         with open(os.path.join(tmp, "metrics.json"), "w") as fh:
-            json.dump(metrics, fh, indent=2)
+            json.dump(_finite_or_null(metrics), fh, indent=2, allow_nan=False)
         _finish_output(tmp, out)
     except BaseException:
         _remove_output(tmp, made)
         raise
     print(table)
-    print(f"for scale: the mean training image, one output for every input, has test MSE {baseline:.4f}")
+    print(f"for scale: the mean training image, one output for every input, has test MSE {baseline:.4f}; "
+          f"{pages.chance_text(metrics['chance_accuracy'], len(ds.class_names))}")
     if pages.untrained(metrics):
         print(f"note: the autoencoder reconstructs no better than that mean image (test MSE "
               f"{results[ae.name]['test_mse']:.4f}): it has not learned yet at step {step_done}, so its figures "
@@ -433,6 +438,16 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
           f"{t_pca:.2f} s; evaluate took {time.perf_counter() - t_start:.1f} s in all")
     print(f"wrote {out}/index.html")
     return metrics
+
+
+def _finite_or_null(value):
+    """value with every NaN or infinity (a model that diverged) as None: json writes those as NaN/Infinity,
+    which is not JSON, and strict readers (jq, JavaScript's JSON.parse) refuse the whole file."""
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def format_table(results: dict[str, dict]) -> str:

@@ -119,10 +119,19 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> jax.Array:
     return g / g.sum()
 
 
+def ssim_window(height: int, width: int) -> int:
+    """The SSIM window's side for images of this size: Wang et al.'s 11, or for an image under 11 pixels on a
+    side the largest odd size that fits it (an 11x11 'valid' window leaves no position there: SSIM was NaN)."""
+    side = min(11, height, width)
+    return side if side % 2 else side - 1
+
+
 def ssim(a: jax.Array, b: jax.Array, max_val: float = 1.0) -> jax.Array:
     """SSIM of each image pair [B, H, W, C] -> [B] (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5,
-    K1 0.01, K2 0.03, 'valid' filtering), averaged over positions and channels."""
-    g = _gaussian_window()
+    K1 0.01, K2 0.03, 'valid' filtering), averaged over positions and channels. Images under 11 pixels on a
+    side get a smaller window (`ssim_window`) with sigma scaled to it."""
+    size = ssim_window(*a.shape[1:3])
+    g = _gaussian_window(size, 1.5 * size / 11)
     c = a.shape[-1]
 
     def blur(x):  # separable depthwise Gaussian filter, 'valid' borders
@@ -167,3 +176,8 @@ def knn_accuracy(neighbours: np.ndarray, base_labels: np.ndarray, labels: np.nda
     weight = 1 + 1e-3 * (neighbours.shape[1] - np.arange(neighbours.shape[1])) / neighbours.shape[1]
     np.add.at(votes, (np.arange(len(labels))[:, None], base_labels[neighbours]), weight)
     return float(np.mean(votes.argmax(1) == labels))
+
+
+def chance_accuracy(base_labels: np.ndarray, labels: np.ndarray) -> float:
+    """The class accuracy of a guess that ignores the code: always the commonest class of base_labels."""
+    return float(np.mean(labels == np.bincount(base_labels).argmax()))

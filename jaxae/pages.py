@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from jaxae.figures import class_colours
+from jaxae.metrics import ssim_window
 
 
 def _hex(rgba) -> str:
@@ -237,6 +238,13 @@ def knn_neighbours(key: str) -> str:
     return key[3:].split("_")[0]
 
 
+def chance_text(chance: float, n_classes: int) -> str:
+    """What a class accuracy is to be read against: a guess that ignores the code (10 % on CIFAR-10)."""
+    if n_classes == 1:
+        return "one class, so every vote is right and the class accuracy says nothing"
+    return f"always guessing the commonest training class is right for {100 * chance:.1f} % of the test images"
+
+
 def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> str:
     """WORKDIR/eval/index.html: the run's settings, the metrics table and every figure, with captions."""
     esc = html.escape
@@ -257,6 +265,9 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
     pca_k = next((int(n[4:]) for n in models if n.startswith("PCA-")), cfg.latent_dim)  # fewer with few images
     knn = knn_key(models.get("autoencoder", {}))
     knn_k = knn_neighbours(knn) if knn else "k"
+    shape = metrics.get("image_shape")  # not in an evaluation written before the eighteenth session
+    win = ssim_window(*shape[:2]) if shape else 11
+    small = f"; the standard 11x11 does not fit {shape[0]}x{shape[1]} images" if win < 11 else ""
     captions = {
         **latent_captions(cfg.latent_dim),
         "interpolation": "Each row: test image A, decodings of points on the straight line from A's code to "
@@ -293,8 +304,11 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
               if untrained(metrics) else []),
             f"<pre>{esc(table)}</pre>",
             "<p>MSE, MAE: per pixel and channel, pixels in [0, 1]. PSNR: 10 log10(1 / MSE) over the whole split. "
-            "SSIM: 11x11 Gaussian window (sigma 1.5), mean over positions and channels. k-NN: class of each "
-            f"test code by a vote of its {knn_k} nearest training codes. PCA is fit on the training images."
+            f"SSIM: {win}x{win} Gaussian window (sigma {1.5 * win / 11:.3g}{small}), mean over positions and "
+            "channels. k-NN: class of each "
+            f"test code by a vote of its {knn_k} nearest training codes"
+            + (f" ({chance_text(metrics['chance_accuracy'], len(metrics['class_names']))})"
+               if "chance_accuracy" in metrics else "") + ". PCA is fit on the training images."
             + (" Noisy input: the test images corrupted as in training (fixed seed), compared with the clean "
                "image." if cfg.noise > 0 else "") + "</p>",
             f"<p>Encoding the {metrics['n_test']:,} test images took {s['encode_test']:.2f} s; the whole "

@@ -87,6 +87,11 @@ def test_latents_have_one_code_per_test_image_and_are_deterministic(run):
 def test_metrics_are_finite_and_agree_with_training(run):
     m = json.load(open(os.path.join(run["out"], "metrics.json")))
     assert m["step"] == 4 and m["n_test"] == N_TEST and set(m["models"]) == {"autoencoder", "PCA-3"}
+    assert m["image_shape"] == [16, 16, 3] and m["class_names"] == ["cat", "dog"]
+    page = open(os.path.join(run["out"], "index.html")).read()
+    assert "SSIM: 11x11 Gaussian window (sigma 1.5), mean" in page
+    assert m["chance_accuracy"] == 0.5  # two classes of 12 test images
+    assert "10 nearest training codes (always guessing the commonest training class is right for 50.0 %" in page
     for model in m["models"].values():
         assert set(model) == {"test_mse", "test_mae", "test_psnr", "test_ssim", "noisy_test_mse", "noisy_test_mae",
                               "noisy_test_psnr", "noisy_test_ssim", "knn10_accuracy"}
@@ -100,6 +105,14 @@ def test_metrics_are_finite_and_agree_with_training(run):
     ds = load(run["cfg"].data, cache_dir=run["cfg"].cache_dir)
     assert m["mean_image_test_mse"] == pytest.approx(mean_image_mse(ds.train_images, ds.test_images))
     assert m["models"]["PCA-3"]["test_mse"] <= m["mean_image_test_mse"]
+
+
+def test_metrics_json_is_strict_json_even_for_a_model_that_diverged():
+    # json.dump writes NaN and Infinity, which jq and JavaScript's JSON.parse refuse: metrics.json gets null
+    metrics = {"models": {"autoencoder": {"test_mse": float("nan"), "test_psnr": float("-inf"), "ssim": 0.5}},
+               "image_shape": [8, 8, 3], "data": "tfds"}
+    text = json.dumps(evaluate._finite_or_null(metrics), allow_nan=False)
+    assert json.loads(text)["models"]["autoencoder"] == {"test_mse": None, "test_psnr": None, "ssim": 0.5}
 
 
 def test_the_encode_timing_runs_the_program_compiled_beforehand(run):

@@ -59,6 +59,22 @@ def test_ssim_is_one_for_identical_images_and_drops_with_noise():
     np.testing.assert_allclose(metrics.ssim(noisy[1], x), metrics.ssim(x, noisy[1]), rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(8, 8), (7, 64), (2, 5)])
+def test_ssim_of_images_under_the_11x11_window_is_a_number(shape):
+    # an 11x11 'valid' window left no position on an 8x8 image: SSIM was NaN, and metrics.json held NaN
+    assert metrics.ssim_window(*shape) == {(8, 8): 7, (7, 64): 7, (2, 5): 1}[shape]
+    assert metrics.ssim_window(32, 32) == 11 and metrics.ssim_window(11, 40) == 11
+    x = jnp.asarray(np.random.default_rng(0).uniform(0.2, 0.8, (2, *shape, 3)), jnp.float32)
+    np.testing.assert_allclose(metrics.ssim(x, x), 1.0, rtol=1e-5)
+    noisy = x + 0.1 * jax.random.normal(jax.random.PRNGKey(0), x.shape)
+    assert np.all(np.isfinite(metrics.ssim(noisy, x))) and float(metrics.ssim(noisy, x).mean()) < 1
+
+
+def test_chance_accuracy_is_the_test_share_of_the_commonest_training_class():
+    assert metrics.chance_accuracy(np.array([0, 1, 1, 2]), np.array([1, 0, 2, 2, 1])) == pytest.approx(0.4)
+    assert metrics.chance_accuracy(np.array([3, 3]), np.array([3, 3, 3])) == 1.0
+
+
 def test_nearest_neighbours_match_brute_force_at_any_chunk_size():
     rng = np.random.default_rng(0)
     base, queries = rng.normal(size=(300, 3)).astype(np.float32), rng.normal(size=(37, 3)).astype(np.float32)
