@@ -28,7 +28,9 @@
 # TRAIN_FLAGS="--preset long" measures the candidate default (fifteenth session, H100: train.py about 160 s with
 # nothing cached, evaluate.py 30-60 s, so one variant per call). PARALLEL=1 trains all variants at once, then
 # evaluates them at once, each process with 0.9 / n of the GPU's memory: quality figures in one call, wall times
-# of a shared GPU (two long runs at once: 1.0 s per epoch against 0.66 s alone). With DATA, a dry run on CPU:
+# of a shared GPU (two long runs at once: 1.0 s per epoch against 0.66 s alone). A training that the limit cuts is
+# evaluated at its last checkpoint and reported INCOMPLETE, as is one that failed or never started; the script then
+# exits 1. With DATA, a dry run on CPU:
 #   PART=variants DATA=some/image/folder TRAIN_FLAGS="--preset tiny --max-steps 4" OUT=/tmp/o bash bench/h100.sh
 #
 #   PART=sweep OUT=/some/folder bash bench/h100.sh
@@ -50,6 +52,32 @@ GRID=${GRID:-'[{"epochs": 100, "batch_size": 1024, "warmup_epochs": 3, "learning
                {"epochs": 100, "batch_size": 1024, "warmup_epochs": 3, "hidden": 1024},
                {"epochs": 100, "batch_size": 1024, "warmup_epochs": 3, "mlp_layers": 4}]'}
 BASE=${BASE:-'{}'}
+# everything checked before the machine does any work: a typo must not cost device time
+case ${1:-} in
+  -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) echo "error: bench/h100.sh takes no arguments (got '$*'): set PART, OUT, VARIANTS... (bash bench/h100.sh --help)"
+     exit 2 ;;
+esac
+case $PART in
+  perf|variants|sweep) ;;
+  *) echo "error: PART=$PART: write PART=perf (the default), PART=variants or PART=sweep"; exit 2 ;;
+esac
+: "${OUT:?set OUT to a folder for the outputs (bash bench/h100.sh --help)}"
+if [[ $PART == variants ]]; then
+  IFS=';' read -ra variants <<< "${VARIANTS:-noise:--noise 0.2;l1:--loss l1}"
+  trim() { local t=${1#"${1%%[![:space:]]*}"}; echo "${t%"${t##*[![:space:]]}"}"; }
+  names=()
+  for v in "${variants[@]}"; do
+    name=$(trim "${v%%:*}")
+    if [[ $v != *:* || ! $name =~ ^[A-Za-z0-9_.-]+$ ]]; then
+      echo "error: VARIANTS entry '$v': write name:flags, the name of letters, digits, _ . - (entries split by ;)"
+      exit 2
+    fi
+    names+=("$name")
+  done
+fi
+set -o pipefail  # the exit status is the work's (below), not that of the tee it is piped into
 mkdir -p "$RUNS" "$OUT"
 OUT=$(cd "$OUT" && pwd)  # absolute: sweep() writes into it from another folder
 left() { echo $((BUDGET - SECONDS)); }
@@ -89,17 +117,7 @@ if [[ $PART == sweep ]]; then
 fi
 
 if [[ $PART == variants ]]; then
-  IFS=';' read -ra variants <<< "${VARIANTS:-noise:--noise 0.2;l1:--loss l1}"
-  trim() { local t=${1#"${1%%[![:space:]]*}"}; echo "${t%"${t##*[![:space:]]}"}"; }
-  names=()
-  for v in "${variants[@]}"; do  # all checked before any training: a typo must not cost device time
-    name=$(trim "${v%%:*}")
-    if [[ $v != *:* || ! $name =~ ^[A-Za-z0-9_.-]+$ ]]; then
-      echo "error: VARIANTS entry '$v': write name:flags, the name of letters, digits, _ . - (entries split by ;)"
-      exit 2
-    fi
-    names+=("$name")
-  done
+  incomplete=0
   # train NAME FLAGS LIMIT: train.py under LIMIT seconds; its whole output, each line stamped with the seconds since
   # the command started (where start-up goes), in $OUT/train-NAME.out; exit status and wall time in $RUNS/rc-NAME
   train() {
@@ -111,10 +129,12 @@ if [[ $PART == variants ]]; then
     echo "${PIPESTATUS[0]} $(since $t0)" > "$RUNS/rc-$name"
     cp "$RUNS/$name/metrics.jsonl" "$OUT/metrics-$name.jsonl" 2>/dev/null
   }
-  # evaluate NAME LIMIT: evaluate.py on a finished run (none on a cut one: report says so)
+  # has_checkpoint NAME: whether the run saved one (train.py saves on the SIGTERM of `timeout`)
+  has_checkpoint() { compgen -G "$RUNS/$1/checkpoints/[0-9]*" > /dev/null; }
+  # evaluate NAME LIMIT: evaluate.py on a finished run, or on the last checkpoint of one the limit cut (exit 124)
   evaluate() {
     local name=$1 rc wall t0; read -r rc wall < "$RUNS/rc-$name"
-    (( rc == 0 )) || return  # 124: cut by the limit (train.py saves and exits 0 on the SIGTERM), or skipped
+    (( rc == 0 )) || { (( rc == 124 )) && has_checkpoint "$name"; } || return
     t0=$(date +%s.%N)
     within "$2" python3 evaluate.py --workdir "$RUNS/$name" > "$RUNS/eval-$name.out" 2>&1
     rc=$?
@@ -125,9 +145,17 @@ if [[ $PART == variants ]]; then
     echo "--- $1: train.py $2 $TRAIN_FLAGS wall: $wall s, exit $rc"
     grep -E "^[0-9.]+ (done|time|stopped|error)" "$OUT/train-$1.out" | cut -d' ' -f2-
     if (( rc != 0 )); then
-      echo "INCOMPLETE $1: train.py did not finish (exit $rc); its evaluate.py is skipped"
-    else
-      tail -15 "$RUNS/eval-$1.out"; cp "$RUNS/eval-$1.out" "$OUT/eval-$1.out"
+      incomplete=1
+      if [[ -f $RUNS/eval-$1.out ]]; then
+        echo "INCOMPLETE $1: the limit cut train.py (exit $rc); evaluate.py of its last checkpoint:"
+      elif grep -q "^[0-9.]* skipped: " "$OUT/train-$1.out"; then
+        echo "INCOMPLETE $1: train.py never started: $(grep -o "skipped: .*" "$OUT/train-$1.out")"
+      else
+        echo "INCOMPLETE $1: train.py did not finish (exit $rc) and left no checkpoint; no evaluate.py"
+      fi
+    fi
+    if [[ -f $RUNS/eval-$1.out ]]; then
+      tail -20 "$RUNS/eval-$1.out"; cp "$RUNS/eval-$1.out" "$OUT/eval-$1.out"
     fi
   }
   n=${#variants[@]}
@@ -151,7 +179,7 @@ if [[ $PART == variants ]]; then
     done
   fi
   step "done"
-  exit 0
+  exit $incomplete  # 1: some training did not finish (its line above says why)
 fi
 
 step "1. python train.py (default settings), wall time"

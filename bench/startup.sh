@@ -9,11 +9,14 @@
 # Without a JAX_COMPILATION_CACHE_DIR of its own a variant runs with no compilation cache, so that it compiles;
 # a "cold" variant needs a folder of its own that is empty (a second call on the same machine finds it filled).
 # Each run is limited to LIMIT seconds (default 150; a run cut there still ends its epoch first). $OUT gets each
-# run's whole output, NAME.out. Each run's line also gives the malloc arenas jaxae.hostmem allows it.
+# run's whole output, NAME.out, and summary.txt, what it prints. Each run's line also gives the malloc arenas
+# jaxae.hostmem allows it. It exits 1 when a run did not finish (cut by LIMIT: exit 124).
 set -u
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; fi
 : "${DATA:?set DATA to the dataset (train.py --data)}" "${OUT:?set OUT to a folder for the outputs}"
-mkdir -p "$OUT"
+(( $# )) || { echo "error: name at least one variant (bash bench/startup.sh --help)"; exit 2; }
+mkdir -p "$OUT"; : > "$OUT/summary.txt"
 parse() { name=${1%%:*}; envs=(); [[ $1 == *:* ]] && IFS=',' read -ra envs <<< "${1#*:}"; }  # NAME[:VAR=VALUE,...]
 for variant in "$@"; do  # all checked before any run: a typo must not cost device time
   parse "$variant"
@@ -31,8 +34,13 @@ for variant in "$@"; do
   env JAX_COMPILATION_CACHE_DIR= "${envs[@]}" JAX_LOG_COMPILES=1 timeout "${LIMIT:-150}" python3 train.py \
       --data "$DATA" --workdir "/tmp/startup-runs/$name" --fresh ${FLAGS:-} > "$OUT/$name.out" 2>&1
   rc=$?
-  echo "$name: exit $rc, wall $(python3 -c "import time; print(f'{time.time() - $t0:.1f}')") s, malloc arenas $arenas"
-  awk '/Finished XLA compilation/ && $(NF-1) > 0.5 {printf "    compiled %s in %.1f s\n", $(NF-3), $(NF-1)}' \
-      "$OUT/$name.out"
-  grep -E "^(time|done|error)" "$OUT/$name.out" | sed 's/^/    /'
+  (( rc == 0 )) || failed=1
+  {
+    echo "$name: exit $rc$( (( rc == 124 )) && echo " (cut by LIMIT)"), wall $(python3 -c \
+        "import time; print(f'{time.time() - $t0:.1f}')") s, malloc arenas $arenas"
+    awk '/Finished XLA compilation/ && $(NF-1) > 0.5 {printf "    compiled %s in %.1f s\n", $(NF-3), $(NF-1)}' \
+        "$OUT/$name.out"
+    grep -E "^(time|done|stopped|error)" "$OUT/$name.out" | sed 's/^/    /'
+  } | tee -a "$OUT/summary.txt"  # also a file: later output of the same call can push it out of the tail
 done
+exit ${failed:-0}  # 1: some run did not finish (its exit is above)

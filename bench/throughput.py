@@ -386,6 +386,7 @@ def main(argv=None) -> int:
         return 0
     from jaxae.config import UsageError
     try:
+        _check_lists(args)  # here, not in a worker: a typo ended every worker and the run in exit 0
         cfg = _config(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -422,7 +423,26 @@ def main(argv=None) -> int:
     print_table(result)
     _write(result, args.out)
     print(f"wrote {args.out}")
-    return 130 if result.get("incomplete") else 0
+    if result.get("incomplete"):
+        return 130
+    if not result["rows"]:
+        print("error: no measurement finished: every worker failed (their errors are above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_lists(args) -> None:
+    """--batch-sizes, --devices and --steps-per-call: auto, or positive whole numbers (and epoch)."""
+    from jaxae.config import UsageError
+    for flag, text, extra in (("--batch-sizes", args.batch_sizes, ()), ("--devices", args.devices, ()),
+                              ("--steps-per-call", args.spc, ("epoch",))):
+        vals = _parse_list(text)
+        if text == "auto":
+            continue
+        bad = [v for v in vals if v not in extra and not (v.isdigit() and int(v) > 0)] or ([] if vals else [text])
+        if bad:
+            allowed = "auto or comma-separated whole numbers above 0" + (" or epoch" if extra else "")
+            raise UsageError(f"{flag} {text!r}: {bad[0]!r} is not {allowed}")
 
 
 def _interrupt(signum, frame):

@@ -70,11 +70,30 @@ def test_on_an_accelerator_one_jax_worker_covers_every_device(tmp_path, monkeypa
 
     def fake_worker(kind, argv, ndev=0, on_row=None):
         calls.append((kind, ndev))
+        on_row({"impl": "jaxae" if kind == "jax" else "torch eager", "backend": "gpu", "batch": 8, "img_s_best": 1e5,
+                "img_s_median": 1e5, "devices": 8, "steps_per_call": 1, "microbatch": 8, "compile_s": 1.0})
         return gpu_worker if kind == "jax" else {"rows": [], "peak_rss_mb": 100.0, "torch": "2.11"}
 
     monkeypatch.setattr(bench, "_run_worker", fake_worker)
     assert bench.main(["--preset", "tiny", "--batch-sizes", "8", "--out", str(tmp_path / "tp.json")]) == 0
     assert calls == [("jax", 1), ("torch", 0)]  # no second jax worker asking for 2 devices
+
+
+def test_every_worker_failing_is_exit_1_not_an_empty_table_and_0(tmp_path, monkeypatch, capsys):
+    bench = load_bench("throughput")
+    monkeypatch.setattr(bench, "_run_worker", lambda kind, argv, ndev=0, on_row=None: {"error": "exit 1"})
+    assert bench.main(["--preset", "tiny", "--batch-sizes", "8", "--devices", "1", "--no-torch",
+                       "--out", str(tmp_path / "tp.json")]) == 1
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: no measurement finished")
+
+
+@pytest.mark.parametrize("flag,value,bad", [("--steps-per-call", "1,ep", "ep"), ("--devices", "x", "x"),
+                                            ("--batch-sizes", "0,256", "0"), ("--batch-sizes", ",", ",")])
+def test_a_bad_list_is_refused_before_any_worker_starts(tmp_path, monkeypatch, capsys, flag, value, bad):
+    bench = load_bench("throughput")
+    monkeypatch.setattr(bench, "_run_worker", lambda *a, **k: pytest.fail("a worker started"))
+    assert bench.main(["--preset", "tiny", flag, value, "--out", str(tmp_path / "tp.json")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {flag} {value!r}: {bad!r} is not auto or comma-separated")
 
 
 def test_a_failed_worker_is_reported_with_its_last_lines(tmp_path):
