@@ -41,7 +41,7 @@ export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 DATA=${DATA:-data/cifar10-jpeg.tar.gz}
 PART=${PART:-perf}
 TRAIN_FLAGS=${TRAIN_FLAGS:-}
-RUNS=/tmp/runs
+RUNS=${RUNS:-/tmp/runs}   # the runs themselves (not returned by the device tool)
 BUDGET=${BUDGET:-580}          # seconds this script may use in all
 # what the fourteenth session's sweep left open (docs/quality.md): --preset long (100 epochs, batch 1024, rate
 # 0.002, 3-epoch warm-up) gave 0.0281-0.0282 on three seeds with a 3 % train/test gap and --shift 2 did not help;

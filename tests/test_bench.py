@@ -147,3 +147,43 @@ def test_profile_step_finds_each_convolution_and_its_flops():
     # each is 2 x (8 x 8 x 2 output positions) x (3 x 3 x 4 inputs) x 6 outputs multiply-adds
     assert all(flops == 2 * 8 * 8 * 2 * 9 * 4 * 6 for _, flops in convs), convs
     assert any(shape.startswith("f32[2,8,8,4] * f32[3,3,4,6] -> f32[2,8,8,6]") for shape, _ in convs), convs
+
+
+def _bash(script, env, *args):
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **env}
+    return subprocess.run(["bash", os.path.join(REPO, "bench", script), *args], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env=env)
+
+
+@pytest.mark.parametrize("env,args,message", [
+    ({"PART": "variant"}, [], "error: PART=variant: write PART=perf (the default), PART=variants or PART=sweep"),
+    ({"PART": "variants", "VARIANTS": "a:--noise 0.1;b --loss l1"}, [], "error: VARIANTS entry 'b --loss l1'"),
+    ({}, ["--workdir"], "error: bench/h100.sh takes no arguments (got '--workdir')"),
+])
+def test_h100_sh_refuses_a_bad_setting_before_any_work(tmp_path, env, args, message):
+    # a typo found on the device machine costs device time: PART=variant ran the 10-minute perf mode
+    proc = _bash("h100.sh", {**env, "OUT": str(tmp_path / "out"), "RUNS": str(tmp_path / "runs")}, *args)
+    assert proc.returncode == 2 and proc.stdout.startswith(message), proc.stdout + proc.stderr
+    assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "runs")
+
+
+def test_h100_sh_variants_dry_run_trains_evaluates_and_returns_its_files(tmp_path):
+    from conftest import make_image_folder
+    data = make_image_folder(tmp_path / "data", n_train=8, n_test=4)
+    out = tmp_path / "out"
+    proc = _bash("h100.sh", {"PART": "variants", "VARIANTS": "plain: --noise 0", "DATA": data, "OUT": str(out),
+                             "RUNS": str(tmp_path / "runs"), "TRAIN_FLAGS": "--preset tiny --max-steps 2",
+                             "BUDGET": "250"})
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert sorted(os.listdir(out)) == ["eval-plain.out", "log.txt", "metrics-plain.jsonl", "train-plain.out"]
+    log = (out / "log.txt").read_text()
+    assert "--- plain: train.py  --noise 0 --preset tiny --max-steps 2 wall:" in log and "INCOMPLETE" not in log
+    assert "10-NN class accuracy" in log and "evaluate.py wall:" in log
+
+
+def test_startup_sh_usage(tmp_path):
+    assert "Usage:" in _bash("startup.sh", {}, "--help").stdout
+    proc = _bash("startup.sh", {"DATA": "x", "OUT": str(tmp_path)})
+    assert proc.returncode == 2 and proc.stdout.startswith("error: name at least one variant")
+    proc = _bash("startup.sh", {"DATA": "x", "OUT": str(tmp_path)}, "a b")
+    assert proc.returncode == 2 and proc.stdout.startswith("error: variant 'a b': write NAME or NAME:VAR=VALUE")
