@@ -205,16 +205,34 @@ def pick_pairs(labels: np.ndarray, n: int) -> list[tuple[int, int]]:
     return pairs
 
 
+def code_axes(fit_on: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of the training codes and their k main directions [k, D] (PCA), each signed so that its largest
+    entry is positive: the one "PC i of the code" of every figure (the latent plots of a long code, the decoder
+    map), where each fit's own signs would flip an axis from one figure to the next."""
+    pca = jax.device_get(fit_pca(fit_on, k))
+    basis = np.asarray(pca["components"])
+    return np.asarray(pca["mean"]), basis * np.sign(basis[np.arange(k), np.abs(basis).argmax(1)])[:, None]
+
+
 def project_to_3d(codes: np.ndarray, fit_on: np.ndarray) -> tuple[np.ndarray, list[str], str]:
     """Codes as points of at most 3 dimensions for the plots, their axis names and a note saying how they were
     made: a code of 3 or fewer dimensions as it is (the figures draw 1-D and 2-D codes in their own dimensions),
-    a longer one projected to 3-D with PCA."""
+    a longer one projected to 3-D with PCA, with the share of the codes' variance the 3 axes keep."""
     d = codes.shape[1]
     if d <= 3:
         return codes, [f"latent {i + 1}" for i in range(d)], ""
-    pca = jax.device_get(fit_pca(fit_on, 3))
-    return (np.asarray(pca_encode(pca, codes)), [f"PC {i + 1} of the code" for i in range(3)],
-            f"{d}-D codes projected to 3-D with PCA (fit on the training codes)")
+    mean, basis = code_axes(fit_on, 3)
+    kept = np.square((fit_on - mean) @ basis.T).sum() / np.square(fit_on - mean).sum()
+    return ((codes - mean) @ basis.T, [f"PC {i + 1} of the code" for i in range(3)],
+            f"{d}-D codes projected to 3-D with PCA, fit on the training codes: {100 * kept:.0f} % of their variance")
+
+
+def coordinate_labels(values: np.ndarray) -> list[str]:
+    """Evenly spaced coordinates as labels with as many decimals as their spacing needs (2 at least), so a
+    sweep over a narrow range does not read "0.00, 0.00, 0.01, ...", and no "-0.00"."""
+    step = np.abs(np.diff(values)).max() if len(values) > 1 else 0.0
+    decimals = 2 if step == 0 else int(np.clip(np.ceil(-np.log10(step)) + 1, 2, 8))
+    return [f"{round(float(v), decimals) + 0.0:.{decimals}f}" for v in values]
 
 
 def _identity(_, x):
@@ -287,10 +305,12 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
         "Latent traversal: one coordinate swept from its 1st to 99th percentile, the others at their median"
         + (f" (the first {len(dims)} of {c.shape[1]} coordinates)" if len(dims) < c.shape[1] else ""),
         ["1st pct"] + [str(i) for i in range(2, interp_steps)] + ["99th pct"],
-        [f"latent {d + 1}: {lo[d]:.2f}..{hi[d]:.2f}" for d in dims])
+        [f"latent {d + 1}: {' .. '.join(ends)}" for d in dims
+         for ends in [coordinate_labels(sweep[d, :, d])[::interp_steps - 1]]])
 
     if c.shape[1] >= 2 and len(c) >= 3:  # a plane needs 3 codes
-        files["decoder_map"] = _decoder_map(c, dec, interp_steps, ds.image_shape, os.path.join(out, "decoder_map.png"))
+        files["decoder_map"] = _decoder_map(c, codes["ae_train"], dec, interp_steps, ds.image_shape,
+                                            os.path.join(out, "decoder_map.png"))
     files["class_means"] = _class_means(c, test_y, ds, dec, os.path.join(out, "class_means.png"))
 
     queries = np.array([a for a, _ in pick_pairs(test_y, min(8, len(test_y)))])
@@ -322,27 +342,29 @@ def _class_means(codes: np.ndarray, labels: np.ndarray, ds: Dataset, dec: Callab
     return figures.image_grid(grid, out, title, names, kinds)
 
 
-def _decoder_map(codes: np.ndarray, dec: Callable, n: int, image_shape, out: str) -> str:
-    """What the decoder draws over a regular n x n grid of a plane of the latent space: the plane itself for a
-    2-D code, else the plane of the test codes' two main directions (PCA) through their mean, spanning the
-    codes' 1st to 99th percentile along each."""
-    mean = codes.mean(0)
-    if codes.shape[1] == 2:  # the latent coordinates themselves
-        basis, axis, origin = np.eye(2), ("latent 1", "latent 2"), mean
-    else:  # coordinates along the main directions, 0 at the mean; each direction's sign: its largest entry > 0
-        basis, axis, origin = np.linalg.svd(codes - mean, full_matrices=False)[2][:2], ("PC 1", "PC 2"), np.zeros(2)
-        basis = basis * np.sign(basis[np.arange(2), np.abs(basis).argmax(1)])[:, None]
+def _decoder_map(codes: np.ndarray, train_codes: np.ndarray, dec: Callable, n: int, image_shape, out: str) -> str:
+    """What the decoder draws over a regular n x n grid of a plane of the latent space, spanning the test codes'
+    1st to 99th percentile along each axis: the plane itself for a 2-D code, else the plane of the codes' two
+    main directions through their mean (code_axes: the PC 1 and PC 2 of the latent plots of a longer code)."""
+    d = codes.shape[1]
+    if d == 2:  # the latent coordinates themselves
+        mean, basis, axis = np.zeros(2), np.eye(2), ("latent 1", "latent 2")
+        where = "the latent plane"
+    else:  # coordinates along the main directions, 0 at the training codes' mean
+        mean, basis = code_axes(train_codes, 2)
+        axis = ("PC 1", "PC 2") if d == 3 else ("PC 1 of the code", "PC 2 of the code")
+        where = "the plane of the codes' two main directions, through their mean"
+        if d == 3:  # the scatter shows latent coordinates: say where the plane lies in them
+            where += "".join(f"; {a} = ({', '.join(f'{v:.2f}' for v in b)})" for a, b in zip(axis, basis))
     coords = (codes - mean) @ basis.T
     lo, hi = np.percentile(coords, 1, axis=0), np.percentile(coords, 99, axis=0)
     across, down = np.linspace(lo[0], hi[0], n), np.linspace(hi[1], lo[1], n)  # the top row is the high end
     grid = mean + across[None, :, None] * basis[0] + down[:, None, None] * basis[1]
     images = _u8(dec(grid.reshape(n * n, -1))).reshape(n, n, *image_shape)
-    where = ("the latent plane" if codes.shape[1] == 2 else
-             "the plane of the test codes' two main directions, through their mean")
     return figures.image_grid(
-        images, out, f"The decoder over {where}: {axis[0]} across, {axis[1]} down, each from the codes' 1st to "
-                     f"99th percentile", [f"{origin[0] + v:.2f}" for v in across],
-        [f"{axis[1]} = {origin[1] + v:.2f}" for v in down])
+        images, out, f"The decoder over {where}: {axis[0]} across, {axis[1]} down, each from the test codes' 1st "
+                     f"to 99th percentile", coordinate_labels(across),
+        [f"{axis[1]} = {v}" for v in coordinate_labels(down)])
 
 
 # ----------------------------------------------------------------------------------------- run

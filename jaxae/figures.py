@@ -262,22 +262,29 @@ def _latent_strip(values, labels, class_names, out: str, title: str, axis_name: 
 
 # ------------------------------------------------------------------------------ image grids
 
-# Layout of image_grid in pixels, so a grid's size is known in advance (grid_size). The title and header
-# bands hold two lines each, whatever the content: a small grid (16x16 images, 34-pixel columns) is too
+# Layout of image_grid in pixels, so a grid's size is known in advance (grid_size). The title band holds three
+# lines and the header band two, whatever the content: a small grid (a few columns of small images) is too
 # narrow for its title on one line and its column labels side by side.
-TILE_SCALE = 2      # each image is enlarged by this (nearest neighbour) so 32x32 stays legible
+TILE_SIDE = 48      # images are enlarged (nearest neighbour) until their shorter side is at least this: 32x32 x2
+TILE_LONG = 256     # ... unless that makes the longer side more than this (a 7x64 strip: x4, not x7)
 PAD = 2             # between tiles and around the grid
-TITLE_H = 44        # the title band: two lines of 14 px type
+TITLE_H = 62        # the title band: three lines of 14 px type
 HEADER_H = 30       # the column labels: two lines of 11 px type
 LABEL_W = 150       # the row labels
+MIN_W = 480         # the least width of a grid, so its title fits in three lines (the tiles leave the rest white)
 LABEL_GAP = 5       # the least space between two column labels on one line
 SIZES = (11, 10, 9)  # label type sizes, tried largest first; 9 px is the smallest that stays legible
 
 
+def tile_scale(height: int, width: int) -> int:
+    """How many times image_grid enlarges an image of this size: 2 for CIFAR's 32x32, 6 for 8x8, 1 for 64x64."""
+    return max(1, min(-(-TILE_SIDE // min(height, width)), TILE_LONG // max(height, width)))
+
+
 def grid_size(rows: int, cols: int, height: int, width: int) -> tuple[int, int]:
     """(width, height) in pixels of image_grid's output for rows x cols tiles of height x width images."""
-    th, tw = height * TILE_SCALE, width * TILE_SCALE
-    return LABEL_W + cols * (tw + PAD) + PAD, TITLE_H + HEADER_H + rows * (th + PAD) + PAD
+    th, tw = height * tile_scale(height, width), width * tile_scale(height, width)
+    return max(MIN_W, LABEL_W + cols * (tw + PAD) + PAD), TITLE_H + HEADER_H + rows * (th + PAD) + PAD
 
 
 def _fit(draw, text: str, font, width: float) -> str:
@@ -302,14 +309,14 @@ def _wrap(draw, text: str, font, width: int) -> list[str]:
 
 
 def _title_lines(draw, title: str, width: int, load) -> tuple[list[str], object]:
-    """The title in at most two lines of `width` pixels, at the largest size from 14 px down to 11 px that
+    """The title in at most three lines of `width` pixels, at the largest size from 14 px down to 11 px that
     holds it; what still does not fit ends in '...'."""
     for size in (14, 13, 12, 11):
         font = load(size)
         lines = _wrap(draw, title, font, width)
-        if len(lines) <= 2 and all(draw.textlength(line, font=font) <= width for line in lines):
+        if len(lines) <= 3 and all(draw.textlength(line, font=font) <= width for line in lines):
             return lines, font
-    return [_fit(draw, lines[0], font, width), _fit(draw, " ".join(lines[1:]), font, width)], font
+    return [*(_fit(draw, line, font, width) for line in lines[:2]), _fit(draw, " ".join(lines[2:]), font, width)], font
 
 
 def _place_headers(draw, labels: list[str], centres: list[float], right: float, load):
@@ -344,7 +351,7 @@ def image_grid(images, out: str, title: str, col_labels, row_labels) -> str:
     rows, cols, h, w = images.shape[:4]
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, -1)
-    th, tw = h * TILE_SCALE, w * TILE_SCALE
+    th, tw = h * tile_scale(h, w), w * tile_scale(h, w)
     canvas = Image.new("RGB", grid_size(rows, cols, h, w), "white")
     draw = ImageDraw.Draw(canvas)
     lines, font = _title_lines(draw, title, canvas.width - 2 * PAD, load)

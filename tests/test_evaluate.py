@@ -69,8 +69,10 @@ def test_image_grids_have_the_expected_pixel_sizes(run):
     assert size("traversal.png") == figures.grid_size(3, STEPS, 16, 16)  # one row per latent axis
     assert size("neighbours.png") == figures.grid_size(8, 1 + 8, 16, 16)  # query + 8 neighbours
     assert size("decoder_map.png") == figures.grid_size(STEPS, STEPS, 16, 16)
-    assert figures.grid_size(8, STEPS + 2, 16, 16) == (figures.LABEL_W + 6 * 34 + 2,
-                                                       figures.TITLE_H + figures.HEADER_H + 8 * 34 + 2)
+    # 16x16 tiles enlarged 3 times (48 px) plus 2 px of padding; narrow grids are widened to MIN_W
+    assert figures.grid_size(8, STEPS + 2, 16, 16) == (max(figures.MIN_W, figures.LABEL_W + 6 * 50 + 2),
+                                                       figures.TITLE_H + figures.HEADER_H + 8 * 50 + 2)
+    assert figures.grid_size(1, 12, 16, 16)[0] == figures.LABEL_W + 12 * 50 + 2
 
 
 def test_latents_have_one_code_per_test_image_and_are_deterministic(run):
@@ -286,7 +288,8 @@ def test_the_decoder_map_spans_the_codes_main_plane(tmp_path):
     def dec(z):
         seen.append(np.asarray(z))
         return np.zeros((len(z), 4, 4, 3), np.float32)
-    evaluate._decoder_map(codes, dec, 5, (4, 4, 3), str(tmp_path / "map.png"))
+    train = np.stack([rng.normal(0, 3, 2000), rng.normal(0, 1, 2000), np.full(2000, 5.0)], 1) + [1, 2, 0]
+    evaluate._decoder_map(codes, train, dec, 5, (4, 4, 3), str(tmp_path / "map.png"))
     grid = seen[0].reshape(5, 5, 3)
     np.testing.assert_allclose(grid[..., 2], 5.0, atol=1e-6)  # in the plane of the codes
     np.testing.assert_allclose(grid[2, 2], codes.mean(0), atol=0.3)  # the middle of the percentile box
@@ -311,7 +314,7 @@ def test_class_means_decode_each_class_mean_code_beside_its_pixel_mean(tmp_path)
     np.testing.assert_allclose(seen[0][:, 0], [1.0, 12.0])  # the two present classes' mean codes, in order
     grid = np.asarray(Image.open(tmp_path / "m.png").convert("L"))
     assert grid.shape[::-1] == figures.grid_size(3, 2, 4, 4)
-    side = 4 * figures.TILE_SCALE
+    side = 4 * figures.tile_scale(4, 4)
     tile = lambda i, j: grid[figures.TITLE_H + figures.HEADER_H + figures.PAD + i * (side + figures.PAD) + side // 2,
                              figures.LABEL_W + figures.PAD + j * (side + figures.PAD) + side // 2]
     assert [tile(0, 0), tile(0, 1)] == [128, 128]  # decoded: 0.5
@@ -324,7 +327,7 @@ def test_the_decoder_map_of_a_2d_code_is_labelled_with_its_coordinates(tmp_path,
     codes = rng.normal(0, 1, (500, 2)) + [10, -20]
     drawn, seen = [], []
     monkeypatch.setattr(figures, "image_grid", lambda *a: drawn.append(a) or "map.png")
-    evaluate._decoder_map(codes, lambda z: seen.append(np.asarray(z)) or np.zeros((len(z), 4, 4, 3)), 3,
+    evaluate._decoder_map(codes, codes, lambda z: seen.append(np.asarray(z)) or np.zeros((len(z), 4, 4, 3)), 3,
                           (4, 4, 3), str(tmp_path / "map.png"))
     grid = seen[0].reshape(3, 3, 2)
     _, _, title, cols, rows = drawn[0]
@@ -332,6 +335,42 @@ def test_the_decoder_map_of_a_2d_code_is_labelled_with_its_coordinates(tmp_path,
     np.testing.assert_allclose([float(r.split("= ")[1]) for r in rows], grid[:, 0, 1], atol=0.006)
     assert rows[0].startswith("latent 2 = ") and grid[0, 0, 1] > grid[-1, 0, 1]  # the top row is the high end
     np.testing.assert_allclose(grid[:, :, 0].min(), np.percentile(codes[:, 0], 1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dim", [3, 6])
+def test_the_decoder_maps_pc_axes_are_the_latent_plots_own(tmp_path, monkeypatch, dim):
+    # The scatter of a long code fit PCA on the training codes, the decoder map on the test codes, each with its
+    # own signs: "PC 2" of one figure correlated -0.80 with "PC 2" of the other. One projection now serves both.
+    rng = np.random.default_rng(1)
+    mix = rng.normal(size=(dim, dim))
+    train, test = (rng.normal(size=(n, dim)) * np.geomspace(3, 0.3, dim) @ mix for n in (400, 100))
+    drawn, seen = [], []
+    monkeypatch.setattr(figures, "image_grid", lambda *a: drawn.append(a) or "map.png")
+    evaluate._decoder_map(test, train, lambda z: seen.append(np.asarray(z)) or np.zeros((len(z), 4, 4, 3)), 5,
+                          (4, 4, 3), str(tmp_path / "map.png"))
+    pts, axes, note = evaluate.project_to_3d(test, train)
+    mean, basis = evaluate.code_axes(train, 3)
+    grid = (seen[0] - mean) @ basis.T  # the decoded points in the coordinates of the latent plots
+    _, _, title, cols, rows = drawn[0]
+    np.testing.assert_allclose(grid[:5, 0], [float(c) for c in cols], atol=0.01)  # PC 1 across, as labelled
+    np.testing.assert_allclose(grid[::5, 1], [float(r.split("= ")[1]) for r in rows], atol=0.01)  # PC 2 down
+    np.testing.assert_allclose(grid[:, 2], 0, atol=1e-6)  # the plane of PC 1 and PC 2
+    np.testing.assert_allclose(grid[:5, 0].min(), np.percentile(pts[:, 0] if dim > 3 else
+                                                                (test - mean) @ basis[0], 1), rtol=1e-5)
+    if dim == 3:  # the latent plots show latent coordinates: the title says where the plane lies in them
+        assert axes == ["latent 1", "latent 2", "latent 3"] and "; PC 1 = (" in title and "; PC 2 = (" in title
+    else:
+        assert axes[:2] == ["PC 1 of the code", "PC 2 of the code"] and "PC 1 of the code across" in title
+        assert note.startswith("6-D codes projected to 3-D with PCA, fit on the training codes: ")
+        assert note.endswith(" % of their variance")
+
+
+def test_coordinate_labels_have_the_decimals_their_spacing_needs():
+    assert evaluate.coordinate_labels(np.linspace(-1, 1, 5)) == ["-1.00", "-0.50", "0.00", "0.50", "1.00"]
+    assert evaluate.coordinate_labels(np.linspace(-0.002, 0.006, 5)) == [
+        "-0.0020", "0.0000", "0.0020", "0.0040", "0.0060"]  # "-0.00, 0.00, 0.00, 0.00, 0.01" before
+    assert evaluate.coordinate_labels(np.array([-0.0001, 0.0001])) == ["-0.00010", "0.00010"]
+    assert evaluate.coordinate_labels(np.array([3.0])) == ["3.00"]
 
 
 def test_one_test_image_evaluates_without_a_decoder_map(run, tmp_path):

@@ -26,10 +26,10 @@ def test_image_grid_has_the_size_grid_size_promises(tmp_path):
                            [f"row {i}" for i in range(rows)])
         im = Image.open(out)
         assert im.size == figures.grid_size(rows, cols, h, w) and im.mode == "RGB"
-        # the first tile sits at its computed place, enlarged TILE_SCALE times with nearest neighbour
+        # the first tile sits at its computed place, enlarged tile_scale times with nearest neighbour
         x0, y0 = figures.LABEL_W + figures.PAD, figures.TITLE_H + figures.HEADER_H + figures.PAD
-        tile = np.asarray(im)[y0:y0 + h * figures.TILE_SCALE:figures.TILE_SCALE,
-                              x0:x0 + w * figures.TILE_SCALE:figures.TILE_SCALE]
+        k = figures.tile_scale(h, w)
+        tile = np.asarray(im)[y0:y0 + h * k:k, x0:x0 + w * k:k]
         np.testing.assert_array_equal(tile, np.broadcast_to(images[0, 0], (h, w, 3)))
 
 
@@ -189,6 +189,25 @@ def test_3d_views_carry_few_enough_ticks_to_read(tmp_path, drawn):
             assert 2 <= len(shown) <= 5, (ax.get_title(), shown)  # matplotlib's own: 8 on latent 2
 
 
+@pytest.mark.parametrize("shape,scale", [((32, 32), 2), ((16, 16), 3), ((8, 8), 6), ((64, 64), 1),
+                                         ((7, 64), 4), ((28, 20), 3), ((300, 300), 1)])
+def test_small_images_are_enlarged_to_a_legible_tile(shape, scale):
+    # a fixed 2x made 8x8 images 16 px tiles, under column labels that then collided
+    assert figures.tile_scale(*shape) == scale
+
+
+def test_a_long_title_on_a_narrow_grid_is_not_cut(tmp_path):
+    # the decoder map of 8x8 images lost "PC 1 across, PC 2 down" to a '...'
+    from PIL import ImageDraw, ImageFont
+    load = lambda size: ImageFont.load_default(size=size)  # noqa: E731
+    width, _ = figures.grid_size(2, 2, 8, 8)
+    title = ("The decoder over the plane of the test codes' two main directions, through their mean: PC 1 across, "
+             "PC 2 down, each from the codes' 1st to 99th percentile")
+    lines, font = figures._title_lines(ImageDraw.Draw(Image.new("RGB", (1, 1))), title, width - 2 * figures.PAD,
+                                       load)
+    assert " ".join(lines) == title and len(lines) * (font.size + 4) <= figures.TITLE_H
+
+
 def test_grid_titles_and_column_labels_fit_a_16px_grid():
     from PIL import ImageDraw, ImageFont
 
@@ -199,7 +218,7 @@ def test_grid_titles_and_column_labels_fit_a_16px_grid():
     lines, font = figures._title_lines(draw, title, width - 2 * figures.PAD, load)
     assert " ".join(lines) == title and len(lines) * (font.size + 4) <= figures.TITLE_H  # not cut off
     assert all(draw.textlength(line, font=font) <= width - 2 * figures.PAD for line in lines)
-    tw = 16 * figures.TILE_SCALE
+    tw = 16 * figures.tile_scale(16, 16)
     labels = ["A"] + [f"t={v:.2f}" for v in np.linspace(0, 1, 10)] + ["B"]
     width, _ = figures.grid_size(8, 12, 16, 16)  # the interpolation figure's: where image_grid puts the centres
     centres = [figures.LABEL_W + figures.PAD + j * (tw + figures.PAD) + tw / 2 for j in range(12)]
