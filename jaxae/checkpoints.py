@@ -30,7 +30,25 @@ def checkpoint_dir(workdir: str) -> str:
 def manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
     """An orbax CheckpointManager: async, atomic saves (tmp dir + commit), the `keep` most recent kept."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True)
+    _quiet_full_disk()
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def _quiet_full_disk() -> None:
+    """A save onto a full disk fails in orbax's and tensorstore's threads, and each logged it: 530 lines of
+    tracebacks (a 1 MB tmpfs, tiny model) above our one error line (_save_failed). Drop those log records,
+    and the "Event loop is closed" tracebacks of the writes abandoned after it (_quiet_late_reads)."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if _not_full_disk not in logger.filters:
+            logger.addFilter(_not_full_disk)
+    _quiet_late_reads()
+
+
+def _not_full_disk(record: logging.LogRecord) -> bool:
+    """False (drop it) for a log record about a write that found no space left on the device."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not disk_full(error) and "No space left on device" not in record.getMessage()
 
 
 def check_workdir(workdir: str) -> None:
@@ -140,9 +158,13 @@ def _stored_checksum(tree) -> jax.Array:
 
 
 def disk_full(e: BaseException) -> bool:
-    """Whether `e` (or an exception it wraps, as orbax's async save does) is 'no space left on device'."""
+    """Whether `e` (or an exception it wraps, as orbax's async save does) is 'no space left on device': an OSError,
+    or TensorStore's ValueError "RESOURCE_EXHAUSTED: Error writing local file ...: No space left on device
+    [os_error_code='28']" (a real full disk; a ValueError got 480 lines of tracebacks)."""
     while e is not None:
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
             return True
         e = e.__cause__ or e.__context__
     return False

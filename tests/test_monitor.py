@@ -89,3 +89,20 @@ def test_the_time_line_says_what_was_measured_and_nothing_else():
     full = monitor.timing({"seconds": 147.0, "first_epoch_seconds": 68.0, "seconds_per_epoch": 0.6378})
     assert full == ("time: 147 s; 68.0 s to the end of this process's first epoch (start-up, compiles); "
                     "then 0.64 s per epoch (median, test pass and checkpoint included)")
+
+
+def test_a_log_file_gets_progress_lines_not_carriage_return_frames(monkeypatch, capsys):
+    # tqdm's bar in a batch job's log: 306 '\r' frames in 8 s, each epoch line at the end of a 30 KB line
+    clock = [100.0]
+    monkeypatch.setattr(monitor.time, "monotonic", lambda: clock[0])
+    bar = monitor.progress_bar(True, 2, 30, 0, 390)  # capsys's stderr is not a terminal
+    assert isinstance(bar, monitor.ProgressLines)
+    for seconds in (10, 25, 31, 40, 65):  # an update every log_every steps
+        clock[0] = 100.0 + seconds
+        bar.update(60)
+        bar.set_postfix(loss="0.0301", img_s="1,950")
+    bar.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert err.splitlines() == ["epoch 3/30: step 180/390 (46 %), loss 0.0301, 1,950 img/s",
+                                "epoch 3/30: step 300/390 (77 %), loss 0.0301, 1,950 img/s"]

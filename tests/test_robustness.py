@@ -7,6 +7,7 @@ import errno
 import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -264,7 +265,13 @@ def copy_of(workdir, tmp_path):
     return cfg
 
 
-def test_full_disk_is_usage_error_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+# what tensorstore raises on a real full disk (a 1 MB tmpfs): a ValueError, not an OSError (it was a traceback)
+TENSORSTORE_FULL = ValueError('RESOURCE_EXHAUSTED: Error writing local file "/x/ocdbt.process_0/d/18": Failed to '
+                              "write 8590 bytes to file 17: No space left on device [os_error_code='28']")
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"), TENSORSTORE_FULL])
+def test_full_disk_is_usage_error_and_keeps_earlier_checkpoints(tmp_path, monkeypatch, error):
     cfg = tiny_config(tmp_path, epochs=3)
     real_save = ocp.CheckpointManager.save
     calls = []
@@ -272,12 +279,27 @@ def test_full_disk_is_usage_error_and_keeps_earlier_checkpoints(tmp_path, monkey
     def save(self, step, *a, **k):
         calls.append(step)
         if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise error
         return real_save(self, step, *a, **k)
     monkeypatch.setattr(ocp.CheckpointManager, "save", save)
     with pytest.raises(UsageError, match="is full.*step 4 is the last complete checkpoint and is intact.*Free"):
         train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
     assert params_hash(cfg.workdir)[0] == 4
+
+
+def test_the_log_records_of_a_write_to_a_full_disk_are_dropped():
+    # orbax's and tensorstore's threads logged the failed writes: 530 lines above the one error line
+    checkpoints._quiet_full_disk()
+    try:
+        raise RuntimeError("save failed") from TENSORSTORE_FULL
+    except RuntimeError:
+        record = logging.LogRecord("absl", logging.ERROR, __file__, 1, "Save Finalize thread failed.", None,
+                                   sys.exc_info())
+    assert not logging.getLogger("absl").filter(record)
+    assert not logging.getLogger("asyncio").filter(logging.LogRecord(
+        "asyncio", logging.ERROR, __file__, 1, "write: No space left on device", None, None))
+    assert logging.getLogger("absl").filter(logging.LogRecord(
+        "absl", logging.ERROR, __file__, 1, "some other error", None, None))
 
 
 def garble(ckdir: str, step: int) -> None:
