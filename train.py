@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 
 def main(argv=None) -> int:
@@ -36,7 +37,11 @@ def main(argv=None) -> int:
     if jax.process_index() == 0:
         figures.loss_curve(cfg.workdir)
     if "test_mse" in result and jax.process_index() == 0:
-        print(f"done: step {result['step']}, test mse {result['test_mse']:.5f}, workdir {cfg.workdir}")
+        if result["step"] >= result["total"]:  # else stopped by a signal, which said so: no "done", no stale mse
+            print(f"done: step {result['step']}, test mse {result['test_mse']:.5f}, workdir {cfg.workdir}")
+            if result["step"] < result["run_steps"]:
+                print(f"--max-steps {cfg.max_steps} ends this command at step {result['step']} of the run's "
+                      f"{result['run_steps']}: `python train.py --workdir {shlex.quote(cfg.workdir)}` trains on")
         print(monitor.timing(result))
     return result["exit"]
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fcntl
 import gc
 import logging
 import os
 import shlex
+import socket
 import sys
 import time
 import warnings
@@ -25,6 +27,61 @@ from jaxae.data import local_path
 
 def checkpoint_dir(workdir: str) -> str:
     return os.path.abspath(os.path.join(workdir, "checkpoints"))
+
+
+class WorkdirLock:
+    """One training at a time in a workdir: WORKDIR/.lock, held (flock) from the first write to the end of the
+    run. A second `train.py` in the same workdir (a requeued job started while the old one still ends, a double
+    submit) mixed silently with the first: its config.json over the first's, its saves skipped, the first's
+    metrics.jsonl rows dropped, and both exit 0. Process 0 alone takes it (the others write nothing). On a file
+    system without locks, training goes on unlocked."""
+
+    def __init__(self):
+        self.fh = None
+
+    def acquire(self, workdir: str) -> None:
+        if jax.process_index() != 0:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        fh = open(lock_path(workdir), "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            fh.seek(0)
+            holder = fh.read().strip()
+            fh.close()
+            if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise UsageError(f"{workdir} is being trained by another process ({holder or 'unknown'}): two "
+                                 f"trainings in one workdir would mix their checkpoints and metrics; wait for it "
+                                 f"to end (or stop it), or pass another --workdir") from None
+            return  # ENOLCK and the like: no locks here
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        fh.flush()
+        self.fh = fh
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.fh is not None:
+            self.fh.close()  # releases the lock
+            self.fh = None
+
+
+def lock_path(workdir: str) -> str:
+    return os.path.join(workdir, ".lock")
+
+
+def training_now(workdir: str) -> bool:
+    """Whether a train.py holds `workdir`'s lock now (WorkdirLock)."""
+    try:
+        with open(lock_path(workdir)) as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        return e.errno in (errno.EWOULDBLOCK, errno.EACCES)
+    return False
 
 
 def manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
@@ -218,7 +275,7 @@ def _unfinished_saves(mngr: ocp.CheckpointManager) -> list[str]:
 
 
 def restore(mngr: ocp.CheckpointManager, state, step: int | None = None, set_aside: bool = False,
-            built_for: str = ""):
+            built_for: str = "", _retries: int = 3):
     """Restore into the structure of `state` (a freshly created TrainState): the latest complete step, or
     `step`. A checkpoint that cannot be read or fails its checksum is reported and the previous one tried;
     none is deleted. With `set_aside` (a resuming run) an unreadable step is moved to
@@ -228,7 +285,9 @@ def restore(mngr: ocp.CheckpointManager, state, step: int | None = None, set_asi
     (its images were of another size than those of the data given now, say). That is a UsageError, saying which
     array differs and, from `built_for`, what `state` was built for; nothing is moved."""
     tmp = _unfinished_saves(mngr)
-    if tmp:  # orbax writes into <step>.orbax-checkpoint-tmp-* and renames when complete: a kill leaves these
+    live = training_now(os.path.dirname(str(mngr.directory)))  # evaluate.py beside a running train.py
+    # orbax writes into <step>.orbax-checkpoint-tmp-* and renames when complete: a kill leaves these
+    if tmp and not live:
         print(f"note: ignoring {len(tmp)} unfinished checkpoint save(s) in {mngr.directory} left by an "
               f"interrupted run ({tmp[0]}{', ...' if len(tmp) > 1 else ''}); delete them to free space",
               file=sys.stderr)
@@ -255,6 +314,12 @@ def restore(mngr: ocp.CheckpointManager, state, step: int | None = None, set_asi
                              f"on images of another size? It needs the data it was trained on; its checkpoints are "
                              f"left as they are")
         got, error = _read(mngr, s, target)
+        if error and not os.path.isdir(os.path.join(str(mngr.directory), str(s))) and _retries:
+            # gone while read: the training running there keeps only its --keep newest (evaluate.py during a
+            # --keep 1 run said "no readable checkpoint ... start over with --fresh"); read its newest again
+            _drop_abandoned_reads()
+            mngr.reload()
+            return restore(mngr, state, step, set_aside, built_for, _retries - 1)
         if error:  # a truncated, garbled or foreign step: say so, keep it on disk, fall back
             _drop_abandoned_reads()
             where = _set_aside(mngr, s) if set_aside else "left on disk for inspection; trying the previous one"
@@ -445,9 +510,12 @@ def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
         if name in explicit | via_preset and not same_setting(name, getattr(saved, name), getattr(cfg, name)):
             given = (f"--preset {cfg.preset} sets --{name.replace('_', '-')} {getattr(cfg, name)}"
                      if name in via_preset else f"not {getattr(cfg, name)}")
+            why = (": the learning rate's warm-up and cosine decay are laid out over the run's epochs, so a run "
+                   "cannot be given more (or fewer) of them. Train a new one" if name == "epochs" else
+                   ": drop the flag to resume it, or start over")
             raise UsageError(f"{cfg.workdir} holds a run with --{name.replace('_', '-')} {getattr(saved, name)}, "
-                             f"{given}: drop the flag to resume it, or pass --fresh to start over (old "
-                             f"checkpoints are moved aside), or use another --workdir")
+                             f"{given}{why} with --fresh (old checkpoints are moved aside), or use another "
+                             f"--workdir")
     # The other settings are this command's, except those the run's preset sets and this command left at its
     # own preset's value: a tiny-preset run resumed by `python train.py --workdir W` keeps --log-every 2.
     keep = {name: getattr(cfg, name) for name in dataclasses.asdict(cfg) if name not in Config.RUN_FIELDS}

@@ -13,13 +13,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
+from jaxae.monitor import metric_records  # noqa: E402
+
 
 def read_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as fh:
-        return [json.loads(l) for l in fh if l.strip()]
+    return [record for _, record in metric_records(os.path.join(workdir, "metrics.jsonl"))]
 
 
 def per_epoch(records: list[dict]) -> list[dict]:

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -109,16 +110,32 @@ def best_test_mse(path: str, step: int) -> float:
     """The lowest test MSE of a run's metrics.jsonl up to `step` (inf if none). Only process 0 writes the file,
     which every process reads (the workdir is shared); the filter on `step` gives them all the same answer,
     whether they read it before or after process 0 drops the records past a resumed checkpoint."""
-    return min((r["test_mse"] for _, r in _metric_records(path) if "test_mse" in r and r.get("step", 0) <= step),
+    return min((r["test_mse"] for _, r in metric_records(path) if "test_mse" in r and r.get("step", 0) <= step),
                default=float("inf"))
 
 
-def _metric_records(path: str) -> list[tuple[str, dict]]:
-    """Each line of a metrics.jsonl with its record ([] before the file exists)."""
+def metric_records(path: str) -> list[tuple[str, dict]]:
+    """Each line of a metrics.jsonl with its record ([] before the file exists). A line that is not a whole
+    record (a kill or a full disk cut the last write short: resume and evaluate.py were a JSONDecodeError) is
+    skipped with a warning; truncate_metrics then drops it."""
     if not os.path.exists(path):
         return []
+    records, bad = [], []
     with open(path) as fh:
-        return [(line, json.loads(line)) for line in fh if line.strip()]
+        for number, line in enumerate(fh, 1):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except ValueError:
+                bad.append(number)
+                continue
+            if isinstance(record, dict):
+                records.append((line if line.endswith("\n") else line + "\n", record))
+            elif record is not None:
+                bad.append(number)
+    if bad:
+        warnings.warn(f"{path}: line {', '.join(map(str, bad))} is not a whole record (a write cut short by a kill "
+                      f"or a full disk?): skipped")
+    return records
 
 
 def progress_bar(progress: bool, epoch: int, epochs: int, initial: int, total: int):
@@ -192,12 +209,13 @@ def write_metrics(path: str, writer, record: dict) -> None:
 
 
 def truncate_metrics(path: str, step: int) -> None:
-    """On resume, drop records of steps after the restored checkpoint (they will be redone)."""
-    if jax.process_index() != 0:
+    """On resume, drop records of steps after the restored checkpoint (they will be redone), and a cut line."""
+    if jax.process_index() != 0 or not os.path.exists(path):
         return
-    lines = _metric_records(path)
-    keep = [line for line, record in lines if record.get("step", 0) <= step]
-    if len(keep) != len(lines):
+    keep = [line for line, record in metric_records(path) if record.get("step", 0) <= step]
+    with open(path) as fh:
+        written = sum(1 for line in fh if line.strip())  # a cut line among them
+    if len(keep) != written:
         with open(path + ".tmp", "w") as fh:
             fh.writelines(keep)
         os.replace(path + ".tmp", path)

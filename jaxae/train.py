@@ -288,11 +288,13 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
     """Train (or resume) the run in cfg.workdir; returns the final metrics. Exit status in result['exit']."""
     hostmem.keep_freed_memory()  # CPU: no page faults on each step's buffers (quick model 1.8x faster)
     hostmem.run_cpu_programs_inline()  # ... from the main arena, which keeps them (no-op once JAX runs)
-    with hostmem.release_after_compiles():  # what each compile left free: 0.3 GB of the default model's peak
-        return _train_and_evaluate(cfg, explicit, ds, progress)
+    # what each compile left free: 0.3 GB of the default model's peak
+    with hostmem.release_after_compiles(), checkpoints.WorkdirLock() as lock:
+        return _train_and_evaluate(cfg, explicit, ds, progress, lock)
 
 
-def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, progress: bool) -> dict[str, Any]:
+def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, progress: bool,
+                        lock: checkpoints.WorkdirLock) -> dict[str, Any]:
     started = time.perf_counter()
     cfg = cfg.replace(data=local_path(cfg.data))  # saved absolute: evaluate.py and a resume work from any folder
     cfg, resuming = checkpoints.resolve_workdir(cfg.validate(), set(explicit))
@@ -317,6 +319,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
 
     # the model's own checks, too; a resumed run restores every leaf, so it needs only the structure
     state = (train_state_to_restore if resuming else create_train_state)(cfg, ds.image_shape, cfg.epochs * spe, spe)
+    lock.acquire(cfg.workdir)  # before the first write
     if earlier_run:
         checkpoints.start_over(cfg)
     mngr = checkpoints.manager(cfg.workdir, cfg.keep)
@@ -433,6 +436,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
         writer.close()
     result["step"] = step
     result["total"] = total  # step < total: stopped by a signal before the end (exit 0 for SIGTERM)
+    result["run_steps"] = cfg.epochs * spe  # more than total: --max-steps ends this command first
     result["seconds"] = time.perf_counter() - started
     if epoch_ends:  # start-up (data, compiles, a restore) shows in the first; the steady pace in the rest
         result["first_epoch_seconds"] = epoch_ends[0]

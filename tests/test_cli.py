@@ -68,6 +68,9 @@ def test_max_steps_stops_and_the_same_command_resumes(run):
     assert max(run["steps_after_stop"]) == STOP_AT
     assert f"from step {STOP_AT}" in run["resumed"].stdout
     assert "resuming" not in run["stopped"].stdout
+    assert (f"--max-steps {STOP_AT} ends this command at step {STOP_AT} of the run's {EPOCHS * STEPS_PER_EPOCH}: "
+            f"`python train.py --workdir {run['workdir']}` trains on") in run["stopped"].stdout
+    assert "ends this command" not in run["resumed"].stdout
 
 
 def test_compiled_programs_are_kept_for_the_next_run(run):
@@ -138,6 +141,8 @@ def test_changing_a_run_setting_on_resume_is_refused(run):
     assert proc.returncode == 2
     lines = error_lines(proc)
     assert len(lines) == 1 and "--epochs" in lines[0] and "--fresh" in lines[0], proc.stderr
+    # not "drop the flag to resume it" (a finished run then has nothing to train): why more epochs cannot be
+    assert "cosine decay are laid out over the run's epochs, so a run cannot be given more" in lines[0]
     assert read_metrics(run["workdir"]) == before
 
 

@@ -41,6 +41,20 @@ def test_a_resumed_run_reads_and_keeps_only_the_records_up_to_its_checkpoint(tmp
     assert os.stat(path).st_mtime_ns == before
 
 
+def test_a_record_cut_short_is_skipped_with_a_warning_and_dropped_on_resume(tmp_path):
+    # a kill or a full disk during the append: resume and evaluate.py were a JSONDecodeError traceback
+    path = str(tmp_path / "metrics.jsonl")
+    write_records(path, [{"epoch": e, "step": 4 * e, "test_mse": 0.05} for e in (1, 2)])
+    with open(path, "a") as fh:
+        fh.write('{"epoch": 3, "step": 12, "train_lo')
+    with pytest.warns(UserWarning, match="metrics.jsonl: line 5 is not a whole record .*: skipped"):
+        assert [r["step"] for _, r in monitor.metric_records(path)] == [4, 8]
+    with pytest.warns(UserWarning):
+        monitor.truncate_metrics(path, 8)
+    with open(path) as fh:
+        assert [json.loads(line)["step"] for line in fh] == [4, 8]
+
+
 def test_the_first_non_finite_loss_stops_the_run_with_its_step(tmp_path):
     with checkpoints.manager(str(tmp_path)) as mngr:
         pending = [(10, jnp.array([0.5, 0.25])), (12, jnp.array([0.125, 0.0625]))]

@@ -302,6 +302,40 @@ def test_the_log_records_of_a_write_to_a_full_disk_are_dropped():
         "absl", logging.ERROR, __file__, 1, "some other error", None, None))
 
 
+def test_a_second_training_in_a_workdir_in_use_is_refused(tmp_path):
+    # two train.py in one workdir mixed silently: the second's config.json, the first's checkpoints, both exit 0
+    cfg = tiny_config(tmp_path, max_steps=1)
+    with checkpoints.WorkdirLock() as other:
+        other.acquire(cfg.workdir)  # a train.py running there (a lock is per open file, so this process will do)
+        with pytest.raises(UsageError, match=f"is being trained by another process \\(pid {os.getpid()} on .*\\): "
+                                             "two trainings in one workdir would mix"):
+            train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+        assert checkpoints.training_now(cfg.workdir)
+        assert os.listdir(cfg.workdir) == [".lock"]  # nothing written
+    assert not checkpoints.training_now(cfg.workdir)
+    assert train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)["step"] == 1
+    assert not checkpoints.training_now(cfg.workdir)  # released at the end of the run
+
+
+def test_a_step_the_running_training_removes_while_it_is_read_is_read_again(three_epochs, tmp_path, capsys,
+                                                                             monkeypatch):
+    # evaluate.py beside a --keep 1 training: the step it read was pruned, and it advised --fresh
+    cfg = copy_of(three_epochs, tmp_path)
+    ckdir = checkpoints.checkpoint_dir(cfg.workdir)
+    real_read = checkpoints._read
+
+    def read(mngr, step, target):
+        if step == 12:
+            shutil.rmtree(os.path.join(ckdir, "12"))  # the training's --keep prunes it mid-read
+            return None, "FileNotFoundError: gone"
+        return real_read(mngr, step, target)
+    monkeypatch.setattr(checkpoints, "_read", read)
+    with checkpoints.manager(cfg.workdir) as mngr:
+        state = checkpoints.restore(mngr, train_state_to_restore(cfg, (16, 16, 3), 1, 1))
+    assert int(state.step) == 8
+    assert "cannot be read" not in capsys.readouterr().err
+
+
 def garble(ckdir: str, step: int) -> None:
     """Garble the middle of every data file of `step`: orbax itself would read such bytes without complaint."""
     for path in glob.glob(os.path.join(ckdir, str(step), "**", "d", "*"), recursive=True):
@@ -563,6 +597,7 @@ def test_sigterm_sigint_sigkill_then_resume_is_bitwise_identical(tmp_path, refer
     stopped = int(out.split("stopped by SIGTERM at step ")[1].split(":")[0])
     assert f"checkpoint saved; `python train.py --workdir {workdir}` resumes it" in out
     assert stopped >= 4 and str(stopped) in os.listdir(ckdir)  # saved at the step it stopped at
+    assert "done:" not in out and "time: " in out  # not "done" with the last epoch's stale test mse
 
     # After an epoch line: monitor.Stop is installed by then (a shell's background job inherits SIGINT ignored).
     code, out, err = _run_until(args, "epoch", signal.SIGINT)
