@@ -119,8 +119,13 @@ VIEWS = ((20, -60), (20, 30), (60, -45), (5, 120))  # (elevation, azimuth) of th
 
 
 def class_colours(n: int):
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
-    return [cmap(i % cmap.N) for i in range(n)]
+    """n distinct colours: tab10, tab20, then tab20 + tab20b + tab20c (60; tab20 alone repeated from the 21st
+    class on, so class 0 and class 20 shared a blue), then evenly spread hues of turbo for more classes."""
+    if n > 60:
+        turbo = plt.get_cmap("turbo")
+        return [turbo(0.05 + 0.9 * ((i * 0.618034) % 1)) for i in range(n)]
+    names = ["tab10"] if n <= 10 else ["tab20"] if n <= 20 else ["tab20", "tab20b", "tab20c"]
+    return [c for name in names for c in plt.get_cmap(name).colors][:n]
 
 
 def _scatter(ax, points, labels, class_names, size: float):
@@ -130,10 +135,16 @@ def _scatter(ax, points, labels, class_names, size: float):
     ax.scatter(*p.T, c=[colours[i] for i in y], s=size, alpha=0.6, linewidths=0)
 
 
-def _legend(fig, class_names):
+def _legend(fig, class_names) -> float:
+    """The class legend at the figure's right edge, in columns of at most 25 (40 classes ran off a 5-inch figure);
+    returns the `right` the panels may reach beside it."""
     handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=n)
                for c, n in zip(class_colours(len(class_names)), class_names)]
-    fig.legend(handles=handles, loc="center right", title="class", frameon=False)
+    ncol = -(-len(class_names) // 25)
+    fig.legend(handles=handles, loc="center right", title="class", frameon=False, ncol=ncol,
+               fontsize="medium" if len(class_names) <= 20 else "small")
+    longest = max((len(n) for n in class_names), default=5)
+    return 1 - min(0.45, ncol * (0.35 + 0.08 * longest) / fig.get_figwidth())
 
 
 def _central(points, labels, title: str):
@@ -176,9 +187,9 @@ def latent_views(points, labels, class_names, out: str, title: str, axis_names) 
             axis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 5, 10]))
         ax.set_title(f"view: elevation {elev}, azimuth {azim}", fontsize=9)
         ax.tick_params(labelsize=7)
-    _legend(fig, class_names)
+    right = _legend(fig, class_names)
     _suptitle(fig, title)
-    fig.subplots_adjust(left=0.02, right=0.86, bottom=0.03, top=0.89, wspace=0.05, hspace=0.14)
+    fig.subplots_adjust(left=0.02, right=min(0.86, right), bottom=0.03, top=0.89, wspace=0.05, hspace=0.14)
     fig.savefig(out)
     plt.close(fig)
     return os.path.basename(out)
@@ -227,12 +238,14 @@ def latent_pairs(points, labels, class_names, out: str, title: str, axis_names) 
         ax.set_ylabel(axis_names[b])
         ax.set_title(f"{axis_names[a]} vs {axis_names[b]}", fontsize=10)
         ax.grid(True, alpha=0.3)
-    _legend(fig, class_names)
+        for axis in (ax.xaxis, ax.yaxis):  # long tick labels ("-0.0125") ran together at matplotlib's default
+            axis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+    right = _legend(fig, class_names)
     _suptitle(fig, title)
-    if d >= 3:
-        fig.subplots_adjust(left=0.05, right=0.88, bottom=0.1, top=0.84, wspace=0.25)
+    if d >= 3:  # left: room for the y label and its tick labels (they were cut at the edge)
+        fig.subplots_adjust(left=0.07, right=min(0.88, right), bottom=0.1, top=0.84, wspace=0.3)
     else:
-        fig.subplots_adjust(left=0.1, right=0.78, bottom=0.09, top=0.86)
+        fig.subplots_adjust(left=0.1, right=min(0.78, right), bottom=0.09, top=0.86)
     fig.savefig(out)
     plt.close(fig)
     return os.path.basename(out)

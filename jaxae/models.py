@@ -325,10 +325,15 @@ class Autoencoder(_Arch):
 
 
 def model_from_config(cfg, image_shape: Sequence[int]) -> Autoencoder:
-    """The Autoencoder a Config describes, for images of `image_shape` (H, W, C)."""
+    """The Autoencoder a Config describes, for images of `image_shape` (H, W, C). The Config is validated here
+    too: from Python, latent_dim=0 was a ZeroDivisionError deep in flax's initialisers."""
+    from jaxae.config import UsageError
+    cfg.validate()
+    if len(image_shape) != 3:
+        raise UsageError(f"image_shape {tuple(image_shape)} is not (height, width, channels): grayscale images "
+                         f"need a channel axis of 1 (images[..., None])")
     h, w, _ = image_shape
     if min(h, w) < 2 ** cfg.stages:
-        from jaxae.config import UsageError
         if min(h, w) < 2:
             raise UsageError(f"images of {h}x{w} are too small: each stage halves them, so they must be at least "
                              f"2x2")

@@ -132,6 +132,9 @@ def _unit_range(images_u8: jax.Array) -> jax.Array:
     if images_u8.dtype != jnp.uint8:  # floats in [0, 1] divided by 255 again would train towards black
         raise TypeError(f"jaxae's steps take uint8 images (0-255) and scale them themselves, not "
                         f"{images_u8.dtype}: pass (x * 255).round().astype(np.uint8) for floats in [0, 1]")
+    if images_u8.ndim != 4:  # N x H x W grayscale: "not enough values to unpack" in the model before
+        raise ValueError(f"jaxae's steps take a batch of images [N, H, W, C], not an array of shape "
+                         f"{tuple(images_u8.shape)}: grayscale images need a channel axis (images[..., None])")
     return images_u8.astype(jnp.float32) / 255.0
 
 

@@ -282,3 +282,9 @@ def test_a_lone_cut_epoch_is_placed_by_the_rows_steps_per_epoch():
     positions, spe = figures.epoch_positions(rows)
     assert spe == 390 and positions == [300 / 390]
     assert figures.epoch_positions([{k: v for k, v in rows[0].items() if k != "steps_per_epoch"}]) == ([1.0], 300)
+
+
+@pytest.mark.parametrize("n", [3, 10, 20, 25, 40, 60, 100])
+def test_every_class_has_a_colour_of_its_own(n):
+    # past 20 classes tab20 repeated: class 0 and class 20 were the same blue
+    assert len({tuple(np.round(c, 6)) for c in figures.class_colours(n)}) == n

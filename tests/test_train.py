@@ -14,6 +14,7 @@ from jax.sharding import Mesh
 
 from conftest import REPO, tiny_config, tiny_dataset
 from jaxae import train
+from jaxae.config import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +281,15 @@ def test_steps_refuse_float_images(tmp_path):
         train.eval_step(state, jnp.zeros((4, 16, 16, 3)))
     with pytest.raises(TypeError, match="take uint8 images"):
         train.train_step(state, jnp.zeros((4, 16, 16, 3)), jax.random.PRNGKey(0), cfg)
+
+
+def test_the_python_api_refuses_what_the_flags_would_in_one_clear_line(tmp_path):
+    # latent_dim=0 was a ZeroDivisionError in flax's initialisers; N x H x W grayscale "not enough values to unpack"
+    cfg = tiny_config(tmp_path)
+    with pytest.raises(UsageError, match="--latent-dim must be at least 1"):
+        train.create_train_state(cfg.replace(latent_dim=0), (16, 16, 3), 8, 8)
+    with pytest.raises(UsageError, match="image_shape \\(16, 16\\) is not \\(height, width, channels\\)"):
+        train.create_train_state(cfg, (16, 16), 8, 8)
+    state = train.create_train_state(cfg, (16, 16, 1), 8, 8)
+    with pytest.raises(ValueError, match="grayscale images need a channel axis"):
+        train.eval_step(state, jnp.zeros((4, 16, 16), jnp.uint8))
