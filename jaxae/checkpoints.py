@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import fcntl
 import gc
+import json
 import logging
 import os
 import shlex
@@ -309,10 +310,12 @@ def restore(mngr: ocp.CheckpointManager, state, step: int | None = None, set_asi
     for s in steps:
         mismatch = _shape_mismatch(mngr, s, target)
         if mismatch:
+            trained = trained_image_shape(os.path.dirname(str(mngr.directory)))
+            was = (f"The run was trained on images of {trained}." if trained else
+                   "Was the run trained on images of another size?")
             raise UsageError(f"checkpoint step {s} in {mngr.directory} holds a model of other shapes than this "
-                             f"one{' (' + built_for + ')' if built_for else ''}: {mismatch}. Was the run trained "
-                             f"on images of another size? It needs the data it was trained on; its checkpoints are "
-                             f"left as they are")
+                             f"one{' (' + built_for + ')' if built_for else ''}: {mismatch}. {was} It needs the "
+                             f"data it was trained on; its checkpoints are left as they are")
         got, error = _read(mngr, s, target)
         if error and not os.path.isdir(os.path.join(str(mngr.directory), str(s))) and _retries:
             # gone while read: the training running there keeps only its --keep newest (evaluate.py during a
@@ -425,14 +428,27 @@ def _set_aside(mngr: ocp.CheckpointManager, step: int) -> str:
     return f"moved it to {dest} (not deleted); trying the previous one"
 
 
-def save_config(cfg: Config) -> None:
-    """Write WORKDIR/config.json atomically."""
+def save_config(cfg: Config, image_shape=None) -> None:
+    """Write WORKDIR/config.json atomically: the Config, and the shape of the images the run trains on (not a
+    flag: Config.from_dict skips it), which a restore on other data names (trained_image_shape)."""
     os.makedirs(cfg.workdir, exist_ok=True)
     path = config_path(cfg.workdir)
     tmp = path + ".tmp"
+    saved = {**json.loads(cfg.to_json()), **({"image_shape": list(image_shape)} if image_shape else {})}
     with open(tmp, "w") as fh:
-        fh.write(cfg.to_json() + "\n")
+        fh.write(json.dumps(saved, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+def trained_image_shape(workdir: str) -> str:
+    """"HxWxC" of the images the run in `workdir` was trained on, from its config.json; "" when not saved (a run
+    of before the eighteenth session) or unreadable."""
+    try:
+        with open(config_path(workdir)) as fh:
+            shape = json.load(fh).get("image_shape")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return "x".join(map(str, shape)) if isinstance(shape, list) else ""
 
 
 # What a run leaves in its workdir (evaluate.py's eval/, and eval-* folders from --out and from the evaluations

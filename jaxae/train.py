@@ -340,7 +340,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
                     "seconds": time.perf_counter() - started}
         monitor.log(f"resuming {cfg.workdir} from step {int(state.step)} (epoch {int(state.step) // spe + 1})")
     elif jax.process_index() == 0:
-        checkpoints.save_config(cfg)
+        checkpoints.save_config(cfg, ds.image_shape)
     monitor.log("config: " + json.dumps(dataclasses.asdict(cfg), sort_keys=True))
     monitor.log(f"data: {n_train} train / {ds.test_images.shape[0]} test images of {ds.image_shape}, "
                 f"{len(ds.class_names)} classes; {jax.device_count()} {jax.default_backend()} device(s), "

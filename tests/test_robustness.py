@@ -395,7 +395,8 @@ def test_images_of_another_size_are_one_clear_error_and_nothing_is_moved(three_e
         train_and_evaluate(cfg, ds=tiny_dataset(size=24), progress=False)
     folder = make_image_folder(tmp_path / "img24", n_train=4, n_test=2, size=24)
     from jaxae.evaluate import restore
-    with pytest.raises(UsageError, match="images of 24x24x3 from --data .*img24.*It needs the data it was trained"):
+    with pytest.raises(UsageError, match="images of 24x24x3 from --data .*img24.*The run was trained on images of "
+                                         "16x16x3. It needs the data it was trained"):
         restore(cfg.workdir, data=folder)
     assert tree_hash(cfg.workdir) == before  # nothing moved, rewritten or cut
 
