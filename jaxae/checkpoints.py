@@ -114,13 +114,20 @@ def check_workdir(workdir: str) -> None:
     made for the proof, is removed again (best effort; not its parents, which a run beside this one may be
     using): a run refused later (a bad batch size, say) leaves no empty workdir. Not in multi-process runs, where
     one process would remove it under another's proof."""
-    probe = os.path.join(workdir, f".write-test-{os.getpid()}")
     made = not os.path.isdir(workdir) and jax.process_count() == 1
     try:
         os.makedirs(workdir, exist_ok=True)
-        with open(probe, "w") as fh:
-            fh.write("ok")
-        os.remove(probe)
+        # the workdir, and the folders and file an earlier run left that this one writes into: a read-only
+        # checkpoints/ was 354 lines of orbax tracebacks (the probe of the workdir alone passed)
+        for folder in [workdir] + [os.path.join(workdir, n) for n in ("checkpoints", "tensorboard")]:
+            if folder == workdir or os.path.isdir(folder):
+                probe = os.path.join(folder, f".write-test-{os.getpid()}")
+                with open(probe, "w") as fh:
+                    fh.write("ok")
+                os.remove(probe)
+        metrics = os.path.join(workdir, "metrics.jsonl")
+        if os.path.isfile(metrics):
+            open(metrics, "a").close()  # appends nothing
     except OSError as e:  # root ignores permission bits, so this catches files-in-the-way and full disks too
         fix = ("free some space or pick another --workdir" if disk_full(e)
                else "pick a folder you can write to with --workdir")
@@ -483,11 +490,23 @@ def earlier_results(workdir: str) -> list[str]:
 
 
 def move_aside(workdir: str) -> str:
-    """--fresh: move everything an earlier run left (run_files) to a dated folder instead of deleting it."""
+    """--fresh: move everything an earlier run left (run_files) to a dated folder instead of deleting it. A move
+    that fails (a read-only folder) is undone, and is one UsageError (a PermissionError traceback, with an empty
+    previous-* folder left behind)."""
     dest = os.path.join(workdir, "previous-" + time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(dest)
-    for name in run_files(workdir):
-        os.replace(os.path.join(workdir, name), os.path.join(dest, name))
+    moved = []
+    try:
+        os.makedirs(dest)
+        for name in run_files(workdir):
+            os.replace(os.path.join(workdir, name), os.path.join(dest, name))
+            moved.append(name)
+    except OSError as e:
+        for name in moved:
+            os.replace(os.path.join(dest, name), os.path.join(workdir, name))
+        if os.path.isdir(dest):
+            os.rmdir(dest)
+        raise UsageError(f"could not move the earlier run's files aside in {workdir} ({e.strerror}: {e.filename}); "
+                         f"nothing was moved. Make it writable, or pick another --workdir") from None
     return dest
 
 

@@ -136,6 +136,38 @@ def test_unwritable_workdir_exit_2(tmp_path):
     assert blocker.read_text() == "not a folder"
 
 
+def test_an_unwritable_checkpoints_folder_is_found_before_training(tmp_path, monkeypatch):
+    # a read-only checkpoints/ was 354 lines of orbax tracebacks: the probe tested the workdir alone. (Root
+    # ignores permission bits, so the probe's file name is taken by a folder here.)
+    workdir = tmp_path / "run"
+    os.makedirs(workdir / "checkpoints" / f".write-test-{os.getpid()}")
+    with pytest.raises(UsageError, match=f"--workdir {workdir} is not writable \\(Is a directory: "
+                                         f".*checkpoints/.write-test-"):
+        checkpoints.check_workdir(str(workdir))
+    os.rmdir(workdir / "checkpoints" / f".write-test-{os.getpid()}")
+    checkpoints.check_workdir(str(workdir))  # and nothing is left behind by the probes
+    assert os.listdir(workdir / "checkpoints") == []
+
+
+def test_moving_an_earlier_run_aside_that_fails_is_undone(tmp_path, monkeypatch):
+    # --fresh in a read-only workdir: a PermissionError traceback and an empty previous-* folder left behind
+    workdir = tmp_path / "run"
+    os.makedirs(workdir / "checkpoints" / "4")
+    (workdir / "metrics.jsonl").write_text('{"step": 4}\n')
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(src).endswith("metrics.jsonl") and "previous-" in str(dst):
+            raise PermissionError(13, "Permission denied", str(src))
+        return real_replace(src, dst)
+    monkeypatch.setattr(checkpoints.os, "replace", replace)
+    with pytest.raises(UsageError, match="could not move the earlier run's files aside in .* \\(Permission denied: "
+                                         ".*metrics.jsonl\\); nothing was moved"):
+        checkpoints.move_aside(str(workdir))
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "metrics.jsonl"]
+    assert os.listdir(workdir / "checkpoints") == ["4"]
+
+
 def test_config_mismatch_refused_naming_the_flag(tmp_path):
     workdir = tmp_path / "run"
     cfg = tiny_config(tmp_path, data=str(tmp_path / "img"))
