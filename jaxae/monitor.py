@@ -203,7 +203,7 @@ def write_metrics(path: str, writer, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
     if writer is not None:
         for k, v in record.items():
-            if k not in ("epoch", "step", "time", "steps_per_epoch"):
+            if k not in ("epoch", "step", "time", "steps_per_epoch", "train_steps"):
                 writer.add_scalar(k, v, record["step"])
         writer.flush()
 

@@ -370,7 +370,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     fns: dict[int, Callable] = {}
     result: dict[str, Any] = {"exit": 0}
     epoch_ends: list[float] = []  # seconds since `started` at each epoch end of this process
-    step = int(state.step)
+    step = start = int(state.step)
     bar = None
     with monitor.Stop() as stop:
         try:
@@ -403,11 +403,17 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
                     bar.close()
                 epoch_done = step == end and (step % spe == 0 or step == total)
                 if epoch_done:
+                    # the steps this process ran of the epoch: all of it, or a piece of an epoch that --max-steps
+                    # or a signal cut, or that a resumed run finished (the train loss averages those alone)
+                    first = max(epoch * spe, start)
                     record = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses_epoch)),
                               **reconstruction_error(state, test_x, test_mask, 500), "time": time.time(),
-                              "steps_per_epoch": spe}  # where a cut epoch ends, for the figures
+                              "steps_per_epoch": spe,  # where a cut epoch ends, for the figures
+                              "train_steps": step - first}
                     monitor.write_metrics(metrics_file, writer, record)
-                    monitor.log(f"epoch {epoch + 1}/{cfg.epochs}  train {cfg.loss} {record['train_loss']:.5f}  "
+                    part = (f" (steps {first - epoch * spe + 1}-{step - epoch * spe} of its {spe})"
+                            if step - first < spe else "")
+                    monitor.log(f"epoch {epoch + 1}/{cfg.epochs}{part}  train {cfg.loss} {record['train_loss']:.5f}  "
                                 f"test mse {record['test_mse']:.5f}  test mae {record['test_mae']:.5f}")
                     result.update(record)
                     epoch_ends.append(time.perf_counter() - started)

@@ -168,6 +168,17 @@ def test_moving_an_earlier_run_aside_that_fails_is_undone(tmp_path, monkeypatch)
     assert os.listdir(workdir / "checkpoints") == ["4"]
 
 
+def test_an_epoch_split_by_max_steps_says_which_of_its_steps_each_row_averages(tmp_path, capsys):
+    # the cut piece and the resumed rest each printed as a whole "epoch 1/1", each train loss over a piece
+    cfg = tiny_config(tmp_path, max_steps=1)  # 4 steps per epoch
+    train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+    train_and_evaluate(cfg.replace(max_steps=0), ds=tiny_dataset(), progress=False)
+    out = capsys.readouterr().out
+    assert "epoch 1/1 (steps 1-1 of its 4)  train l2 " in out and "epoch 1/1 (steps 2-4 of its 4)  train l2 " in out
+    rows = [json.loads(line) for line in open(os.path.join(cfg.workdir, "metrics.jsonl"))]
+    assert [(r["epoch"], r["step"], r["train_steps"]) for r in rows] == [(1, 1, 1), (1, 4, 3)]
+
+
 def test_config_mismatch_refused_naming_the_flag(tmp_path):
     workdir = tmp_path / "run"
     cfg = tiny_config(tmp_path, data=str(tmp_path / "img"))
