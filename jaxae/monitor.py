@@ -31,8 +31,10 @@ class Stop:
         return self
 
     def _handle(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
+        if self.signum is not None:
+            if signum == signal.SIGINT:  # a second Ctrl-C: the user insists, stop now
+                raise KeyboardInterrupt
+            return  # SIGTERM again (a job scheduler's and its launcher's both): already stopping and saving
         self.signum = signum
 
     def __exit__(self, *exc):

@@ -67,6 +67,13 @@ def init_params(model, key: jax.Array, image_shape):
     return jax.jit(model.init, compiler_options=options)(key, x)["params"]
 
 
+def _one_cpu_device() -> str:
+    """How this process was given several CPU devices, undone: an environment variable or an XLA flag."""
+    flag = next((f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" in f), "")
+    return (f"drop {flag.split('=')[0]} from XLA_FLAGS" if flag else "unset JAX_NUM_CPU_DEVICES"
+            if os.environ.get("JAX_NUM_CPU_DEVICES") else "no jax_num_cpu_devices setting")
+
+
 def create_train_state(cfg: Config, image_shape, total_steps: int, spe: int) -> TrainState:
     """Fresh parameters and optimiser state from cfg.seed."""
     model = model_from_config(cfg, image_shape)
@@ -351,7 +358,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
         print(f"note: with {jax.local_device_count()} CPU devices in one process XLA:CPU can hang at the gradient "
               f"all-reduce when other programs compete for the cores (docs/performance.md); XLA then aborts "
               f"after 40 s and `{checkpoints.resume_command(cfg)}` resumes from the last checkpoint. One device "
-              f"(unset JAX_NUM_CPU_DEVICES) is the safe choice, and as fast for the quick preset", file=sys.stderr)
+              f"({_one_cpu_device()}) is the safe choice, and as fast for the quick preset", file=sys.stderr)
     metrics_file = os.path.join(cfg.workdir, "metrics.jsonl")
     monitor.truncate_metrics(metrics_file, int(state.step))
     baseline = mean_image_mse(ds.train_images, ds.test_images)

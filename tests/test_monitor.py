@@ -120,3 +120,14 @@ def test_a_log_file_gets_progress_lines_not_carriage_return_frames(monkeypatch, 
     assert "\r" not in err
     assert err.splitlines() == ["epoch 3/30: step 180/390 (46 %), loss 0.0301, 1,950 img/s",
                                 "epoch 3/30: step 300/390 (77 %), loss 0.0301, 1,950 img/s"]
+
+
+def test_a_second_sigterm_does_not_cut_the_save_short_but_a_second_ctrl_c_does():
+    # two SIGTERMs 0.1 s apart (scheduler and launcher) gave a bare "interrupted" and exit 130, no checkpoint
+    import signal
+    with monitor.Stop() as stop:
+        stop._handle(signal.SIGTERM, None)
+        stop._handle(signal.SIGTERM, None)
+        assert stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            stop._handle(signal.SIGINT, None)
