@@ -400,7 +400,8 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     compile_encode_split(ae, test_x)  # outside the timing
     ae_test, t_encode = _timed(encode_split, ae, test_x)
     ae_train = encode_split(ae, train_x)
-    pca_params, t_pca = _timed(lambda: fit_pca(ds.train_images.reshape(n_train, -1), cfg.latent_dim, 1 / 255))
+    pca_params, t_pca = _timed(lambda: fit_pca(ds.train_images.reshape(n_train, -1),
+                                                       max(1, min(cfg.latent_dim, n_train - 1)), 1 / 255))
     pca = pca_codec(pca_params, ds.image_shape)
     test_codes = {"ae": ae_test, "pca": encode_split(pca, test_x)}  # pad rows included
     codes = {"ae_test": ae_test[:n_test], "ae_train": ae_train[:n_train],

@@ -51,16 +51,22 @@ def scatter3d(out: str, points: np.ndarray, labels: np.ndarray, class_names, thu
     thumb_of = np.full(len(points), -1, np.int64)
     thumb_of[np.asarray(thumb_index)] = np.arange(len(thumb_index))
     sprite, cols = _sprite(np.asarray(thumbs))
-    data = {"p": np.round(np.asarray(points, np.float64), 4).tolist(), "y": np.asarray(labels).tolist(),
+    points, code_axes = np.asarray(points, np.float64), len(axis_names)
+    if code_axes == 1:  # one row per class, jittered up and down as in latent_pairs.png: on one line they hid
+        jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(points))  # each other
+        points = np.stack([points[:, 0], -(np.asarray(labels) + jitter)], 1)  # the first class on top
+        axis_names = [axis_names[0], "class (a row each)"]
+    data = {"p": np.round(points, 4).tolist(), "y": np.asarray(labels).tolist(),
             "t": thumb_of.tolist(), "names": list(class_names),
             "colours": [_hex(c) for c in class_colours(len(class_names))], "axes": list(axis_names),
-            "cols": cols, "th": int(thumbs.shape[1]), "tw": int(thumbs.shape[2])}
+            "code_axes": code_axes, "cols": cols, "th": int(thumbs.shape[1]), "tw": int(thumbs.shape[2])}
     showing = (f"Showing a random {len(thumb_index):,} of the {len(points):,} points, each with its image; "
                f'<label><input type="checkbox" id="all"> show all {len(points):,}</label> (the others have no '
                f"image)." if len(thumb_index) < len(points) else f"All {len(points):,} points carry their image.")
-    if len(axis_names) < 3:
-        showing += (f" The code has {len(axis_names)} dimension{'s' * (len(axis_names) > 1)}: the view starts "
-                    f"face-on, and turning it only shows the same flat {'plane' if len(axis_names) == 2 else 'line'}.")
+    if code_axes < 3:
+        showing += (f" The code has {code_axes} dimension{'s' * (code_axes > 1)}: the view starts face-on, and "
+                    f"turning it only shows the same flat plane" + (" (up and down: one row per class, the spread "
+                    "within a row only separates the dots)." if code_axes == 1 else "."))
     page = (_PAGE.replace("%TITLE%", html.escape(title)).replace("%DATA%", _script_json(data))
             .replace("%SPRITE%", sprite).replace("%SHOWING%", showing))
     with open(out, "w") as fh:
@@ -144,7 +150,7 @@ function showTip(i, px, py) {
   if (i < 0) { tip.style.display = "none"; return; }
   const p = D.p[i];
   tip.innerHTML = "<b>" + D.names[D.y[i]] + "</b> (test image " + i + ")<br>" +
-    D.axes.map((a, k) => a + ": " + p[k].toFixed(3)).join("<br>");
+    D.axes.slice(0, D.code_axes).map((a, k) => a + ": " + p[k].toFixed(3)).join("<br>");
   if (D.t[i] >= 0) {
     const c = document.createElement("canvas"), s = Math.max(1, Math.round(96 / D.tw));
     c.width = D.tw * s; c.height = D.th * s;

@@ -241,6 +241,21 @@ def test_the_3d_page_of_a_2d_code_has_two_axes_and_says_so(tmp_path):
     assert "face-on" in page and "(none)" not in page and "missing axes" not in page
 
 
+def test_the_3d_page_of_a_1d_code_puts_each_class_on_a_row_of_its_own(tmp_path):
+    # on one line the points of every class hid each other
+    pts, labels, axes = _codes(1, 30)
+    out = tmp_path / "page.html"
+    pages.scatter3d(str(out), pts, labels, ["a", "b", "c"], np.arange(4), np.zeros((4, 8, 8, 3), np.uint8),
+                    "t", axes)
+    page = out.read_text()
+    data = json.loads(re.search(r"const D = (\{.*?\});\n", page).group(1))
+    assert data["axes"] == ["latent 1", "class (a row each)"] and data["code_axes"] == 1
+    p = np.array(data["p"])
+    np.testing.assert_allclose(p[:, 0], np.round(pts[:, 0], 4))
+    assert np.all(np.abs(-p[:, 1] - np.asarray(labels)) <= 0.3)  # class k's row around -k: the first on top
+    assert "one row per class" in page
+
+
 @pytest.mark.parametrize("dim, shown, not_shown", [
     (2, "2-D plane", "three 2-D projections"), (1, "one row per class", "three 2-D projections"),
     (3, "three 2-D projections", "no 3-D view"), (8, "projected to 3-D with PCA", "no 3-D view")])
