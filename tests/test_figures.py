@@ -230,13 +230,17 @@ def test_grid_titles_and_column_labels_fit_a_16px_grid():
         assert all(b[0] - a[1] >= figures.LABEL_GAP for a, b in zip(spans, spans[1:]))  # they used to touch
 
 
-def test_the_3d_page_of_a_2d_code_has_two_axes_and_says_so(tmp_path):
-    pts, labels, axes = _codes(2, 20)
+def _scatter_page(tmp_path, pts, labels, axes) -> tuple[str, dict]:
+    """pages.scatter3d of these codes: the page and the data it embeds."""
     out = tmp_path / "page.html"
     pages.scatter3d(str(out), pts, labels, ["a", "b", "c"], np.arange(4), np.zeros((4, 8, 8, 3), np.uint8),
                     "t", axes)
     page = out.read_text()
-    data = json.loads(re.search(r"const D = (\{.*?\});\n", page).group(1))
+    return page, json.loads(re.search(r"const D = (\{.*?\});\n", page).group(1))
+
+
+def test_the_3d_page_of_a_2d_code_has_two_axes_and_says_so(tmp_path):
+    page, data = _scatter_page(tmp_path, *_codes(2, 20))
     assert data["axes"] == ["latent 1", "latent 2"] and {len(p) for p in data["p"]} == {2}
     assert "face-on" in page and "(none)" not in page and "missing axes" not in page
 
@@ -244,11 +248,7 @@ def test_the_3d_page_of_a_2d_code_has_two_axes_and_says_so(tmp_path):
 def test_the_3d_page_of_a_1d_code_puts_each_class_on_a_row_of_its_own(tmp_path):
     # on one line the points of every class hid each other
     pts, labels, axes = _codes(1, 30)
-    out = tmp_path / "page.html"
-    pages.scatter3d(str(out), pts, labels, ["a", "b", "c"], np.arange(4), np.zeros((4, 8, 8, 3), np.uint8),
-                    "t", axes)
-    page = out.read_text()
-    data = json.loads(re.search(r"const D = (\{.*?\});\n", page).group(1))
+    page, data = _scatter_page(tmp_path, pts, labels, axes)
     assert data["axes"] == ["latent 1", "class (a row each)"] and data["code_axes"] == 1
     p = np.array(data["p"])
     np.testing.assert_allclose(p[:, 0], np.round(pts[:, 0], 4))
