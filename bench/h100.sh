@@ -130,7 +130,8 @@ if [[ $PART == variants ]]; then
     cp "$RUNS/$name/metrics.jsonl" "$OUT/metrics-$name.jsonl" 2>/dev/null
   }
   # has_checkpoint NAME: whether the run saved one (train.py saves on the SIGTERM of `timeout`)
-  has_checkpoint() { compgen -G "$RUNS/$1/checkpoints/[0-9]*" > /dev/null; }
+  has_checkpoint() {  # a step folder, not an unfinished save (N.orbax-checkpoint-tmp-*)
+    local d; for d in "$RUNS/$1"/checkpoints/*; do [[ ${d##*/} =~ ^[0-9]+$ ]] && return 0; done; return 1; }
   # evaluate NAME LIMIT: evaluate.py on a finished run, or on the last checkpoint of one the limit cut (exit 124)
   evaluate() {
     local name=$1 rc wall t0; read -r rc wall < "$RUNS/rc-$name"

@@ -30,37 +30,54 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.abspath(os.path.join(workdir, "checkpoints"))
 
 
+_HELD: set[str] = set()  # the workdirs (real paths) whose lock this process holds
+
+
 class WorkdirLock:
-    """One training at a time in a workdir: WORKDIR/.lock, held (flock) from the first write to the end of the
-    run. A second `train.py` in the same workdir (a requeued job started while the old one still ends, a double
-    submit) mixed silently with the first: its config.json over the first's, its saves skipped, the first's
-    metrics.jsonl rows dropped, and both exit 0. Process 0 alone takes it (the others write nothing). On a file
-    system without locks, training goes on unlocked."""
+    """One training at a time in a workdir: WORKDIR/.lock, held (flock) from before the first write to the end of
+    the run. A second `train.py` in the same workdir (a requeued job started while the old one still ends, a
+    double submit) mixed silently with the first: its config.json over the first's, its saves skipped, the
+    first's metrics.jsonl rows dropped, and both exit 0. Process 0 takes it and tells the others whether it got
+    it (each raises the same error). On a file system without locks, training goes on unlocked."""
 
     def __init__(self):
         self.fh = None
+        self.path = ""
 
     def acquire(self, workdir: str) -> None:
-        if jax.process_index() != 0:
+        """Take the lock (again: nothing), or raise UsageError naming the process that holds it. Every process
+        of a multi-process run must call it at the same point."""
+        if self.fh is not None:
             return
-        os.makedirs(workdir, exist_ok=True)
-        fh = open(lock_path(workdir), "a+")
+        got, holder = self._try(workdir) if jax.process_index() == 0 else (True, "")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            got = bool(multihost_utils.broadcast_one_to_all(np.int32(got)))
+        if not got:
+            raise UsageError(f"{workdir} is being trained by another process ({holder or 'see process 0'}): two "
+                             f"trainings in one workdir would mix their checkpoints and metrics; wait for it to end "
+                             f"(or stop it), or pass another --workdir")
+
+    def _try(self, workdir: str) -> tuple[bool, str]:
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            fh = open(lock_path(workdir), "a+")
+        except OSError:  # not writable: check_workdir says so in one line
+            return True, ""
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             fh.seek(0)
             holder = fh.read().strip()
             fh.close()
-            if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise UsageError(f"{workdir} is being trained by another process ({holder or 'unknown'}): two "
-                                 f"trainings in one workdir would mix their checkpoints and metrics; wait for it "
-                                 f"to end (or stop it), or pass another --workdir") from None
-            return  # ENOLCK and the like: no locks here
+            return e.errno not in (errno.EWOULDBLOCK, errno.EACCES), holder  # else ENOLCK and the like: no locks
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         fh.flush()
-        self.fh = fh
+        self.fh, self.path = fh, os.path.realpath(workdir)
+        _HELD.add(self.path)
+        return True, ""
 
     def __enter__(self):
         return self
@@ -69,6 +86,7 @@ class WorkdirLock:
         if self.fh is not None:
             self.fh.close()  # releases the lock
             self.fh = None
+            _HELD.discard(self.path)
 
 
 def lock_path(workdir: str) -> str:
@@ -76,7 +94,11 @@ def lock_path(workdir: str) -> str:
 
 
 def training_now(workdir: str) -> bool:
-    """Whether a train.py holds `workdir`'s lock now (WorkdirLock)."""
+    """Whether another process's train.py holds `workdir`'s lock now (WorkdirLock). Not this process's own (a
+    resume reading its checkpoints): a second open and flock of the file would also, on NFS, where flock is
+    emulated with fcntl locks, turn the held lock shared and then drop it."""
+    if os.path.realpath(workdir) in _HELD:
+        return False
     try:
         with open(lock_path(workdir)) as fh:
             fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -121,17 +143,21 @@ def check_workdir(workdir: str) -> None:
         # checkpoints/ was 354 lines of orbax tracebacks (the probe of the workdir alone passed)
         for folder in [workdir] + [os.path.join(workdir, n) for n in ("checkpoints", "tensorboard")]:
             if folder == workdir or os.path.isdir(folder):
-                probe = os.path.join(folder, f".write-test-{os.getpid()}")
-                with open(probe, "w") as fh:
-                    fh.write("ok")
-                os.remove(probe)
+                # host, pid and a random part: processes of hosts that share the folder may have one pid
+                probe = os.path.join(folder, f".write-test-{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}")
+                try:
+                    with open(probe, "w") as fh:
+                        fh.write("ok")
+                finally:  # a full disk fails at close: remove the probe all the same
+                    if os.path.exists(probe):
+                        os.remove(probe)
         metrics = os.path.join(workdir, "metrics.jsonl")
         if os.path.isfile(metrics):
             open(metrics, "a").close()  # appends nothing
     except OSError as e:  # root ignores permission bits, so this catches files-in-the-way and full disks too
         fix = ("free some space or pick another --workdir" if disk_full(e)
                else "pick a folder you can write to with --workdir")
-        raise UsageError(f"--workdir {workdir} is not writable ({e.strerror}: {e.filename}): {fix}") from None
+        raise UsageError(f"--workdir {workdir} is not writable ({_os_error(e)}): {fix}") from None
     if made:
         try:
             os.rmdir(workdir)  # "run/" and "run" alike
@@ -493,21 +519,38 @@ def move_aside(workdir: str) -> str:
     """--fresh: move everything an earlier run left (run_files) to a dated folder instead of deleting it. A move
     that fails (a read-only folder) is undone, and is one UsageError (a PermissionError traceback, with an empty
     previous-* folder left behind)."""
-    dest = os.path.join(workdir, "previous-" + time.strftime("%Y%m%d-%H%M%S"))
-    moved = []
+    base = dest = os.path.join(workdir, "previous-" + time.strftime("%Y%m%d-%H%M%S"))
+    n = 1
+    while os.path.exists(dest):  # a second --fresh within the same second
+        dest, n = f"{base}-{n}", n + 1
+    moved, made = [], False
     try:
         os.makedirs(dest)
+        made = True
         for name in run_files(workdir):
             os.replace(os.path.join(workdir, name), os.path.join(dest, name))
             moved.append(name)
     except OSError as e:
-        for name in moved:
-            os.replace(os.path.join(dest, name), os.path.join(workdir, name))
-        if os.path.isdir(dest):
-            os.rmdir(dest)
-        raise UsageError(f"could not move the earlier run's files aside in {workdir} ({e.strerror}: {e.filename}); "
-                         f"nothing was moved. Make it writable, or pick another --workdir") from None
+        stuck = []
+        for name in moved:  # undo, as far as it goes
+            try:
+                os.replace(os.path.join(dest, name), os.path.join(workdir, name))
+            except OSError:
+                stuck.append(name)
+        if made and not stuck:
+            try:
+                os.rmdir(dest)
+            except OSError:
+                pass
+        where = (f"{', '.join(stuck)} stayed in {dest}, the rest is back in place" if stuck else
+                 "nothing was moved")
+        raise UsageError(f"could not move the earlier run's files aside in {workdir} ({_os_error(e)}); {where}. "
+                         f"Make it writable, or pick another --workdir") from None
     return dest
+
+
+def _os_error(e: OSError) -> str:
+    return f"{e.strerror}: {e.filename}" if e.filename else str(e.strerror or e)
 
 
 def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:

@@ -231,7 +231,7 @@ def coordinate_labels(values: np.ndarray) -> list[str]:
     """Evenly spaced coordinates as labels with as many decimals as their spacing needs (2 at least), so a
     sweep over a narrow range does not read "0.00, 0.00, 0.01, ...", and no "-0.00"."""
     step = np.abs(np.diff(values)).max() if len(values) > 1 else 0.0
-    decimals = 2 if step == 0 else int(np.clip(np.ceil(-np.log10(step)) + 1, 2, 8))
+    decimals = 2 if step == 0 or not np.isfinite(step) else int(np.clip(np.ceil(-np.log10(step)) + 1, 2, 8))
     return [f"{round(float(v), decimals) + 0.0:.{decimals}f}" for v in values]
 
 

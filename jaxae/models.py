@@ -325,10 +325,11 @@ class Autoencoder(_Arch):
 
 
 def model_from_config(cfg, image_shape: Sequence[int]) -> Autoencoder:
-    """The Autoencoder a Config describes, for images of `image_shape` (H, W, C). The Config is validated here
-    too: from Python, latent_dim=0 was a ZeroDivisionError deep in flax's initialisers."""
-    from jaxae.config import UsageError
-    cfg.validate()
+    """The Autoencoder a Config describes, for images of `image_shape` (H, W, C). Its model fields are validated
+    here too (from Python, latent_dim=0 was a ZeroDivisionError deep in flax's initialisers); not the training
+    ones, so that a model is built for any run's config."""
+    from jaxae.config import Config, UsageError
+    Config(**{f: getattr(cfg, f) for f in Config.MODEL_FIELDS + ("dtype",)}).validate()
     if len(image_shape) != 3:
         raise UsageError(f"image_shape {tuple(image_shape)} is not (height, width, channels): grayscale images "
                          f"need a channel axis of 1 (images[..., None])")

@@ -145,7 +145,9 @@ def progress_bar(progress: bool, epoch: int, epochs: int, initial: int, total: i
     if not progress or jax.process_index() != 0:
         return None
     desc = f"epoch {epoch + 1}/{epochs}"
-    if not sys.stderr.isatty():
+    if os.environ.get("TQDM_DISABLE", "") not in ("", "0"):  # tqdm's own switch turns the lines off too
+        return None
+    if not sys.stderr.isatty() and "ipykernel" not in sys.modules:  # a notebook draws tqdm's bar in place
         return ProgressLines(desc, initial, total)
     try:
         from tqdm import tqdm
@@ -216,8 +218,10 @@ def truncate_metrics(path: str, step: int) -> None:
         return
     keep = [line for line, record in metric_records(path) if record.get("step", 0) <= step]
     with open(path) as fh:
-        written = sum(1 for line in fh if line.strip())  # a cut line among them
-    if len(keep) != written:
+        text = fh.read()
+    written = sum(1 for line in text.splitlines() if line.strip())  # a cut line among them
+    # a last record without its newline: the next append would join it and the new record into one bad line
+    if len(keep) != written or (text and not text.endswith("\n")):
         with open(path + ".tmp", "w") as fh:
             fh.writelines(keep)
         os.replace(path + ".tmp", path)

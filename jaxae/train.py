@@ -306,6 +306,8 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
 def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, progress: bool,
                         lock: checkpoints.WorkdirLock) -> dict[str, Any]:
     started = time.perf_counter()
+    if os.path.isdir(cfg.workdir) and jax.process_count() == 1:
+        lock.acquire(cfg.workdir)  # first: another run there refuses this one before its notes, decode and init
     cfg = cfg.replace(data=local_path(cfg.data))  # saved absolute: evaluate.py and a resume work from any folder
     cfg, resuming = checkpoints.resolve_workdir(cfg.validate(), set(explicit))
     if "corruption" in explicit and cfg.noise == 0:
@@ -329,7 +331,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
 
     # the model's own checks, too; a resumed run restores every leaf, so it needs only the structure
     state = (train_state_to_restore if resuming else create_train_state)(cfg, ds.image_shape, cfg.epochs * spe, spe)
-    lock.acquire(cfg.workdir)  # before the first write
+    lock.acquire(cfg.workdir)  # before the first write (a new workdir; every process of a multi-process run)
     if earlier_run:
         checkpoints.start_over(cfg)
     mngr = checkpoints.manager(cfg.workdir, cfg.keep)

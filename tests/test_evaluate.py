@@ -371,6 +371,7 @@ def test_coordinate_labels_have_the_decimals_their_spacing_needs():
         "-0.0020", "0.0000", "0.0020", "0.0040", "0.0060"]  # "-0.00, 0.00, 0.00, 0.00, 0.01" before
     assert evaluate.coordinate_labels(np.array([-0.0001, 0.0001])) == ["-0.00010", "0.00010"]
     assert evaluate.coordinate_labels(np.array([3.0])) == ["3.00"]
+    assert evaluate.coordinate_labels(np.array([np.nan, np.nan])) == ["nan", "nan"]  # a diverged model's codes
 
 
 def test_one_test_image_evaluates_without_a_decoder_map(run, tmp_path):

@@ -55,6 +55,17 @@ def test_a_record_cut_short_is_skipped_with_a_warning_and_dropped_on_resume(tmp_
         assert [json.loads(line)["step"] for line in fh] == [4, 8]
 
 
+def test_a_last_record_without_its_newline_is_not_joined_to_the_next(tmp_path):
+    # the next append ran the two records into one bad line, which the next resume dropped: rows were lost
+    path = str(tmp_path / "metrics.jsonl")
+    with open(path, "w") as fh:
+        fh.write('{"epoch": 1, "step": 4}\n{"epoch": 2, "step": 8}')
+    monitor.truncate_metrics(path, 8)
+    with open(path, "a") as fh:
+        fh.write('{"epoch": 3, "step": 12}\n')
+    assert [r["step"] for _, r in monitor.metric_records(path)] == [4, 8, 12]
+
+
 def test_the_first_non_finite_loss_stops_the_run_with_its_step(tmp_path):
     with checkpoints.manager(str(tmp_path)) as mngr:
         pending = [(10, jnp.array([0.5, 0.25])), (12, jnp.array([0.125, 0.0625]))]
@@ -107,6 +118,9 @@ def test_the_time_line_says_what_was_measured_and_nothing_else():
 
 def test_a_log_file_gets_progress_lines_not_carriage_return_frames(monkeypatch, capsys):
     # tqdm's bar in a batch job's log: 306 '\r' frames in 8 s, each epoch line at the end of a 30 KB line
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # tqdm's own switch (bench/h100.sh sets it) turns the lines off too
+    assert monitor.progress_bar(True, 2, 30, 0, 390) is None
+    monkeypatch.delenv("TQDM_DISABLE")
     clock = [100.0]
     monkeypatch.setattr(monitor.time, "monotonic", lambda: clock[0])
     bar = monitor.progress_bar(True, 2, 30, 0, 390)  # capsys's stderr is not a terminal

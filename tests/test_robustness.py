@@ -140,13 +140,16 @@ def test_an_unwritable_checkpoints_folder_is_found_before_training(tmp_path, mon
     # a read-only checkpoints/ was 354 lines of orbax tracebacks: the probe tested the workdir alone. (Root
     # ignores permission bits, so the probe's file name is taken by a folder here.)
     workdir = tmp_path / "run"
-    os.makedirs(workdir / "checkpoints" / f".write-test-{os.getpid()}")
+    monkeypatch.setattr(checkpoints.os, "urandom", lambda n: b"\0" * n)
+    monkeypatch.setattr(checkpoints.socket, "gethostname", lambda: "host")
+    blocker = workdir / "checkpoints" / f".write-test-host-{os.getpid()}-00000000"
+    os.makedirs(blocker)
     with pytest.raises(UsageError, match=f"--workdir {workdir} is not writable \\(Is a directory: "
-                                         f".*checkpoints/.write-test-"):
+                                         f".*checkpoints/.write-test-host-"):
         checkpoints.check_workdir(str(workdir))
-    os.rmdir(workdir / "checkpoints" / f".write-test-{os.getpid()}")
+    os.rmdir(blocker)
     checkpoints.check_workdir(str(workdir))  # and nothing is left behind by the probes
-    assert os.listdir(workdir / "checkpoints") == []
+    assert os.listdir(workdir / "checkpoints") == [] and os.listdir(workdir) == ["checkpoints"]
 
 
 def test_moving_an_earlier_run_aside_that_fails_is_undone(tmp_path, monkeypatch):
@@ -161,11 +164,16 @@ def test_moving_an_earlier_run_aside_that_fails_is_undone(tmp_path, monkeypatch)
             raise PermissionError(13, "Permission denied", str(src))
         return real_replace(src, dst)
     monkeypatch.setattr(checkpoints.os, "replace", replace)
+    monkeypatch.setattr(checkpoints.time, "strftime", lambda fmt: "20261127-120000")
+    os.makedirs(workdir / "previous-20261127-120000" / "kept")  # an earlier --fresh in the same second
     with pytest.raises(UsageError, match="could not move the earlier run's files aside in .* \\(Permission denied: "
                                          ".*metrics.jsonl\\); nothing was moved"):
         checkpoints.move_aside(str(workdir))
-    assert sorted(os.listdir(workdir)) == ["checkpoints", "metrics.jsonl"]
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "metrics.jsonl", "previous-20261127-120000"]
     assert os.listdir(workdir / "checkpoints") == ["4"]
+    assert os.listdir(workdir / "previous-20261127-120000") == ["kept"]  # not removed by the undo
+    monkeypatch.setattr(checkpoints.os, "replace", real_replace)
+    assert checkpoints.move_aside(str(workdir)).endswith("previous-20261127-120000-1")
 
 
 def test_an_epoch_split_by_max_steps_says_which_of_its_steps_each_row_averages(tmp_path, capsys):
@@ -345,19 +353,40 @@ def test_the_log_records_of_a_write_to_a_full_disk_are_dropped():
         "absl", logging.ERROR, __file__, 1, "some other error", None, None))
 
 
-def test_a_second_training_in_a_workdir_in_use_is_refused(tmp_path):
+def test_a_second_training_in_a_workdir_in_use_is_refused(tmp_path, capsys):
     # two train.py in one workdir mixed silently: the second's config.json, the first's checkpoints, both exit 0
     cfg = tiny_config(tmp_path, max_steps=1)
-    with checkpoints.WorkdirLock() as other:
-        other.acquire(cfg.workdir)  # a train.py running there (a lock is per open file, so this process will do)
-        with pytest.raises(UsageError, match=f"is being trained by another process \\(pid {os.getpid()} on .*\\): "
-                                             "two trainings in one workdir would mix"):
-            train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+    train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+    before = tree_hash(cfg.workdir)
+    holder = subprocess.Popen(  # a train.py running there: another process holding the lock
+        [sys.executable, "-c", "import fcntl, sys; fh = open(sys.argv[1], 'a+'); fcntl.flock(fh, fcntl.LOCK_EX); "
+         "fh.truncate(0); fh.write('pid 1234 on elsewhere'); fh.flush(); print('held', flush=True); sys.stdin.read()",
+         os.path.join(cfg.workdir, ".lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
         assert checkpoints.training_now(cfg.workdir)
-        assert os.listdir(cfg.workdir) == [".lock"]  # nothing written
+        capsys.readouterr()
+        for again in (cfg.replace(max_steps=2), cfg.replace(fresh=True)):
+            with pytest.raises(UsageError, match="is being trained by another process \\(pid 1234 on elsewhere\\): "
+                                                 "two trainings in one workdir would mix"):
+                train_and_evaluate(again, {"fresh"} if again.fresh else set(), ds=tiny_dataset(), progress=False)
+            assert capsys.readouterr().out == ""  # refused first: no "starts over", "resuming" or "--fresh" note
+        assert tree_hash(cfg.workdir) == before
+    finally:
+        holder.communicate("")
     assert not checkpoints.training_now(cfg.workdir)
-    assert train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)["step"] == 1
+    assert train_and_evaluate(cfg.replace(max_steps=2), ds=tiny_dataset(), progress=False)["step"] == 2
     assert not checkpoints.training_now(cfg.workdir)  # released at the end of the run
+
+
+def test_a_resume_notes_a_save_an_interrupted_run_left_unfinished(tmp_path, capsys):
+    # the trainer's own lock made it take its workdir for one in use, and the note went missing
+    cfg = tiny_config(tmp_path, max_steps=1)
+    train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+    os.makedirs(os.path.join(checkpoints.checkpoint_dir(cfg.workdir), "2.orbax-checkpoint-tmp-1234"))
+    capsys.readouterr()
+    train_and_evaluate(cfg.replace(max_steps=2), ds=tiny_dataset(), progress=False)
+    assert ("note: ignoring 1 unfinished checkpoint save(s) in " in capsys.readouterr().err)
 
 
 def test_a_step_the_running_training_removes_while_it_is_read_is_read_again(three_epochs, tmp_path, capsys,

@@ -290,6 +290,8 @@ def test_the_python_api_refuses_what_the_flags_would_in_one_clear_line(tmp_path)
         train.create_train_state(cfg.replace(latent_dim=0), (16, 16, 3), 8, 8)
     with pytest.raises(UsageError, match="image_shape \\(16, 16\\) is not \\(height, width, channels\\)"):
         train.create_train_state(cfg, (16, 16), 8, 8)
+    # only the model's fields: a model is built for any run's config (evaluate.py of an older run)
+    train.create_train_state(cfg.replace(learning_rate=0.0, keep=0), (16, 16, 3), 8, 8)
     state = train.create_train_state(cfg, (16, 16, 1), 8, 8)
     with pytest.raises(ValueError, match="grayscale images need a channel axis"):
         train.eval_step(state, jnp.zeros((4, 16, 16), jnp.uint8))
