@@ -7,8 +7,13 @@ Each grid entry overrides the base config; each run leaves a normal workdir unde
 --jobs N runs the grid in N worker processes side by side on the same accelerator (entry i goes to worker
 i mod N; each worker takes 1/N of the GPU memory). Compiles and per-epoch evaluations are host-bound; workers
 overlap them with each other's training.
+An entry may name a "preset" (its values come first, as with train.py --preset; then --base, then the entry).
+Every entry is checked before anything is loaded or trained: a typo is one error line, exit 2.
 A run that diverges or collapses (TrainingStopped) writes a row with the reason under "stopped", and the grid
-goes on; a run cut off by a signal (`timeout`) writes none, and its worker stops.
+goes on; a run cut off by a signal (`timeout`, Ctrl-C) writes none, and the sweep stops after it (exit 128 +
+the signal). A signal between two runs stops the sweep after the row of the run that finished.
+Each row holds the run's resolved config, the data, the workdir, jax's version and the device, and its test MSE
+next to PCA's with as many components as the code has dimensions, fit on the same data's training split.
 """
 
 from __future__ import annotations
@@ -22,9 +27,6 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-PCA3_MSE = 0.0323  # ../shared/data/README.md, the same JPEG copy of CIFAR-10
-
 
 def knn10(cfg, state, ds) -> float:
     """10-NN class accuracy of the test codes against the training codes (jaxae.evaluate's functions)."""
@@ -42,6 +44,55 @@ def knn10(cfg, state, ds) -> float:
         codes.append(encode_split(codec, jax.device_put(padded, jax.local_devices()[0]))[:len(x)])
     nn = np.asarray(nearest_neighbours(codes[0], codes[1], k=10))
     return knn_accuracy(nn, ds.train_labels, ds.test_labels, len(ds.class_names))
+
+
+def pca_mse(ds, k: int) -> float:
+    """Test MSE of PCA with k components fit on ds's training images: what evaluate.py reports as PCA-k (0.0323
+    for k = 3 on the shared CIFAR-10 copy; a constant of that was printed for every dataset)."""
+    import jax
+    from jaxae.evaluate import batch_size_for, pca_codec, reconstruction_metrics
+    from jaxae.metrics import fit_pca, pad_to_multiple
+    n = len(ds.train_images)
+    pca = pca_codec(fit_pca(ds.train_images.reshape(n, -1), max(1, min(k, n - 1)), 1 / 255), ds.image_shape)
+    test_x, mask = pad_to_multiple(ds.test_images, batch_size_for(len(ds.test_images)))
+    return reconstruction_metrics(pca, jax.device_put(test_x, jax.local_devices()[0]), mask)["mse"]
+
+
+def configs(args) -> list:
+    """(name, overrides, Config) of every grid entry, all checked: preset < --base < entry."""
+    from jaxae.config import PRESETS, Config, UsageError
+    try:
+        base, grid = json.loads(args.base), json.loads(args.grid)
+    except ValueError as e:
+        raise UsageError(f"--base and --grid must be JSON ({e})") from None
+    if not isinstance(base, dict) or not isinstance(grid, list) or not grid or \
+            not all(isinstance(over, dict) for over in grid):
+        raise UsageError("--base must be a JSON object and --grid a non-empty JSON list of objects, e.g. "
+                         "--base '{\"epochs\": 20}' --grid '[{}, {\"width\": 32}]'")
+    known = set(Config.__dataclass_fields__) - {"data", "workdir", "fresh"}
+    out = []
+    for i, over in enumerate(grid):
+        given = {**base, **over}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise UsageError(f"grid entry {i} ({json.dumps(over)}): unknown setting(s) {', '.join(unknown)}; the "
+                             f"settings are Config's fields, train.py's flags with _ for -")
+        preset = given.get("preset", "default")
+        if preset not in PRESETS:
+            raise UsageError(f"grid entry {i}: preset must be one of {', '.join(PRESETS)} (got {preset!r})")
+        name = "-".join(f"{k}{v}" for k, v in over.items()) or "base"
+        try:
+            cfg = Config(**{**PRESETS[preset], **given, "data": args.data, "workdir": os.path.join(args.root, name),
+                            "fresh": True}).validate()
+        except UsageError as e:
+            raise UsageError(f"grid entry {i} ({json.dumps(over)}): {e}") from None
+        except TypeError as e:  # a string where a number goes
+            raise UsageError(f"grid entry {i} ({json.dumps(over)}): a value of the wrong type ({e})") from None
+        out.append((name, over, cfg))
+    names = [name for name, _, _ in out]
+    if len(set(names)) < len(names):
+        raise UsageError("two grid entries have the same settings (and so the same workdir)")
+    return out
 
 
 def run_workers(args) -> int:
@@ -69,7 +120,10 @@ def run_workers(args) -> int:
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return max(proc.wait() for proc in procs)
+        codes = [proc.wait() for proc in procs]
+        # any worker that did not finish its part counts (max() let one killed by a signal, -15, lose to a 0)
+        bad = [c if c > 0 else 128 - c for c in codes if c != 0]
+        return bad[0] if bad else 0
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -86,41 +140,57 @@ def main(argv=None) -> int:
     p.add_argument("--cache-dir", default="", help="as train.py --cache-dir (default ~/.cache/jaxae)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes sharing the accelerator (default: 1)")
     args = p.parse_args(argv)
+    from jaxae.config import UsageError
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1 (got {args.jobs})")
+    runs = configs(args)  # every entry checked before the data is loaded or anything trained
     if args.jobs > 1:
         return run_workers(args)
 
+    import dataclasses
     import jax
     from jaxae.cli import use_compilation_cache
-    from jaxae.config import Config, TrainingStopped
+    from jaxae.config import TrainingStopped
     from jaxae.data import load
+    from jaxae.monitor import Stop
     from jaxae.train import train_and_evaluate
 
-    base, grid = json.loads(args.base), json.loads(args.grid)
+    base = json.loads(args.base)
     use_compilation_cache(args.cache_dir)  # as train.py; the workers share it
     ds = load(args.data, cache_dir=args.cache_dir)
-    print(f"{jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}", flush=True)
-    for i, over in enumerate(grid):
-        name = "-".join(f"{k}{v}" for k, v in over.items()) or "base"
-        cfg = Config(**{**base, **over, "data": args.data, "workdir": os.path.join(args.root, name),
-                        "fresh": True}).validate()
-        t0 = time.perf_counter()
-        try:
-            res = train_and_evaluate(cfg, ds=ds, progress=False)
-        except TrainingStopped as e:  # diverged or collapsed: a finding of the study, and the grid goes on
-            _write_row(args.out, {"name": name, **over, "stopped": str(e), "wall_s": time.perf_counter() - t0,
-                                  "base": base})
-            print(f"FAILED {name}: {e}", flush=True)
-            continue
-        wall = time.perf_counter() - t0
-        if res["step"] < res["total"]:  # stopped (SIGTERM, `timeout`) before its last step
-            print(f"STOPPED {name} at step {res['step']} of {res['total']}: no row written", flush=True)
-            return res["exit"] or 130
-        knn = knn10(cfg, res["state"], ds)
-        row = {"name": name, **over, "test_mse": res["test_mse"], "x_pca3": res["test_mse"] / PCA3_MSE,
-               "knn10": knn, "train_loss": res["train_loss"], "steps": res["step"], "wall_s": wall, "base": base}
-        _write_row(args.out, row)  # before the print: a closed stdout must not cost the row
-        print(f"RESULT {name:40s} mse {row['test_mse']:.5f} ({row['x_pca3']:.3f} x PCA-3)  10-NN {knn:.1%}  "
-              f"{wall:6.1f} s", flush=True)
+    device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
+    print(f"{device}, jax {jax.__version__}", flush=True)
+    pca = {}  # test MSE of PCA-k, by k
+    with Stop() as stop:  # a signal between runs (train_and_evaluate has its own during one)
+        for name, over, cfg in runs:
+            t0 = time.perf_counter()
+            common = {"name": name, **over, "base": base, "data": args.data, "workdir": cfg.workdir,
+                      "config": dataclasses.asdict(cfg), "jax": jax.__version__, "device": device}
+            try:
+                res = train_and_evaluate(cfg, ds=ds, progress=False)
+            except TrainingStopped as e:  # diverged or collapsed: a finding of the study, and the grid goes on
+                _write_row(args.out, {**common, "stopped": str(e), "wall_s": time.perf_counter() - t0})
+                print(f"FAILED {name}: {e}", flush=True)
+            else:
+                wall = time.perf_counter() - t0
+                if res["step"] < res["total"]:  # stopped (SIGTERM, `timeout`, Ctrl-C) before its last step
+                    print(f"STOPPED {name} at step {res['step']} of {res['total']}: no row written; the rest of "
+                          f"the grid does not run", flush=True)
+                    return res["exit"] or 130
+                if cfg.latent_dim not in pca:
+                    pca[cfg.latent_dim] = pca_mse(ds, cfg.latent_dim)
+                knn = knn10(cfg, res["state"], ds)
+                row = {**common, "test_mse": res["test_mse"], "pca_mse": pca[cfg.latent_dim],
+                       "x_pca": res["test_mse"] / pca[cfg.latent_dim], "knn10": knn, "train_loss": res["train_loss"],
+                       "steps": res["step"], "wall_s": wall}
+                _write_row(args.out, row)  # before the print: a closed stdout must not cost the row
+                print(f"RESULT {name:40s} mse {row['test_mse']:.5f} ({row['x_pca']:.3f} x PCA-{cfg.latent_dim})  "
+                      f"10-NN {knn:.1%}  {wall:6.1f} s", flush=True)
+            if stop.signum is not None:
+                left = len(runs) - 1 - [n for n, _, _ in runs].index(name)
+                print(f"STOPPED by {signal.Signals(stop.signum).name} after {name}: {left} run(s) of the grid did "
+                      f"not run", flush=True)
+                return 128 + stop.signum
     return 0
 
 
@@ -131,4 +201,5 @@ def _write_row(path: str, row: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from jaxae.cli import run_main
+    run_main(main)

@@ -2,13 +2,15 @@
 diverged or collapsed run writes one with the reason, and the grid goes on."""
 
 import json
+import os
+import signal
 
 import pytest
 
 from conftest import load_bench, tiny_dataset
 import jaxae.data
 import jaxae.train
-from jaxae.config import TrainingStopped
+from jaxae.config import TrainingStopped, UsageError
 
 
 @pytest.fixture
@@ -17,6 +19,7 @@ def sweep(monkeypatch):
     ds = tiny_dataset(n_train=32, n_test=16)
     monkeypatch.setattr(jaxae.data, "load", lambda *a, **k: ds)
     monkeypatch.setattr(mod, "knn10", lambda cfg, state, ds: 0.5)
+    monkeypatch.setattr(mod, "pca_mse", lambda ds, k: 0.04)
     return mod
 
 
@@ -67,3 +70,55 @@ def test_a_collapsed_run_is_a_row_with_the_reason_and_the_grid_goes_on(sweep, mo
     assert second["name"] == "learning_rate0.001" and second["test_mse"] == 0.03 and "stopped" not in second
     text = capsys.readouterr().out
     assert "FAILED learning_rate0.1: epoch 4" in text and text.count("RESULT") == 1
+
+
+def test_a_preset_applies_its_values_and_each_row_holds_what_reproduces_it(sweep, monkeypatch, tmp_path, capsys):
+    # {"preset": "tiny"} trained the width-64 default model, and config.json said "tiny"
+    seen = []
+    finish = _fake_training()
+    monkeypatch.setattr(jaxae.train, "train_and_evaluate", lambda cfg, ds=None, progress=True:
+                        seen.append(cfg) or finish(cfg, ds, progress))
+    out = tmp_path / "sweep.jsonl"
+    assert sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--out", str(out),
+                       "--base", '{"preset": "tiny"}', "--grid", '[{}, {"width": 4, "latent_dim": 2}]']) == 0
+    assert [(c.width, c.hidden, c.latent_dim) for c in seen] == [(8, 16, 3), (4, 16, 2)]
+    row = json.loads(out.read_text().splitlines()[1])
+    assert row["config"]["width"] == 4 and row["config"]["preset"] == "tiny" and row["data"] == "unused"
+    assert row["workdir"].endswith(os.path.join("runs", "width4-latent_dim2")) and row["jax"]
+    assert row["pca_mse"] == 0.04 and row["x_pca"] == pytest.approx(0.03 / 0.04)  # not CIFAR's 0.0323
+    assert "(0.750 x PCA-2)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("base,grid,message", [
+    ("{}", "[{}, {\"widht\": 4}]", "grid entry 1 .*unknown setting\\(s\\) widht"),
+    ("{}", "{\"width\": 4}", "--grid a non-empty JSON list of objects"),
+    ("{}", "[]", "--grid a non-empty JSON list of objects"),
+    ("{}", "[{\"width\": \"abc\"}]", "grid entry 0 .*a value of the wrong type"),
+    ("{}", "[{\"optimizer\": \"sgdx\"}]", "grid entry 0 .*--optimizer must be one of"),
+    ("{\"epochs\": 2", "[{}]", "--base and --grid must be JSON"),
+    ("{}", "[{\"preset\": \"fast\"}]", "preset must be one of"),
+])
+def test_every_entry_is_checked_before_anything_trains(sweep, monkeypatch, tmp_path, base, grid, message):
+    # a typo in entry 2 was a traceback after entry 1 had trained
+    monkeypatch.setattr(jaxae.train, "train_and_evaluate", lambda *a, **k: pytest.fail("a run started"))
+    monkeypatch.setattr(jaxae.data, "load", lambda *a, **k: pytest.fail("the data was loaded"))
+    with pytest.raises(UsageError, match=message):
+        sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "o.jsonl"),
+                    "--base", base, "--grid", grid])
+
+
+def test_a_signal_between_runs_stops_the_sweep_after_the_finished_runs_row(sweep, monkeypatch, tmp_path, capsys):
+    # it was swallowed, or killed the sweep before the finished run's row
+    finish = _fake_training()
+
+    def train_and_evaluate(cfg, ds=None, progress=True):
+        res = finish(cfg, ds, progress)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives after the run's own handler is gone
+        return res
+    monkeypatch.setattr(jaxae.train, "train_and_evaluate", train_and_evaluate)
+    out = tmp_path / "sweep.jsonl"
+    got = sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--out", str(out),
+                      "--base", json.dumps({"epochs": 2, "batch_size": 8}), "--grid", '[{}, {"width": 4}]'])
+    assert got == 128 + signal.SIGTERM
+    assert [json.loads(line)["name"] for line in out.read_text().splitlines()] == ["base"]
+    assert "STOPPED by SIGTERM after base: 1 run(s) of the grid did not run" in capsys.readouterr().out
