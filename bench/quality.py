@@ -4,8 +4,11 @@ r"""Train within a wall-clock budget, then evaluate: test MSE, PSNR and 10-NN ac
         --preset quick
 
 The number of epochs (and so the warm-up + cosine schedule) is fitted to the budget from a timed
-calibration of the real train step; any train.py flag may follow. The workdir is a normal one:
-`python evaluate.py --workdir DIR` reads it (this script already ran it into DIR/eval).
+calibration of the real train step; any train.py flag may follow, except --epochs and --max-steps (the budget
+sets the schedule). A checkpoint is kept every tenth of the epochs (--save-every-epochs sets it). The workdir is a
+normal one: `python evaluate.py --workdir DIR` reads it (this script already ran it into DIR/eval). Run again on
+a workdir that holds a run, the same command resumes that run (its fitted epochs) and evaluates it; --fresh fits
+a new one. A run stopped by a signal exits 128 + the signal, with no evaluation.
 """
 
 from __future__ import annotations
@@ -68,48 +71,77 @@ def fit_epochs(budget_s: float, spe: int, t_step: float, t_eval: float) -> int:
 
 
 def main(argv=None) -> int:
-    from jaxae import config, hostmem
+    import math
+    import shlex
+    from jaxae import checkpoints, config, hostmem
     from jaxae.cli import use_compilation_cache
     from jaxae.data import load
     from jaxae.evaluate import run as evaluate
-    from jaxae.train import steps_per_epoch, train_and_evaluate
+    from jaxae.train import check_settings, train_and_evaluate
 
     from jaxae.cli import ArgumentParser
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of the training (default 15)")
     config.add_flags(p)
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
-    if args.minutes <= 0:
-        raise config.UsageError(f"--minutes must be positive (got {args.minutes})")
+    if not (math.isfinite(args.minutes) and args.minutes > 0):
+        raise config.UsageError(f"--minutes must be a positive number (got {args.minutes})")
     cfg, explicit = config.from_args(args)
+    for flag in ("epochs", "max_steps"):
+        if flag in explicit:
+            raise config.UsageError(f"--{flag.replace('_', '-')} and --minutes both set the schedule: quality.py "
+                                    f"fits the epochs to --minutes; drop --{flag.replace('_', '-')} (or train a "
+                                    f"fixed schedule with train.py)")
     t_start = time.perf_counter()
+    check_settings(cfg, explicit)
+    checkpoints.check_workdir(cfg.workdir)  # before the calibration: a typo must not cost it
     use_compilation_cache(cfg.cache_dir)  # as train.py: a second study of the same model compiles nothing
     hostmem.keep_freed_memory()  # as train_and_evaluate does: calibrate the step the training will run
     hostmem.run_cpu_programs_inline()
     ds = load(cfg.data, cfg.dataset, cfg.cache_dir)
-    spe = steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)
-    t_step, t_eval, t_compile = calibrate(cfg, ds)
-    epochs = fit_epochs(args.minutes * 60 - (time.perf_counter() - t_start) - 2 * t_compile, spe, t_step, t_eval)
-    print(f"calibration: {t_step * 1e3:.1f} ms/step ({cfg.batch_size / t_step:,.0f} img/s), test pass "
-          f"{t_eval:.1f} s, compile {t_compile:.1f} s -> {epochs} epochs fit in {args.minutes:g} min", flush=True)
+    spe = check_settings(cfg, explicit, ds)
+    if checkpoints.has_checkpoints(cfg.workdir) and not cfg.fresh:  # a run of an earlier call: resume it
+        epochs = config.load_config(cfg.workdir).epochs
+        print(f"note: {cfg.workdir} holds a quality run of {epochs} epochs: resuming it and evaluating it (pass "
+              f"--fresh to fit a new run to --minutes {args.minutes:g}; its files are moved aside)", flush=True)
+    else:
+        t_step, t_eval, t_compile = calibrate(cfg, ds)
+        left = args.minutes * 60 - (time.perf_counter() - t_start) - 2 * t_compile
+        epochs = fit_epochs(left, spe, t_step, t_eval)
+        print(f"calibration: {t_step * 1e3:.1f} ms/step ({cfg.batch_size / t_step:,.0f} img/s), test pass "
+              f"{t_eval:.1f} s, compile {t_compile:.1f} s -> {_epochs(epochs)} fit in {args.minutes:g} min", flush=True)
+        if left < spe * t_step + t_eval:
+            print(f"note: the calibration and compiles ({time.perf_counter() - t_start:.0f} s) leave less than one "
+                  f"epoch of the budget: the run will take longer than --minutes {args.minutes:g}", flush=True)
     cfg = cfg.replace(epochs=epochs)
+    if "save_every_epochs" not in explicit:  # a save an epoch cost 2-3 x the budget's epochs on small data
+        cfg = cfg.replace(save_every_epochs=max(1, epochs // 10))
     t0 = time.perf_counter()
     result = train_and_evaluate(cfg, explicit | {"epochs"}, ds=ds)
     t_train = time.perf_counter() - t0
-    # stopped by a signal (SIGTERM exits 0, as train.py does): no evaluation of a half-trained model (a
-    # diverged or collapsed run raises TrainingStopped: one line and exit 1, from run_main)
-    if result["exit"] or result["step"] < result["total"]:
-        return result["exit"]
+    if result["exit"] or result["step"] < result["total"]:  # stopped by a signal: no evaluation of a half-trained
+        print("stopped before the end: not evaluated; the same command resumes it", flush=True)  # model
+        return result["exit"] or 128 + 15  # SIGTERM (train.py's own exit for it is 0)
     metrics = evaluate(cfg.workdir, cache_dir=cfg.cache_dir)
     from jaxae.pages import knn_key, knn_neighbours
     pca_name = next(n for n in metrics["models"] if n.startswith("PCA-"))  # fewer components with few images
     ae, pca = metrics["models"]["autoencoder"], metrics["models"][pca_name]
     knn = knn_key(ae)
-    print(f"\nquality run: {epochs} epochs in {t_train / 60:.1f} min (budget {args.minutes:g} min); "
-          f"test MSE {ae['test_mse']:.5f} = {ae['test_mse'] / pca['test_mse']:.3f} x {pca_name} "
-          f"({pca['test_mse']:.5f}); PSNR {ae['test_psnr']:.2f} dB vs {pca['test_psnr']:.2f} dB; "
-          f"{knn_neighbours(knn)}-NN {ae[knn]:.1%} vs {pca[knn]:.1%}")
+    again = [a for i, a in enumerate(argv) if a != "--minutes" and (i == 0 or argv[i - 1] != "--minutes")
+             and not a.startswith("--minutes=") and a != "--fresh"]
+    print(f"\nquality run: {_epochs(epochs)}, trained in {t_train / 60:.1f} min (budget {args.minutes:g} min; this "
+          f"command took {(time.perf_counter() - t_start) / 60:.1f} min with calibration and evaluation); test MSE "
+          f"{ae['test_mse']:.5f} = {ae['test_mse'] / pca['test_mse']:.3f} x {pca_name} ({pca['test_mse']:.5f}); "
+          f"PSNR {ae['test_psnr']:.2f} dB vs {pca['test_psnr']:.2f} dB; {knn_neighbours(knn)}-NN {ae[knn]:.1%} vs "
+          f"{pca[knn]:.1%}")
+    print(f"this schedule again, without a calibration (in another --workdir): python train.py "
+          f"{shlex.join(again)} --epochs {epochs}")
     return 0
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' * (n != 1)}"
 
 
 if __name__ == "__main__":

@@ -67,6 +67,25 @@ def init_params(model, key: jax.Array, image_shape):
     return jax.jit(model.init, compiler_options=options)(key, x)["params"]
 
 
+def check_settings(cfg: Config, explicit: set[str], ds: Dataset | None = None) -> int:
+    """The checks of a run's settings that Config.validate cannot make alone: against the flags given, and,
+    with `ds`, against the data. Returns the steps per epoch (0 without `ds`). bench/quality.py makes them
+    before its calibration, train_and_evaluate before its first write."""
+    if "corruption" in explicit and cfg.noise == 0:
+        raise UsageError(f"--corruption {cfg.corruption} does nothing with --noise 0: give its strength, e.g. "
+                         f"--noise {0.2 if cfg.corruption == 'gaussian' else 0.25}")
+    if ds is None:
+        return 0
+    spe = steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)
+    if spe == 0:
+        raise UsageError(f"--batch-size {cfg.batch_size} is larger than the training set "
+                         f"({ds.train_images.shape[0]} images)")
+    if cfg.shift >= min(ds.image_shape[:2]):
+        raise UsageError(f"--shift {cfg.shift} must be smaller than the images' height and width "
+                         f"({ds.image_shape[0]}x{ds.image_shape[1]}); CIFAR-10's usual is 2-4")
+    return spe
+
+
 def _one_cpu_device() -> str:
     """How this process was given several CPU devices, undone: an environment variable or an XLA flag."""
     flag = next((f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" in f), "")
@@ -310,9 +329,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
         lock.acquire(cfg.workdir)  # first: another run there refuses this one before its notes, decode and init
     cfg = cfg.replace(data=local_path(cfg.data))  # saved absolute: evaluate.py and a resume work from any folder
     cfg, resuming = checkpoints.resolve_workdir(cfg.validate(), set(explicit))
-    if "corruption" in explicit and cfg.noise == 0:
-        raise UsageError(f"--corruption {cfg.corruption} does nothing with --noise 0: give its strength, e.g. "
-                         f"--noise {0.2 if cfg.corruption == 'gaussian' else 0.25}")
+    check_settings(cfg, explicit)
     # set aside below, after the checks: --fresh over an earlier run, or a new run over an earlier one's results
     earlier_run = not resuming and bool(checkpoints.earlier_results(cfg.workdir))
     n_dev, local_batch = _device_layout(cfg.batch_size)
@@ -320,12 +337,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     checkpoints.check_workdir(cfg.workdir)  # before the data: a typo in --workdir should not cost a decode
     ds = ds if ds is not None else load(cfg.data, cfg.dataset, cfg.cache_dir)
     n_train = ds.train_images.shape[0]
-    spe = steps_per_epoch(n_train, cfg.batch_size)
-    if spe == 0:
-        raise UsageError(f"--batch-size {cfg.batch_size} is larger than the training set ({n_train} images)")
-    if cfg.shift >= min(ds.image_shape[:2]):
-        raise UsageError(f"--shift {cfg.shift} must be smaller than the images' height and width "
-                         f"({ds.image_shape[0]}x{ds.image_shape[1]}); CIFAR-10's usual is 2-4")
+    spe = check_settings(cfg, explicit, ds)
     total = cfg.epochs * spe if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * spe)
     k = default_steps_per_call(cfg, spe)
 

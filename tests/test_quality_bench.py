@@ -62,11 +62,39 @@ def test_a_stopped_run_is_not_evaluated(quality, monkeypatch, tmp_path):
     monkeypatch.setattr(mod, "calibrate", lambda cfg, ds: (1.0, 2.0, 1.0))
     monkeypatch.setattr(jaxae.train, "train_and_evaluate",
                         lambda cfg, explicit, ds: {"exit": 0, "step": 5, "total": 16})  # SIGTERM: exit 0
-    assert mod.main(["--minutes", "0.5", "--preset", "tiny", "--workdir", str(tmp_path / "run")]) == 0
+    # not 0: no quality line came (train.py's own 0 for SIGTERM is for a scheduler's requeue)
+    assert mod.main(["--minutes", "0.5", "--preset", "tiny", "--workdir", str(tmp_path / "run")]) == 143
     assert evaluated == []
 
 
-def test_a_budget_that_is_not_positive_is_refused(quality):
+@pytest.mark.parametrize("flags,message", [
+    (["--minutes", "0"], "--minutes must be a positive number"),
+    (["--minutes", "nan"], "--minutes must be a positive number"),
+    (["--minutes", "inf"], "--minutes must be a positive number"),
+    (["--epochs", "3"], "--epochs and --minutes both set the schedule"),
+    (["--max-steps", "50"], "--max-steps and --minutes both set the schedule"),
+    (["--batch-size", "10000"], "--batch-size 10000 is larger than the training set \\(32 images\\)"),
+    (["--noise", "0", "--corruption", "mask"], "--corruption mask does nothing with --noise 0"),
+])
+def test_bad_input_is_refused_before_the_calibration(quality, monkeypatch, tmp_path, flags, message):
+    # a traceback (--batch-size 10000, --minutes nan) or the right line after 15 s of calibration
     mod, *_ = quality
-    with pytest.raises(jaxae.config.UsageError, match="--minutes must be positive"):
-        mod.main(["--minutes", "0"])
+    monkeypatch.setattr(mod, "calibrate", lambda cfg, ds: pytest.fail("calibrated"))
+    with pytest.raises(jaxae.config.UsageError, match=message):
+        mod.main(["--preset", "tiny", "--workdir", str(tmp_path / "run"), *flags])
+
+
+def test_a_workdir_holding_a_run_is_resumed_and_evaluated_not_fitted_again(quality, monkeypatch, tmp_path,
+                                                                          capsys):
+    # the same command again: a new calibration, other epochs, and an error about --epochs it was not given
+    mod, ds, evaluated = quality
+    workdir = str(tmp_path / "run")
+    monkeypatch.setattr(mod, "calibrate", lambda cfg, ds: (0.01, 0.02, 0.5))
+    assert mod.main(["--minutes", "0.05", "--preset", "tiny", "--workdir", workdir]) == 0
+    first = json.load(open(os.path.join(workdir, "config.json")))["epochs"]
+    monkeypatch.setattr(mod, "calibrate", lambda cfg, ds: pytest.fail("calibrated again"))
+    assert mod.main(["--minutes", "0.05", "--preset", "tiny", "--workdir", workdir]) == 0
+    out = capsys.readouterr().out
+    assert f"holds a quality run of {first} epochs: resuming it and evaluating it" in out
+    assert evaluated == [workdir, workdir]
+    assert f"python train.py --preset tiny --workdir {workdir} --epochs {first}" in out
