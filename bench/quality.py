@@ -5,7 +5,7 @@ r"""Train within a wall-clock budget, then evaluate: test MSE, PSNR and 10-NN ac
 
 The number of epochs (and so the warm-up + cosine schedule) is fitted to the budget from a timed
 calibration of the real train step; any train.py flag may follow, except --epochs and --max-steps (the budget
-sets the schedule). A checkpoint is kept every tenth of the epochs (--save-every-epochs sets it). The workdir is a
+sets the schedule). A checkpoint is saved every tenth of the epochs (--save-every-epochs sets it). The workdir is a
 normal one: `python evaluate.py --workdir DIR` reads it (this script already ran it into DIR/eval). Run again on
 a workdir that holds a run, the same command resumes that run (its fitted epochs) and evaluates it; --fresh fits
 a new one. A run stopped by a signal exits 128 + the signal, with no evaluation.
@@ -100,12 +100,12 @@ def main(argv=None) -> int:
     hostmem.keep_freed_memory()  # as train_and_evaluate does: calibrate the step the training will run
     hostmem.run_cpu_programs_inline()
     ds = load(cfg.data, cfg.dataset, cfg.cache_dir)
-    spe = check_settings(cfg, explicit, ds)
-    if checkpoints.has_checkpoints(cfg.workdir) and not cfg.fresh:  # a run of an earlier call: resume it
-        epochs = config.load_config(cfg.workdir).epochs
-        print(f"note: {cfg.workdir} holds a quality run of {epochs} epochs: resuming it and evaluating it (pass "
-              f"--fresh to fit a new run to --minutes {args.minutes:g}; its files are moved aside)", flush=True)
+    if checkpoints.has_checkpoints(cfg.workdir) and not cfg.fresh:  # a run of an earlier call: resume it (its
+        epochs = config.load_config(cfg.workdir).epochs  # saved settings, which train_and_evaluate checks)
+        print(f"note: {cfg.workdir} holds a run of {_epochs(epochs)}: resuming it and evaluating it (pass --fresh "
+              f"to fit a new run to --minutes {args.minutes:g}; its files are moved aside)", flush=True)
     else:
+        spe = check_settings(cfg, explicit, ds)
         t_step, t_eval, t_compile = calibrate(cfg, ds)
         left = args.minutes * 60 - (time.perf_counter() - t_start) - 2 * t_compile
         epochs = fit_epochs(left, spe, t_step, t_eval)
@@ -128,15 +128,17 @@ def main(argv=None) -> int:
     pca_name = next(n for n in metrics["models"] if n.startswith("PCA-"))  # fewer components with few images
     ae, pca = metrics["models"]["autoencoder"], metrics["models"][pca_name]
     knn = knn_key(ae)
-    again = [a for i, a in enumerate(argv) if a != "--minutes" and (i == 0 or argv[i - 1] != "--minutes")
-             and not a.startswith("--minutes=") and a != "--fresh"]
+    again = []  # the flags given, as train.py spells them (argparse took abbreviations: --min 15)
+    for name in sorted(explicit - {"epochs", "fresh", "max_steps", "workdir"}):
+        value, flag = getattr(cfg, name), "--" + name.replace("_", "-")
+        again += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, str(value)]
     print(f"\nquality run: {_epochs(epochs)}, trained in {t_train / 60:.1f} min (budget {args.minutes:g} min; this "
           f"command took {(time.perf_counter() - t_start) / 60:.1f} min with calibration and evaluation); test MSE "
           f"{ae['test_mse']:.5f} = {ae['test_mse'] / pca['test_mse']:.3f} x {pca_name} ({pca['test_mse']:.5f}); "
           f"PSNR {ae['test_psnr']:.2f} dB vs {pca['test_psnr']:.2f} dB; {knn_neighbours(knn)}-NN {ae[knn]:.1%} vs "
           f"{pca[knn]:.1%}")
-    print(f"this schedule again, without a calibration (in another --workdir): python train.py "
-          f"{shlex.join(again)} --epochs {epochs}")
+    print(f"this schedule again, without a calibration: python train.py {shlex.join(again)} --epochs {epochs} "
+          f"--workdir NEW_WORKDIR")
     return 0
 
 

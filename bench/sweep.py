@@ -8,7 +8,8 @@ Each grid entry overrides the base config; each run leaves a normal workdir unde
 i mod N; each worker takes 1/N of the GPU memory). Compiles and per-epoch evaluations are host-bound; workers
 overlap them with each other's training.
 An entry may name a "preset" (its values come first, as with train.py --preset; then --base, then the entry).
-Every entry is checked before anything is loaded or trained: a typo is one error line, exit 2.
+Every entry's settings are checked before anything is loaded or trained (names, types, values; those that
+depend on the data, such as a batch larger than the training set, when its run starts): one error line, exit 2.
 A run that diverges or collapses (TrainingStopped) writes a row with the reason under "stopped", and the grid
 goes on; a run cut off by a signal (`timeout`, Ctrl-C) writes none, and the sweep stops after it (exit 128 +
 the signal). A signal between two runs stops the sweep after the row of the run that finished.
@@ -61,6 +62,7 @@ def pca_mse(ds, k: int) -> float:
 def configs(args) -> list:
     """(name, overrides, Config) of every grid entry, all checked: preset < --base < entry."""
     from jaxae.config import PRESETS, Config, UsageError
+    from jaxae.train import check_settings
     try:
         base, grid = json.loads(args.base), json.loads(args.grid)
     except ValueError as e:
@@ -69,27 +71,42 @@ def configs(args) -> list:
             not all(isinstance(over, dict) for over in grid):
         raise UsageError("--base must be a JSON object and --grid a non-empty JSON list of objects, e.g. "
                          "--base '{\"epochs\": 20}' --grid '[{}, {\"width\": 32}]'")
-    known = set(Config.__dataclass_fields__) - {"data", "workdir", "fresh"}
+    defaults = Config()
+    # set once for the whole sweep, by its own flags (or not per run): an entry's value was ignored or misfiled
+    shared = {"data": "--data", "workdir": "--root", "fresh": "(always fresh)", "cache_dir": "--cache-dir",
+              "dataset": "(tfds's cifar10)", "coordinator": "", "num_processes": "", "process_id": ""}
+
+    def check(where: str, settings: dict) -> None:
+        for key, value in settings.items():
+            if key not in Config.__dataclass_fields__:
+                raise UsageError(f"{where}: unknown setting {key!r}; the settings are Config's fields, train.py's "
+                                 f"flags with _ for -")
+            if key in shared:
+                raise UsageError(f"{where}: {key!r} is the sweep's, not a run's" +
+                                 (f" (sweep.py {shared[key]})" if shared[key] else ""))
+            want = type(getattr(defaults, key))  # a float 8.0 width was a JAX traceback, 1.5 epochs trained
+            if not (type(value) is want or (want is float and type(value) is int)):
+                raise UsageError(f"{where}: {key} must be a{'n' * (want is int)} {want.__name__} "
+                                 f"(got {json.dumps(value)})")
+
+    check("--base", base)
     out = []
     for i, over in enumerate(grid):
+        where = f"grid entry {i} ({json.dumps(over)})"
+        check(where, over)
         given = {**base, **over}
-        unknown = sorted(set(given) - known)
-        if unknown:
-            raise UsageError(f"grid entry {i} ({json.dumps(over)}): unknown setting(s) {', '.join(unknown)}; the "
-                             f"settings are Config's fields, train.py's flags with _ for -")
         preset = given.get("preset", "default")
         if preset not in PRESETS:
-            raise UsageError(f"grid entry {i}: preset must be one of {', '.join(PRESETS)} (got {preset!r})")
+            raise UsageError(f"{where}: preset must be one of {', '.join(PRESETS)} (got {preset!r})")
         name = "-".join(f"{k}{v}" for k, v in over.items()) or "base"
         try:
             cfg = Config(**{**PRESETS[preset], **given, "data": args.data, "workdir": os.path.join(args.root, name),
                             "fresh": True}).validate()
+            check_settings(cfg, set(given))
         except UsageError as e:
-            raise UsageError(f"grid entry {i} ({json.dumps(over)}): {e}") from None
-        except TypeError as e:  # a string where a number goes
-            raise UsageError(f"grid entry {i} ({json.dumps(over)}): a value of the wrong type ({e})") from None
+            raise UsageError(f"{where}: {e}") from None
         out.append((name, over, cfg))
-    names = [name for name, _, _ in out]
+    names = [cfg.workdir for _, _, cfg in out]
     if len(set(names)) < len(names):
         raise UsageError("two grid entries have the same settings (and so the same workdir)")
     return out
@@ -113,10 +130,10 @@ def run_workers(args) -> int:
                                            "--out", args.out, "--cache-dir", args.cache_dir], env=env,
                                           start_new_session=True))
 
-    def forward(signum, frame):
+    def forward(signum, frame):  # the signal received: a second Ctrl-C stops the workers at once, as it would one
         for proc in procs:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signum)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -176,7 +193,7 @@ def main(argv=None) -> int:
                 if res["step"] < res["total"]:  # stopped (SIGTERM, `timeout`, Ctrl-C) before its last step
                     print(f"STOPPED {name} at step {res['step']} of {res['total']}: no row written; the rest of "
                           f"the grid does not run", flush=True)
-                    return res["exit"] or 130
+                    return 128 + res["signal"] if res.get("signal") else (res["exit"] or 130)
                 if cfg.latent_dim not in pca:
                     pca[cfg.latent_dim] = pca_mse(ds, cfg.latent_dim)
                 knn = knn10(cfg, res["state"], ds)

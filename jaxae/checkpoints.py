@@ -43,6 +43,7 @@ class WorkdirLock:
     def __init__(self):
         self.fh = None
         self.path = ""
+        self.made = False  # whether .lock was made by this lock (a refused run removes it again)
 
     def acquire(self, workdir: str) -> None:
         """Take the lock (again: nothing), or raise UsageError naming the process that holds it. Every process
@@ -61,6 +62,7 @@ class WorkdirLock:
     def _try(self, workdir: str) -> tuple[bool, str]:
         try:
             os.makedirs(workdir, exist_ok=True)
+            made = not os.path.exists(lock_path(workdir))
             fh = open(lock_path(workdir), "a+")
         except OSError:  # not writable: check_workdir says so in one line
             return True, ""
@@ -75,15 +77,20 @@ class WorkdirLock:
         fh.truncate()
         fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         fh.flush()
-        self.fh, self.path = fh, os.path.realpath(workdir)
+        self.fh, self.path, self.made = fh, os.path.realpath(workdir), made
         _HELD.add(self.path)
         return True, ""
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         if self.fh is not None:
+            if self.made and exc_type is not None and issubclass(exc_type, UsageError):
+                try:  # a refused run leaves nothing behind (it may have been refused before its first write)
+                    os.remove(lock_path(self.path))
+                except OSError:
+                    pass
             self.fh.close()  # releases the lock
             self.fh = None
             _HELD.discard(self.path)
@@ -144,7 +151,8 @@ def check_workdir(workdir: str) -> None:
         for folder in [workdir] + [os.path.join(workdir, n) for n in ("checkpoints", "tensorboard")]:
             if folder == workdir or os.path.isdir(folder):
                 # host, pid and a random part: processes of hosts that share the folder may have one pid
-                probe = os.path.join(folder, f".write-test-{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}")
+                probe = os.path.join(folder, f".write-test-{socket.gethostname()[:32]}-{os.getpid()}-"
+                                             f"{os.urandom(4).hex()}")
                 try:
                     with open(probe, "w") as fh:
                         fh.write("ok")
@@ -550,7 +558,9 @@ def move_aside(workdir: str) -> str:
 
 
 def _os_error(e: OSError) -> str:
-    return f"{e.strerror}: {e.filename}" if e.filename else str(e.strerror or e)
+    """'strerror: path' (both paths of a failed rename), or the error alone when it names no path."""
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p)
+    return f"{e.strerror}: {paths}" if paths else str(e.strerror or e)
 
 
 def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:

@@ -24,10 +24,18 @@ class Stop:
     def __init__(self):
         self.signum = None
         self._old = {}
+        self._outer = None
 
     def __enter__(self):
         for s in (signal.SIGTERM, signal.SIGINT):
             self._old[s] = signal.signal(s, self._handle)
+        # Inside another Stop (bench/sweep.py's, over its grid): a signal that came before this one started stops
+        # it at once, and one this one took but did not act on (it came in a run's last epoch) is handed back on
+        # exit. Each caught only what came while it was installed: the sweep trained a whole extra run, or went on.
+        outer = getattr(self._old[signal.SIGTERM], "__self__", None)
+        self._outer = outer if isinstance(outer, Stop) else None
+        if self._outer is not None and self._outer.signum is not None:
+            self.signum = self._outer.signum
         return self
 
     def _handle(self, signum, frame):
@@ -40,6 +48,8 @@ class Stop:
     def __exit__(self, *exc):
         for s, h in self._old.items():
             signal.signal(s, h)
+        if self._outer is not None and self._outer.signum is None:
+            self._outer.signum = self.signum
 
 
 def log(msg: str) -> None:

@@ -74,6 +74,7 @@ def check_settings(cfg: Config, explicit: set[str], ds: Dataset | None = None) -
     if "corruption" in explicit and cfg.noise == 0:
         raise UsageError(f"--corruption {cfg.corruption} does nothing with --noise 0: give its strength, e.g. "
                          f"--noise {0.2 if cfg.corruption == 'gaussian' else 0.25}")
+    microbatch_size(cfg, _device_layout(cfg.batch_size)[1])  # the batch splits over the devices and passes
     if ds is None:
         return 0
     spe = steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)
@@ -465,6 +466,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     if writer is not None:
         writer.close()
     result["step"] = step
+    result["signal"] = stop.signum  # the signal that stopped it (or came during its last epoch), else None
     result["total"] = total  # step < total: stopped by a signal before the end (exit 0 for SIGTERM)
     result["run_steps"] = cfg.epochs * spe  # more than total: --max-steps ends this command first
     result["seconds"] = time.perf_counter() - started

@@ -75,6 +75,7 @@ def test_a_stopped_run_is_not_evaluated(quality, monkeypatch, tmp_path):
     (["--max-steps", "50"], "--max-steps and --minutes both set the schedule"),
     (["--batch-size", "10000"], "--batch-size 10000 is larger than the training set \\(32 images\\)"),
     (["--noise", "0", "--corruption", "mask"], "--corruption mask does nothing with --noise 0"),
+    (["--batch-size", "7"], "--batch-size 7 does not split evenly over 2 devices"),  # a reshape traceback
 ])
 def test_bad_input_is_refused_before_the_calibration(quality, monkeypatch, tmp_path, flags, message):
     # a traceback (--batch-size 10000, --minutes nan) or the right line after 15 s of calibration
@@ -95,6 +96,8 @@ def test_a_workdir_holding_a_run_is_resumed_and_evaluated_not_fitted_again(quali
     monkeypatch.setattr(mod, "calibrate", lambda cfg, ds: pytest.fail("calibrated again"))
     assert mod.main(["--minutes", "0.05", "--preset", "tiny", "--workdir", workdir]) == 0
     out = capsys.readouterr().out
-    assert f"holds a quality run of {first} epochs: resuming it and evaluating it" in out
+    assert f"holds a run of {first} epochs: resuming it and evaluating it" in out
     assert evaluated == [workdir, workdir]
-    assert f"python train.py --preset tiny --workdir {workdir} --epochs {first}" in out
+    # without the --preset: the run's own saved settings are checked, not the command's (batch 256 > 32 images)
+    assert mod.main(["--minutes", "0.05", "--workdir", workdir]) == 0
+    assert f"python train.py --preset tiny --epochs {first} --workdir NEW_WORKDIR" in out

@@ -379,6 +379,14 @@ def test_a_second_training_in_a_workdir_in_use_is_refused(tmp_path, capsys):
     assert not checkpoints.training_now(cfg.workdir)  # released at the end of the run
 
 
+def test_a_refused_run_in_an_existing_folder_leaves_no_lock_behind(tmp_path):
+    cfg = tiny_config(tmp_path, batch_size=10000)
+    os.makedirs(cfg.workdir)
+    with pytest.raises(UsageError, match="--batch-size 10000 is larger than the training set"):
+        train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+    assert os.listdir(cfg.workdir) == []
+
+
 def test_a_resume_notes_a_save_an_interrupted_run_left_unfinished(tmp_path, capsys):
     # the trainer's own lock made it take its workdir for one in use, and the note went missing
     cfg = tiny_config(tmp_path, max_steps=1)

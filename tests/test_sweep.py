@@ -90,10 +90,18 @@ def test_a_preset_applies_its_values_and_each_row_holds_what_reproduces_it(sweep
 
 
 @pytest.mark.parametrize("base,grid,message", [
-    ("{}", "[{}, {\"widht\": 4}]", "grid entry 1 .*unknown setting\\(s\\) widht"),
+    ("{}", "[{}, {\"widht\": 4}]", "grid entry 1 .*unknown setting 'widht'"),
+    ("{\"widht\": 4}", "[{}]", "--base: unknown setting 'widht'"),
     ("{}", "{\"width\": 4}", "--grid a non-empty JSON list of objects"),
     ("{}", "[]", "--grid a non-empty JSON list of objects"),
-    ("{}", "[{\"width\": \"abc\"}]", "grid entry 0 .*a value of the wrong type"),
+    ("{}", "[{\"width\": \"abc\"}]", "grid entry 0 .*width must be an int \\(got \"abc\"\\)"),
+    ("{}", "[{\"width\": 8.0}]", "grid entry 0 .*width must be an int \\(got 8.0\\)"),
+    ("{}", "[{\"epochs\": 1.5}]", "grid entry 0 .*epochs must be an int"),
+    ("{}", "[{\"flip\": 1}]", "grid entry 0 .*flip must be a bool"),
+    ("{}", "[{\"dataset\": \"mnist\"}]", "grid entry 0 .*'dataset' is the sweep's, not a run's"),
+    ("{}", "[{\"data\": \"x\"}]", "grid entry 0 .*'data' is the sweep's, not a run's \\(sweep.py --data\\)"),
+    ("{}", "[{\"width\": 32}, {\"width\": 32}]", "two grid entries have the same settings"),
+    ("{}", "[{\"noise\": 0, \"corruption\": \"mask\"}]", "grid entry 0 .*--corruption mask does nothing"),
     ("{}", "[{\"optimizer\": \"sgdx\"}]", "grid entry 0 .*--optimizer must be one of"),
     ("{\"epochs\": 2", "[{}]", "--base and --grid must be JSON"),
     ("{}", "[{\"preset\": \"fast\"}]", "preset must be one of"),
@@ -122,3 +130,30 @@ def test_a_signal_between_runs_stops_the_sweep_after_the_finished_runs_row(sweep
     assert got == 128 + signal.SIGTERM
     assert [json.loads(line)["name"] for line in out.read_text().splitlines()] == ["base"]
     assert "STOPPED by SIGTERM after base: 1 run(s) of the grid did not run" in capsys.readouterr().out
+
+
+def test_a_signal_in_a_runs_last_epoch_stops_the_sweep_after_its_row(sweep, monkeypatch, tmp_path, capsys):
+    # train_and_evaluate's own Stop took it, the run ended anyway (step == total), and the sweep went on
+    from jaxae import monitor
+    finish = _fake_training()
+
+    def train_and_evaluate(cfg, ds=None, progress=True):
+        with monitor.Stop():
+            os.kill(os.getpid(), signal.SIGTERM)  # came during the last epoch's test pass: the run still ends
+            return finish(cfg, ds, progress)
+    monkeypatch.setattr(jaxae.train, "train_and_evaluate", train_and_evaluate)
+    out = tmp_path / "sweep.jsonl"
+    got = sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--out", str(out),
+                      "--base", json.dumps({"epochs": 2, "batch_size": 8}), "--grid", '[{}, {"width": 4}]'])
+    assert got == 128 + signal.SIGTERM
+    assert [json.loads(line)["name"] for line in out.read_text().splitlines()] == ["base"]
+
+
+def test_a_signal_before_a_run_starts_stops_it_at_once():
+    # it went to the sweep's Stop, and the run that started next trained to its end
+    from jaxae import monitor
+    with monitor.Stop() as outer:
+        os.kill(os.getpid(), signal.SIGTERM)
+        with monitor.Stop() as inner:
+            assert inner.signum == signal.SIGTERM
+        assert outer.signum == signal.SIGTERM
