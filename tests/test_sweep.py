@@ -1,6 +1,7 @@
 """bench/sweep.py: a finished run writes its row; a run stopped before its last step (`timeout`) writes none; a
 diverged or collapsed run writes one with the reason, and the grid goes on."""
 
+import contextlib
 import json
 import os
 import signal
@@ -115,14 +116,18 @@ def test_every_entry_is_checked_before_anything_trains(sweep, monkeypatch, tmp_p
                     "--base", base, "--grid", grid])
 
 
-def test_a_signal_between_runs_stops_the_sweep_after_the_finished_runs_row(sweep, monkeypatch, tmp_path, capsys):
-    # it was swallowed, or killed the sweep before the finished run's row
+@pytest.mark.parametrize("inside_run", [False, True])
+def test_a_signal_at_a_runs_end_stops_the_sweep_after_its_row(sweep, monkeypatch, tmp_path, capsys, inside_run):
+    # between runs it was swallowed, or killed the sweep before the finished run's row; in a run's last epoch
+    # train_and_evaluate's own Stop took it, the run ended anyway (step == total), and the sweep went on
+    from jaxae import monitor
     finish = _fake_training()
 
     def train_and_evaluate(cfg, ds=None, progress=True):
-        res = finish(cfg, ds, progress)
-        os.kill(os.getpid(), signal.SIGTERM)  # arrives after the run's own handler is gone
-        return res
+        with monitor.Stop() if inside_run else contextlib.nullcontext():
+            res = finish(cfg, ds, progress)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return res
     monkeypatch.setattr(jaxae.train, "train_and_evaluate", train_and_evaluate)
     out = tmp_path / "sweep.jsonl"
     got = sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--out", str(out),
@@ -130,23 +135,6 @@ def test_a_signal_between_runs_stops_the_sweep_after_the_finished_runs_row(sweep
     assert got == 128 + signal.SIGTERM
     assert [json.loads(line)["name"] for line in out.read_text().splitlines()] == ["base"]
     assert "STOPPED by SIGTERM after base: 1 run(s) of the grid did not run" in capsys.readouterr().out
-
-
-def test_a_signal_in_a_runs_last_epoch_stops_the_sweep_after_its_row(sweep, monkeypatch, tmp_path, capsys):
-    # train_and_evaluate's own Stop took it, the run ended anyway (step == total), and the sweep went on
-    from jaxae import monitor
-    finish = _fake_training()
-
-    def train_and_evaluate(cfg, ds=None, progress=True):
-        with monitor.Stop():
-            os.kill(os.getpid(), signal.SIGTERM)  # came during the last epoch's test pass: the run still ends
-            return finish(cfg, ds, progress)
-    monkeypatch.setattr(jaxae.train, "train_and_evaluate", train_and_evaluate)
-    out = tmp_path / "sweep.jsonl"
-    got = sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--out", str(out),
-                      "--base", json.dumps({"epochs": 2, "batch_size": 8}), "--grid", '[{}, {"width": 4}]'])
-    assert got == 128 + signal.SIGTERM
-    assert [json.loads(line)["name"] for line in out.read_text().splitlines()] == ["base"]
 
 
 def test_a_signal_before_a_run_starts_stops_it_at_once():
