@@ -2,6 +2,7 @@ r"""Train a list of configurations one after another and tabulate test MSE, 10-N
 
     python bench/sweep.py --data data/cifar10-jpeg.tar.gz --out runs/sweep.jsonl \
         --base '{"epochs": 20}' --grid '[{}, {"width": 32}, {"loss": "l1"}]'
+    python bench/sweep.py --table runs/sweep.jsonl     # the rows as a Markdown table
 
 Each grid entry overrides the base config; each run leaves a normal workdir under --root.
 --jobs N runs the grid in N worker processes side by side on the same accelerator (entry i goes to worker
@@ -149,15 +150,22 @@ def run_workers(args) -> int:
 def main(argv=None) -> int:
     from jaxae.cli import ArgumentParser
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="the data every run trains on, as train.py --data")
+    p.add_argument("--data", help="the data every run trains on, as train.py --data (required to train)")
     p.add_argument("--base", default="{}", help="JSON dict of Config overrides shared by all runs")
-    p.add_argument("--grid", required=True, help="JSON list of dicts, one run each")
+    p.add_argument("--grid", help="JSON list of dicts, one run each (required to train)")
+    p.add_argument("--table", metavar="JSONL", help="print the rows of a sweep's JSON-lines file as a Markdown "
+                                                    "table (as in docs/quality.md) and exit; trains nothing")
     p.add_argument("--root", default="runs/sweep", help="parent folder of the runs' workdirs")
     p.add_argument("--out", default="runs/sweep.jsonl", help="JSON lines, one per run (appended)")
     p.add_argument("--cache-dir", default="", help="as train.py --cache-dir (default ~/.cache/jaxae)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes sharing the accelerator (default: 1)")
     args = p.parse_args(argv)
     from jaxae.config import UsageError
+    if args.table:
+        print(table(args.table))
+        return 0
+    if not args.data or not args.grid:
+        raise UsageError("give --data and --grid to train a sweep (or --table JSONL to print one)")
     if args.jobs < 1:
         raise UsageError(f"--jobs must be at least 1 (got {args.jobs})")
     runs = configs(args)  # every entry checked before the data is loaded or anything trained
@@ -209,6 +217,37 @@ def main(argv=None) -> int:
                       f"not run", flush=True)
                 return 128 + stop.signum
     return 0
+
+
+def table(path: str) -> str:
+    """The rows of a sweep's JSON-lines file as a Markdown table, in the order they were written: the entry's
+    settings (over the --base, given once above the table), test MSE against PCA's, 10-NN, the final train loss,
+    steps and wall time. A run that diverged or collapsed shows why. Rows of sweeps before the eighteenth session
+    (CIFAR-10's PCA-3 constant, no config) read as they were written."""
+    from jaxae.config import UsageError
+    try:
+        with open(path) as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--table {path}: not a sweep's JSON-lines file ({e})") from None
+    skip = {"name", "base", "data", "workdir", "config", "jax", "device", "test_mse", "pca_mse", "x_pca", "x_pca3",
+            "knn10", "train_loss", "steps", "wall_s", "stopped"}
+    bases = {json.dumps(r.get("base", {}), sort_keys=True) for r in rows}
+    lines = [f"base: {', '.join(sorted(bases))}; data: {', '.join(sorted({str(r.get('data', '?')) for r in rows}))}",
+             "", "| configuration | test MSE | x PCA | 10-NN | final train loss | steps | wall |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        over = ", ".join(f"{k}={v}" for k, v in r.items() if k not in skip) or "base"
+        if "stopped" in r:
+            lines.append(f"| {over} | stopped: {r['stopped'][:80]} | | | | | {r.get('wall_s', 0):.0f} s |")
+            continue
+        ratio = r.get("x_pca", r.get("x_pca3"))
+        k = r.get("config", {}).get("latent_dim", 3)
+        cell = lambda key, spec: format(r[key], spec) if isinstance(r.get(key), (int, float)) else ""  # noqa: E731
+        lines.append(f"| {over} | {cell('test_mse', '.5f')} | "
+                     f"{f'{ratio:.3f} x PCA-{k}' if isinstance(ratio, float) else ''} | {cell('knn10', '.1%')} | "
+                     f"{cell('train_loss', '.5f')} | {cell('steps', 'd')} | {cell('wall_s', '.0f')} s |")
+    return "\n".join(lines)
 
 
 def _write_row(path: str, row: dict) -> None:

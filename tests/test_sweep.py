@@ -145,3 +145,21 @@ def test_a_signal_before_a_run_starts_stops_it_at_once():
         with monitor.Stop() as inner:
             assert inner.signum == signal.SIGTERM
         assert outer.signum == signal.SIGTERM
+
+
+def test_table_prints_the_rows_as_markdown_old_and_new(sweep, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(jaxae.train, "train_and_evaluate", _fake_training())
+    out = tmp_path / "sweep.jsonl"
+    out.write_text(json.dumps({"name": "base", "test_mse": 0.02964, "x_pca3": 0.918, "knn10": 0.265,
+                               "train_loss": 0.02942, "wall_s": 45.0, "base": {"epochs": 15}}) + "\n")  # 2026-11-23
+    assert sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--out", str(out),
+                       "--base", json.dumps({"epochs": 2, "batch_size": 8}), "--grid", '[{"latent_dim": 2}]']) == 0
+    capsys.readouterr()
+    assert sweep.main(["--table", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == 'base: {"batch_size": 8, "epochs": 2}, {"epochs": 15}; data: ?, unused'
+    assert lines[2] == "| configuration | test MSE | x PCA | 10-NN | final train loss | steps | wall |"
+    assert lines[4] == "| base | 0.02964 | 0.918 x PCA-3 | 26.5% | 0.02942 |  | 45 s |"
+    assert lines[5].startswith("| latent_dim=2 | 0.03000 | 0.750 x PCA-2 | 50.0% | 0.03100 | 8 | ")
+    with pytest.raises(UsageError, match="give --data and --grid to train a sweep"):
+        sweep.main(["--grid", "[{}]"])
