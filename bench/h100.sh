@@ -30,7 +30,7 @@
 # evaluates them at once, each process with 0.9 / n of the GPU's memory: quality figures in one call, wall times
 # of a shared GPU (two long runs at once: 1.0 s per epoch against 0.66 s alone). A training that the limit cuts is
 # evaluated at its last checkpoint and reported INCOMPLETE, as is one that failed or never started; the script then
-# exits 1. With DATA, a dry run on CPU:
+# exits 1. (PART=sweep and perf exit with bench/sweep.py's status, and print its rows as a table.) With DATA, a dry run on CPU:
 #   PART=variants DATA=some/image/folder TRAIN_FLAGS="--preset tiny --max-steps 4" OUT=/tmp/o bash bench/h100.sh
 #
 #   PART=sweep OUT=/some/folder bash bench/h100.sh
@@ -92,11 +92,15 @@ sweep() {
   step "4. bench/sweep.py, variants of the default model: base $BASE"
   # output to a file, not a pipe: a pipe closed early (head) would kill the workers at their next print.
   # A run the limit cuts off writes no row (sweep.py prints STOPPED).
+  local rc
   within $(( $(left) - 15 )) python3 bench/sweep.py --data $DATA --root $RUNS/sweep --out "$OUT/sweep.jsonl" \
       --jobs ${JOBS:-4} --base "$BASE" --grid "$GRID" > $RUNS/sweep.log 2>&1
+  rc=$?
   grep -E "RESULT|STOPPED|FAILED|rror|x[0-9]+, jax" $RUNS/sweep.log | head -40
   cp $RUNS/sweep.log "$OUT/sweep.log"
   (cd $RUNS/sweep && tar czf "$OUT/curves.tar.gz" */metrics.jsonl 2>/dev/null)
+  [[ -s $OUT/sweep.jsonl ]] && python3 bench/sweep.py --table "$OUT/sweep.jsonl"
+  return $rc  # sweep.py's: 0 when every run of the grid ran
 }
 
 {
@@ -111,9 +115,9 @@ within 120 python3 -c "from jaxae.data import load; load('$DATA')"
 echo "decode: $(since $t0) s"
 
 if [[ $PART == sweep ]]; then
-  sweep
+  sweep; rc=$?
   step "done"
-  exit 0
+  exit $rc
 fi
 
 if [[ $PART == variants ]]; then
@@ -198,6 +202,7 @@ step "3. bench/throughput.py, batch sizes ${BATCHES:=256,1024,4096}"
 within $(( $(left) > 420 ? 210 : $(left) / 2 )) python3 bench/throughput.py --batch-sizes $BATCHES \
     --steps-per-call epoch --out "$OUT/tp_h100.json" 2>&1 | tail -40
 
-sweep
+sweep; rc=$?
 step "done"
+exit $rc  # the sweep's (steps 1-3 report in the log)
 } 2>&1 | tee "$OUT/log.txt"
