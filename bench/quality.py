@@ -77,7 +77,8 @@ def main(argv=None) -> int:
     from jaxae.cli import use_compilation_cache
     from jaxae.data import load
     from jaxae.evaluate import run as evaluate
-    from jaxae.train import check_settings, train_and_evaluate
+    from jaxae.data import local_path
+    from jaxae.train import check_devices, check_settings, train_and_evaluate
 
     from jaxae.cli import ArgumentParser
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,18 +95,23 @@ def main(argv=None) -> int:
                                     f"fits the epochs to --minutes; drop --{flag.replace('_', '-')} (or train a "
                                     f"fixed schedule with train.py)")
     t_start = time.perf_counter()
+    resume = checkpoints.has_checkpoints(cfg.workdir) and not cfg.fresh  # a run of an earlier call
+    if resume:  # its saved settings, not this command's defaults (flags that contradict them are refused); its
+        fitted = config.load_config(cfg.workdir).epochs  # epochs are this script's, not a --preset's
+        cfg, _ = checkpoints.resolve_workdir(cfg.replace(data=local_path(cfg.data), epochs=fitted), explicit)
     check_settings(cfg, explicit)
     checkpoints.check_workdir(cfg.workdir)  # before the calibration: a typo must not cost it
     use_compilation_cache(cfg.cache_dir)  # as train.py: a second study of the same model compiles nothing
     hostmem.keep_freed_memory()  # as train_and_evaluate does: calibrate the step the training will run
     hostmem.run_cpu_programs_inline()
+    check_devices(cfg)  # after hostmem's settings: this starts JAX
     ds = load(cfg.data, cfg.dataset, cfg.cache_dir)
-    if checkpoints.has_checkpoints(cfg.workdir) and not cfg.fresh:  # a run of an earlier call: resume it (its
-        epochs = config.load_config(cfg.workdir).epochs  # saved settings, which train_and_evaluate checks)
+    spe = check_settings(cfg, explicit, ds)
+    if resume:
+        epochs = cfg.epochs
         print(f"note: {cfg.workdir} holds a run of {_epochs(epochs)}: resuming it and evaluating it (pass --fresh "
               f"to fit a new run to --minutes {args.minutes:g}; its files are moved aside)", flush=True)
     else:
-        spe = check_settings(cfg, explicit, ds)
         t_step, t_eval, t_compile = calibrate(cfg, ds)
         left = args.minutes * 60 - (time.perf_counter() - t_start) - 2 * t_compile
         epochs = fit_epochs(left, spe, t_step, t_eval)
@@ -128,18 +134,28 @@ def main(argv=None) -> int:
     pca_name = next(n for n in metrics["models"] if n.startswith("PCA-"))  # fewer components with few images
     ae, pca = metrics["models"]["autoencoder"], metrics["models"][pca_name]
     knn = knn_key(ae)
-    again = []  # the flags given, as train.py spells them (argparse took abbreviations: --min 15)
-    for name in sorted(explicit - {"epochs", "fresh", "max_steps", "workdir"}):
-        value, flag = getattr(cfg, name), "--" + name.replace("_", "-")
-        again += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, str(value)]
-    print(f"\nquality run: {_epochs(epochs)}, trained in {t_train / 60:.1f} min (budget {args.minutes:g} min; this "
-          f"command took {(time.perf_counter() - t_start) / 60:.1f} min with calibration and evaluation); test MSE "
-          f"{ae['test_mse']:.5f} = {ae['test_mse'] / pca['test_mse']:.3f} x {pca_name} ({pca['test_mse']:.5f}); "
-          f"PSNR {ae['test_psnr']:.2f} dB vs {pca['test_psnr']:.2f} dB; {knn_neighbours(knn)}-NN {ae[knn]:.1%} vs "
-          f"{pca[knn]:.1%}")
-    print(f"this schedule again, without a calibration: python train.py {shlex.join(again)} --epochs {epochs} "
+    trained = (f"resumed, trained {t_train / 60:.1f} min more" if resume else
+               f"trained in {t_train / 60:.1f} min (budget {args.minutes:g} min)")
+    print(f"\nquality run: {_epochs(epochs)}, {trained}; this command took {(time.perf_counter() - t_start) / 60:.1f} "
+          f"min with {'the' if resume else 'calibration and'} evaluation; test MSE {ae['test_mse']:.5f} = "
+          f"{ae['test_mse'] / pca['test_mse']:.3f} x {pca_name} ({pca['test_mse']:.5f}); PSNR {ae['test_psnr']:.2f} "
+          f"dB vs {pca['test_psnr']:.2f} dB; {knn_neighbours(knn)}-NN {ae[knn]:.1%} vs {pca[knn]:.1%}")
+    print(f"this schedule again, without a calibration: python train.py {shlex.join(train_flags(cfg))} "
           f"--workdir NEW_WORKDIR")
     return 0
+
+
+def train_flags(cfg) -> list[str]:
+    """train.py's flags for the run `cfg` describes: its preset, then each run setting that differs from the
+    preset's (argparse took abbreviations such as --min 15, and a resumed run's settings are its saved ones)."""
+    from jaxae.config import PRESETS, Config
+    preset = Config(**PRESETS[cfg.preset])
+    out = ["--preset", cfg.preset] if cfg.preset != "default" else []
+    for name in Config.RUN_FIELDS:
+        value, flag = getattr(cfg, name), "--" + name.replace("_", "-")
+        if value != getattr(preset, name) and name != "epochs":
+            out += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, str(value)]
+    return out + ["--epochs", str(cfg.epochs)]
 
 
 def _epochs(n: int) -> str:

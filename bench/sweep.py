@@ -178,9 +178,14 @@ def main(argv=None) -> int:
     from jaxae.config import TrainingStopped
     from jaxae.data import load
     from jaxae.monitor import Stop
-    from jaxae.train import train_and_evaluate
+    from jaxae.train import check_devices, train_and_evaluate
 
     base = json.loads(args.base)
+    for _, over, cfg in runs:  # here, not in configs(): it starts JAX, which the driver of workers must not
+        try:
+            check_devices(cfg)
+        except UsageError as e:
+            raise UsageError(f"grid entry {json.dumps(over)}: {e}") from None
     use_compilation_cache(args.cache_dir)  # as train.py; the workers share it
     ds = load(args.data, cache_dir=args.cache_dir)
     device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"

@@ -60,19 +60,33 @@ class WorkdirLock:
                              f"(or stop it), or pass another --workdir")
 
     def _try(self, workdir: str) -> tuple[bool, str]:
-        try:
-            os.makedirs(workdir, exist_ok=True)
-            made = not os.path.exists(lock_path(workdir))
-            fh = open(lock_path(workdir), "a+")
-        except OSError:  # not writable: check_workdir says so in one line
-            return True, ""
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            fh.seek(0)
-            holder = fh.read().strip()
+        path = lock_path(workdir)
+        for _ in range(3):
+            try:
+                os.makedirs(workdir, exist_ok=True)
+                made = not os.path.exists(path)
+                fh = open(path, "a+")
+            except OSError:  # not writable: check_workdir says so in one line
+                return True, ""
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                fh.seek(0)
+                holder = fh.read().strip()
+                fh.close()
+                return e.errno not in (errno.EWOULDBLOCK, errno.EACCES), holder  # else ENOLCK and the like
+            # a refused run removes the .lock it made (while holding it): a file opened just before that is no
+            # longer the one at the path, and a second run would lock a new one beside it
+            try:
+                here = os.stat(path)
+            except OSError:
+                here = None
+            if here is not None and (here.st_ino, here.st_dev) == (os.fstat(fh.fileno()).st_ino,
+                                                                  os.fstat(fh.fileno()).st_dev):
+                break
             fh.close()
-            return e.errno not in (errno.EWOULDBLOCK, errno.EACCES), holder  # else ENOLCK and the like: no locks
+        else:
+            return True, ""  # removed under us three times: go on unlocked rather than refuse
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")

@@ -74,7 +74,6 @@ def check_settings(cfg: Config, explicit: set[str], ds: Dataset | None = None) -
     if "corruption" in explicit and cfg.noise == 0:
         raise UsageError(f"--corruption {cfg.corruption} does nothing with --noise 0: give its strength, e.g. "
                          f"--noise {0.2 if cfg.corruption == 'gaussian' else 0.25}")
-    microbatch_size(cfg, _device_layout(cfg.batch_size)[1])  # the batch splits over the devices and passes
     if ds is None:
         return 0
     spe = steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)
@@ -85,6 +84,12 @@ def check_settings(cfg: Config, explicit: set[str], ds: Dataset | None = None) -
         raise UsageError(f"--shift {cfg.shift} must be smaller than the images' height and width "
                          f"({ds.image_shape[0]}x{ds.image_shape[1]}); CIFAR-10's usual is 2-4")
     return spe
+
+
+def check_devices(cfg: Config) -> None:
+    """The batch splits evenly over the devices, and into passes (--microbatch). It starts JAX's backend: call it
+    where the process may (after jaxae.hostmem's settings; not in bench/sweep.py's driver of workers)."""
+    microbatch_size(cfg, _device_layout(cfg.batch_size)[1])
 
 
 def _one_cpu_device() -> str:

@@ -103,6 +103,7 @@ def test_a_preset_applies_its_values_and_each_row_holds_what_reproduces_it(sweep
     ("{}", "[{\"data\": \"x\"}]", "grid entry 0 .*'data' is the sweep's, not a run's \\(sweep.py --data\\)"),
     ("{}", "[{\"width\": 32}, {\"width\": 32}]", "two grid entries have the same settings"),
     ("{}", "[{\"noise\": 0, \"corruption\": \"mask\"}]", "grid entry 0 .*--corruption mask does nothing"),
+    ("{}", "[{}, {\"batch_size\": 7}]", "grid entry .*--batch-size 7 does not split evenly over 2 devices"),
     ("{}", "[{\"optimizer\": \"sgdx\"}]", "grid entry 0 .*--optimizer must be one of"),
     ("{\"epochs\": 2", "[{}]", "--base and --grid must be JSON"),
     ("{}", "[{\"preset\": \"fast\"}]", "preset must be one of"),
