@@ -30,7 +30,8 @@
 # evaluates them at once, each process with 0.9 / n of the GPU's memory: quality figures in one call, wall times
 # of a shared GPU (two long runs at once: 1.0 s per epoch against 0.66 s alone). A training that the limit cuts is
 # evaluated at its last checkpoint and reported INCOMPLETE, as is one that failed or never started; the script then
-# exits 1. (PART=sweep and perf exit with bench/sweep.py's status, and print its rows as a table.) With DATA, a dry run on CPU:
+# exits 1. (PART=sweep and perf exit with bench/sweep.py's status, 3 when BUDGET cut the sweep, and print its rows as
+# a table.) With DATA, a dry run on CPU:
 #   PART=variants DATA=some/image/folder TRAIN_FLAGS="--preset tiny --max-steps 4" OUT=/tmp/o bash bench/h100.sh
 #
 #   PART=sweep OUT=/some/folder bash bench/h100.sh
@@ -96,11 +97,15 @@ sweep() {
   within $(( $(left) - 15 )) python3 bench/sweep.py --data $DATA --root $RUNS/sweep --out "$OUT/sweep.jsonl" \
       --jobs ${JOBS:-4} --base "$BASE" --grid "$GRID" > $RUNS/sweep.log 2>&1
   rc=$?
-  grep -E "RESULT|STOPPED|FAILED|rror|x[0-9]+, jax" $RUNS/sweep.log | head -40
+  grep -E "RESULT|STOPPED|FAILED|rror|skipped|x[0-9]+, jax" $RUNS/sweep.log | head -40
   cp $RUNS/sweep.log "$OUT/sweep.log"
-  (cd $RUNS/sweep && tar czf "$OUT/curves.tar.gz" */metrics.jsonl 2>/dev/null)
+  [[ -d $RUNS/sweep ]] && (cd $RUNS/sweep && tar czf "$OUT/curves.tar.gz" */metrics.jsonl 2>/dev/null)
   [[ -s $OUT/sweep.jsonl ]] && python3 bench/sweep.py --table "$OUT/sweep.jsonl"
-  return $rc  # sweep.py's: 0 when every run of the grid ran
+  if (( rc == 124 )); then  # not 124 for the script: the device tool reads that as its own time limit
+    echo "sweep: cut (or skipped) by BUDGET=$BUDGET; the rows of the runs that finished are above"
+    rc=3
+  fi
+  return $rc  # sweep.py's: 0 when every run of the grid ran; 3 when the budget cut it
 }
 
 {

@@ -95,15 +95,17 @@ def main(argv=None) -> int:
                                     f"fits the epochs to --minutes; drop --{flag.replace('_', '-')} (or train a "
                                     f"fixed schedule with train.py)")
     t_start = time.perf_counter()
+    hostmem.keep_freed_memory()  # as train_and_evaluate does, and before anything starts JAX (check_workdir
+    hostmem.run_cpu_programs_inline()  # asks for the process count): calibrate the step the training will run
     resume = checkpoints.has_checkpoints(cfg.workdir) and not cfg.fresh  # a run of an earlier call
-    if resume:  # its saved settings, not this command's defaults (flags that contradict them are refused); its
-        fitted = config.load_config(cfg.workdir).epochs  # epochs are this script's, not a --preset's
+    if resume or (cfg.fresh and os.path.exists(config.config_path(cfg.workdir))):
+        # its saved settings, not this command's defaults, as train.py takes them (flags that contradict them are
+        # refused; --fresh alone starts the run's own settings over); its epochs are this script's, not a preset's
+        fitted = config.load_config(cfg.workdir).epochs if resume else cfg.epochs
         cfg, _ = checkpoints.resolve_workdir(cfg.replace(data=local_path(cfg.data), epochs=fitted), explicit)
     check_settings(cfg, explicit)
     checkpoints.check_workdir(cfg.workdir)  # before the calibration: a typo must not cost it
     use_compilation_cache(cfg.cache_dir)  # as train.py: a second study of the same model compiles nothing
-    hostmem.keep_freed_memory()  # as train_and_evaluate does: calibrate the step the training will run
-    hostmem.run_cpu_programs_inline()
     check_devices(cfg)  # after hostmem's settings: this starts JAX
     ds = load(cfg.data, cfg.dataset, cfg.cache_dir)
     spe = check_settings(cfg, explicit, ds)
@@ -140,20 +142,23 @@ def main(argv=None) -> int:
           f"min with {'the' if resume else 'calibration and'} evaluation; test MSE {ae['test_mse']:.5f} = "
           f"{ae['test_mse'] / pca['test_mse']:.3f} x {pca_name} ({pca['test_mse']:.5f}); PSNR {ae['test_psnr']:.2f} "
           f"dB vs {pca['test_psnr']:.2f} dB; {knn_neighbours(knn)}-NN {ae[knn]:.1%} vs {pca[knn]:.1%}")
-    print(f"this schedule again, without a calibration: python train.py {shlex.join(train_flags(cfg))} "
+    print(f"this schedule again, without a calibration: python train.py {shlex.join(train_flags(cfg, explicit))} "
           f"--workdir NEW_WORKDIR")
     return 0
 
 
-def train_flags(cfg) -> list[str]:
+def train_flags(cfg, explicit=frozenset()) -> list[str]:
     """train.py's flags for the run `cfg` describes: its preset, then each run setting that differs from the
-    preset's (argparse took abbreviations such as --min 15, and a resumed run's settings are its saved ones)."""
+    preset's, and the other settings given (`explicit`) or chosen here (--save-every-epochs) that differ from it
+    (argparse took abbreviations such as --min 15, and a resumed run's settings are its saved ones)."""
     from jaxae.config import PRESETS, Config
     preset = Config(**PRESETS[cfg.preset])
     out = ["--preset", cfg.preset] if cfg.preset != "default" else []
-    for name in Config.RUN_FIELDS:
+    others = sorted((set(explicit) | {"save_every_epochs"}) - set(Config.RUN_FIELDS)
+                    - {"epochs", "workdir", "fresh", "max_steps", "preset"})
+    for name in [n for n in Config.RUN_FIELDS if n != "epochs"] + others:
         value, flag = getattr(cfg, name), "--" + name.replace("_", "-")
-        if value != getattr(preset, name) and name != "epochs":
+        if value != getattr(preset, name):
             out += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, str(value)]
     return out + ["--epochs", str(cfg.epochs)]
 

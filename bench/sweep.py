@@ -128,8 +128,8 @@ def run_workers(args) -> int:
             # stops it at once). Left in the driver's group, they ran on after a `timeout` had ended the driver.
             procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), "--data", args.data,
                                            "--base", args.base, "--grid", json.dumps(part), "--root", args.root,
-                                           "--out", args.out, "--cache-dir", args.cache_dir], env=env,
-                                          start_new_session=True))
+                                           "--out", args.out, "--cache-dir", args.cache_dir,
+                                           "--_whole-grid", args.grid], env=env, start_new_session=True))
 
     def forward(signum, frame):  # the signal received: a second Ctrl-C stops the workers at once, as it would one
         for proc in procs:
@@ -159,9 +159,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/sweep.jsonl", help="JSON lines, one per run (appended)")
     p.add_argument("--cache-dir", default="", help="as train.py --cache-dir (default ~/.cache/jaxae)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes sharing the accelerator (default: 1)")
+    p.add_argument("--_whole-grid", dest="whole_grid", default="", help=argparse.SUPPRESS)  # a worker's
     args = p.parse_args(argv)
     from jaxae.config import UsageError
     if args.table:
+        if args.data or args.grid:
+            raise UsageError("--table prints a sweep's rows and trains nothing: give it alone (or drop it to train)")
         print(table(args.table))
         return 0
     if not args.data or not args.grid:
@@ -181,7 +184,10 @@ def main(argv=None) -> int:
     from jaxae.train import check_devices, train_and_evaluate
 
     base = json.loads(args.base)
-    for _, over, cfg in runs:  # here, not in configs(): it starts JAX, which the driver of workers must not
+    # here, not in configs(): it starts JAX, which the driver of workers must not; a worker checks the whole grid,
+    # so that no worker trains its share while another refuses an entry
+    whole = configs(argparse.Namespace(**{**vars(args), "grid": args.whole_grid})) if args.whole_grid else runs
+    for _, over, cfg in whole:
         try:
             check_devices(cfg)
         except UsageError as e:
@@ -232,9 +238,21 @@ def table(path: str) -> str:
     from jaxae.config import UsageError
     try:
         with open(path) as fh:
-            rows = [json.loads(line) for line in fh if line.strip()]
-    except (OSError, ValueError) as e:
-        raise UsageError(f"--table {path}: not a sweep's JSON-lines file ({e})") from None
+            lines_in = [line for line in fh if line.strip()]
+    except OSError as e:
+        raise UsageError(f"--table {path}: cannot be read ({e.strerror})") from None
+    rows, bad = [], 0
+    for line in lines_in:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad += 1
+    if not rows:
+        raise UsageError(f"--table {path}: no sweep rows in it")
     skip = {"name", "base", "data", "workdir", "config", "jax", "device", "test_mse", "pca_mse", "x_pca", "x_pca3",
             "knn10", "train_loss", "steps", "wall_s", "stopped"}
     bases = {json.dumps(r.get("base", {}), sort_keys=True) for r in rows}
@@ -244,14 +262,18 @@ def table(path: str) -> str:
     for r in rows:
         over = ", ".join(f"{k}={v}" for k, v in r.items() if k not in skip) or "base"
         if "stopped" in r:
-            lines.append(f"| {over} | stopped: {r['stopped'][:80]} | | | | | {r.get('wall_s', 0):.0f} s |")
+            why = str(r["stopped"])[:80].replace("|", "/")
+            lines.append(f"| {over} | stopped: {why} | | | | | {r.get('wall_s', 0):.0f} s |")
             continue
         ratio = r.get("x_pca", r.get("x_pca3"))
         k = r.get("config", {}).get("latent_dim", 3)
-        cell = lambda key, spec: format(r[key], spec) if isinstance(r.get(key), (int, float)) else ""  # noqa: E731
+        cell = lambda key, spec: (format(r[key], "g" if spec == "d" and isinstance(r[key], float) else spec)  # noqa
+                                  if isinstance(r.get(key), (int, float)) else "")
         lines.append(f"| {over} | {cell('test_mse', '.5f')} | "
                      f"{f'{ratio:.3f} x PCA-{k}' if isinstance(ratio, float) else ''} | {cell('knn10', '.1%')} | "
                      f"{cell('train_loss', '.5f')} | {cell('steps', 'd')} | {cell('wall_s', '.0f')} s |")
+    if bad:
+        lines.append(f"\n({bad} line(s) of {path} are not rows: skipped)")
     return "\n".join(lines)
 
 

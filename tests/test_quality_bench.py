@@ -103,5 +103,19 @@ def test_a_workdir_holding_a_run_is_resumed_and_evaluated_not_fitted_again(quali
     assert mod.main(["--minutes", "0.05", "--workdir", workdir]) == 0
     out = capsys.readouterr().out
     assert f"holds a run of {first} epochs" in out and "quality run: " in out and ", resumed, trained " in out
-    assert f"python train.py --preset tiny --epochs {first} --workdir NEW_WORKDIR" in out
-    assert f"python train.py --preset tiny --epochs {first} --workdir NEW_WORKDIR" in out
+    every = f" --save-every-epochs {first // 10}" if first >= 20 else ""  # the saves this script chose
+    assert f"python train.py --preset tiny{every} --epochs {first} --workdir NEW_WORKDIR" in out
+
+
+def test_fresh_alone_fits_the_runs_own_settings_again_and_the_command_keeps_every_flag(quality, monkeypatch,
+                                                                                      tmp_path, capsys):
+    # --fresh alone dropped the run's preset and data (a tfds download); the printed command lost --microbatch
+    mod, ds, evaluated = quality
+    workdir = str(tmp_path / "run")
+    monkeypatch.setattr(mod, "calibrate", lambda cfg, ds: (0.01, 0.02, 0.5))
+    assert mod.main(["--minutes", "0.05", "--preset", "tiny", "--microbatch", "4", "--workdir", workdir]) == 0
+    assert "--microbatch 4 --save-every-epochs " in capsys.readouterr().out
+    assert mod.main(["--minutes", "0.05", "--workdir", workdir, "--fresh"]) == 0
+    with open(os.path.join(workdir, "config.json")) as fh:
+        assert json.load(fh)["width"] == 8  # the tiny preset's, not the default's 64
+    assert any(name.startswith("previous-") for name in os.listdir(workdir))

@@ -164,3 +164,17 @@ def test_table_prints_the_rows_as_markdown_old_and_new(sweep, monkeypatch, tmp_p
     assert lines[5].startswith("| latent_dim=2 | 0.03000 | 0.750 x PCA-2 | 50.0% | 0.03100 | 8 | ")
     with pytest.raises(UsageError, match="give --data and --grid to train a sweep"):
         sweep.main(["--grid", "[{}]"])
+
+
+def test_a_worker_checks_the_whole_grid_before_training_its_share(sweep, monkeypatch, tmp_path):
+    # with --jobs 2, a batch the devices do not split failed inside its worker while the other trained its share
+    monkeypatch.setattr(jaxae.train, "train_and_evaluate", lambda *a, **k: pytest.fail("a run started"))
+    with pytest.raises(UsageError, match='grid entry {"batch_size": 7}: --batch-size 7 does not split evenly'):
+        sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "o.jsonl"),
+                    "--grid", "[{}]", "--_whole-grid", '[{}, {"batch_size": 7}]'])
+    started = []
+    monkeypatch.setattr(sweep.subprocess, "Popen", lambda argv, **k: started.append(argv) or
+                        type("P", (), {"wait": lambda self: 0, "poll": lambda self: 0})())
+    assert sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--grid", '[{}, {"width": 4}]',
+                       "--jobs", "2"]) == 0
+    assert [a[a.index("--_whole-grid") + 1] for a in started] == ['[{}, {"width": 4}]'] * 2
