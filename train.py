@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 
 
 def main(argv=None) -> int:
@@ -19,7 +18,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg, explicit = config.from_args(args)
 
-    from jaxae import distributed, figures, hostmem, monitor
+    from jaxae import checkpoints, distributed, figures, hostmem, monitor
     from jaxae.config import TrainingStopped
     from jaxae.train import train_and_evaluate
 
@@ -41,7 +40,7 @@ def main(argv=None) -> int:
             print(f"done: step {result['step']}, test mse {result['test_mse']:.5f}, workdir {cfg.workdir}")
             if result["step"] < result["run_steps"]:
                 print(f"--max-steps {cfg.max_steps} ends this command at step {result['step']} of the run's "
-                      f"{result['run_steps']}: `python train.py --workdir {shlex.quote(cfg.workdir)}` trains on")
+                      f"{result['run_steps']}: `{checkpoints.resume_command(cfg.replace(max_steps=0))}` trains on")
         print(monitor.timing(result))
     return result["exit"]
 

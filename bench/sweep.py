@@ -52,12 +52,10 @@ def pca_mse(ds, k: int) -> float:
     """Test MSE of PCA with k components fit on ds's training images: what evaluate.py reports as PCA-k (0.0323
     for k = 3 on the shared CIFAR-10 copy; a constant of that was printed for every dataset)."""
     import jax
-    from jaxae.evaluate import batch_size_for, pca_codec, reconstruction_metrics
-    from jaxae.metrics import fit_pca, pad_to_multiple
-    n = len(ds.train_images)
-    pca = pca_codec(fit_pca(ds.train_images.reshape(n, -1), max(1, min(k, n - 1)), 1 / 255), ds.image_shape)
+    from jaxae.evaluate import batch_size_for, fit_pca_codec, reconstruction_metrics
+    from jaxae.metrics import pad_to_multiple
     test_x, mask = pad_to_multiple(ds.test_images, batch_size_for(len(ds.test_images)))
-    return reconstruction_metrics(pca, jax.device_put(test_x, jax.local_devices()[0]), mask)["mse"]
+    return reconstruction_metrics(fit_pca_codec(ds, k), jax.device_put(test_x, jax.local_devices()[0]), mask)["mse"]
 
 
 def configs(args) -> list:
@@ -198,7 +196,7 @@ def main(argv=None) -> int:
     print(f"{device}, jax {jax.__version__}", flush=True)
     pca = {}  # test MSE of PCA-k, by k
     with Stop() as stop:  # a signal between runs (train_and_evaluate has its own during one)
-        for name, over, cfg in runs:
+        for i, (name, over, cfg) in enumerate(runs):
             t0 = time.perf_counter()
             common = {"name": name, **over, "base": base, "data": args.data, "workdir": cfg.workdir,
                       "config": dataclasses.asdict(cfg), "jax": jax.__version__, "device": device}
@@ -223,9 +221,8 @@ def main(argv=None) -> int:
                 print(f"RESULT {name:40s} mse {row['test_mse']:.5f} ({row['x_pca']:.3f} x PCA-{cfg.latent_dim})  "
                       f"10-NN {knn:.1%}  {wall:6.1f} s", flush=True)
             if stop.signum is not None:
-                left = len(runs) - 1 - [n for n, _, _ in runs].index(name)
-                print(f"STOPPED by {signal.Signals(stop.signum).name} after {name}: {left} run(s) of the grid did "
-                      f"not run", flush=True)
+                print(f"STOPPED by {signal.Signals(stop.signum).name} after {name}: {len(runs) - 1 - i} run(s) of "
+                      f"the grid did not run", flush=True)
                 return 128 + stop.signum
     return 0
 

@@ -78,12 +78,10 @@ class WorkdirLock:
             # a refused run removes the .lock it made (while holding it): a file opened just before that is no
             # longer the one at the path, and a second run would lock a new one beside it
             try:
-                here = os.stat(path)
-            except OSError:
-                here = None
-            if here is not None and (here.st_ino, here.st_dev) == (os.fstat(fh.fileno()).st_ino,
-                                                                  os.fstat(fh.fileno()).st_dev):
-                break
+                if os.path.samestat(os.stat(path), os.fstat(fh.fileno())):
+                    break
+            except OSError:  # gone
+                pass
             fh.close()
         else:
             return True, ""  # removed under us three times: go on unlocked rather than refuse
@@ -489,7 +487,7 @@ def save_config(cfg: Config, image_shape=None) -> None:
     os.makedirs(cfg.workdir, exist_ok=True)
     path = config_path(cfg.workdir)
     tmp = path + ".tmp"
-    saved = {**json.loads(cfg.to_json()), **({"image_shape": list(image_shape)} if image_shape else {})}
+    saved = {**dataclasses.asdict(cfg), **({"image_shape": list(image_shape)} if image_shape else {})}
     with open(tmp, "w") as fh:
         fh.write(json.dumps(saved, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)

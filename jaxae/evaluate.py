@@ -109,6 +109,13 @@ def pca_codec(pca: dict, image_shape) -> Codec:
     return Codec(f"PCA-{pca['components'].shape[0]}", pca_encode, _PcaDecode(tuple(image_shape)), pca)
 
 
+def fit_pca_codec(ds: Dataset, k: int) -> Codec:
+    """PCA with k components fit on ds's training images: at most N - 1 for N images (centred, the N-th would
+    be an arbitrary direction). evaluate.py's PCA-k, and bench/sweep.py's."""
+    n = len(ds.train_images)
+    return pca_codec(fit_pca(ds.train_images.reshape(n, -1), max(1, min(k, n - 1)), 1 / 255), ds.image_shape)
+
+
 @functools.partial(jax.jit, static_argnames=("encode", "decode"))
 def _roundtrip(encode: Callable, decode: Callable, params, x):
     return decode(params, encode(params, x))
@@ -371,7 +378,8 @@ def _decoder_map(codes: np.ndarray, train_codes: np.ndarray, dec: Callable, n: i
 
 def _timed(fn, *args):
     t = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
+    out = fn(*args)
+    jax.block_until_ready(out.params if isinstance(out, Codec) else out)  # a Codec is one leaf to jax: its arrays
     return out, time.perf_counter() - t
 
 
@@ -400,9 +408,7 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     compile_encode_split(ae, test_x)  # outside the timing
     ae_test, t_encode = _timed(encode_split, ae, test_x)
     ae_train = encode_split(ae, train_x)
-    pca_params, t_pca = _timed(lambda: fit_pca(ds.train_images.reshape(n_train, -1),
-                                                       max(1, min(cfg.latent_dim, n_train - 1)), 1 / 255))
-    pca = pca_codec(pca_params, ds.image_shape)
+    pca, t_pca = _timed(fit_pca_codec, ds, cfg.latent_dim)
     test_codes = {"ae": ae_test, "pca": encode_split(pca, test_x)}  # pad rows included
     codes = {"ae_test": ae_test[:n_test], "ae_train": ae_train[:n_train],
              "pca_test": test_codes["pca"][:n_test], "pca_train": encode_split(pca, train_x)[:n_train]}
@@ -436,7 +442,7 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
         spe = figures.epoch_positions(figures.per_epoch(figures.read_metrics(workdir)))[1]
         metrics = {"workdir": os.path.abspath(workdir), "step": step_done,
                    "epochs_done": step_done / spe if spe else None, "data": cfg.data, "n_test": n_test,
-                   "n_train": n_train, "image_shape": list(ds.test_images.shape[1:]), "latent_dim": cfg.latent_dim,
+                   "n_train": n_train, "image_shape": list(ds.image_shape), "latent_dim": cfg.latent_dim,
                    "models": results,
                    "mean_image_test_mse": baseline,
                    "chance_accuracy": chance_accuracy(ds.train_labels, ds.test_labels),

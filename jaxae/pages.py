@@ -287,8 +287,9 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
         "traversal": "Each row sweeps one latent coordinate across its observed range (1st to 99th "
                      "percentile of the test codes) with the other coordinates at their median.",
         "decoder_map": ("decoder map", "The decoder's output over a regular grid of a plane of the latent space "
-                        "(for a code of more than 2 dimensions, the plane of the test codes' two main directions "
-                        "through their mean; the column headers are the first coordinate). Where the grid leaves "
+                        "(for a code of more than 2 dimensions, the plane of the training codes' two main directions "
+                        "through their mean, the PC 1 and PC 2 of the latent plots; the column headers are the first "
+                        "coordinate). Where the grid leaves "
                         "the cloud of codes (compare the latent plots), the decoder draws what no image was "
                         "encoded to."),
         "class_means": ("class means", "Per class: the decoder's image of the mean of the class's test codes (a "

@@ -86,10 +86,12 @@ def check_settings(cfg: Config, explicit: set[str], ds: Dataset | None = None) -
     return spe
 
 
-def check_devices(cfg: Config) -> None:
-    """The batch splits evenly over the devices, and into passes (--microbatch). It starts JAX's backend: call it
-    where the process may (after jaxae.hostmem's settings; not in bench/sweep.py's driver of workers)."""
-    microbatch_size(cfg, _device_layout(cfg.batch_size)[1])
+def check_devices(cfg: Config) -> tuple[int, int]:
+    """The batch splits evenly over the devices, and into passes (--microbatch): (the per-device batch, the
+    examples per pass). It starts JAX's backend: call it where the process may (after jaxae.hostmem's settings;
+    not in bench/sweep.py's driver of workers)."""
+    local_batch = _device_layout(cfg.batch_size)[1]
+    return local_batch, microbatch_size(cfg, local_batch)
 
 
 def _one_cpu_device() -> str:
@@ -338,8 +340,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     check_settings(cfg, explicit)
     # set aside below, after the checks: --fresh over an earlier run, or a new run over an earlier one's results
     earlier_run = not resuming and bool(checkpoints.earlier_results(cfg.workdir))
-    n_dev, local_batch = _device_layout(cfg.batch_size)
-    micro = microbatch_size(cfg, local_batch)
+    local_batch, micro = check_devices(cfg)
     checkpoints.check_workdir(cfg.workdir)  # before the data: a typo in --workdir should not cost a decode
     ds = ds if ds is not None else load(cfg.data, cfg.dataset, cfg.cache_dir)
     n_train = ds.train_images.shape[0]
