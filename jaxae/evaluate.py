@@ -16,6 +16,7 @@ import jax
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax import lax
 
 from jaxae import checkpoints, corruption, figures, hostmem, pages
@@ -30,6 +31,8 @@ from jaxae.train import TrainState, steps_per_epoch, train_state_to_restore
 BATCH = 500          # images per scan step when encoding / reconstructing a split
 NOISE_SEED = 1234    # corrupted test inputs are the same in every evaluation of every run
 MAX_INTERP_STEPS = 50  # columns of the interpolation and traversal grids: more are too small to see
+BEST_CANDIDATES = 4096  # decoded training codes each test image is compared with before its descent (--best-codes)
+BEST_RATE = 0.03       # that descent's Adam step per code axis, x the training codes' spread; cosine-decayed to 0
 
 
 # ------------------------------------------------------------------------------------ restore
@@ -196,6 +199,61 @@ def reconstruction_metrics(codec: Codec, images_dev, mask: np.ndarray, kind: str
     return {"mse": mse, "mae": float(ae.mean()), "psnr": psnr(mse), "ssim": float(ss.mean())}
 
 
+@dataclasses.dataclass(frozen=True)
+class _BestCodes:
+    """For each image of a batch, a code the decoder reconstructs it better from than from the encoder's: start
+    from the encoder's code or from the decoded candidate nearest the image in pixels, whichever is nearer, then
+    take `steps` Adam steps on the code against decode(code)'s squared error. Returns the better of the start and
+    the end, its per-image MSE, and the encoder's code's MSE."""
+    decode: Callable
+    steps: int
+    rate: float
+
+    def __call__(self, p, x, idx):
+        p, codes, cand_codes, cand_images, scale = p
+        err = lambda z: jnp.square(self.decode(p, z) - x).reshape(x.shape[0], -1).mean(1)
+        z_enc = codes[idx]
+        e_enc = err(z_enc)
+        flat = x.reshape(x.shape[0], -1)
+        d = jnp.sum(jnp.square(cand_images), 1)[None] - 2 * flat @ cand_images.T  # + |x|^2, the same per image
+        nearest = cand_codes[jnp.argmin(d, 1)]
+        e_near = err(nearest)
+        start = jnp.where((e_near < e_enc)[:, None], nearest, z_enc)
+        e_start = jnp.minimum(e_near, e_enc)
+        opt = optax.scale_by_adam()  # per image and axis: each image's code is its own problem
+        rate = optax.cosine_decay_schedule(self.rate, max(self.steps, 1))
+
+        def step(carry, i):
+            z, state = carry
+            u, state = opt.update(jax.grad(lambda z: err(z).sum())(z), state)
+            return (z - rate(i) * scale * u, state), None
+        (z, _), _ = lax.scan(step, (start, opt.init(start)), jnp.arange(self.steps))
+        e_end = err(z)
+        better = e_end < e_start
+        return jnp.where(better[:, None], z, start), jnp.where(better, e_end, e_start), e_enc
+
+
+def best_codes(codec: Codec, images_dev, codes: jax.Array, train_codes: np.ndarray, steps: int,
+               candidates: int = BEST_CANDIDATES) -> tuple[jax.Array, jax.Array, jax.Array, int]:
+    """The decoder's best code for each image of a padded on-device uint8 split, found by search: the nearer
+    (in pixels) of the encoder's code (`codes`, as encode_split gave them) and the decoding of the best of
+    `candidates` training codes, then `steps` of Adam on the code. This is encoding by optimisation: it uses only
+    the image and the decoder, as the encoder does. Where it finds a better code than the encoder gives, the
+    error is the encoder's (an amortisation gap), not the decoder's. Returns the codes, their per-image MSE and
+    the encoder's codes' (pad rows included) and the number of candidates (fewer for few or large images)."""
+    pixels = int(np.prod(images_dev.shape[1:]))
+    m = max(1, min(candidates, len(train_codes), 2 ** 24 // pixels))  # their decodings: at most 64 MB
+    cand = jnp.asarray(train_codes[np.sort(np.random.default_rng(0).permutation(len(train_codes))[:m])])
+    cand_images = jnp.concatenate([_roundtrip(_identity, codec.decode, codec.params, cand[i:i + BATCH])
+                                   for i in range(0, m, BATCH)]).reshape(m, pixels)
+    spread = jnp.std(jnp.asarray(train_codes), axis=0)
+    scale = jnp.where(spread > 0, spread, 1.0)
+    fn = _BestCodes(codec.decode, steps, BEST_RATE)
+    z, err, enc_err = _map_batches(fn, (codec.params, codes, cand, cand_images, scale), images_dev,
+                                   batch_size_for(images_dev.shape[0]))
+    return z, err, enc_err, m
+
+
 # ----------------------------------------------------------------------------------- pictures
 
 def pick_pairs(labels: np.ndarray, n: int) -> list[tuple[int, int]]:
@@ -291,6 +349,8 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
         recon_rows.append((f"{cfg.corruption} {cfg.noise:g}", _u8(noisy)))
     for c in (ae, pca):
         recon_rows.append((c.name, _u8(reconstruct(c, inputs))))
+    if "best_test" in codes:  # --best-codes: what the decoder draws from each image's best code
+        recon_rows.insert(-1, ("best code", _u8(dec(codes["best_test"][sel]))))
     if cfg.noise > 0:
         for c in (ae, pca):
             recon_rows.append((f"{c.name} of noisy", _u8(reconstruct(c, noisy))))
@@ -384,13 +444,16 @@ def _timed(fn, *args):
 
 
 def run(workdir: str, step: int | None = None, out: str | None = None, data: str | None = None,
-        interp_steps: int = 10, cache_dir: str | None = None) -> dict[str, Any]:
-    """Evaluate the run in `workdir` into `out` (default WORKDIR/eval); returns the metrics."""
+        interp_steps: int = 10, cache_dir: str | None = None, best_steps: int = 0) -> dict[str, Any]:
+    """Evaluate the run in `workdir` into `out` (default WORKDIR/eval); returns the metrics. best_steps > 0
+    also searches the decoder's best code for each test image (best_codes) with that many descent steps."""
     t_start = time.perf_counter()
     hostmem.keep_freed_memory()
     hostmem.run_cpu_programs_inline()
     if not 2 <= interp_steps <= MAX_INTERP_STEPS:
         raise UsageError(f"--interp-steps must be between 2 and {MAX_INTERP_STEPS} (got {interp_steps})")
+    if best_steps < 0:
+        raise UsageError(f"--best-codes must be 0 (off) or a number of descent steps, about 100 (got {best_steps})")
     out = _check_out(out, workdir)
     use_compilation_cache(load_config(workdir).cache_dir if cache_dir is None else cache_dir)
     cfg, state, ds = restore(workdir, step, data, cache_dir)
@@ -427,13 +490,22 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
         nn = np.asarray(nearest_neighbours(codes[f"{key}_test"], codes[f"{key}_train"], k=knn_k))
         m[f"knn{knn_k}_accuracy"] = knn_accuracy(nn, ds.train_labels, ds.test_labels, len(ds.class_names))
         results[codec.name] = m
+    best = None
+    if best_steps:
+        t = time.perf_counter()
+        z, err, enc_err, n_cand = jax.block_until_ready(best_codes(ae, test_x, ae_test, codes["ae_train"],
+                                                                   best_steps))
+        best = {f"test_{k}": v for k, v in reconstruction_metrics(ae, test_x, test_mask, codes=z).items()}
+        best.update(steps=best_steps, candidates=n_cand, seconds=time.perf_counter() - t,
+                    improved=float(np.mean((np.asarray(err) < np.asarray(enc_err))[test_mask > 0])))
+        codes["best_test"] = z[:n_test]
     codes = {k: np.asarray(v) for k, v in codes.items()}
     baseline = mean_image_mse(ds.train_images, ds.test_images)
     table = format_table(results)
 
     tmp, made = _start_output(out)
     try:  # an error or Ctrl-C leaves nothing half-written behind
-        _save_latents(tmp, codes["ae_test"], ds)
+        _save_latents(tmp, codes["ae_test"], ds, codes.get("best_test"))
         files = make_figures(cfg, ae, pca, ds, codes, tmp, interp_steps)
         curve = figures.loss_curve(workdir, os.path.join(tmp, "loss_curve.png"), results[pca.name]["test_mse"],
                                    baseline, step=step_done)
@@ -447,6 +519,7 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
                    "mean_image_test_mse": baseline,
                    "chance_accuracy": chance_accuracy(ds.train_labels, ds.test_labels),
                    "class_names": list(ds.class_names),
+                   **({"best_codes": best} if best else {}),
                    "seconds": {"encode_test": t_encode, "pca_fit": t_pca, "total": time.perf_counter() - t_start},
                    "config": json.loads(cfg.to_json())}
         pages.index(os.path.join(tmp, "index.html"), cfg, metrics, table, files)
@@ -457,6 +530,8 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
         _remove_output(tmp, made)
         raise
     print(table)
+    if best:
+        print(pages.best_codes_text(best, results[ae.name]["test_mse"]))
     print(f"for scale: the mean training image, one output for every input, has test MSE {baseline:.4f}; "
           f"{pages.chance_text(metrics['chance_accuracy'], len(ds.class_names))}")
     if pages.untrained(metrics):
@@ -496,9 +571,9 @@ def format_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _save_latents(out: str, codes: np.ndarray, ds: Dataset) -> None:
+def _save_latents(out: str, codes: np.ndarray, ds: Dataset, best: np.ndarray | None = None) -> None:
     np.savez(os.path.join(out, "latents.npz"), codes=codes, labels=ds.test_labels,
-             class_names=np.array(ds.class_names))
+             class_names=np.array(ds.class_names), **({"best_codes": best} if best is not None else {}))
     with open(os.path.join(out, "latents.csv"), "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "label", "class"] + [f"z{i + 1}" for i in range(codes.shape[1])])

@@ -251,6 +251,14 @@ def chance_text(chance: float, n_classes: int) -> str:
     return f"always guessing the commonest training class is right for {100 * chance:.1f} % of the test images"
 
 
+def best_codes_text(best: dict, encoder_mse: float) -> str:
+    """One line on --best-codes' result, for the terminal and the page."""
+    return (f"the decoder's best codes (the encoder's or the nearest of {best['candidates']:,} decoded training codes, "
+            f"then {best['steps']} Adam steps per image; {best['seconds']:.0f} s): test MSE {best['test_mse']:.4f}, "
+            f"{100 * (best['test_mse'] / encoder_mse - 1):+.1f} % against the encoder's codes; "
+            f"{best['improved']:.0%} of the test images have a better code than the encoder gives them")
+
+
 def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> str:
     """WORKDIR/eval/index.html: the run's settings, the metrics table and every figure, with captions."""
     esc = html.escape
@@ -278,7 +286,9 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
         **latent_captions(cfg.latent_dim),
         "interpolation": "Each row: test image A, decodings of points on the straight line from A's code to "
                          "B's code (t = 0 is A's reconstruction, t = 1 is B's), test image B.",
-        "reconstructions": "Test images (top row) and their reconstructions by the autoencoder and by PCA "
+        "reconstructions": "Test images (top row) and their reconstructions by the autoencoder "
+                           + ("(then the decoder's drawing of each image's best code, --best-codes) "
+                              if metrics.get("best_codes") else "") + "and by PCA "
                            + ("(second row: the same images corrupted as in training; last two rows: both "
                               "reconstructions of those) " if cfg.noise > 0 else "")
                            + ("with as many components as the code has dimensions." if pca_k == cfg.latent_dim else
@@ -318,6 +328,11 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
                if "chance_accuracy" in metrics else "") + ". PCA is fit on the training images."
             + (" Noisy input: the test images corrupted as in training (fixed seed), compared with the clean "
                "image." if cfg.noise > 0 else "") + "</p>",
+            *([f"<p>With --best-codes, {esc(best_codes_text(metrics['best_codes'], models['autoencoder']['test_mse']))}"
+               ". This is encoding by search: it uses only the image and the decoder, as the encoder does. Where it "
+               "finds a better code, that part of the error is the encoder's (it cannot compute the decoder's best "
+               "code: an amortisation gap), not the decoder's. The best codes are in latents.npz (best_codes); the "
+               "figures show the encoder's.</p>"] if metrics.get("best_codes") else []),
             f"<p>Encoding the {metrics['n_test']:,} test images took {s['encode_test']:.2f} s; the whole "
             f"evaluation {s['total']:.0f} s.</p>",
             f"<p><b><a href=\"{files['latent_3d_html']}\">Open the "

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import make_image_folder, tiny_config
@@ -14,7 +17,7 @@ from PIL import Image
 from jaxae import checkpoints, evaluate, figures
 from jaxae.config import UsageError
 from jaxae.data import load
-from jaxae.metrics import mean_image_mse
+from jaxae.metrics import mean_image_mse, pad_to_multiple
 from jaxae.train import train_and_evaluate
 
 STEPS = 4  # --interp-steps of the runs below
@@ -160,6 +163,92 @@ def test_clean_errors_from_the_codes_equal_those_from_encoding_again(run):
     assert decoded == pytest.approx(again, rel=1e-5)
     with pytest.raises(ValueError, match="clean inputs' codes"):
         evaluate.reconstruction_metrics(codec, x, mask, "gaussian", 0.2, codes=evaluate.encode_split(codec, x))
+
+
+@dataclasses.dataclass(frozen=True)
+class _ToTheMean:
+    """A poor encoder for the PCA decoder: every image to the code of the mean image."""
+    def __call__(self, p, x):
+        return jnp.zeros((x.shape[0], p["components"].shape[0]))
+
+
+@pytest.fixture(scope="module")
+def pca_splits(run):
+    """The run's data on device and its PCA-3, whose decoder is linear: the best code of an image is its PCA code."""
+    _, _, ds = evaluate.restore(run["cfg"].workdir)
+    pca = evaluate.fit_pca_codec(ds, 3)
+    x, mask = pad_to_multiple(ds.test_images, evaluate.batch_size_for(len(ds.test_images)))
+    train, _ = pad_to_multiple(ds.train_images, evaluate.batch_size_for(len(ds.train_images)))
+    train_codes = np.asarray(evaluate.encode_split(pca, jax.device_put(train)))[:len(ds.train_images)]
+    return pca, jax.device_put(x), mask, train_codes
+
+
+def test_best_codes_find_the_best_code_a_poor_encoder_missed(pca_splits):
+    """--best-codes with PCA's decoder and an encoder that sends every image to the mean: the search of the
+    training codes alone does better, the descent reaches PCA's own (least-squares) codes' error, and the errors
+    reported are those of decoding the codes returned; a code is replaced only by a better one."""
+    pca, x, mask, train_codes = pca_splits
+    poor = evaluate.Codec("poor", _ToTheMean(), pca.decode, pca.params)
+    enc = evaluate.encode_split(poor, x)
+    optimum = evaluate.reconstruction_metrics(pca, x, mask)["mse"]
+    means = []
+    for steps in (0, 100):
+        z, err, enc_err, n_cand = evaluate.best_codes(poor, x, enc, train_codes, steps, candidates=8)
+        assert n_cand == 8 and z.shape == enc.shape
+        err, enc_err = np.asarray(err)[mask > 0], np.asarray(enc_err)[mask > 0]
+        assert (err <= enc_err).all()
+        assert evaluate.reconstruction_metrics(poor, x, mask, codes=z)["mse"] == pytest.approx(err.mean(), rel=1e-5)
+        assert evaluate.reconstruction_metrics(poor, x, mask)["mse"] == pytest.approx(enc_err.mean(), rel=1e-5)
+        changed = np.any(np.asarray(z) != np.asarray(enc), axis=1)[mask > 0]
+        assert np.array_equal(changed, err < enc_err)
+        means.append(err.mean())
+    closed = [(enc_err.mean() - m) / (enc_err.mean() - optimum) for m in means]  # of the way to the optimum
+    assert 0.5 < closed[0] < 0.95 and 0.99 < closed[1] <= 1  # measured: 0.86 and 0.996
+
+
+def test_best_codes_of_an_optimal_encoder_are_its_own(pca_splits):
+    """PCA's encoder already gives its decoder's best codes: the search finds nothing better, beyond rounding."""
+    pca, x, mask, train_codes = pca_splits
+    enc = evaluate.encode_split(pca, x)
+    z, err, enc_err, _ = evaluate.best_codes(pca, x, enc, train_codes, 50)
+    err, enc_err = np.asarray(err)[mask > 0], np.asarray(enc_err)[mask > 0]
+    assert err.mean() == pytest.approx(enc_err.mean(), rel=1e-4)
+    np.testing.assert_allclose(np.asarray(z), np.asarray(enc), atol=1e-2 * np.abs(train_codes).max())
+
+
+def test_the_candidate_search_finds_an_image_the_decoder_drew(pca_splits):
+    """A test image that is the decoding of a training code: the search (no descent) finds that code."""
+    pca, _, _, train_codes = pca_splits
+    target = train_codes[5:6]
+    drawn = np.asarray(pca.decode(pca.params, jnp.asarray(target)))
+    images = jax.device_put(np.round(np.clip(drawn, 0, 1) * 255).astype(np.uint8))
+    poor = evaluate.Codec("poor", _ToTheMean(), pca.decode, pca.params)
+    z, err, enc_err, n_cand = evaluate.best_codes(poor, images, evaluate.encode_split(poor, images), train_codes, 0)
+    assert n_cand == len(train_codes)
+    np.testing.assert_array_equal(np.asarray(z), target)
+    assert float(err[0]) < 0.1 * float(enc_err[0])
+
+
+def test_best_codes_in_an_evaluation(run, tmp_path, capsys):
+    """evaluate.py --best-codes: its MSE beside the encoder's in metrics.json, the terminal and the page, the
+    codes in latents.npz, and a row of the reconstructions figure."""
+    out = tmp_path / "ev"
+    m = evaluate.run(run["cfg"].workdir, out=str(out), interp_steps=STEPS, best_steps=10)
+    best = m["best_codes"]
+    assert best["steps"] == 10 and best["candidates"] == 32 and 0 < best["improved"] <= 1
+    assert best["test_mse"] < m["models"]["autoencoder"]["test_mse"]
+    assert json.load(open(out / "metrics.json"))["best_codes"] == pytest.approx(best)
+    printed = capsys.readouterr().out
+    assert ("the decoder's best codes (the encoder's or the nearest of 32 decoded training codes, then 10 Adam "
+            "steps per image; ") in printed and f"test MSE {best['test_mse']:.4f}" in printed
+    page = open(out / "index.html").read()
+    assert "With --best-codes, the decoder&#x27;s best codes" in page and "amortisation gap" in page
+    codes = np.load(out / "latents.npz")
+    assert codes["best_codes"].shape == codes["codes"].shape == (N_TEST, 3)
+    assert Image.open(out / "reconstructions.png").size == figures.grid_size(7, 12, 16, 16)
+    assert "best_codes" not in run["second"] and "best_codes" not in np.load(os.path.join(run["out"], "latents.npz"))
+    with pytest.raises(UsageError, match="--best-codes must be 0 .off. or a number of descent steps"):
+        evaluate.run(run["cfg"].workdir, out=str(tmp_path / "ev2"), best_steps=-1)
 
 
 def test_a_workdir_without_checkpoint_is_a_clear_error(tmp_path, capsys):
