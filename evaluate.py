@@ -28,7 +28,7 @@ def main(argv=None) -> int:
                         "image's best code for the decoder: the nearer of the encoder's code and the best of "
                         "4,096 decoded training codes, then STEPS Adam steps on the reconstruction error (about "
                         "100). Where it beats the encoder, the error is the encoder's, not the decoder's. Slow "
-                        "on CPU: minutes for the quick preset, an hour for the default model (default: 0, off)")
+                        "on CPU: minutes for the quick preset, an hour or more for the default model (default: 0, off)")
     args = parser.parse_args(argv)
 
     from jaxae.evaluate import run

@@ -30,7 +30,8 @@
 # evaluates them at once, each process with 0.9 / n of the GPU's memory: quality figures in one call, wall times
 # of a shared GPU (two long runs at once: 1.0 s per epoch against 0.66 s alone). A training that the limit cuts is
 # evaluated at its last checkpoint and reported INCOMPLETE, as is one that failed or never started; the script then
-# exits 1. (PART=sweep and perf exit with bench/sweep.py's status, 3 when BUDGET cut the sweep, and print its rows as
+# exits 1. EVAL_FLAGS is appended to each evaluate.py: EVAL_FLAGS="--best-codes 100" also reports how much of the
+# error is the encoder's (nineteenth session). (PART=sweep and perf exit with bench/sweep.py's status, 3 when BUDGET cut the sweep, and print its rows as
 # a table.) With DATA, a dry run on CPU:
 #   PART=variants DATA=some/image/folder TRAIN_FLAGS="--preset tiny --max-steps 4" OUT=/tmp/o bash bench/h100.sh
 #
@@ -42,6 +43,7 @@ export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 DATA=${DATA:-data/cifar10-jpeg.tar.gz}
 PART=${PART:-perf}
 TRAIN_FLAGS=${TRAIN_FLAGS:-}
+EVAL_FLAGS=${EVAL_FLAGS:-}
 RUNS=${RUNS:-/tmp/runs}   # the runs themselves (not returned by the device tool)
 BUDGET=${BUDGET:-580}          # seconds this script may use in all
 # what the fourteenth session's sweep left open (docs/quality.md): --preset long (100 epochs, batch 1024, rate
@@ -146,7 +148,7 @@ if [[ $PART == variants ]]; then
     local name=$1 rc wall t0; read -r rc wall < "$RUNS/rc-$name"
     (( rc == 0 )) || { (( rc == 124 )) && has_checkpoint "$name"; } || return
     t0=$(date +%s.%N)
-    within "$2" python3 evaluate.py --workdir "$RUNS/$name" > "$RUNS/eval-$name.out" 2>&1
+    within "$2" python3 evaluate.py --workdir "$RUNS/$name" $EVAL_FLAGS > "$RUNS/eval-$name.out" 2>&1
     rc=$?
     echo "evaluate.py wall: $(since $t0) s, exit $rc" >> "$RUNS/eval-$name.out"
   }
@@ -199,7 +201,7 @@ echo "train.py wall: $(since $t0) s"
 cp $RUNS/default/metrics.jsonl "$OUT/default_metrics.jsonl" 2>/dev/null
 
 step "2. evaluate.py on the default run"
-within 90 python3 evaluate.py --workdir $RUNS/default > $RUNS/eval.out 2>&1; tail -12 $RUNS/eval.out
+within 90 python3 evaluate.py --workdir $RUNS/default $EVAL_FLAGS > $RUNS/eval.out 2>&1; tail -12 $RUNS/eval.out
 cp $RUNS/eval.out "$OUT/eval.out"
 tar czf "$OUT/eval.tar.gz" --exclude latent_3d.html -C $RUNS/default eval
 

@@ -173,12 +173,13 @@ def test_h100_sh_variants_dry_run_trains_evaluates_and_returns_its_files(tmp_pat
     out = tmp_path / "out"
     proc = _bash("h100.sh", {"PART": "variants", "VARIANTS": "plain: --noise 0", "DATA": data, "OUT": str(out),
                              "RUNS": str(tmp_path / "runs"), "TRAIN_FLAGS": "--preset tiny --max-steps 2",
-                             "BUDGET": "250"})
+                             "BUDGET": "250", "EVAL_FLAGS": "--best-codes 2"})
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert sorted(os.listdir(out)) == ["eval-plain.out", "log.txt", "metrics-plain.jsonl", "train-plain.out"]
     log = (out / "log.txt").read_text()
     assert "--- plain: train.py  --noise 0 --preset tiny --max-steps 2 wall:" in log and "INCOMPLETE" not in log
     assert "10-NN class accuracy" in log and "evaluate.py wall:" in log
+    assert "then 2 Adam steps per image" in log  # EVAL_FLAGS reach evaluate.py
 
 
 def test_startup_sh_usage(tmp_path):
