@@ -30,9 +30,9 @@
 # evaluates them at once, each process with 0.9 / n of the GPU's memory: quality figures in one call, wall times
 # of a shared GPU (two long runs at once: 1.0 s per epoch against 0.66 s alone). A training that the limit cuts is
 # evaluated at its last checkpoint and reported INCOMPLETE, as is one that failed or never started; the script then
-# exits 1. EVAL_FLAGS is appended to each evaluate.py: EVAL_FLAGS="--best-codes 100" also reports how much of the
-# error is the encoder's (nineteenth session). (PART=sweep and perf exit with bench/sweep.py's status, 3 when BUDGET cut the sweep, and print its rows as
-# a table.) With DATA, a dry run on CPU:
+# exits 1. (PART=sweep and perf exit with bench/sweep.py's status, 3 when BUDGET cut the sweep, and print its rows as
+# a table.) EVAL_FLAGS is appended to each evaluate.py (e.g. "--interp-steps 20"); its time limit is 120 s, so run
+# an untimed `--best-codes` as an evaluate.py of its own after this script. With DATA, a dry run on CPU:
 #   PART=variants DATA=some/image/folder TRAIN_FLAGS="--preset tiny --max-steps 4" OUT=/tmp/o bash bench/h100.sh
 #
 #   PART=sweep OUT=/some/folder bash bench/h100.sh

@@ -215,7 +215,8 @@ class _BestCodes:
         z_enc = codes[idx]
         e_enc = err(z_enc)
         flat = x.reshape(x.shape[0], -1)
-        d = jnp.sum(jnp.square(cand_images), 1)[None] - 2 * flat @ cand_images.T  # + |x|^2, the same per image
+        d = (jnp.sum(jnp.square(cand_images), 1)[None]  # + |x|^2, the same for every candidate of an image
+             - 2 * jnp.matmul(flat, cand_images.T, precision=lax.Precision.HIGHEST))  # no TF32 on GPUs
         nearest = cand_codes[jnp.argmin(d, 1)]
         e_near = err(nearest)
         start = jnp.where((e_near < e_enc)[:, None], nearest, z_enc)
@@ -235,19 +236,21 @@ class _BestCodes:
 
 def best_codes(codec: Codec, images_dev, codes: jax.Array, train_codes: np.ndarray, steps: int,
                candidates: int = BEST_CANDIDATES) -> tuple[jax.Array, jax.Array, jax.Array, int]:
-    """The decoder's best code for each image of a padded on-device uint8 split, found by search: the nearer
-    (in pixels) of the encoder's code (`codes`, as encode_split gave them) and the decoding of the best of
+    """The best code found for each image of a padded on-device uint8 split, for the decoder: the nearer (in
+    pixels) of the encoder's code (`codes`, as encode_split gave them) and the decoding of the best of up to
     `candidates` training codes, then `steps` of Adam on the code. This is encoding by optimisation: it uses only
-    the image and the decoder, as the encoder does. Where it finds a better code than the encoder gives, the
-    error is the encoder's (an amortisation gap), not the decoder's. Returns the codes, their per-image MSE and
-    the encoder's codes' (pad rows included) and the number of candidates (fewer for few or large images)."""
+    the image and the decoder, as the encoder does. Where it finds a better code than the encoder gives, that part
+    of the error is the encoder's (an amortisation gap; a local search finds a lower bound of it), not the
+    decoder's. Returns the codes, their per-image MSE and the encoder's codes' (pad rows included) and the number
+    of candidates (fewer for few or large images)."""
     pixels = int(np.prod(images_dev.shape[1:]))
     m = max(1, min(candidates, len(train_codes), 2 ** 24 // pixels))  # their decodings: at most 64 MB
     cand = jnp.asarray(train_codes[np.sort(np.random.default_rng(0).permutation(len(train_codes))[:m])])
     cand_images = jnp.concatenate([_roundtrip(_identity, codec.decode, codec.params, cand[i:i + BATCH])
                                    for i in range(0, m, BATCH)]).reshape(m, pixels)
-    spread = jnp.std(jnp.asarray(train_codes), axis=0)
-    scale = jnp.where(spread > 0, spread, 1.0)
+    spread = jnp.std(jnp.asarray(train_codes), axis=0)  # an axis the codes barely use still gets steps
+    scale = jnp.maximum(spread, 1e-3 * spread.max())
+    scale = jnp.where(scale > 0, scale, 1.0)  # codes that all coincide: an untrained model
     fn = _BestCodes(codec.decode, steps, BEST_RATE)
     z, err, enc_err = _map_batches(fn, (codec.params, codes, cand, cand_images, scale), images_dev,
                                    batch_size_for(images_dev.shape[0]))
@@ -492,20 +495,25 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
         results[codec.name] = m
     best = None
     if best_steps:
+        print(f"searching the best code of each of the {n_test:,} test images ({best_steps} descent steps"
+              + ("; on CPU this takes minutes for a small model, an hour or more for the default one)"
+                 if dev.platform == "cpu" else ")"), flush=True)
         t = time.perf_counter()
         z, err, enc_err, n_cand = jax.block_until_ready(best_codes(ae, test_x, ae_test, codes["ae_train"],
                                                                    best_steps))
         best = {f"test_{k}": v for k, v in reconstruction_metrics(ae, test_x, test_mask, codes=z).items()}
+        gain = 1 - (np.asarray(err) / np.maximum(np.asarray(enc_err), 1e-12))[test_mask > 0]
         best.update(steps=best_steps, candidates=n_cand, seconds=time.perf_counter() - t,
-                    improved=float(np.mean((np.asarray(err) < np.asarray(enc_err))[test_mask > 0])))
-        codes["best_test"] = z[:n_test]
+                    median_gain=float(np.median(gain)), improved=float(np.mean(gain > 0.01)))
+        codes.update(best_test=z[:n_test], best_mse=err[:n_test], encoder_mse=enc_err[:n_test])
     codes = {k: np.asarray(v) for k, v in codes.items()}
     baseline = mean_image_mse(ds.train_images, ds.test_images)
     table = format_table(results)
 
     tmp, made = _start_output(out)
     try:  # an error or Ctrl-C leaves nothing half-written behind
-        _save_latents(tmp, codes["ae_test"], ds, codes.get("best_test"))
+        _save_latents(tmp, codes["ae_test"], ds, **{k: codes[k] for k in ("best_test", "best_mse", "encoder_mse")
+                                                      if k in codes})
         files = make_figures(cfg, ae, pca, ds, codes, tmp, interp_steps)
         curve = figures.loss_curve(workdir, os.path.join(tmp, "loss_curve.png"), results[pca.name]["test_mse"],
                                    baseline, step=step_done)
@@ -571,9 +579,13 @@ def format_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _save_latents(out: str, codes: np.ndarray, ds: Dataset, best: np.ndarray | None = None) -> None:
+def _save_latents(out: str, codes: np.ndarray, ds: Dataset, best_test: np.ndarray | None = None,
+                  **errors: np.ndarray) -> None:
+    """latents.npz and latents.csv: the test codes; with --best-codes, also the best codes found (best_codes) and
+    each test image's MSE from them and from the encoder's (best_mse, encoder_mse)."""
+    extra = {} if best_test is None else {"best_codes": best_test, **errors}
     np.savez(os.path.join(out, "latents.npz"), codes=codes, labels=ds.test_labels,
-             class_names=np.array(ds.class_names), **({"best_codes": best} if best is not None else {}))
+             class_names=np.array(ds.class_names), **extra)
     with open(os.path.join(out, "latents.csv"), "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "label", "class"] + [f"z{i + 1}" for i in range(codes.shape[1])])

@@ -253,10 +253,11 @@ def chance_text(chance: float, n_classes: int) -> str:
 
 def best_codes_text(best: dict, encoder_mse: float) -> str:
     """One line on --best-codes' result, for the terminal and the page."""
-    return (f"the decoder's best codes (the encoder's or the nearest of {best['candidates']:,} decoded training codes, "
+    return (f"the best codes found (the encoder's or the nearest of {best['candidates']:,} decoded training codes, "
             f"then {best['steps']} Adam steps per image; {best['seconds']:.0f} s): test MSE {best['test_mse']:.4f}, "
-            f"{100 * (best['test_mse'] / encoder_mse - 1):+.1f} % against the encoder's codes; "
-            f"{best['improved']:.0%} of the test images have a better code than the encoder gives them")
+            f"{100 * (best['test_mse'] / encoder_mse - 1):+.1f} % against the encoder's codes; the median test "
+            f"image's error is {100 * best['median_gain']:.1f} % lower, and {100 * best['improved']:.0f} % of them "
+            f"gain more than 1 %")
 
 
 def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> str:
@@ -331,8 +332,12 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
             *([f"<p>With --best-codes, {esc(best_codes_text(metrics['best_codes'], models['autoencoder']['test_mse']))}"
                ". This is encoding by search: it uses only the image and the decoder, as the encoder does. Where it "
                "finds a better code, that part of the error is the encoder's (it cannot compute the decoder's best "
-               "code: an amortisation gap), not the decoder's. The best codes are in latents.npz (best_codes); the "
-               "figures show the encoder's.</p>"] if metrics.get("best_codes") else []),
+               "code: an amortisation gap; a local search finds a lower bound of it), not the decoder's."
+               + (" The search starts from clean test images, which this denoising encoder was not trained on, so "
+                  "the gap also holds what training on corrupted inputs costs on clean ones." if cfg.noise > 0 else "")
+               + " The best codes and each test image's MSE from them and from the encoder's codes are in "
+               "latents.npz (best_codes, best_mse, encoder_mse); the reconstructions figure has a row of them; the "
+               "latent plots show the encoder's codes.</p>"] if metrics.get("best_codes") else []),
             f"<p>Encoding the {metrics['n_test']:,} test images took {s['encode_test']:.2f} s; the whole "
             f"evaluation {s['total']:.0f} s.</p>",
             f"<p><b><a href=\"{files['latent_3d_html']}\">Open the "
