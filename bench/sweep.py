@@ -14,6 +14,8 @@ depend on the data, such as a batch larger than the training set, when its run s
 A run that diverges or collapses (TrainingStopped) writes a row with the reason under "stopped", and the grid
 goes on; a run cut off by a signal (`timeout`, Ctrl-C) writes none, and the sweep stops after it (exit 128 +
 the signal). A signal between two runs stops the sweep after the row of the run that finished.
+Run the same command again to go on: an entry whose run already has a row in --out (the same run settings and
+data) is skipped, and one whose run was cut off resumes from its last checkpoint. --again trains every entry anew.
 Each row holds the run's resolved config, the data, the workdir, jax's version and the device, and its test MSE
 next to PCA's with as many components as the code has dimensions, fit on the same data's training split.
 """
@@ -127,7 +129,8 @@ def run_workers(args) -> int:
             procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), "--data", args.data,
                                            "--base", args.base, "--grid", json.dumps(part), "--root", args.root,
                                            "--out", args.out, "--cache-dir", args.cache_dir,
-                                           "--_whole-grid", args.grid], env=env, start_new_session=True))
+                                           "--_whole-grid", args.grid] + ["--again"] * args.again, env=env,
+                                          start_new_session=True))
 
     def forward(signum, frame):  # the signal received: a second Ctrl-C stops the workers at once, as it would one
         for proc in procs:
@@ -157,6 +160,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/sweep.jsonl", help="JSON lines, one per run (appended)")
     p.add_argument("--cache-dir", default="", help="as train.py --cache-dir (default ~/.cache/jaxae)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes sharing the accelerator (default: 1)")
+    p.add_argument("--again", action="store_true", help="train every entry from step 0, even one whose run has a "
+                   "row in --out already or a checkpoint to resume (its workdir is moved aside)")
     p.add_argument("--_whole-grid", dest="whole_grid", default="", help=argparse.SUPPRESS)  # a worker's
     args = p.parse_args(argv)
     from jaxae.config import UsageError
@@ -179,7 +184,7 @@ def main(argv=None) -> int:
     from jaxae.config import TrainingStopped
     from jaxae.data import load
     from jaxae.monitor import Stop
-    from jaxae.train import check_devices, train_and_evaluate
+    from jaxae.train import check_devices, steps_per_epoch, train_and_evaluate
 
     base = json.loads(args.base)
     # here, not in configs(): it starts JAX, which the driver of workers must not; a worker checks the whole grid,
@@ -195,8 +200,18 @@ def main(argv=None) -> int:
     device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
     print(f"{device}, jax {jax.__version__}", flush=True)
     pca = {}  # test MSE of PCA-k, by k
+    done = [] if args.again else finished_rows(args.out)
     with Stop() as stop:  # a signal between runs (train_and_evaluate has its own during one)
         for i, (name, over, cfg) in enumerate(runs):
+            row = next((r for r in done if same_run(r["config"], dataclasses.asdict(cfg))), None)
+            if row is not None:
+                outcome = f"stopped: {row['stopped']}" if "stopped" in row else f"test MSE {row['test_mse']:.5f}"
+                print(f"SKIP {name}: its run has a row in {args.out} already ({outcome}); --again trains it anew",
+                      flush=True)
+                continue
+            if not args.again and cut_run(cfg, cfg.epochs * steps_per_epoch(len(ds.train_images), cfg.batch_size)):
+                cfg = cfg.replace(fresh=False)
+                print(f"RESUME {name}: {cfg.workdir} holds this run, cut off before its end", flush=True)
             t0 = time.perf_counter()
             common = {"name": name, **over, "base": base, "data": args.data, "workdir": cfg.workdir,
                       "config": dataclasses.asdict(cfg), "jax": jax.__version__, "device": device}
@@ -274,10 +289,56 @@ def table(path: str) -> str:
     return "\n".join(lines)
 
 
+def finished_rows(path: str) -> list[dict]:
+    """The rows of `path` (none if it is not there) that hold a run's whole config and its outcome: a test MSE, or
+    the reason it stopped. Rows written before the config was (thirteenth session) cannot be matched, nor can a
+    line cut short."""
+    rows = []
+    if os.path.exists(path):
+        with open(path) as fh:
+            for line in fh:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("config"), dict) and \
+                        ("test_mse" in row or "stopped" in row):
+                    rows.append(row)
+    return rows
+
+
+def same_run(a: dict, b: dict) -> bool:
+    """Whether two configs (as dicts) describe the same run: every setting that changes what a run computes, and
+    the same data wherever the path was given from."""
+    from jaxae.checkpoints import same_setting
+    from jaxae.config import Config
+    return all(k in a and k in b and same_setting(k, a[k], b[k]) for k in Config.RUN_FIELDS)
+
+
+def cut_run(cfg, total: int) -> bool:
+    """Whether cfg.workdir holds a checkpoint of this very run before its last step (`total`): one that was cut
+    off. A finished one (its row lost, or in another --out) is trained anew, its files moved aside."""
+    import dataclasses
+    from jaxae.checkpoints import checkpoint_dir, has_checkpoints
+    from jaxae.config import UsageError, load_config
+    if not has_checkpoints(cfg.workdir):
+        return False
+    try:
+        saved = load_config(cfg.workdir)
+    except UsageError:  # no or a broken config.json: start over (the files are moved aside, not deleted)
+        return False
+    last = max(int(name) for name in os.listdir(checkpoint_dir(cfg.workdir)) if name.isdigit())
+    return last < total and same_run(dataclasses.asdict(saved), dataclasses.asdict(cfg))
+
+
 def _write_row(path: str, row: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as fh:
-        fh.write(json.dumps(row) + "\n")
+    with open(path, "a+b") as fh:
+        cut = False  # a line a kill cut short ends without a newline: this row must not join it (and be lost)
+        if fh.seek(0, os.SEEK_END) > 0:
+            fh.seek(-1, os.SEEK_END)
+            cut = fh.read(1) != b"\n"
+        fh.write(("\n" * cut + json.dumps(row) + "\n").encode())
 
 
 if __name__ == "__main__":

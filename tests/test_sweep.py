@@ -178,3 +178,56 @@ def test_a_worker_checks_the_whole_grid_before_training_its_share(sweep, monkeyp
     assert sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--grid", '[{}, {"width": 4}]',
                        "--jobs", "2"]) == 0
     assert [a[a.index("--_whole-grid") + 1] for a in started] == ['[{}, {"width": 4}]'] * 2
+
+
+def test_the_same_command_again_skips_the_runs_with_rows_and_again_trains_them(sweep, monkeypatch, tmp_path,
+                                                                               capsys):
+    """Re-running a sweep (after a cut, or with entries added) trains only what has no row yet; a row of other
+    data or other settings is not this run's; --again trains everything anew."""
+    seen = []
+    finish = _fake_training()
+
+    def train_and_evaluate(cfg, ds=None, progress=True):
+        seen.append(cfg.width)
+        if cfg.learning_rate > 0.01:
+            raise TrainingStopped("epoch 4: collapsed")
+        return finish(cfg, ds, progress)
+    monkeypatch.setattr(jaxae.train, "train_and_evaluate", train_and_evaluate)
+    out = tmp_path / "sweep.jsonl"
+
+    def main(grid, data="unused", *more):
+        return sweep.main(["--data", data, "--root", str(tmp_path / "runs"), "--out", str(out), "--base",
+                           json.dumps({"epochs": 2, "batch_size": 8}), "--grid", json.dumps(grid), *more])
+    assert main([{}, {"width": 4, "learning_rate": 0.1}]) == 0 and seen == [64, 4]
+    with open(out, "a") as fh:
+        fh.write('{"name": "cut sh')  # a line cut short by a kill: skipped
+    capsys.readouterr()
+    assert main([{}, {"width": 4, "learning_rate": 0.1}, {"width": 8}]) == 0 and seen == [64, 4, 8]
+    text = capsys.readouterr().out
+    assert f"SKIP base: its run has a row in {out} already (test MSE 0.03000); --again trains it anew" in text
+    assert "SKIP width4-learning_rate0.1: its run has a row in" in text and "(stopped: epoch 4: collapsed)" in text
+    assert main([{}], "other-data") == 0 and seen[-1] == 64  # another dataset: not the same run
+    assert main([{"width": 8}], "unused", "--again") == 0 and seen[-1] == 8
+    assert len([line for line in out.read_text().splitlines() if line.startswith("{\"name\": \"width8\"")]) == 2
+
+
+def test_a_cut_run_resumes_from_its_checkpoint(sweep, tmp_path, capsys):
+    """A run that a signal cut off (here: 3 of its 8 steps trained by hand) resumes when the sweep is run again,
+    and writes the row of the whole run; a checkpoint of other settings, or of a finished run, is not resumed."""
+    import argparse
+    args = ["--data", "unused", "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "sweep.jsonl"),
+            "--base", json.dumps({"preset": "tiny", "epochs": 2, "batch_size": 8}), "--grid", "[{}]"]
+    ns = argparse.Namespace(data="unused", root=str(tmp_path / "runs"), base=args[7], grid="[{}]")
+    (_, _, cfg), = sweep.configs(ns)
+    ds = tiny_dataset(n_train=32, n_test=16)
+    cut = jaxae.train.train_and_evaluate(cfg.replace(max_steps=3), ds=ds, progress=False)
+    assert cut["step"] == 3 and cut["total"] == 3
+    assert sweep.cut_run(cfg, 8) and not sweep.cut_run(cfg, 3)  # 8 steps in all; a finished run is not cut
+    assert not sweep.cut_run(cfg.replace(learning_rate=0.01), 8)
+    capsys.readouterr()
+    assert sweep.main(args) == 0
+    text = capsys.readouterr().out
+    assert f"RESUME base: {cfg.workdir} holds this run, cut off before its end" in text
+    assert "resuming" in text and "from step 3" in text
+    row = json.loads((tmp_path / "sweep.jsonl").read_text())
+    assert row["steps"] == 8 and not [p for p in os.listdir(tmp_path / "runs") if "previous" in p]
