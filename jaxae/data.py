@@ -14,6 +14,7 @@ import os
 import pickle
 import sys
 import tarfile
+import tempfile
 import warnings
 
 import numpy as np
@@ -89,7 +90,7 @@ def load_tfds(name: str) -> Dataset:
         raise UsageError(f"--data tfds needs tensorflow-datasets and tensorflow ({e}): `pip install -r "
                          f"requirements.txt`, or pass --data PATH to a local copy") from None
     try:
-        with _few_download_retries():
+        with _few_download_retries(), _own_temp_folder():
             splits, info = tfds.load(name, split=list(SPLITS), as_supervised=True, with_info=True)
     except tfds.core.registered.DatasetNotFoundError:
         raise UsageError(f"--dataset {name}: tfds knows no dataset of that name (try cifar10, mnist, "
@@ -111,6 +112,19 @@ def load_tfds(name: str) -> Dataset:
     (tr_x, tr_y), (te_x, te_y) = [[np.concatenate(a) for a in zip(*tfds.as_numpy(s.batch(4096)))] for s in splits]
     names = list(info.features["label"].names)
     return Dataset(_as_uint8(tr_x), tr_y.astype(np.int32), _as_uint8(te_x), te_y.astype(np.int32), names)
+
+
+@contextlib.contextmanager
+def _own_temp_folder():
+    """tfds.load leaves an empty tempfile.mkdtemp("tfds") behind at every call, offline or not
+    (DatasetInfo.initialize_from_bucket): give its temporary files a folder of ours, removed afterwards."""
+    before = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="jaxae-tfds-") as folder:
+        tempfile.tempdir = folder
+        try:
+            yield
+        finally:
+            tempfile.tempdir = before
 
 
 @contextlib.contextmanager

@@ -153,11 +153,12 @@ def test_missing_path_is_a_usage_error(tmp_path):
 
 def test_tfds_with_mock_data(tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
-    # tfds's builder leaves an empty tempfile.mkdtemp("tfds") behind (DatasetInfo.initialize_from_bucket): keep it
-    # out of /tmp
+    # tfds's builder leaves an empty tempfile.mkdtemp("tfds") behind (DatasetInfo.initialize_from_bucket): load
+    # gives it a folder of its own and removes it (the temp folder here is tmp_path, in case that breaks)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with tfds.testing.mock_data(num_examples=12):
         ds = data.load("tfds", "cifar10")
+    assert os.listdir(tmp_path) == [] and tempfile.gettempdir() == str(tmp_path)
     assert ds.train_images.shape == (12, 32, 32, 3) and ds.train_images.dtype == np.uint8
     assert ds.test_images.shape == (12, 32, 32, 3)
     assert ds.train_labels.shape == (12,) and ds.train_labels.dtype == np.int32
@@ -188,7 +189,8 @@ def test_tfds_without_network_is_one_line_exit_2(tmp_path):
     proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
     env = {**os.environ, "TFDS_DATA_DIR": str(tmp_path / "tfds"), "JAX_NUM_CPU_DEVICES": "2",
            "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy,
-           "NO_PROXY": "", "no_proxy": "", "TMPDIR": str(tmp_path)}  # tfds's empty mkdtemp("tfds") goes there
+           "NO_PROXY": "", "no_proxy": "", "TMPDIR": str(tmp_path / "tmp")}  # where a leak would be seen
+    os.mkdir(tmp_path / "tmp")
     workdir = tmp_path / "run"
     argv = ["train.py", "--preset", "tiny", "--max-steps", "1", "--data", "tfds", "--workdir", str(workdir)]
     with closed:
@@ -203,4 +205,5 @@ def test_tfds_without_network_is_one_line_exit_2(tmp_path):
     assert errors[0].startswith("error: tfds could not download cifar10 (") and "--data PATH" in errors[0]
     assert seconds < 60, seconds  # the imports and the retries' backoff; 3.5 minutes more with tfds's 10 retries
     assert os.path.isdir(tmp_path / "tfds" / "downloads" / "cifar10")  # tfds got as far as its download
+    assert [p for p in os.listdir(tmp_path / "tmp") if "tfds" in p] == []  # its empty mkdtemp("tfds") removed
     assert not os.path.exists(workdir / "checkpoints") and not os.path.exists(workdir / "config.json")
