@@ -14,8 +14,9 @@ depend on the data, such as a batch larger than the training set, when its run s
 A run that diverges or collapses (TrainingStopped) writes a row with the reason under "stopped", and the grid
 goes on; a run cut off by a signal (`timeout`, Ctrl-C) writes none, and the sweep stops after it (exit 128 +
 the signal). A signal between two runs stops the sweep after the row of the run that finished.
-Run the same command again to go on: an entry whose run already has a row in --out (the same run settings and
-data) is skipped, and one whose run was cut off resumes from its last checkpoint. --again trains every entry anew.
+Run the same command again to go on: an entry whose run already has a row in --out (the same run settings, step
+budget, data and device) is skipped, and one whose run was cut off resumes from its last checkpoint (its row says
+from which step; its wall time is that part's). --again trains every entry anew.
 Each row holds the run's resolved config, the data, the workdir, jax's version and the device, and its test MSE
 next to PCA's with as many components as the code has dimensions, fit on the same data's training split.
 """
@@ -63,6 +64,7 @@ def pca_mse(ds, k: int) -> float:
 def configs(args) -> list:
     """(name, overrides, Config) of every grid entry, all checked: preset < --base < entry."""
     from jaxae.config import PRESETS, Config, UsageError
+    from jaxae.data import local_path
     from jaxae.train import check_settings
     try:
         base, grid = json.loads(args.base), json.loads(args.grid)
@@ -101,7 +103,8 @@ def configs(args) -> list:
             raise UsageError(f"{where}: preset must be one of {', '.join(PRESETS)} (got {preset!r})")
         name = "-".join(f"{k}{v}" for k, v in over.items()) or "base"
         try:
-            cfg = Config(**{**PRESETS[preset], **given, "data": args.data, "workdir": os.path.join(args.root, name),
+            cfg = Config(**{**PRESETS[preset], **given, "data": local_path(args.data),  # a rerun from elsewhere
+                            "workdir": os.path.join(args.root, name),
                             "fresh": True}).validate()
             check_settings(cfg, set(given))
         except UsageError as e:
@@ -203,15 +206,20 @@ def main(argv=None) -> int:
     done = [] if args.again else finished_rows(args.out)
     with Stop() as stop:  # a signal between runs (train_and_evaluate has its own during one)
         for i, (name, over, cfg) in enumerate(runs):
-            row = next((r for r in done if same_run(r["config"], dataclasses.asdict(cfg))), None)
+            row = next((r for r in done if r.get("device") == device
+                        and same_run(r["config"], dataclasses.asdict(cfg))), None)
             if row is not None:
                 outcome = f"stopped: {row['stopped']}" if "stopped" in row else f"test MSE {row['test_mse']:.5f}"
                 print(f"SKIP {name}: its run has a row in {args.out} already ({outcome}); --again trains it anew",
                       flush=True)
                 continue
-            if not args.again and cut_run(cfg, cfg.epochs * steps_per_epoch(len(ds.train_images), cfg.batch_size)):
+            spe = steps_per_epoch(len(ds.train_images), cfg.batch_size)
+            total = min(cfg.max_steps, cfg.epochs * spe) if cfg.max_steps else cfg.epochs * spe  # as train.py's
+            resumed_from = None if args.again else cut_run(cfg, total)
+            if resumed_from is not None:
                 cfg = cfg.replace(fresh=False)
-                print(f"RESUME {name}: {cfg.workdir} holds this run, cut off before its end", flush=True)
+                print(f"RESUME {name}: {cfg.workdir} holds this run, cut off at step {resumed_from} of {total}",
+                      flush=True)
             t0 = time.perf_counter()
             common = {"name": name, **over, "base": base, "data": args.data, "workdir": cfg.workdir,
                       "config": dataclasses.asdict(cfg), "jax": jax.__version__, "device": device}
@@ -231,7 +239,9 @@ def main(argv=None) -> int:
                 knn = knn10(cfg, res["state"], ds)
                 row = {**common, "test_mse": res["test_mse"], "pca_mse": pca[cfg.latent_dim],
                        "x_pca": res["test_mse"] / pca[cfg.latent_dim], "knn10": knn, "train_loss": res["train_loss"],
-                       "steps": res["step"], "wall_s": wall}
+                       "steps": res["step"], "wall_s": wall,
+                       # resumed: wall_s is this part's, train_loss the last epoch's steps run in it
+                       **({"resumed_from": resumed_from} if resumed_from is not None else {})}
                 _write_row(args.out, row)  # before the print: a closed stdout must not cost the row
                 print(f"RESULT {name:40s} mse {row['test_mse']:.5f} ({row['x_pca']:.3f} x PCA-{cfg.latent_dim})  "
                       f"10-NN {knn:.1%}  {wall:6.1f} s", flush=True)
@@ -266,7 +276,7 @@ def table(path: str) -> str:
     if not rows:
         raise UsageError(f"--table {path}: no sweep rows in it")
     skip = {"name", "base", "data", "workdir", "config", "jax", "device", "test_mse", "pca_mse", "x_pca", "x_pca3",
-            "knn10", "train_loss", "steps", "wall_s", "stopped"}
+            "knn10", "train_loss", "steps", "wall_s", "stopped", "resumed_from"}
     bases = {json.dumps(r.get("base", {}), sort_keys=True) for r in rows}
     lines = [f"base: {', '.join(sorted(bases))}; data: {', '.join(sorted({str(r.get('data', '?')) for r in rows}))}",
              "", "| configuration | test MSE | x PCA | 10-NN | final train loss | steps | wall |",
@@ -283,7 +293,8 @@ def table(path: str) -> str:
                                   if isinstance(r.get(key), (int, float)) else "")
         lines.append(f"| {over} | {cell('test_mse', '.5f')} | "
                      f"{f'{ratio:.3f} x PCA-{k}' if isinstance(ratio, float) else ''} | {cell('knn10', '.1%')} | "
-                     f"{cell('train_loss', '.5f')} | {cell('steps', 'd')} | {cell('wall_s', '.0f')} s |")
+                     f"{cell('train_loss', '.5f')} | {cell('steps', 'd')} | {cell('wall_s', '.0f')} s"
+                     + (f" from step {r['resumed_from']}" if "resumed_from" in r else "") + " |")
     if bad:
         lines.append(f"\n({bad} line(s) of {path} are not rows: skipped)")
     return "\n".join(lines)
@@ -307,28 +318,37 @@ def finished_rows(path: str) -> list[dict]:
     return rows
 
 
-def same_run(a: dict, b: dict) -> bool:
+# What makes two rows the same run: what a run computes (Config.RUN_FIELDS), where it stops, and how its steps are
+# cut up, which sets its wall time (a speed sweep varies them)
+SAME_RUN_FIELDS = ("max_steps", "steps_per_call", "microbatch")
+
+
+def same_run(a: dict, b: dict, more: tuple[str, ...] = SAME_RUN_FIELDS) -> bool:
     """Whether two configs (as dicts) describe the same run: every setting that changes what a run computes, and
-    the same data wherever the path was given from."""
+    `more`, and the same data (paths compared as absolute ones)."""
     from jaxae.checkpoints import same_setting
     from jaxae.config import Config
-    return all(k in a and k in b and same_setting(k, a[k], b[k]) for k in Config.RUN_FIELDS)
+    return all(k in a and k in b and same_setting(k, a[k], b[k]) for k in Config.RUN_FIELDS + more)
 
 
-def cut_run(cfg, total: int) -> bool:
-    """Whether cfg.workdir holds a checkpoint of this very run before its last step (`total`): one that was cut
-    off. A finished one (its row lost, or in another --out) is trained anew, its files moved aside."""
+def cut_run(cfg, total: int) -> int | None:
+    """The last checkpoint's step, when cfg.workdir holds one of this very run before its last step (`total`):
+    one that was cut off. None otherwise: a finished one (its row lost, or in another --out) is trained anew,
+    its files moved aside."""
     import dataclasses
     from jaxae.checkpoints import checkpoint_dir, has_checkpoints
     from jaxae.config import UsageError, load_config
     if not has_checkpoints(cfg.workdir):
-        return False
+        return None
     try:
         saved = load_config(cfg.workdir)
     except UsageError:  # no or a broken config.json: start over (the files are moved aside, not deleted)
-        return False
+        return None
     last = max(int(name) for name in os.listdir(checkpoint_dir(cfg.workdir)) if name.isdigit())
-    return last < total and same_run(dataclasses.asdict(saved), dataclasses.asdict(cfg))
+    # its step budget was the cut command's (saved with it), not the run's
+    same = last < total and same_run(dataclasses.asdict(saved), dataclasses.asdict(cfg), ("steps_per_call",
+                                                                                          "microbatch"))
+    return last if same else None
 
 
 def _write_row(path: str, row: dict) -> None:

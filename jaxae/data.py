@@ -15,6 +15,7 @@ import pickle
 import sys
 import tarfile
 import tempfile
+import threading
 import warnings
 
 import numpy as np
@@ -114,12 +115,16 @@ def load_tfds(name: str) -> Dataset:
     return Dataset(_as_uint8(tr_x), tr_y.astype(np.int32), _as_uint8(te_x), te_y.astype(np.int32), names)
 
 
+_TEMP_SWAP = threading.Lock()
+
+
 @contextlib.contextmanager
 def _own_temp_folder():
-    """tfds.load leaves an empty tempfile.mkdtemp("tfds") behind at every call, offline or not
-    (DatasetInfo.initialize_from_bucket): give its temporary files a folder of ours, removed afterwards."""
-    before = tempfile.tempdir
-    with tempfile.TemporaryDirectory(prefix="jaxae-tfds-") as folder:
+    """tfds.load leaves a tempfile.mkdtemp("tfds") folder behind at every call (DatasetInfo.initialize_from_bucket:
+    empty offline, copies of dataset_info files online, read at once): give its temporary files a folder of ours,
+    removed afterwards. tempfile.tempdir is the process's: one load at a time swaps it."""
+    with _TEMP_SWAP, tempfile.TemporaryDirectory(prefix="jaxae-tfds-", ignore_cleanup_errors=True) as folder:
+        before = tempfile.tempdir
         tempfile.tempdir = folder
         try:
             yield

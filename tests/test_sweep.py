@@ -178,6 +178,11 @@ def test_a_worker_checks_the_whole_grid_before_training_its_share(sweep, monkeyp
     assert sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--grid", '[{}, {"width": 4}]',
                        "--jobs", "2"]) == 0
     assert [a[a.index("--_whole-grid") + 1] for a in started] == ['[{}, {"width": 4}]'] * 2
+    assert not any("--again" in a for a in started)
+    started.clear()
+    assert sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--grid", '[{}, {"width": 4}]',
+                       "--jobs", "2", "--again"]) == 0
+    assert len(started) == 2 and all("--again" in a for a in started)
 
 
 def test_the_same_command_again_skips_the_runs_with_rows_and_again_trains_them(sweep, monkeypatch, tmp_path,
@@ -209,6 +214,13 @@ def test_the_same_command_again_skips_the_runs_with_rows_and_again_trains_them(s
     assert main([{}], "other-data") == 0 and seen[-1] == 64  # another dataset: not the same run
     assert main([{"width": 8}], "unused", "--again") == 0 and seen[-1] == 8
     assert len([line for line in out.read_text().splitlines() if line.startswith("{\"name\": \"width8\"")]) == 2
+    # the step budget and the way steps are cut up (a speed sweep's settings) make another run too
+    assert main([{"width": 8, "microbatch": 4}, {"width": 8, "max_steps": 8}]) == 0 and seen[-2:] == [8, 8]
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)  # the same --data from another folder names another path: other data
+    assert sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--out", str(out), "--base",
+                       json.dumps({"epochs": 2, "batch_size": 8}), "--grid", "[{}]"]) == 0
+    assert "SKIP base" not in capsys.readouterr().out  # "unused" is another path from here
 
 
 def test_a_cut_run_resumes_from_its_checkpoint(sweep, tmp_path, capsys):
@@ -222,12 +234,17 @@ def test_a_cut_run_resumes_from_its_checkpoint(sweep, tmp_path, capsys):
     ds = tiny_dataset(n_train=32, n_test=16)
     cut = jaxae.train.train_and_evaluate(cfg.replace(max_steps=3), ds=ds, progress=False)
     assert cut["step"] == 3 and cut["total"] == 3
-    assert sweep.cut_run(cfg, 8) and not sweep.cut_run(cfg, 3)  # 8 steps in all; a finished run is not cut
-    assert not sweep.cut_run(cfg.replace(learning_rate=0.01), 8)
+    assert sweep.cut_run(cfg, 8) == 3 and sweep.cut_run(cfg, 3) is None  # 8 steps in all; a finished run is not cut
+    assert sweep.cut_run(cfg.replace(learning_rate=0.01), 8) is None  # another run's checkpoint
+    assert sweep.cut_run(cfg.replace(microbatch=4), 8) is None  # its steps cut up otherwise
     capsys.readouterr()
     assert sweep.main(args) == 0
     text = capsys.readouterr().out
-    assert f"RESUME base: {cfg.workdir} holds this run, cut off before its end" in text
+    assert f"RESUME base: {cfg.workdir} holds this run, cut off at step 3 of 8" in text
     assert "resuming" in text and "from step 3" in text
     row = json.loads((tmp_path / "sweep.jsonl").read_text())
-    assert row["steps"] == 8 and not [p for p in os.listdir(tmp_path / "runs") if "previous" in p]
+    assert row["steps"] == 8 and row["resumed_from"] == 3
+    assert not [p for p in os.listdir(cfg.workdir) if "previous" in p]  # resumed, not moved aside
+    assert "| 8 | " in sweep.table(str(tmp_path / "sweep.jsonl")) and " s from step 3 |" in sweep.table(
+        str(tmp_path / "sweep.jsonl"))
+    assert sweep.main(args) == 0 and "SKIP base" in capsys.readouterr().out
