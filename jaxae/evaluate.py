@@ -33,6 +33,7 @@ NOISE_SEED = 1234    # corrupted test inputs are the same in every evaluation of
 MAX_INTERP_STEPS = 50  # columns of the interpolation and traversal grids: more are too small to see
 BEST_CANDIDATES = 4096  # decoded training codes each test image is compared with before its descent (--best-codes)
 BEST_RATE = 0.03       # that descent's Adam step per code axis, x the training codes' spread; cosine-decayed to 0
+BEST_REPORT_EVERY = 30.0  # seconds between the progress lines of that search (an hour on CPU for the default model)
 
 
 # ------------------------------------------------------------------------------------ restore
@@ -235,14 +236,16 @@ class _BestCodes:
 
 
 def best_codes(codec: Codec, images_dev, codes: jax.Array, train_codes: np.ndarray, steps: int,
-               candidates: int = BEST_CANDIDATES) -> tuple[jax.Array, jax.Array, jax.Array, int]:
+               candidates: int = BEST_CANDIDATES, report: Callable[[int], None] | None = None
+               ) -> tuple[jax.Array, jax.Array, jax.Array, int]:
     """The best code found for each image of a padded on-device uint8 split, for the decoder: the nearer (in
     pixels) of the encoder's code (`codes`, as encode_split gave them) and the decoding of the best of up to
     `candidates` training codes, then `steps` of Adam on the code. This is encoding by optimisation: it uses only
     the image and the decoder, as the encoder does. Where it finds a better code than the encoder gives, that part
     of the error is the encoder's (an amortisation gap; a local search finds a lower bound of it), not the
     decoder's. Returns the codes, their per-image MSE and the encoder's codes' (pad rows included) and the number
-    of candidates (fewer for few or large images)."""
+    of candidates (fewer for few or large images). `report(n)` is called after each batch with the number of
+    rows done (pad rows included)."""
     pixels = int(np.prod(images_dev.shape[1:]))
     m = max(1, min(candidates, len(train_codes), 2 ** 24 // pixels))  # their decodings: at most 64 MB
     cand = jnp.asarray(train_codes[np.sort(np.random.default_rng(0).permutation(len(train_codes))[:m])])
@@ -252,8 +255,14 @@ def best_codes(codec: Codec, images_dev, codes: jax.Array, train_codes: np.ndarr
     scale = jnp.maximum(spread, 1e-3 * spread.max())
     scale = jnp.where(scale > 0, scale, 1.0)  # codes that all coincide: an untrained model
     fn = _BestCodes(codec.decode, steps, BEST_RATE)
-    z, err, enc_err = _map_batches(fn, (codec.params, codes, cand, cand_images, scale), images_dev,
-                                   batch_size_for(images_dev.shape[0]))
+    size, parts = batch_size_for(images_dev.shape[0]), []
+    for i in range(0, images_dev.shape[0], size):  # a call per batch, one program: progress can be told
+        parts.append(_map_batches(fn, (codec.params, codes[i:i + size], cand, cand_images, scale),
+                                  images_dev[i:i + size], size))
+        if report is not None:
+            jax.block_until_ready(parts[-1])
+            report(i + size)
+    z, err, enc_err = (jnp.concatenate(p) for p in zip(*parts))
     return z, err, enc_err, m
 
 
@@ -498,9 +507,17 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
         print(f"searching the best code of each of the {n_test:,} test images ({best_steps} descent steps"
               + ("; on CPU this takes minutes for a small model, an hour or more for the default one)"
                  if dev.platform == "cpu" else ")"), flush=True)
-        t = time.perf_counter()
+        t = last = time.perf_counter()
+
+        def report(done: int) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            if now - last >= BEST_REPORT_EVERY and done < n_test:
+                last = now
+                print(f"best codes: {done:,} of {n_test:,} test images in {now - t:.0f} s, about "
+                      f"{(now - t) * (n_test - done) / done:.0f} s left", flush=True)
         z, err, enc_err, n_cand = jax.block_until_ready(best_codes(ae, test_x, ae_test, codes["ae_train"],
-                                                                   best_steps))
+                                                                   best_steps, report=report))
         best = {f"test_{k}": v for k, v in reconstruction_metrics(ae, test_x, test_mask, codes=z).items()}
         gain = 1 - (np.asarray(err) / np.maximum(np.asarray(enc_err), 1e-12))[test_mask > 0]
         best.update(steps=best_steps, candidates=n_cand, seconds=time.perf_counter() - t,

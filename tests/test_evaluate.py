@@ -259,10 +259,12 @@ def test_the_candidate_search_finds_an_image_the_decoder_drew(pca_splits):
     assert float(err[0]) < 0.1 * float(enc_err[0])
 
 
-def test_best_codes_in_an_evaluation(run, tmp_path, capsys):
+def test_best_codes_in_an_evaluation(run, tmp_path, capsys, monkeypatch):
     """evaluate.py --best-codes: its MSE beside the encoder's in metrics.json, the terminal and the page, the
     codes in latents.npz, and a row of the reconstructions figure."""
     out = tmp_path / "ev"
+    monkeypatch.setattr(evaluate, "BATCH", 16)  # two batches of the 24 test images, a progress line after the first
+    monkeypatch.setattr(evaluate, "BEST_REPORT_EVERY", 0.0)
     m = evaluate.run(run["cfg"].workdir, out=str(out), interp_steps=STEPS, best_steps=10)
     best = m["best_codes"]
     assert best["steps"] == 10 and best["candidates"] == 32 and 0 <= best["improved"] <= 1
@@ -270,6 +272,7 @@ def test_best_codes_in_an_evaluation(run, tmp_path, capsys):
     assert json.load(open(out / "metrics.json"))["best_codes"] == pytest.approx(best)
     printed = capsys.readouterr().out
     assert "searching the best code of each of the 24 test images (10 descent steps; on CPU this takes" in printed
+    assert "best codes: 16 of 24 test images in " in printed and printed.count("best codes: ") == 1
     assert ("the best codes found (the encoder's or the nearest of 32 decoded training codes, then 10 Adam "
             "steps per image; ") in printed and f"test MSE {best['test_mse']:.4f}" in printed
     page = open(out / "index.html").read()
