@@ -27,8 +27,9 @@ def main(argv=None) -> int:
     parser.add_argument("--best-codes", type=int, default=0, metavar="STEPS", help="also search each test "
                         "image's best code for the decoder: the nearer of the encoder's code and the best of up "
                         "to 4,096 decoded training codes, then STEPS Adam steps on the reconstruction error (20 "
-                        "gets most of what 100 get). Where it beats the encoder, the error is the encoder's, not the decoder's. Slow "
-                        "on CPU: minutes for the quick preset, an hour or more for the default model (default: 0, off)")
+                        "gets most of what 100 get). Where it beats the encoder, the error is the encoder's, not "
+                        "the decoder's. Slow on CPU: minutes for the quick preset, an hour or more for the default "
+                        "model (default: 0, off)")
     args = parser.parse_args(argv)
 
     from jaxae.evaluate import run
