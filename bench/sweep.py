@@ -15,8 +15,8 @@ A run that diverges or collapses (TrainingStopped) writes a row with the reason 
 goes on; a run cut off by a signal (`timeout`, Ctrl-C) writes none, and the sweep stops after it (exit 128 +
 the signal). A signal between two runs stops the sweep after the row of the run that finished.
 Run the same command again to go on: an entry whose run already has a row in --out (the same run settings, step
-budget, data and device) is skipped, and one whose run was cut off resumes from its last checkpoint (its row says
-from which step; its wall time is that part's). --again trains every entry anew.
+budget, step layout, data and device) is skipped, and one whose run was cut off resumes from its last checkpoint
+(its row says from which step; its wall time is that part's). --again trains every entry anew.
 Each row holds the run's resolved config, the data, the workdir, jax's version and the device, and its test MSE
 next to PCA's with as many components as the code has dimensions, fit on the same data's training split.
 """
@@ -206,8 +206,11 @@ def main(argv=None) -> int:
     done = [] if args.again else finished_rows(args.out)
     with Stop() as stop:  # a signal between runs (train_and_evaluate has its own during one)
         for i, (name, over, cfg) in enumerate(runs):
-            row = next((r for r in done if r.get("device") == device
-                        and same_run(r["config"], dataclasses.asdict(cfg))), None)
+            rows = [r for r in done if same_run(r["config"], dataclasses.asdict(cfg))]
+            row = next((r for r in rows if r.get("device") == device), None)
+            if row is None and rows:  # e.g. an H200 where the rows came from an H100: a run of its own here
+                print(f"note: {name} has a row in {args.out} from {rows[-1].get('device')}, not from {device}: "
+                      f"training it here", flush=True)
             if row is not None:
                 outcome = f"stopped: {row['stopped']}" if "stopped" in row else f"test MSE {row['test_mse']:.5f}"
                 print(f"SKIP {name}: its run has a row in {args.out} already ({outcome}); --again trains it anew",
@@ -222,7 +225,9 @@ def main(argv=None) -> int:
                       flush=True)
             t0 = time.perf_counter()
             common = {"name": name, **over, "base": base, "data": args.data, "workdir": cfg.workdir,
-                      "config": dataclasses.asdict(cfg), "jax": jax.__version__, "device": device}
+                      "config": dataclasses.asdict(cfg), "jax": jax.__version__, "device": device,
+                      # resumed: wall_s is this part's, train_loss the last epoch's steps run in it
+                      **({"resumed_from": resumed_from} if resumed_from is not None else {})}
             try:
                 res = train_and_evaluate(cfg, ds=ds, progress=False)
             except TrainingStopped as e:  # diverged or collapsed: a finding of the study, and the grid goes on
@@ -239,9 +244,9 @@ def main(argv=None) -> int:
                 knn = knn10(cfg, res["state"], ds)
                 row = {**common, "test_mse": res["test_mse"], "pca_mse": pca[cfg.latent_dim],
                        "x_pca": res["test_mse"] / pca[cfg.latent_dim], "knn10": knn, "train_loss": res["train_loss"],
-                       "steps": res["step"], "wall_s": wall,
-                       # resumed: wall_s is this part's, train_loss the last epoch's steps run in it
-                       **({"resumed_from": resumed_from} if resumed_from is not None else {})}
+                       "steps": res["step"], "wall_s": wall}
+                if resumed_from is not None:  # where it did resume (an unreadable checkpoint is set aside)
+                    row["resumed_from"] = res.get("start", resumed_from)
                 _write_row(args.out, row)  # before the print: a closed stdout must not cost the row
                 print(f"RESULT {name:40s} mse {row['test_mse']:.5f} ({row['x_pca']:.3f} x PCA-{cfg.latent_dim})  "
                       f"10-NN {knn:.1%}  {wall:6.1f} s", flush=True)
@@ -285,7 +290,8 @@ def table(path: str) -> str:
         over = ", ".join(f"{k}={v}" for k, v in r.items() if k not in skip) or "base"
         if "stopped" in r:
             why = str(r["stopped"])[:80].replace("|", "/")
-            lines.append(f"| {over} | stopped: {why} | | | | | {r.get('wall_s', 0):.0f} s |")
+            lines.append(f"| {over} | stopped: {why} | | | | | {r.get('wall_s', 0):.0f} s"
+                         + (f" from step {r['resumed_from']}" if "resumed_from" in r else "") + " |")
             continue
         ratio = r.get("x_pca", r.get("x_pca3"))
         k = r.get("config", {}).get("latent_dim", 3)
@@ -302,7 +308,7 @@ def table(path: str) -> str:
 
 def finished_rows(path: str) -> list[dict]:
     """The rows of `path` (none if it is not there) that hold a run's whole config and its outcome: a test MSE, or
-    the reason it stopped. Rows written before the config was (thirteenth session) cannot be matched, nor can a
+    the reason it stopped. Rows of sweeps before the eighteenth session (no config) cannot be matched, nor can a
     line cut short."""
     rows = []
     if os.path.exists(path):
@@ -334,7 +340,8 @@ def same_run(a: dict, b: dict, more: tuple[str, ...] = SAME_RUN_FIELDS) -> bool:
 def cut_run(cfg, total: int) -> int | None:
     """The last checkpoint's step, when cfg.workdir holds one of this very run before its last step (`total`):
     one that was cut off. None otherwise: a finished one (its row lost, or in another --out) is trained anew,
-    its files moved aside."""
+    its files moved aside. The step budget (max_steps) is not compared: a run that an earlier sweep's budget
+    ended goes on to this one's."""
     import dataclasses
     from jaxae.checkpoints import checkpoint_dir, has_checkpoints
     from jaxae.config import UsageError, load_config

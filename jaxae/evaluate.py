@@ -256,6 +256,9 @@ def best_codes(codec: Codec, images_dev, codes: jax.Array, train_codes: np.ndarr
     scale = jnp.where(scale > 0, scale, 1.0)  # codes that all coincide: an untrained model
     fn = _BestCodes(codec.decode, steps, BEST_RATE)
     size, parts = batch_size_for(images_dev.shape[0]), []
+    if images_dev.shape[0] % size:  # a short last batch would run no step of the scan and drop its rows
+        raise ValueError(f"the split must be padded to a multiple of {size} rows (pad_to_multiple), not "
+                         f"{images_dev.shape[0]}")
     for i in range(0, images_dev.shape[0], size):  # a call per batch, one program: progress can be told
         parts.append(_map_batches(fn, (codec.params, codes[i:i + size], cand, cand_images, scale),
                                   images_dev[i:i + size], size))
@@ -508,14 +511,18 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
               + ("; on CPU this takes minutes for a small model, an hour or more for the default one)"
                  if dev.platform == "cpu" else ")"), flush=True)
         t = last = time.perf_counter()
+        first: tuple[float, int] | None = None  # the pace is taken after the first batch (candidates, compile)
 
         def report(done: int) -> None:
-            nonlocal last
+            nonlocal last, first
             now = time.perf_counter()
-            if now - last >= BEST_REPORT_EVERY and done < n_test:
+            if first is None:
+                first = (now, done)
+            elif now - last >= BEST_REPORT_EVERY and done < n_test:
                 last = now
+                pace = (now - first[0]) / (done - first[1])
                 print(f"best codes: {done:,} of {n_test:,} test images in {now - t:.0f} s, about "
-                      f"{(now - t) * (n_test - done) / done:.0f} s left", flush=True)
+                      f"{pace * (n_test - done):.0f} s left", flush=True)
         z, err, enc_err, n_cand = jax.block_until_ready(best_codes(ae, test_x, ae_test, codes["ae_train"],
                                                                    best_steps, report=report))
         best = {f"test_{k}": v for k, v in reconstruction_metrics(ae, test_x, test_mask, codes=z).items()}

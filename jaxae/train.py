@@ -472,6 +472,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     if writer is not None:
         writer.close()
     result["step"] = step
+    result["start"] = start  # a resume's first step (a checkpoint that cannot be read is set aside for an earlier)
     result["signal"] = stop.signum  # the signal that stopped it (or came during its last epoch), else None
     result["total"] = total  # step < total: stopped by a signal before the end (exit 0 for SIGTERM)
     result["run_steps"] = cfg.epochs * spe  # more than total: --max-steps ends this command first

@@ -236,6 +236,13 @@ def test_a_descent_that_makes_codes_worse_is_not_kept(pca_splits, monkeypatch):
     np.testing.assert_array_equal(np.asarray(err), np.asarray(start_err))
 
 
+def test_best_codes_refuse_a_split_not_padded_to_whole_batches(pca_splits, monkeypatch):
+    pca, x, _, train_codes = pca_splits
+    monkeypatch.setattr(evaluate, "BATCH", 16)
+    with pytest.raises(ValueError, match="padded to a multiple of 16 rows"):
+        evaluate.best_codes(pca, x[:20], evaluate.encode_split(pca, x)[:20], train_codes, 1)
+
+
 def test_best_codes_of_an_optimal_encoder_are_its_own(pca_splits):
     """PCA's encoder already gives its decoder's best codes: the search finds nothing better, beyond rounding."""
     pca, x, mask, train_codes = pca_splits
@@ -263,8 +270,8 @@ def test_best_codes_in_an_evaluation(run, tmp_path, capsys, monkeypatch):
     """evaluate.py --best-codes: its MSE beside the encoder's in metrics.json, the terminal and the page, the
     codes in latents.npz, and a row of the reconstructions figure."""
     out = tmp_path / "ev"
-    monkeypatch.setattr(evaluate, "BATCH", 16)  # two batches of the 24 test images, a progress line after the first
-    monkeypatch.setattr(evaluate, "BEST_REPORT_EVERY", 0.0)
+    monkeypatch.setattr(evaluate, "BATCH", 8)  # three batches of the 24 test images: the pace is taken after the
+    monkeypatch.setattr(evaluate, "BEST_REPORT_EVERY", 0.0)  # first, a line after the second, none after the last
     m = evaluate.run(run["cfg"].workdir, out=str(out), interp_steps=STEPS, best_steps=10)
     best = m["best_codes"]
     assert best["steps"] == 10 and best["candidates"] == 32 and 0 <= best["improved"] <= 1

@@ -216,7 +216,11 @@ def test_the_same_command_again_skips_the_runs_with_rows_and_again_trains_them(s
     assert len([line for line in out.read_text().splitlines() if line.startswith("{\"name\": \"width8\"")]) == 2
     # the step budget and the way steps are cut up (a speed sweep's settings) make another run too
     assert main([{"width": 8, "microbatch": 4}, {"width": 8, "max_steps": 8}]) == 0 and seen[-2:] == [8, 8]
+    rows = sweep.finished_rows(str(out))  # the cut line left out
+    out.write_text("".join(json.dumps({**r, "device": "TPU v9 x8"}) + "\n" for r in rows))
     capsys.readouterr()
+    assert main([{}]) == 0 and seen[-1] == 64  # the rows came from another device: trained here, and said so
+    assert "note: base has a row in" in capsys.readouterr().out
     monkeypatch.chdir(tmp_path)  # the same --data from another folder names another path: other data
     assert sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--out", str(out), "--base",
                        json.dumps({"epochs": 2, "batch_size": 8}), "--grid", "[{}]"]) == 0
