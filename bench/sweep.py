@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     from jaxae.config import TrainingStopped
     from jaxae.data import load
     from jaxae.monitor import Stop
-    from jaxae.train import check_devices, steps_per_epoch, train_and_evaluate
+    from jaxae.train import check_devices, steps_per_epoch, steps_to_run, train_and_evaluate
 
     base = json.loads(args.base)
     # here, not in configs(): it starts JAX, which the driver of workers must not; a worker checks the whole grid,
@@ -216,8 +216,7 @@ def main(argv=None) -> int:
                 print(f"SKIP {name}: its run has a row in {args.out} already ({outcome}); --again trains it anew",
                       flush=True)
                 continue
-            spe = steps_per_epoch(len(ds.train_images), cfg.batch_size)
-            total = min(cfg.max_steps, cfg.epochs * spe) if cfg.max_steps else cfg.epochs * spe  # as train.py's
+            total = steps_to_run(cfg, steps_per_epoch(len(ds.train_images), cfg.batch_size))
             resumed_from = None if args.again else cut_run(cfg, total)
             if resumed_from is not None:
                 cfg = cfg.replace(fresh=False)
@@ -264,20 +263,9 @@ def table(path: str) -> str:
     (CIFAR-10's PCA-3 constant, no config) read as they were written."""
     from jaxae.config import UsageError
     try:
-        with open(path) as fh:
-            lines_in = [line for line in fh if line.strip()]
+        rows, bad = _read_rows(path)
     except OSError as e:
         raise UsageError(f"--table {path}: cannot be read ({e.strerror})") from None
-    rows, bad = [], 0
-    for line in lines_in:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            row = None
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            bad += 1
     if not rows:
         raise UsageError(f"--table {path}: no sweep rows in it")
     skip = {"name", "base", "data", "workdir", "config", "jax", "device", "test_mse", "pca_mse", "x_pca", "x_pca3",
@@ -288,10 +276,10 @@ def table(path: str) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         over = ", ".join(f"{k}={v}" for k, v in r.items() if k not in skip) or "base"
+        resumed = f" from step {r['resumed_from']}" if "resumed_from" in r else ""  # wall_s: the resumed part's
         if "stopped" in r:
             why = str(r["stopped"])[:80].replace("|", "/")
-            lines.append(f"| {over} | stopped: {why} | | | | | {r.get('wall_s', 0):.0f} s"
-                         + (f" from step {r['resumed_from']}" if "resumed_from" in r else "") + " |")
+            lines.append(f"| {over} | stopped: {why} | | | | | {r.get('wall_s', 0):.0f} s{resumed} |")
             continue
         ratio = r.get("x_pca", r.get("x_pca3"))
         k = r.get("config", {}).get("latent_dim", 3)
@@ -299,8 +287,7 @@ def table(path: str) -> str:
                                   if isinstance(r.get(key), (int, float)) else "")
         lines.append(f"| {over} | {cell('test_mse', '.5f')} | "
                      f"{f'{ratio:.3f} x PCA-{k}' if isinstance(ratio, float) else ''} | {cell('knn10', '.1%')} | "
-                     f"{cell('train_loss', '.5f')} | {cell('steps', 'd')} | {cell('wall_s', '.0f')} s"
-                     + (f" from step {r['resumed_from']}" if "resumed_from" in r else "") + " |")
+                     f"{cell('train_loss', '.5f')} | {cell('steps', 'd')} | {cell('wall_s', '.0f')} s{resumed} |")
     if bad:
         lines.append(f"\n({bad} line(s) of {path} are not rows: skipped)")
     return "\n".join(lines)
@@ -310,18 +297,29 @@ def finished_rows(path: str) -> list[dict]:
     """The rows of `path` (none if it is not there) that hold a run's whole config and its outcome: a test MSE, or
     the reason it stopped. Rows of sweeps before the eighteenth session (no config) cannot be matched, nor can a
     line cut short."""
-    rows = []
-    if os.path.exists(path):
-        with open(path) as fh:
-            for line in fh:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(row, dict) and isinstance(row.get("config"), dict) and \
-                        ("test_mse" in row or "stopped" in row):
-                    rows.append(row)
-    return rows
+    if not os.path.exists(path):
+        return []
+    return [row for row in _read_rows(path)[0]
+            if isinstance(row.get("config"), dict) and ("test_mse" in row or "stopped" in row)]
+
+
+def _read_rows(path: str) -> tuple[list[dict], int]:
+    """The JSON objects on the lines of `path`, and how many non-blank lines are not one (a line a kill cut short,
+    another file's text)."""
+    rows, bad = [], 0
+    with open(path) as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                bad += 1
+    return rows, bad
 
 
 # What makes two rows the same run: what a run computes (Config.RUN_FIELDS), where it stops, and how its steps are
@@ -343,15 +341,15 @@ def cut_run(cfg, total: int) -> int | None:
     its files moved aside. The step budget (max_steps) is not compared: a run that an earlier sweep's budget
     ended goes on to this one's."""
     import dataclasses
-    from jaxae.checkpoints import checkpoint_dir, has_checkpoints
+    from jaxae.checkpoints import latest_step
     from jaxae.config import UsageError, load_config
-    if not has_checkpoints(cfg.workdir):
+    last = latest_step(cfg.workdir)
+    if last is None:
         return None
     try:
         saved = load_config(cfg.workdir)
     except UsageError:  # no or a broken config.json: start over (the files are moved aside, not deleted)
         return None
-    last = max(int(name) for name in os.listdir(checkpoint_dir(cfg.workdir)) if name.isdigit())
     # its step budget was the cut command's (saved with it), not the run's
     same = last < total and same_run(dataclasses.asdict(saved), dataclasses.asdict(cfg), ("steps_per_call",
                                                                                           "microbatch"))

@@ -186,8 +186,14 @@ def check_workdir(workdir: str) -> None:
 
 
 def has_checkpoints(workdir: str) -> bool:
+    return latest_step(workdir) is not None
+
+
+def latest_step(workdir: str) -> int | None:
+    """The step of the newest checkpoint folder in workdir (an unfinished save is not one), or None."""
     d = checkpoint_dir(workdir)
-    return os.path.isdir(d) and any(name.isdigit() for name in os.listdir(d))
+    steps = [int(name) for name in os.listdir(d) if name.isdigit()] if os.path.isdir(d) else []
+    return max(steps, default=None)
 
 
 def _as_tree(state) -> dict:

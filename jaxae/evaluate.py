@@ -531,13 +531,14 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
                     median_gain=float(np.median(gain)), improved=float(np.mean(gain > 0.01)))
         codes.update(best_test=z[:n_test], best_mse=err[:n_test], encoder_mse=enc_err[:n_test])
     codes = {k: np.asarray(v) for k, v in codes.items()}
+    found = {"best_codes": codes["best_test"], "best_mse": codes["best_mse"],
+             "encoder_mse": codes["encoder_mse"]} if best else {}
     baseline = mean_image_mse(ds.train_images, ds.test_images)
     table = format_table(results)
 
     tmp, made = _start_output(out)
     try:  # an error or Ctrl-C leaves nothing half-written behind
-        _save_latents(tmp, codes["ae_test"], ds, **{k: codes[k] for k in ("best_test", "best_mse", "encoder_mse")
-                                                      if k in codes})
+        _save_latents(tmp, codes["ae_test"], ds, **found)
         files = make_figures(cfg, ae, pca, ds, codes, tmp, interp_steps)
         curve = figures.loss_curve(workdir, os.path.join(tmp, "loss_curve.png"), results[pca.name]["test_mse"],
                                    baseline, step=step_done)
@@ -603,13 +604,11 @@ def format_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _save_latents(out: str, codes: np.ndarray, ds: Dataset, best_test: np.ndarray | None = None,
-                  **errors: np.ndarray) -> None:
-    """latents.npz and latents.csv: the test codes; with --best-codes, also the best codes found (best_codes) and
-    each test image's MSE from them and from the encoder's (best_mse, encoder_mse)."""
-    extra = {} if best_test is None else {"best_codes": best_test, **errors}
+def _save_latents(out: str, codes: np.ndarray, ds: Dataset, **more: np.ndarray) -> None:
+    """latents.npz and latents.csv: the test codes; `more` goes into latents.npz too (with --best-codes, the best
+    codes found and each test image's MSE from them and from the encoder's)."""
     np.savez(os.path.join(out, "latents.npz"), codes=codes, labels=ds.test_labels,
-             class_names=np.array(ds.class_names), **extra)
+             class_names=np.array(ds.class_names), **more)
     with open(os.path.join(out, "latents.csv"), "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "label", "class"] + [f"z{i + 1}" for i in range(codes.shape[1])])

@@ -38,6 +38,11 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return n_train // batch_size
 
 
+def steps_to_run(cfg: Config, spe: int) -> int:
+    """The step a run's command ends at: its epochs' last, or --max-steps before that."""
+    return min(cfg.max_steps, cfg.epochs * spe) if cfg.max_steps else cfg.epochs * spe
+
+
 def make_optimizer(cfg: Config, total_steps: int, spe: int) -> optax.GradientTransformation:
     warmup = min(int(cfg.warmup_epochs * spe), max(total_steps - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(total_steps, warmup + 1),
@@ -345,7 +350,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     ds = ds if ds is not None else load(cfg.data, cfg.dataset, cfg.cache_dir)
     n_train = ds.train_images.shape[0]
     spe = check_settings(cfg, explicit, ds)
-    total = cfg.epochs * spe if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * spe)
+    total = steps_to_run(cfg, spe)
     k = default_steps_per_call(cfg, spe)
 
     # the model's own checks, too; a resumed run restores every leaf, so it needs only the structure
