@@ -133,7 +133,7 @@ def test_resuming_keeps_what_the_runs_preset_set(tmp_path):
     assert cfg.log_every == 7
 
 
-@pytest.mark.parametrize("saved,given", [("long", "default"), ("default", "long"), ("long", "quick")])
+@pytest.mark.parametrize("saved,given", [("short", "default"), ("default", "short"), ("short", "quick")])
 def test_resuming_under_another_preset_is_refused_naming_a_field_either_sets(tmp_path, saved, given):
     workdir = str(tmp_path / "run")
     checkpoints.save_config(Config(**PRESETS[saved], preset=saved, workdir=workdir, data="folder"))

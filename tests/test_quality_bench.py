@@ -98,7 +98,7 @@ def test_a_workdir_holding_a_run_is_resumed_and_evaluated_not_fitted_again(quali
     out = capsys.readouterr().out
     assert f"holds a run of {first} epochs: resuming it and evaluating it" in out
     assert evaluated == [workdir, workdir]
-    # without the --preset: the run's own saved settings are checked (not the command's: batch 256 > 32 images),
+    # without the --preset: the run's own saved settings are checked (not the command's: batch 1024 > 32 images),
     # and the train.py command printed is the run's
     assert mod.main(["--minutes", "0.05", "--workdir", workdir]) == 0
     out = capsys.readouterr().out

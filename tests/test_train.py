@@ -240,11 +240,27 @@ def test_microbatch_size_defaults_and_errors(setup):
             train.microbatch_size(cfg.replace(microbatch=bad), 256)
 
 
-def test_train_and_evaluate_on_two_devices(setup, tmp_path):
+def test_cpu_schedule_note_is_for_long_cpu_runs_of_the_default_model_only():
+    from jaxae.config import PRESETS, Config
+    cfg = Config()
+    per_epoch = train.steps_per_epoch(50_000, cfg.batch_size) * cfg.batch_size  # CIFAR-10: 48 steps of 1024
+    note = train.cpu_schedule_note(cfg, (32, 32, 3), cfg.epochs * per_epoch)
+    assert note.startswith("note: this run trains the default model on 4,915,200 images: about 8-17 h on a 2-core CPU")
+    assert "`--preset quick` is the CPU model" in note
+    assert "about 32-68 h" in train.cpu_schedule_note(cfg, (64, 64, 3), cfg.epochs * per_epoch)  # 4x the pixels
+    assert train.cpu_schedule_note(cfg, (32, 32, 3), 2 * per_epoch) is None  # 10 minutes: no note
+    assert train.cpu_schedule_note(Config(**PRESETS["quick"]), (32, 32, 3), cfg.epochs * per_epoch) is None
+
+
+def test_train_and_evaluate_on_two_devices(setup, tmp_path, monkeypatch, capsys):
     cfg, ds, spe, _ = setup
     cfg = cfg.replace(workdir=str(tmp_path / "run"))
     assert cfg.epochs == 4 and cfg.learning_rate == 1e-2
+    asked = []  # the CPU note's arguments: the images this run has left
+    monkeypatch.setattr(train, "cpu_schedule_note", lambda *a: asked.append(a) or "note: the CPU note")
     result = train.train_and_evaluate(cfg, ds=ds, progress=False)
+    assert asked == [(cfg, ds.image_shape, 4 * spe * cfg.batch_size)]
+    assert "note: the CPU note" in capsys.readouterr().err
     assert result["exit"] == 0 and result["step"] == 4 * spe == int(result["state"].step) == result["total"]
     with open(os.path.join(cfg.workdir, "metrics.jsonl")) as fh:
         records = [json.loads(line) for line in fh]
