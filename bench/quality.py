@@ -4,7 +4,8 @@ r"""Train within a wall-clock budget, then evaluate: test MSE, PSNR and 10-NN ac
         --preset quick
 
 The number of epochs (and so the warm-up + cosine schedule) is fitted to the budget from a timed
-calibration of the real train step; any train.py flag may follow, except --epochs and --max-steps (the budget
+calibration of the real train step (where fewer epochs fit than the preset has, its warm-up shrinks in proportion,
+unless --warmup-epochs is given); any train.py flag may follow, except --epochs and --max-steps (the budget
 sets the schedule). A checkpoint is saved every tenth of the epochs (--save-every-epochs sets it). The workdir is a
 normal one: `python evaluate.py --workdir DIR` reads it (this script already ran it into DIR/eval). Run again on
 a workdir that holds a run, the same command resumes that run (its fitted epochs) and evaluates it; --fresh fits
@@ -122,6 +123,10 @@ def main(argv=None) -> int:
         if left < spe * t_step + t_eval:
             print(f"note: the calibration and compiles ({time.perf_counter() - t_start:.0f} s) leave less than one "
                   f"epoch of the budget: the run will take longer than --minutes {args.minutes:g}", flush=True)
+    if "warmup_epochs" not in explicit and cfg.warmup_epochs == config.fitted_warmup(cfg.preset, cfg.epochs):
+        # as train.py --epochs: fewer epochs than the preset's shorten its warm-up in proportion (a fitted run,
+        # resumed or started over, keeps the warm-up it has)
+        cfg = cfg.replace(warmup_epochs=config.fitted_warmup(cfg.preset, epochs))
     cfg = cfg.replace(epochs=epochs)
     if "save_every_epochs" not in explicit:  # a save an epoch cost 2-3 x the budget's epochs on small data
         cfg = cfg.replace(save_every_epochs=max(1, epochs // 10))

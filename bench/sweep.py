@@ -63,7 +63,7 @@ def pca_mse(ds, k: int) -> float:
 
 def configs(args) -> list:
     """(name, overrides, Config) of every grid entry, all checked: preset < --base < entry."""
-    from jaxae.config import PRESETS, Config, UsageError
+    from jaxae.config import PRESETS, Config, UsageError, with_preset
     from jaxae.data import local_path
     from jaxae.train import check_settings
     try:
@@ -103,9 +103,8 @@ def configs(args) -> list:
             raise UsageError(f"{where}: preset must be one of {', '.join(PRESETS)} (got {preset!r})")
         name = "-".join(f"{k}{v}" for k, v in over.items()) or "base"
         try:
-            cfg = Config(**{**PRESETS[preset], **given, "data": local_path(args.data),  # a rerun from elsewhere
-                            "workdir": os.path.join(args.root, name),
-                            "fresh": True}).validate()
+            cfg = with_preset({**given, "data": local_path(args.data),  # a rerun from elsewhere
+                               "workdir": os.path.join(args.root, name), "fresh": True}).validate()
             check_settings(cfg, set(given))
         except UsageError as e:
             raise UsageError(f"{where}: {e}") from None

@@ -65,7 +65,8 @@ class Config:
     batch_size: int = _f(1024, "global batch size, split evenly across all devices")
     optimizer: str = _f("adamw", "optax optimiser", ["adam", "adamw"])
     learning_rate: float = _f(2e-3, "peak learning rate of the warm-up + cosine schedule")
-    warmup_epochs: float = _f(3.0, "linear warm-up length in epochs")
+    warmup_epochs: float = _f(3.0, "linear warm-up length in epochs; with fewer --epochs than the preset's, and "
+                               "no --warmup-epochs, the preset's warm-up shortened in proportion")
     weight_decay: float = _f(1e-4, "decoupled weight decay (adamw only)")
     grad_clip: float = _f(1.0, "clip gradients to this global norm (0 = off)")
     seed: int = _f(0, "seed of parameters, data order and noise: a run is reproducible from it")
@@ -206,8 +207,25 @@ def add_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = No
 def from_args(args: argparse.Namespace) -> tuple[Config, set[str]]:
     """Config from parsed flags: dataclass defaults < preset < explicit flags. Returns it and the explicit names."""
     given = {k: v for k, v in vars(args).items() if v is not None and k in Config.__dataclass_fields__}
+    return with_preset(given).validate(), set(given)
+
+
+def with_preset(given: dict[str, Any]) -> Config:
+    """The settings `given` over their preset's (given["preset"], else "default"), not validated. Fewer epochs than
+    the preset's, without a warm-up of their own, shorten its warm-up in proportion (fitted_warmup)."""
     preset = given.get("preset", "default")
     if preset not in PRESETS:
         raise UsageError(f"--preset must be one of {', '.join(PRESETS)} (got {preset!r})")
     cfg = Config(**{**PRESETS[preset], **given})
-    return cfg.validate(), set(given)
+    if "epochs" in given and "warmup_epochs" not in given:
+        cfg = cfg.replace(warmup_epochs=fitted_warmup(preset, cfg.epochs))
+    return cfg
+
+
+def fitted_warmup(preset: str, epochs: int) -> float:
+    """The preset's warm-up for a run of `epochs`: as it is, or for fewer epochs than the preset's, shortened in
+    proportion, so that the schedule keeps its shape (the default's 3 epochs are 3 % of its 100 epochs, and would be
+    the whole of a 3-epoch run): for train.py's --epochs and bench/sweep.py's "epochs" without a warm-up of their own,
+    and for bench/quality.py's fitted epochs."""
+    base = Config(**PRESETS[preset])
+    return base.warmup_epochs if epochs >= base.epochs else round(base.warmup_epochs * epochs / base.epochs, 3)

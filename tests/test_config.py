@@ -57,6 +57,19 @@ def test_the_default_is_the_schedule_docs_quality_measured():
     assert (quick.epochs, quick.batch_size, quick.learning_rate, quick.warmup_epochs) == (14, 128, 2e-3, 1.0)
 
 
+@pytest.mark.parametrize("argv,warmup", [
+    (["--epochs", "10"], 0.3),  # 3 % of the run, as the default's 3 of 100 epochs
+    (["--epochs", "200"], 3.0),  # more epochs than the preset's: its warm-up as it is
+    (["--epochs", "10", "--warmup-epochs", "2"], 2.0),  # given: kept
+    (["--preset", "quick", "--epochs", "7"], 0.5),  # the quick preset's 1 of 14 epochs
+    (["--preset", "tiny", "--epochs", "4"], 1.0),
+    (["--warmup-epochs", "5"], 5.0),
+])
+def test_fewer_epochs_shorten_the_presets_warm_up_in_proportion(argv, warmup):
+    cfg, _ = parse(*argv)
+    assert cfg.warmup_epochs == pytest.approx(warmup)
+
+
 @pytest.mark.parametrize("argv,flag", [
     (["--batch-size", "0"], "--batch-size"),
     (["--noise", "-0.1"], "--noise"),

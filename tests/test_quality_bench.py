@@ -57,6 +57,24 @@ def test_a_finished_run_is_fitted_to_the_budget_and_evaluated(quality, monkeypat
     assert "test MSE 0.03000 = 0.750 x PCA-3 (0.04000)" in out and "10-NN 25.0% vs 25.0%" in out
 
 
+@pytest.mark.parametrize("preset,flags,warmup", [
+    ("quick", [], 1.0 * 4 / 14),  # 4 of the preset's 14 epochs fit: its 1-epoch warm-up in proportion
+    ("default", [], 3.0 * 4 / 100),  # the default's 3 epochs would be the whole of these 4
+    ("quick", ["--warmup-epochs", "2"], 2.0),  # given: kept
+    ("tiny", [], 1.0),  # more epochs fit than the preset has (1): its warm-up as it is
+])
+def test_the_warm_up_shrinks_with_the_epochs_that_fit(quality, monkeypatch, tmp_path, preset, flags, warmup):
+    mod, *_ = quality
+    monkeypatch.setattr(mod, "calibrate", lambda cfg, ds: (1.0, 2.0, 1.0))  # 4 epochs fit (the test above)
+    ran = []
+    monkeypatch.setattr(jaxae.train, "train_and_evaluate",
+                        lambda cfg, explicit, ds: ran.append(cfg) or {"exit": 0, "step": 0, "total": 1})
+    # the small model's image size and batch, so that the tiny data set takes any preset
+    mod.main(["--minutes", "0.5", "--preset", preset, "--batch-size", "8", "--stages", "2", "--workdir",
+              str(tmp_path / "run"), *flags])
+    assert ran[0].epochs == 4 and ran[0].warmup_epochs == pytest.approx(warmup, abs=1e-3)
+
+
 def test_a_stopped_run_is_not_evaluated(quality, monkeypatch, tmp_path):
     mod, ds, evaluated = quality
     monkeypatch.setattr(mod, "calibrate", lambda cfg, ds: (1.0, 2.0, 1.0))

@@ -90,6 +90,13 @@ def test_a_preset_applies_its_values_and_each_row_holds_what_reproduces_it(sweep
     assert "(0.750 x PCA-2)" in capsys.readouterr().out
 
 
+def test_fewer_epochs_shorten_the_warm_up_as_in_train_py(sweep, tmp_path):
+    import argparse
+    ns = argparse.Namespace(data="unused", root=str(tmp_path / "runs"), base='{"batch_size": 8}',
+                            grid='[{"epochs": 10}, {"epochs": 10, "warmup_epochs": 2}, {"preset": "quick", "epochs": 7}]')
+    assert [cfg.warmup_epochs for _, _, cfg in sweep.configs(ns)] == [0.3, 2.0, 0.5]
+
+
 @pytest.mark.parametrize("base,grid,message", [
     ("{}", "[{}, {\"widht\": 4}]", "grid entry 1 .*unknown setting 'widht'"),
     ("{\"widht\": 4}", "[{}]", "--base: unknown setting 'widht'"),
