@@ -243,14 +243,17 @@ PASSES_IN_FLIGHT = 2
 
 
 def _after(tree, x: jax.Array) -> jax.Array:
-    """x, unchanged, but computed only once every array of `tree` is: x + 0 * (one element of each).
+    """x, unchanged, but computed only once every array of `tree` is: x + 0 * (the largest of their maxima).
 
     Orders the microbatch passes (PASSES_IN_FLIGHT). XLA:CPU drops lax.optimization_barrier before it
     schedules, and a lax.scan over the passes ran ~20x slower (the scan trap), so a data dependence it cannot
     remove does it: a pass's input reads the gradients summed so far. XLA does not fold 0 * y for floats (y
-    may be inf or NaN), and x + 0 * y is x for finite y.
+    may be inf or NaN), and x + 0 * y is x for finite y. A maximum needs the whole sum: with one element of each
+    array instead, XLA took the element from the summands, put the sums off to the step's end and held every
+    pass's gradients until then (the default model at batch 1024, 16 passes: 918 MB of temporaries, 483 MB with
+    the maxima, as fast; twentieth session).
     """
-    dep = sum(leaf.ravel()[-1].astype(x.dtype) for leaf in jax.tree.leaves(tree))
+    dep = jnp.max(jnp.stack([jnp.max(leaf).astype(x.dtype) for leaf in jax.tree.leaves(tree)]))
     return x + 0.0 * dep
 
 
