@@ -3,13 +3,13 @@
 #   0. decode the JPEG archive into the .npz cache (9.5 s on the H100 box, eighth session);
 #   1. `python train.py` with default settings: wall time (target <= 2 min; 103 s on an H200 with nothing compiled,
 #      twentieth session) and test MSE (target <= 0.0275);
-#   2. `python evaluate.py` on that run (30 s);
+#   2. `python evaluate.py` on that run (30-50 s);
 #   3. bench/throughput.py: jaxae vs the PyTorch twin, eager and compiled, by batch size (torch.compile took
 #      43 s to compile at B = 256 and more than 90 s at B = 1024: the step's limit may cut the last rows; the
 #      JSON keeps what was measured);
 #   4. bench/sweep.py: variants of the default model ($GRID), 4 workers on the one GPU (the eighth session's
-#      8 runs of 30 epochs, two per worker, took about 4 min; the default's 100 epochs at batch 1024 took 136-165 s
-#      with three sharing the H200, twentieth session: after steps 1-3 too little is left for them, so run the
+#      8 runs of 30 epochs, two per worker, took about 4 min; three 100-epoch batch-1024 variants of the default
+#      took 136-165 s sharing the H200, twentieth session: after steps 1-3 too little is left for them, so run the
 #      default grid with PART=sweep below). Nothing
 #      else may run on the GPU beside it: a fifth process (step 2 run in the background) ran the GPU out of
 #      memory, since each worker takes 0.9 / 4 of it. What the limit cuts off leaves no row.
@@ -50,7 +50,7 @@ BUDGET=${BUDGET:-580}          # seconds this script may use in all
 # what the twentieth session's sweep left open (docs/quality.md): the default (100 epochs, batch 1024, rate 0.002,
 # 3-epoch warm-up) gives 0.0281-0.0282 over three seeds; rate 0.003 and an MLP of width 1024 did not move it, an
 # MLP 4 layers deep gave 0.02797 on seed 0. Does that hold on two more seeds, and does real weight decay against
-# the 3 % train/test gap help? (Three default runs sharing the H200 took 136-165 s.)
+# the 3 % train/test gap help? (Three such variants sharing the H200 took 136-165 s.)
 GRID=${GRID:-'[{"mlp_layers": 4, "seed": 1}, {"mlp_layers": 4, "seed": 2}, {"weight_decay": 0.05}]'}
 BASE=${BASE:-'{}'}
 # everything checked before the machine does any work: a typo must not cost device time

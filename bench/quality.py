@@ -124,8 +124,9 @@ def main(argv=None) -> int:
             print(f"note: the calibration and compiles ({time.perf_counter() - t_start:.0f} s) leave less than one "
                   f"epoch of the budget: the run will take longer than --minutes {args.minutes:g}", flush=True)
     if "warmup_epochs" not in explicit and cfg.warmup_epochs == config.fitted_warmup(cfg.preset, cfg.epochs):
-        # as train.py --epochs: fewer epochs than the preset's shorten its warm-up in proportion (a fitted run,
-        # resumed or started over, keeps the warm-up it has)
+        # as train.py --epochs: fewer epochs than the preset's shorten its warm-up in proportion. A fitted run,
+        # resumed or started over, keeps the warm-up it has: its value tells (a guess, right unless a run was given
+        # the very warm-up its preset and epochs imply)
         cfg = cfg.replace(warmup_epochs=config.fitted_warmup(cfg.preset, epochs))
     cfg = cfg.replace(epochs=epochs)
     if "save_every_epochs" not in explicit:  # a save an epoch cost 2-3 x the budget's epochs on small data

@@ -607,11 +607,12 @@ def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
         print(f"note: {cfg.workdir}'s config.json starts over from step 0" + (
             " (--fresh with no run setting: give --preset or run flags to start another run)" if cfg.fresh else
             ": it holds no checkpoint to resume"))
-    # A --preset sets fields too: resuming a default-preset run with --preset tiny must not silently mix, nor
-    # a long-preset run go on at its 100 epochs under --preset default (which sets none): the fields either
-    # preset sets are compared.
+    # A --preset sets fields too: resuming a default-preset run with --preset tiny must not silently mix, nor a
+    # 30-epoch run saved before the twentieth session go on under --preset default (now 100): the fields either
+    # preset sets are compared. Except the warm-up, unless given: it follows from the preset and the epochs
+    # (config.fitted_warmup; bench/quality.py fits the epochs), and the run's own is the one its schedule has.
     via_preset = (set(PRESETS.get(cfg.preset, {})) | set(PRESETS.get(saved.preset, {}))) - explicit \
-        if "preset" in explicit else set()
+        - {"warmup_epochs"} if "preset" in explicit else set()
     for name in Config.RUN_FIELDS:
         if name in explicit | via_preset and not same_setting(name, getattr(saved, name), getattr(cfg, name)):
             given = (f"--preset {cfg.preset} sets --{name.replace('_', '-')} {getattr(cfg, name)}"

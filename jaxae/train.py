@@ -121,9 +121,10 @@ def cpu_schedule_note(cfg: Config, image_shape, images_left: int) -> str | None:
     if fast < 1:
         return None
     return (f"note: this run trains the default model on {images_left:,} images: about {fast:.0f}-{slow:.0f} h on a "
-            f"2-core CPU ({CPU_DEFAULT_IMG_S[0]}-{CPU_DEFAULT_IMG_S[1]} images/s), fewer with more cores. Its "
-            f"schedule is for GPUs and TPUs (under 2 minutes on an H200). `--preset quick` is the CPU model: about "
-            f"10 minutes on 2 cores, test MSE 0.0291 on CIFAR-10 against this one's 0.0282")
+            f"2-core CPU ({CPU_DEFAULT_IMG_S[0]}-{CPU_DEFAULT_IMG_S[1]} images/s), fewer with more cores. The "
+            f"default model is for GPUs and TPUs (its default schedule: under 2 minutes on an H200). `--preset quick` "
+            f"is the CPU model: about 10 minutes on 2 cores, test MSE 0.0291 on CIFAR-10 against the default's "
+            f"0.0282")
 
 
 def create_train_state(cfg: Config, image_shape, total_steps: int, spe: int) -> TrainState:

@@ -146,6 +146,36 @@ def test_resuming_under_another_preset_is_refused_naming_a_field_either_sets(tmp
     assert resuming and cfg.preset == saved  # the run's own preset resumes it
 
 
+def test_a_run_of_the_old_default_is_refused_under_the_presets_of_the_new_one(tmp_path):
+    """A 30-epoch batch-256 run saved as preset "default" before the twentieth session: `--preset default` or
+    `--preset long` (now 100 epochs at batch 1024) must not resume it at its old schedule; `--workdir W` alone does."""
+    workdir = str(tmp_path / "run")
+    old = Config(epochs=30, batch_size=256, warmup_epochs=1.0, preset="default", workdir=workdir, data="folder")
+    checkpoints.save_config(old)
+    os.makedirs(os.path.join(workdir, "checkpoints", "4"))
+    for preset in ("default", "long"):
+        with pytest.raises(UsageError, match=f"holds a run with --epochs 30, --preset {preset} sets --epochs 100"):
+            checkpoints.resolve_workdir(Config(**PRESETS[preset], preset=preset, workdir=workdir, data="folder"),
+                                        {"workdir", "preset"})
+    cfg, resuming = checkpoints.resolve_workdir(Config(workdir=workdir), {"workdir"})
+    assert resuming and (cfg.epochs, cfg.batch_size, cfg.warmup_epochs) == (30, 256, 1.0)
+
+
+def test_a_warm_up_that_follows_from_the_epochs_is_the_runs_own_on_resume(tmp_path):
+    """`--preset quick --epochs 5` gave a 1-epoch warm-up before the twentieth session and 0.357 now: the same
+    command resumes a run of either, at the warm-up it has; a --warmup-epochs given is compared."""
+    workdir = str(tmp_path / "run")
+    checkpoints.save_config(Config(**{**PRESETS["quick"], "epochs": 5}, preset="quick", workdir=workdir,
+                                   data="folder"))
+    os.makedirs(os.path.join(workdir, "checkpoints", "4"))
+    now = Config(**{**PRESETS["quick"], "epochs": 5, "warmup_epochs": 0.357}, preset="quick", workdir=workdir,
+                 data="folder")
+    cfg, resuming = checkpoints.resolve_workdir(now, {"workdir", "preset", "epochs"})
+    assert resuming and cfg.warmup_epochs == 1.0
+    with pytest.raises(UsageError, match="holds a run with --warmup-epochs 1.0, not 0.357"):
+        checkpoints.resolve_workdir(now, {"workdir", "preset", "epochs", "warmup_epochs"})
+
+
 def test_what_an_abandoned_read_leaves_behind_is_dropped_and_nothing_else(monkeypatch, caplog):
     """The two kinds of report the reads of an unreadable step leave after orbax gave up on it (see
     test_robustness for the step itself): only those are dropped."""

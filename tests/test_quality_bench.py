@@ -75,6 +75,22 @@ def test_the_warm_up_shrinks_with_the_epochs_that_fit(quality, monkeypatch, tmp_
     assert ran[0].epochs == 4 and ran[0].warmup_epochs == pytest.approx(warmup, abs=1e-3)
 
 
+def test_the_same_command_resumes_a_run_whose_warm_up_was_shortened(quality, monkeypatch, tmp_path, capsys):
+    """--preset quick sets a 1-epoch warm-up, which 4 fitted epochs of its 14 shorten to 0.286: the same command
+    again was refused ("--preset quick sets --warmup-epochs 1.0")."""
+    mod, ds, evaluated = quality
+    workdir = str(tmp_path / "run")
+    monkeypatch.setattr(mod, "calibrate", lambda cfg, ds: (1.0, 2.0, 1.0))  # 4 epochs fit (above)
+    argv = ["--minutes", "0.5", "--preset", "quick", "--batch-size", "8", "--stages", "2", "--width", "8",
+            "--hidden", "16", "--workdir", workdir]
+    assert mod.main(argv) == 0
+    assert json.load(open(os.path.join(workdir, "config.json")))["warmup_epochs"] == pytest.approx(4 / 14, abs=1e-3)
+    monkeypatch.setattr(mod, "calibrate", lambda cfg, ds: pytest.fail("calibrated again"))
+    assert mod.main(argv) == 0
+    assert "holds a run of 4 epochs: resuming it and evaluating it" in capsys.readouterr().out
+    assert evaluated == [workdir, workdir]
+
+
 def test_a_stopped_run_is_not_evaluated(quality, monkeypatch, tmp_path):
     mod, ds, evaluated = quality
     monkeypatch.setattr(mod, "calibrate", lambda cfg, ds: (1.0, 2.0, 1.0))
