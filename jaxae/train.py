@@ -444,9 +444,15 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
                 losses_epoch = []
                 while step < end and stop.signum is None:
                     n = min(k, end - step)
-                    if n not in fns:
+                    first_call = n not in fns
+                    if first_call:
                         fns[n] = make_p_train_steps(cfg, n, spe)
                     state, m = fns[n](state, images, perm)
+                    if first_call and jax.default_backend() == "cpu":
+                        # what the compile and the first run left free: in some runs the second malloc arena held
+                        # 600 MB more of it through the whole run (docs/performance.md, twentieth session)
+                        jax.block_until_ready(m)
+                        hostmem.release_free_memory()
                     pending.append((step, m["loss"]))
                     step += n
                     if step - n_last >= cfg.log_every or step == end:

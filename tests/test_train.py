@@ -275,9 +275,21 @@ def test_train_and_evaluate_on_two_devices(setup, tmp_path, monkeypatch, capsys)
     assert cfg.epochs == 4 and cfg.learning_rate == 1e-2
     asked = []  # the CPU note's arguments: the images this run has left
     monkeypatch.setattr(train, "cpu_schedule_note", lambda *a: asked.append(a) or "note: the CPU note")
+    events = []  # the steps' calls (once each returned) and the give-backs of free memory, in order
+    make = train.make_p_train_steps
+
+    def recorded(*a):
+        fn = make(*a)
+        return lambda *b: (fn(*b), events.append("steps"))[0]
+
+    monkeypatch.setattr(train, "make_p_train_steps", recorded)
+    release = train.hostmem.release_free_memory
+    monkeypatch.setattr(train.hostmem, "release_free_memory", lambda: events.append("release") or release())
     result = train.train_and_evaluate(cfg, ds=ds, progress=False)
     assert asked == [(cfg, ds.image_shape, 4 * spe * cfg.batch_size)]
     assert "note: the CPU note" in capsys.readouterr().err
+    first = events.index("steps")  # what the first run left free is given back before the second
+    assert events[first + 1] == "release" and events.count("steps") == 4 * spe
     assert result["exit"] == 0 and result["step"] == 4 * spe == int(result["state"].step) == result["total"]
     with open(os.path.join(cfg.workdir, "metrics.jsonl")) as fh:
         records = [json.loads(line) for line in fh]
