@@ -2,7 +2,7 @@
 # Where a training run's start-up goes: train.py once per variant, each in a fresh process with JAX_LOG_COMPILES=1,
 # printing every compile that took over 0.5 s and train.py's `time:` line (the seconds to the end of the first
 # epoch, then per epoch). A variant is NAME or NAME:VAR=VALUE,VAR=VALUE (environment for that run only). Usage:
-#   DATA=data/cifar10-jpeg.tar.gz FLAGS="--preset long --epochs 6" OUT=/some/folder bash bench/startup.sh \
+#   DATA=data/cifar10-jpeg.tar.gz FLAGS="--epochs 6" OUT=/some/folder bash bench/startup.sh \
 #       cold:JAX_COMPILATION_CACHE_DIR=/tmp/jc warm:JAX_COMPILATION_CACHE_DIR=/tmp/jc \
 #       notriton:XLA_FLAGS=--xla_gpu_enable_triton_gemm=false
 # (the fifteenth session's H100 call, docs/performance.md; that call also ran XLA_FLAGS=--xla_gpu_autotune_level=0).

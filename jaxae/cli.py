@@ -58,8 +58,9 @@ def use_compilation_cache(cache_dir: str = "") -> str | None:
     on the same devices, a second evaluate.py of a run. (The schedule, batch size, loss and noise are part of
     the step's program: a run with other settings compiles its own.)
 
-    On an H100, `--preset long` took 81 s to the end of its first epoch with nothing cached, 46 s of it compiling
-    the epoch's steps, and 9 s with everything cached (docs/performance.md, fifteenth session). JAX's key covers
+    On an H100, the default schedule (then `--preset long`) took 81 s to the end of its first epoch with nothing
+    cached, 46 s of it compiling the epoch's steps, and 9 s with everything cached (docs/performance.md, fifteenth
+    session); on an H200, 32 s and 10 s (twentieth session). JAX's key covers
     the program, the compiler flags, the devices and the jax version: a cached program is the one XLA compiled
     for that key. $JAX_COMPILATION_CACHE_DIR, when set, is left to JAX (set and empty: no cache).
     Returns the folder in use, or None; a folder that cannot be written gets one note and no cache.

@@ -30,8 +30,9 @@ session).
 That limit is for processes whose programs run on the CPU. Where JAX will run them on a GPU or TPU, XLA's
 compiler works in many threads on a many-core host (16 on the H100 machine), and the steps' memory is on the
 device: the arenas are left to glibc there (`accelerator_expected`). Since the limit came in (twelfth session),
-GPU compiles were slow: the fifteenth session's H100 compiled the epoch's steps of `--preset long` in 46 s,
-where the eighth session's bench compiled the same in 5.5 s. Contention in the compiler's threads is a suspect,
+GPU compiles were slow: the fifteenth session's H100 compiled the epoch's steps of the default schedule (then
+`--preset long`) in 46 s, where the eighth session's bench compiled the same in 5.5 s; the twentieth session's H200
+reached the end of the first epoch in 32 s in all. Contention in the compiler's threads is a suspect,
 not measured on a GPU yet (docs/performance.md, fifteenth session, 6). `JAXAE_MALLOC_ARENAS=N` sets the limit
 whatever the backend (0: glibc's default).
 """
