@@ -115,7 +115,8 @@ CPU_DEFAULT_IMG_S = (80, 170)
 def cpu_schedule_note(cfg: Config, image_shape, images_left: int) -> str | None:
     """A note for a CPU run of the default model that would take more than an hour at the 2-core box's speed: the
     default schedule is for GPUs and TPUs, and `--preset quick` is the model for a CPU. None for any other run."""
-    if any(getattr(cfg, k) != getattr(Config(), k) for k in Config.MODEL_FIELDS):
+    default = Config()
+    if any(getattr(cfg, k) != getattr(default, k) for k in Config.MODEL_FIELDS):
         return None
     slow, fast = (images_left * float(np.prod(image_shape)) / 3072 / rate / 3600 for rate in CPU_DEFAULT_IMG_S)
     if fast < 1:
