@@ -376,19 +376,7 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
         [cls(i) for i in sel], [n for n, _ in recon_rows])
 
     c = codes["ae_test"]
-    lo, hi = np.percentile(c, 1, axis=0), np.percentile(c, 99, axis=0)
-    dims = range(min(c.shape[1], 8))
-    sweep = np.repeat(np.median(c, axis=0)[None, None], len(dims), 0).repeat(interp_steps, 1)
-    for d in dims:
-        sweep[d, :, d] = np.linspace(lo[d], hi[d], interp_steps)
-    trav = _u8(dec(sweep.reshape(-1, c.shape[1]))).reshape(len(dims), interp_steps, *ds.image_shape)
-    files["traversal"] = figures.image_grid(
-        trav, os.path.join(out, "traversal.png"),
-        "Latent traversal: one coordinate swept from its 1st to 99th percentile, the others at their median"
-        + (f" (the first {len(dims)} of {c.shape[1]} coordinates)" if len(dims) < c.shape[1] else ""),
-        ["1st pct"] + [str(i) for i in range(2, interp_steps)] + ["99th pct"],
-        [f"latent {d + 1}: {' .. '.join(ends)}" for d in dims
-         for ends in [coordinate_labels(sweep[d, :, d])[::interp_steps - 1]]])
+    files["traversal"] = _traversal(c, dec, interp_steps, ds.image_shape, os.path.join(out, "traversal.png"))
 
     if c.shape[1] >= 2 and len(c) >= 3:  # a plane needs 3 codes
         files["decoder_map"] = _decoder_map(c, codes["ae_train"], dec, interp_steps, ds.image_shape,
@@ -406,6 +394,26 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
         ["query"] + [f"#{i + 1}" for i in range(k)],
         [f"{cls(q)}: {s}/{k} same" for q, s in zip(queries, same)])
     return files
+
+
+def _traversal(codes: np.ndarray, dec: Callable, steps: int, image_shape, out: str) -> str:
+    """One row per latent coordinate (the first 8): that coordinate swept in `steps` even steps from its 1st to its
+    99th percentile over `codes`, the others at their median, decoded -> out. Column t is the fraction of the way,
+    the same at every row; each row's label gives its two ends."""
+    lo, hi = np.percentile(codes, 1, axis=0), np.percentile(codes, 99, axis=0)
+    dims, t = range(min(codes.shape[1], 8)), np.linspace(0.0, 1.0, steps)
+    sweep = np.repeat(np.median(codes, axis=0)[None, None], len(dims), 0).repeat(steps, 1)
+    for d in dims:
+        sweep[d, :, d] = lo[d] + t * (hi[d] - lo[d])
+    trav = _u8(dec(sweep.reshape(-1, codes.shape[1]))).reshape(len(dims), steps, *image_shape)
+    return figures.image_grid(
+        trav, out,
+        "Latent traversal: one coordinate swept in even steps from its 1st percentile (t=0) to its 99th (t=1), "
+        "the others at their median" + (f" (the first {len(dims)} of {codes.shape[1]} coordinates)"
+                                        if len(dims) < codes.shape[1] else ""),
+        [f"t={v:.2f}" for v in t],
+        [f"latent {d + 1}: {' .. '.join(ends)}" for d in dims
+         for ends in [coordinate_labels(sweep[d, :, d])[::steps - 1]]])
 
 
 def _class_means(codes: np.ndarray, labels: np.ndarray, ds: Dataset, dec: Callable, out: str) -> str:

@@ -159,10 +159,19 @@ def _central(points, labels, title: str):
             f"percentile of an axis) not drawn")
 
 
-def _suptitle(fig, title: str) -> None:
-    """title over the figure, each line wrapped to the figure's width (a long one was cut at both edges)."""
+def _suptitle(fig, title: str) -> float:
+    """title over the figure, each line wrapped to the figure's width (a long one was cut at both edges); returns
+    the `top` that panels may reach below it."""
     chars = int(fig.get_figwidth() * fig.dpi / 8.5)  # about the width of a 12-point character, in pixels
-    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in title.split("\n")))
+    text = "\n".join(textwrap.fill(line, chars) for line in title.split("\n"))
+    fig.suptitle(text)
+    return 1 - (0.35 + 0.2 * (text.count("\n") + 1)) / fig.get_figheight()  # 12-point lines, and a margin
+
+
+# The scatters draw every code axis to one scale, so that distances on the page are the Euclidean distances that
+# the 10-NN accuracy, the neighbours figure and the interpolations use. Fitting each axis to its own range (the
+# matplotlib default) stretched a narrow axis to look as wide as the others.
+SAME_SCALE = "every axis drawn to the same scale"
 
 
 def latent_views(points, labels, class_names, out: str, title: str, axis_names) -> str:
@@ -178,6 +187,7 @@ def latent_views(points, labels, class_names, out: str, title: str, axis_names) 
         ax = fig.add_subplot(2, 2, i + 1, projection="3d")
         _scatter(ax, points, labels, class_names, size)
         ax.view_init(elev=elev, azim=azim)
+        ax.set_aspect("equal", adjustable="datalim")  # one unit is one length on every axis (see SAME_SCALE)
         ax.set_xlabel(axis_names[0])
         ax.set_ylabel(axis_names[1])
         ax.set_zlabel(axis_names[2])
@@ -188,8 +198,8 @@ def latent_views(points, labels, class_names, out: str, title: str, axis_names) 
         ax.set_title(f"view: elevation {elev}, azimuth {azim}", fontsize=9)
         ax.tick_params(labelsize=7)
     right = _legend(fig, class_names)
-    _suptitle(fig, title)
-    fig.subplots_adjust(left=0.02, right=min(0.86, right), bottom=0.03, top=0.89, wspace=0.05, hspace=0.14)
+    top = _suptitle(fig, f"{title}\n{SAME_SCALE}")
+    fig.subplots_adjust(left=0.02, right=min(0.86, right), bottom=0.03, top=min(0.89, top), wspace=0.05, hspace=0.14)
     fig.savefig(out)
     plt.close(fig)
     return os.path.basename(out)
@@ -234,6 +244,7 @@ def latent_pairs(points, labels, class_names, out: str, title: str, axis_names) 
     size = 1.5 if len(points) > 2000 else 8.0
     for ax, (a, b) in zip(axs[0], pairs):
         _scatter(ax, points[:, [a, b]], labels, class_names, size)
+        ax.set_aspect("equal", adjustable="datalim")
         ax.set_xlabel(axis_names[a])
         ax.set_ylabel(axis_names[b])
         ax.set_title(f"{axis_names[a]} vs {axis_names[b]}", fontsize=10)
@@ -241,11 +252,11 @@ def latent_pairs(points, labels, class_names, out: str, title: str, axis_names) 
         for axis in (ax.xaxis, ax.yaxis):  # long tick labels ("-0.0125") ran together at matplotlib's default
             axis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
     right = _legend(fig, class_names)
-    _suptitle(fig, title)
+    top = _suptitle(fig, f"{title}\n{SAME_SCALE}")
     if d >= 3:  # left: room for the y label and its tick labels (they were cut at the edge)
-        fig.subplots_adjust(left=0.07, right=min(0.88, right), bottom=0.1, top=0.84, wspace=0.3)
+        fig.subplots_adjust(left=0.07, right=min(0.88, right), bottom=0.1, top=min(0.84, top), wspace=0.3)
     else:
-        fig.subplots_adjust(left=0.1, right=min(0.78, right), bottom=0.09, top=0.86)
+        fig.subplots_adjust(left=0.1, right=min(0.78, right), bottom=0.09, top=min(0.86, top))
     fig.savefig(out)
     plt.close(fig)
     return os.path.basename(out)

@@ -63,6 +63,9 @@ def scatter3d(out: str, points: np.ndarray, labels: np.ndarray, class_names, thu
     showing = (f"Showing a random {len(thumb_index):,} of the {len(points):,} points, each with its image; "
                f'<label><input type="checkbox" id="all"> show all {len(points):,}</label> (the others have no '
                f"image)." if len(thumb_index) < len(points) else f"All {len(points):,} points carry their image.")
+    if code_axes >= 2:
+        showing += (' Every axis is drawn to the same scale, as distances between codes are measured; <label><input '
+                    'type="checkbox" id="fit"> stretch each axis to its own range</label>.')
     if code_axes < 3:
         showing += (f" The code has {code_axes} dimension{'s' * (code_axes > 1)}: the view starts face-on, and "
                     f"turning it only shows the same flat plane" + (" (up and down: one row per class, the spread "
@@ -99,12 +102,19 @@ const cv = document.getElementById("c"), ctx = cv.getContext("2d"), tip = docume
 const sprite = document.getElementById("sprite"), N = D.p.length, dims = D.axes.length;
 // the 3-D slot of each coordinate: a 2-D code's latent 2 goes up the screen (slot 2), seen face-on at yaw 0
 const slot = [[0], [0, 2], [0, 1, 2]][dims - 1], axes = [...Array(dims).keys()];
-// centre on the median and scale so 98% of the points fall inside the unit cube
+// centre on the median and scale so 98% of the points fall inside the unit cube: every code axis by the one
+// scale of the widest (distances as the 10-NN measures them), or each by its own when "fit" is ticked
 const centre = axes.map(a => { const v = D.p.map(p => p[a]).sort((x, y) => x - y); return v[N >> 1]; });
 const spread = axes.map(a => { const v = D.p.map(p => Math.abs(p[a] - centre[a])).sort((x, y) => x - y);
   return v[Math.floor(0.98 * (N - 1))] || 1; });
-const P = D.p.map(p => { const q = [0, 0, 0]; axes.forEach(a => { q[slot[a]] = (p[a] - centre[a]) / spread[a]; });
-  return q; });
+const common = Math.max(...spread.slice(0, D.code_axes));
+let P = [];
+function place(fitEach) {
+  const s = axes.map(a => fitEach || a >= D.code_axes ? spread[a] : common);  // a 1-D code's class rows: own
+  P = D.p.map(p => { const q = [0, 0, 0]; axes.forEach(a => { q[slot[a]] = (p[a] - centre[a]) / s[a]; });
+    return q; });
+}
+place(false);
 let yaw = dims < 3 ? 0 : 0.6, pitch = dims < 3 ? 0 : 0.35, zoom = 1, showAll = false, pinned = -1, hover = -1;
 const hidden = new Set();
 function project(p) {
@@ -182,6 +192,7 @@ cv.addEventListener("mouseleave", () => { if (pinned < 0) { hover = -1; tip.styl
 cv.addEventListener("wheel", e => { e.preventDefault(); zoom *= Math.exp(-e.deltaY * 0.001); draw(); },
                     {passive: false});
 document.getElementById("all")?.addEventListener("change", e => { showAll = e.target.checked; draw(); });
+document.getElementById("fit")?.addEventListener("change", e => { place(e.target.checked); draw(); });
 const legend = document.getElementById("legend");
 D.names.forEach((n, k) => {
   const d = document.createElement("div");
@@ -216,16 +227,19 @@ def latent_captions(latent_dim: int) -> dict[str, tuple[str, str]]:
         return {"latent_3d": ("latent coordinates by class", "The code has 2 dimensions, so there is no 3-D "
                               "view: the distribution of each coordinate of the test images' codes for each "
                               "class (black: median)."),
-                "latent_pairs": ("latent plane", "The test images' codes in their 2-D plane, coloured by class.")}
+                "latent_pairs": ("latent plane", "The test images' codes in their 2-D plane, coloured by class, "
+                                 "both axes to one scale.")}
     if latent_dim == 3:
         return {"latent_3d": ("latent 3d", "The test images' codes in 3-D, coloured by class, from four angles."),
                 "latent_pairs": ("latent pairs", "The same codes as three 2-D projections (latent 1 vs 2, "
-                                 "1 vs 3, 2 vs 3).")}
+                                 "1 vs 3, 2 vs 3). Every axis is drawn to one scale, so that distances on the page "
+                                 "are the distances between codes that the 10-NN accuracy and the neighbours "
+                                 "use.")}
     return {"latent_3d": ("latent 3d", f"The test images' {latent_dim}-D codes projected to 3-D with PCA "
                           "(their first three principal components, fit on the training codes), coloured by class, "
                           "from four angles."),
             "latent_pairs": ("latent pairs", "The same projected codes as three 2-D projections (PC 1 vs 2, "
-                             "1 vs 3, 2 vs 3).")}
+                             "1 vs 3, 2 vs 3), every axis to one scale.")}
 
 
 def untrained(metrics: dict) -> bool:
@@ -295,8 +309,9 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
                            + ("with as many components as the code has dimensions." if pca_k == cfg.latent_dim else
                               f"with {pca_k} components, all that {metrics['n_train']:,} training images give "
                               f"(the code has {cfg.latent_dim})."),
-        "traversal": "Each row sweeps one latent coordinate across its observed range (1st to 99th "
-                     "percentile of the test codes) with the other coordinates at their median.",
+        "traversal": "Each row sweeps one latent coordinate in even steps across its observed range, from the "
+                     "1st (t=0) to the 99th percentile (t=1) of the test codes, with the other coordinates at their "
+                     "median; the row label gives the two ends.",
         "decoder_map": ("decoder map", "The decoder's output over a regular grid of a plane of the latent space "
                         "(for a code of more than 2 dimensions, the plane of the training codes' two main directions "
                         "through their mean, the PC 1 and PC 2 of the latent plots; the column headers are the first "

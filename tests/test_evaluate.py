@@ -456,6 +456,25 @@ def test_class_means_decode_each_class_mean_code_beside_its_pixel_mean(tmp_path)
     assert [tile(2, 0), tile(2, 1)] == [40, 200]  # images 1 and 5: codes 1 and 11 are nearest 1 and 12
 
 
+def test_the_traversal_columns_are_labelled_with_the_fraction_of_the_sweep(tmp_path, monkeypatch):
+    # the headers were "1st pct, 2, 3, ..., 99th pct": step numbers, read as percentiles
+    codes = np.random.default_rng(0).normal(0, 1, (500, 3)) * [1, 5, 0.2] + [0, 10, 0]
+    drawn, seen = [], []
+    monkeypatch.setattr(figures, "image_grid", lambda *a: drawn.append(a) or "t.png")
+    evaluate._traversal(codes, lambda z: seen.append(np.asarray(z)) or np.zeros((len(z), 4, 4, 3)), 5, (4, 4, 3),
+                        str(tmp_path / "t.png"))
+    sweep = seen[0].reshape(3, 5, 3)
+    _, _, title, cols, rows = drawn[0]
+    t = [float(c.removeprefix("t=")) for c in cols]
+    lo, hi = np.percentile(codes, 1, axis=0), np.percentile(codes, 99, axis=0)
+    for d in range(3):  # row d: coordinate d at lo + t (hi - lo), the others at their median
+        np.testing.assert_allclose(sweep[d, :, d], lo[d] + np.array(t) * (hi[d] - lo[d]), rtol=1e-6)
+        others = [k for k in range(3) if k != d]
+        np.testing.assert_allclose(sweep[d, :, others], np.median(codes, 0)[others][:, None].repeat(5, 1))
+        assert rows[d].startswith(f"latent {d + 1}: ")
+    assert t == [0, 0.25, 0.5, 0.75, 1] and "1st percentile (t=0)" in title and "99th (t=1)" in title
+
+
 def test_the_decoder_map_of_a_2d_code_is_labelled_with_its_coordinates(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     codes = rng.normal(0, 1, (500, 2)) + [10, -20]

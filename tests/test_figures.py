@@ -7,6 +7,8 @@ import io
 import json
 import os
 import re
+import shutil
+import subprocess
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -254,6 +256,64 @@ def test_the_3d_page_of_a_1d_code_puts_each_class_on_a_row_of_its_own(tmp_path):
     np.testing.assert_allclose(p[:, 0], np.round(pts[:, 0], 4))
     assert np.all(np.abs(-p[:, 1] - np.asarray(labels)) <= 0.3)  # class k's row around -k: the first on top
     assert "one row per class" in page
+
+
+def test_latent_scatters_draw_every_axis_to_one_scale(tmp_path, drawn):
+    # latent 2 ten times narrower than the others: fitted to its own range it looked as wide as they do
+    pts = np.random.default_rng(0).normal(size=(400, 3)) * [2.0, 0.2, 1.0]
+    names = ["latent 1", "latent 2", "latent 3"]
+    figures.latent_pairs(pts, np.arange(400) % 3, ["a", "b", "c"], str(tmp_path / "p.png"), "t", names)
+    figures.latent_views(pts, np.arange(400) % 3, ["a", "b", "c"], str(tmp_path / "v.png"), "t", names)
+    pairs, views = drawn
+    for ax in pairs.axes[:3]:  # the savefig drew them: limits are final
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        box = ax.get_position().transformed(pairs.transFigure)
+        assert (y1 - y0) / (x1 - x0) == pytest.approx(box.height / box.width, rel=0.02), ax.get_title()
+    for ax in views.axes[:4]:
+        spans = [hi - lo for lo, hi in (ax.get_xlim(), ax.get_ylim(), ax.get_zlim())]
+        np.testing.assert_allclose(np.array(spans) / np.array(ax.get_box_aspect()), spans[0] / ax.get_box_aspect()[0],
+                                   rtol=0.02)
+    for fig in drawn:
+        assert any(figures.SAME_SCALE in t for t in _texts(fig))
+
+
+NODE = shutil.which("node")
+# the page's script run in node against stand-ins for the few browser objects it touches; prints its points in the
+# unit cube (P) as placed at load, then with "stretch each axis" ticked
+_PAGE_HARNESS = r"""
+const vm = require("vm"), fs = require("fs");
+const script = fs.readFileSync(process.argv[2], "utf8").split("<script>")[1].split("</script>")[0];
+const noop = () => {}, handlers = {};
+const ctx = new Proxy({}, {get: (t, k) => (k in t ? t[k] : noop), set: (t, k, v) => { t[k] = v; return true; }});
+const node = id => ({id, style: {}, width: 900, height: 700, innerHTML: "", complete: true, classList: {toggle: noop},
+  getContext: () => ctx, appendChild: noop, getBoundingClientRect: () => ({left: 0, top: 0}),
+  addEventListener: (kind, f) => { handlers[id + ":" + kind] = f; }});
+const nodes = {};
+const sandbox = {document: {getElementById: id => (nodes[id] = nodes[id] || node(id)), createElement: () => node("")},
+                 window: {addEventListener: noop, scrollX: 0, scrollY: 0}, location: {hash: ""}, console};
+vm.createContext(sandbox);
+vm.runInContext(script, sandbox);
+const placed = () => JSON.parse(vm.runInContext("JSON.stringify(P)", sandbox));
+const before = placed();
+handlers["fit:change"]({target: {checked: true}});
+console.log(JSON.stringify({before, fit: placed()}));
+"""
+
+
+@pytest.mark.skipif(NODE is None, reason="needs node to run the page's script")
+@pytest.mark.parametrize("dim", [3, 2])
+def test_the_3d_page_draws_code_axes_to_one_scale_unless_asked(tmp_path, dim):
+    pts = np.random.default_rng(0).normal(size=(300, dim)) * [2.0, 0.2, 1.0][:dim]
+    page, _ = _scatter_page(tmp_path, pts, np.arange(300) % 3, [f"latent {i + 1}" for i in range(dim)])
+    assert "same scale" in page and 'id="fit"' in page
+    (tmp_path / "harness.js").write_text(_PAGE_HARNESS)
+    placed = json.loads(subprocess.run([NODE, str(tmp_path / "harness.js"), str(tmp_path / "page.html")],
+                                       capture_output=True, text=True, check=True).stdout)
+    slots = [0, 2] if dim == 2 else [0, 1, 2]  # a 2-D code's latent 2 goes up the screen
+    before, fit = (np.array(placed[k])[:, slots] for k in ("before", "fit"))
+    np.testing.assert_allclose(before.std(0) / before.std(0)[0], pts.std(0) / pts.std(0)[0], rtol=1e-3)
+    assert np.abs(before).max() > 0.9  # the widest axis still fills the cube
+    np.testing.assert_allclose(fit.std(0) / fit.std(0)[0], 1, rtol=0.2)  # each fitted to its own range
 
 
 @pytest.mark.parametrize("dim, shown, not_shown", [
