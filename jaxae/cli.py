@@ -1,11 +1,15 @@
 """What the scripts share: turn UsageError into one line and exit status 2, TrainingStopped into one line and
-exit status 1; keep compiled programs for the next run."""
+exit status 1, a SIGTERM where a script asked for it into exit status 143 after its clean-up; keep compiled
+programs for the next run."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import warnings
 from typing import Callable
 
@@ -18,6 +22,29 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (`{self.prog} --help` lists every flag)\n")
+
+
+class Terminated(BaseException):
+    """A SIGTERM (what a batch scheduler or `kill` sends) raised as an exception, so that the clean-up of an
+    interrupted write runs as it does for Ctrl-C: by default the signal ends the process where it stands."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Within this block, a SIGTERM raises Terminated (in the main thread, where Python runs signal handlers;
+    elsewhere the block changes nothing). The handler before it is put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 _format_warning = warnings.formatwarning
@@ -46,6 +73,9 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        code = 128 + signal.SIGTERM
     finally:
         warnings.formatwarning = before  # for a caller in the same process (the tests)
     sys.exit(code)

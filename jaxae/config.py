@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -99,6 +100,12 @@ class Config:
 
     def validate(self) -> "Config":
         """Raise UsageError for values no run can use."""
+        for f in dataclasses.fields(self):  # NaN passes every comparison below; inf passes most
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"--{_flag(f.name)} must be a finite number (got {value})")
+        if not 0 <= self.seed < 2 ** 32:  # what numpy's and JAX's generators take
+            raise UsageError(f"--seed must be a whole number from 0 to {2 ** 32 - 1} (got {self.seed})")
         for name in ("latent_dim", "width", "stages", "hidden", "mlp_layers", "epochs", "batch_size", "log_every",
                      "save_every_epochs", "keep"):
             if getattr(self, name) < 1:

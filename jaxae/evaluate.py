@@ -22,7 +22,7 @@ from jax import lax
 from jaxae import checkpoints, corruption, figures, hostmem, pages
 from jaxae.metrics import (KNN_K, chance_accuracy, fit_pca, knn_accuracy, mean_image_mse, nearest_neighbours,
                            pad_to_multiple, pca_decode, pca_encode, psnr, ssim)
-from jaxae.cli import use_compilation_cache
+from jaxae.cli import sigterm_raises, use_compilation_cache
 from jaxae.config import Config, UsageError, load_config
 from jaxae.data import Dataset, load, local_path
 from jaxae.models import model_from_config
@@ -545,28 +545,29 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     table = format_table(results)
 
     tmp, made = _start_output(out)
-    try:  # an error or Ctrl-C leaves nothing half-written behind
-        _save_latents(tmp, codes["ae_test"], ds, **found)
-        files = make_figures(cfg, ae, pca, ds, codes, tmp, interp_steps)
-        curve = figures.loss_curve(workdir, os.path.join(tmp, "loss_curve.png"), results[pca.name]["test_mse"],
-                                   baseline, step=step_done)
-        if curve:
-            files["loss_curve"] = os.path.basename(curve)
-        spe = figures.epoch_positions(figures.per_epoch(figures.read_metrics(workdir)))[1]
-        metrics = {"workdir": os.path.abspath(workdir), "step": step_done,
-                   "epochs_done": step_done / spe if spe else None, "data": cfg.data, "n_test": n_test,
-                   "n_train": n_train, "image_shape": list(ds.image_shape), "latent_dim": cfg.latent_dim,
-                   "models": results,
-                   "mean_image_test_mse": baseline,
-                   "chance_accuracy": chance_accuracy(ds.train_labels, ds.test_labels),
-                   "class_names": list(ds.class_names),
-                   **({"best_codes": best} if best else {}),
-                   "seconds": {"encode_test": t_encode, "pca_fit": t_pca, "total": time.perf_counter() - t_start},
-                   "config": json.loads(cfg.to_json())}
-        pages.index(os.path.join(tmp, "index.html"), cfg, metrics, table, files)
-        with open(os.path.join(tmp, "metrics.json"), "w") as fh:
-            json.dump(_finite_or_null(metrics), fh, indent=2, allow_nan=False)
-        _finish_output(tmp, out)
+    try:  # an error, Ctrl-C or SIGTERM (a batch scheduler's) leaves nothing half-written behind
+        with sigterm_raises():
+            _save_latents(tmp, codes["ae_test"], ds, **found)
+            files = make_figures(cfg, ae, pca, ds, codes, tmp, interp_steps)
+            curve = figures.loss_curve(workdir, os.path.join(tmp, "loss_curve.png"), results[pca.name]["test_mse"],
+                                       baseline, step=step_done)
+            if curve:
+                files["loss_curve"] = os.path.basename(curve)
+            spe = figures.epoch_positions(figures.per_epoch(figures.read_metrics(workdir)))[1]
+            metrics = {"workdir": os.path.abspath(workdir), "step": step_done,
+                       "epochs_done": step_done / spe if spe else None, "data": cfg.data, "n_test": n_test,
+                       "n_train": n_train, "image_shape": list(ds.image_shape), "latent_dim": cfg.latent_dim,
+                       "models": results,
+                       "mean_image_test_mse": baseline,
+                       "chance_accuracy": chance_accuracy(ds.train_labels, ds.test_labels),
+                       "class_names": list(ds.class_names),
+                       **({"best_codes": best} if best else {}),
+                       "seconds": {"encode_test": t_encode, "pca_fit": t_pca, "total": time.perf_counter() - t_start},
+                       "config": json.loads(cfg.to_json())}
+            pages.index(os.path.join(tmp, "index.html"), cfg, metrics, table, files)
+            with open(os.path.join(tmp, "metrics.json"), "w") as fh:
+                json.dump(_finite_or_null(metrics), fh, indent=2, allow_nan=False)
+            _finish_output(tmp, out)
     except BaseException:
         _remove_output(tmp, made)
         raise

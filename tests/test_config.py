@@ -79,6 +79,18 @@ def test_fewer_epochs_shorten_the_presets_warm_up_in_proportion(argv, warmup):
     (["--max-steps", "-3"], "--max-steps"),
     (["--microbatch", "-1"], "--microbatch"),
     (["--preset", "huge"], "--preset"),
+    # NaN passed every comparison: --warmup-epochs nan crashed in make_optimizer, --learning-rate nan trained to a
+    # NaN loss, --grad-clip nan turned clipping off; inf crashed or trained the same way
+    (["--warmup-epochs", "nan"], "--warmup-epochs must be a finite number"),
+    (["--learning-rate", "nan"], "--learning-rate must be a finite number"),
+    (["--weight-decay", "nan"], "--weight-decay must be a finite number"),
+    (["--grad-clip", "nan"], "--grad-clip must be a finite number"),
+    (["--learning-rate", "inf"], "--learning-rate must be a finite number"),
+    (["--warmup-epochs", "inf"], "--warmup-epochs must be a finite number"),
+    (["--noise", "nan"], "--noise must be a finite number"),
+    # numpy's generator took neither (a traceback after the run's folder was made)
+    (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295"),
+    (["--seed", str(2 ** 64)], "--seed must be"),
 ])
 def test_invalid_values_are_usage_errors_naming_the_flag(argv, flag):
     with pytest.raises(UsageError, match=flag):
