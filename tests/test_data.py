@@ -65,6 +65,37 @@ def test_tar_of_an_image_folder(folder, tmp_path, suffix, mode):
     check_folder_dataset(data.load(str(archive), cache_dir=str(tmp_path / "cache")))
 
 
+def _damage(archive, how: str) -> None:
+    """Change an archive as a cut download or a bad copy does."""
+    raw = bytearray(archive.read_bytes())
+    if how == "cut":
+        raw = raw[:len(raw) // 2]
+    elif how == "zeroed":  # 16 bytes of a compressed stream
+        raw[len(raw) // 2:len(raw) // 2 + 16] = bytes(16)
+    else:  # "header": garbage over a member's header in the middle of a plain tar
+        with tarfile.open(archive) as tar:
+            middle = tar.getmembers()[len(tar.getmembers()) // 2].offset
+        raw[middle:middle + 512] = b"x" * 512
+    archive.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("suffix,mode,how,why", [
+    (".tar.gz", "w:gz", "cut", "Compressed file ended"),  # was an EOFError traceback
+    (".tar", "w", "cut", "unexpected end of data"),  # a tarfile.ReadError traceback
+    (".tar.gz", "w:gz", "zeroed", "CRC check failed"),  # read part of the images, or blamed one of them
+    (".tar", "w", "header", "it stops being a tar after"),  # silently read the images before it alone
+])
+def test_a_damaged_archive_is_named_as_such(folder, tmp_path, suffix, mode, how, why):
+    archive = tmp_path / f"cifar{suffix}"
+    with tarfile.open(archive, mode) as tar:
+        tar.add(folder, arcname="cifar10")
+    _damage(archive, how)
+    with pytest.raises(UsageError, match=f"--data {archive}: the archive is truncated or damaged .*{why}.*copy or "
+                                         f"download it again"):
+        data.load(str(archive), cache_dir=str(tmp_path / "cache"))
+    assert not os.path.exists(tmp_path / "cache") or not os.listdir(tmp_path / "cache")  # nothing cached
+
+
 def write_cifar_python(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The official layout: cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}, pickled dicts
     whose 'data' rows are 3072 bytes: the red plane, then green, then blue, each 32x32 row-major."""

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tarfile
 import sys
 import time
 
@@ -86,6 +87,15 @@ def _bad_data(kind: str, root: str) -> str:
         Image.new("RGB", (20, 16)).save(os.path.join(folder, "test", "dog", "0000.png"))  # PIL: width, height
     if kind == "float_pixels":
         Image.new("F", (16, 16), 0.5).save(os.path.join(folder, "train", "cat", "float.tif"))
+    if kind == "cut_archive":  # a download cut short
+        archive = os.path.join(root, "data.tar.gz")
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(folder, arcname="data")
+        with open(archive, "rb") as fh:
+            raw = fh.read()
+        with open(archive, "wb") as fh:
+            fh.write(raw[:len(raw) // 2])
+        return archive
     return folder
 
 
@@ -96,6 +106,7 @@ def _bad_data(kind: str, root: str) -> str:
     ("truncated", ["cannot read image train/cat/0001.png", "remove or replace"]),
     ("mixed_sizes", ["different sizes", "test/dog/0000.png is 16x20, height x width", "resize them"]),
     ("float_pixels", ["image train/cat/float.tif has floating-point pixels", "8- or 16-bit"]),
+    ("cut_archive", ["data.tar.gz: the archive is truncated or damaged", "download it again"]),
 ])
 def test_bad_data_is_one_line_exit_2_and_writes_no_checkpoint(tmp_path, kind, words):
     workdir = tmp_path / "run"
