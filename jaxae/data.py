@@ -6,10 +6,8 @@ Local sources are decoded once and cached as an .npz, so the second run starts i
 
 from __future__ import annotations
 
-import bz2
 import contextlib
 import dataclasses
-import gzip
 import hashlib
 import io
 import lzma
@@ -212,7 +210,6 @@ class _DirReader:
 # What reading a cut or corrupted archive raises: tarfile's "unexpected end of data", gzip's EOFError and
 # BadGzipFile (an OSError: a CRC or length that does not match), zlib's and lzma's errors of a changed stream
 _ARCHIVE_ERRORS = (EOFError, tarfile.TarError, zlib.error, lzma.LZMAError, OSError)
-_COMPRESSED = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
 
 
 def _damaged(path: str, e: BaseException) -> str:
@@ -230,22 +227,6 @@ def _check_end(tar: tarfile.TarFile) -> None:
         if chunk.count(0) != len(chunk):
             last = tar.getmembers()[-1].name if tar.getmembers() else "(none)"
             raise tarfile.ReadError(f"it stops being a tar after {last}")
-
-
-def archive_damage(path: str) -> BaseException | None:
-    """The error that reading the compressed archive at `path` to its end raises (a gzip, bzip2 or xz stream
-    checks its own length and checksum there), or None: also for an intact or uncompressed archive."""
-    with open(path, "rb") as fh:
-        head = fh.read(6)
-    for magic, opener in _COMPRESSED:
-        if head.startswith(magic):
-            try:
-                with opener(path) as stream:
-                    while stream.read(1 << 24):
-                        pass
-            except _ARCHIVE_ERRORS as e:
-                return None if isinstance(e, OSError) and e.errno is not None else e
-    return None
 
 
 class _TarReader:
@@ -379,11 +360,6 @@ def _decode(reader, name: str, converted: dict, rotated: list):
             im = ImageOps.exif_transpose(im)
             rotated.append(name)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        # an image of a compressed archive that changed on the way reads as a damaged image before the
-        # stream's checksum at its end is reached: then the archive is what to replace
-        damage = archive_damage(reader.path) if isinstance(reader, _TarReader) else None
-        if damage is not None:
-            raise UsageError(_damaged(reader.path, damage)) from None
         why = "truncated, or not an image" if isinstance(e, UnidentifiedImageError) else str(e)  # PIL names a BytesIO
         where = f" in the archive {reader.path}" if isinstance(reader, _TarReader) else ""
         raise UsageError(f"cannot read image {name}{where} ({why}): remove or replace the file") from None
