@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -647,8 +648,12 @@ def _check_out(out: str | None, workdir: str) -> str:
     parent = os.path.dirname(os.path.abspath(path))
     missing = _missing_folders(parent)
     parent = os.path.dirname(missing[-1]) if missing else parent  # the nearest folder that exists
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"{flag}: cannot write in {parent}; pick a writable folder")
+    if not os.path.isdir(parent):
+        raise UsageError(f"{flag}: {parent} is a file, not a folder; pick another --out")
+    try:  # by writing there, before the evaluation's minutes: os.access says yes to root in /proc, for one
+        os.rmdir(tempfile.mkdtemp(prefix=".jaxae-write-check-", dir=parent))
+    except OSError as e:
+        raise UsageError(f"{flag}: cannot write in {parent} ({e.strerror}); pick a writable folder") from None
     return path
 
 

@@ -320,6 +320,20 @@ def test_out_naming_a_file_is_refused_and_the_file_kept(run, tmp_path):
     assert log.read_text() == "a log the user keeps" and os.listdir(tmp_path) == ["q30.out"]
 
 
+@pytest.mark.parametrize("under", ["a file", "proc"])
+def test_out_where_nothing_can_be_written_is_refused_before_the_work(run, tmp_path, monkeypatch, under):
+    # found only when the results were written, minutes later, and as "cannot write there (File exists)"
+    if under == "proc" and not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc")
+    (tmp_path / "data.tar.gz").write_text("a file")
+    out = str(tmp_path / "data.tar.gz" / "eval") if under == "a file" else "/proc/jaxae-eval"
+    monkeypatch.setattr(evaluate, "restore", lambda *a, **k: pytest.fail("restored before --out was checked"))
+    message = f"{tmp_path / 'data.tar.gz'} is a file, not a folder" if under == "a file" else "cannot write in /proc"
+    with pytest.raises(UsageError, match=f"--out {out}: {message}"):
+        evaluate.run(run["cfg"].workdir, out=out)
+    assert sorted(os.listdir(tmp_path)) == ["data.tar.gz"]
+
+
 def test_a_model_no_better_than_the_mean_image_is_called_untrained(run, tmp_path):
     """A run evaluated after a few steps draws grey figures: the page says why, at the top of its metrics."""
     from jaxae import pages

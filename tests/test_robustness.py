@@ -227,6 +227,18 @@ def test_data_is_saved_as_an_absolute_path_and_an_older_relative_one_still_resum
     assert_one_line_error(proc, f"--data img, not {tmp_path / 'other'}")
 
 
+def test_the_same_data_by_another_path_resumes_and_other_data_does_not(tmp_path):
+    # --data through a symlink to the run's dataset was refused as other data
+    cfg = tiny_config(tmp_path, data=str(tmp_path / "img"), max_steps=1)
+    train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+    os.symlink(tmp_path / "img", tmp_path / "link")
+    resumed, resuming = checkpoints.resolve_workdir(cfg.replace(data=str(tmp_path / "link")), {"data"})
+    assert resuming and resumed.data == str(tmp_path / "link")
+    os.makedirs(tmp_path / "other")
+    with pytest.raises(UsageError, match=f"holds a run with --data {tmp_path / 'img'}, not {tmp_path / 'other'}"):
+        checkpoints.resolve_workdir(cfg.replace(data=str(tmp_path / "other")), {"data"})
+
+
 def test_evaluate_without_checkpoint_exit_2(tmp_path):
     checkpoints.save_config(tiny_config(tmp_path))
     proc = script("evaluate.py", "--workdir", str(tmp_path / "run"))
