@@ -39,7 +39,8 @@ class Config:
     blocks: int = _f(1, "residual 3x3 conv blocks per stage after each down/upsampling")
     hidden: int = _f(512, "width of the MLP between the conv features and the latent code")
     mlp_layers: int = _f(3, "hidden layers of that MLP, on each side of the code")
-    mlp: str = _f("plain", "that MLP: 'plain' (Dense+GELU layers) or 'residual' (pre-LayerNorm residual blocks)",
+    mlp: str = _f("plain", "that MLP: 'plain' (Dense layers, each followed by --activation) or 'residual' "
+                  "(pre-LayerNorm residual blocks)",
                   ["plain", "residual"])
     fourier: int = _f(0, "decoder input: the code plus sin/cos of this many learned projections of it (0 = the code)")
     norm: str = _f("layer", "normalisation inside the residual blocks", ["none", "layer", "group"])
@@ -209,8 +210,9 @@ def add_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = No
                                 action=argparse.BooleanOptionalAction, help=help_)
         else:
             typ = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            parser.add_argument(f"--{_flag(f.name)}", dest=f.name, type=typ, default=None, metavar=f.name.upper(),
-                                choices=f.metadata.get("choices"), help=help_)
+            choices = f.metadata.get("choices")  # shown as {l1,l2}: a metavar hid them until a wrong one was given
+            parser.add_argument(f"--{_flag(f.name)}", dest=f.name, type=typ, default=None,
+                                metavar=None if choices else f.name.upper(), choices=choices, help=help_)
 
 
 def from_args(args: argparse.Namespace) -> tuple[Config, set[str]]:

@@ -24,6 +24,10 @@ def test_every_field_has_a_flag_with_help():
         assert dests[f.name].help and dests[f.name].option_strings[0] == f"--{f.name.replace('_', '-')}"
     assert set(Config.RUN_FIELDS) <= {f.name for f in dataclasses.fields(Config)}
     assert set(Config.MODEL_FIELDS) <= set(Config.RUN_FIELDS)
+    text = " ".join(parser.format_help().split())  # --loss LOSS hid l1 and l2 until a wrong value was given
+    for f in dataclasses.fields(Config):
+        if f.metadata.get("choices"):
+            assert f"--{f.name.replace('_', '-')} {{{','.join(f.metadata['choices'])}}}" in text, f.name
 
 
 def test_defaults_preset_and_explicit_flags():
