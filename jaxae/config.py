@@ -192,8 +192,9 @@ def load_config(workdir: str) -> Config:
         with open(path) as fh:
             return Config.from_dict(json.load(fh))
     except (ValueError, TypeError, OSError) as e:  # not JSON, not an object of settings, unreadable
-        raise UsageError(f"{path} cannot be read as a run's config ({type(e).__name__}: {e}): restore it, or start "
-                         f"over with --fresh (what the workdir holds is moved aside) or another --workdir") from None
+        raise UsageError(f"{path} cannot be read as a run's config ({type(e).__name__}: {e}): restore it, or train "
+                         f"again: `python train.py --workdir {workdir} --fresh` moves what the workdir holds aside, "
+                         f"or give another --workdir") from None
 
 
 def add_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:

@@ -286,6 +286,13 @@ def pick_pairs(labels: np.ndarray, n: int) -> list[tuple[int, int]]:
     return pairs
 
 
+def neighbour_queries(labels: np.ndarray) -> np.ndarray:
+    """The test images of the neighbours figure: one per class up to 20 classes, at least 8 (classes repeat when
+    there are fewer). With 8 alone, CIFAR-10's ship and truck never had a row."""
+    n = min(max(8, min(len(np.unique(labels)), 20)), len(labels))
+    return np.array([a for a, _ in pick_pairs(labels, n)])
+
+
 def code_axes(fit_on: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The mean of the training codes and their k main directions [k, D] (PCA), each signed so that its largest
     entry is positive: the one "PC i of the code" of every figure (the latent plots of a long code, the decoder
@@ -384,7 +391,7 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
                                             os.path.join(out, "decoder_map.png"))
     files["class_means"] = _class_means(c, test_y, ds, dec, os.path.join(out, "class_means.png"))
 
-    queries = np.array([a for a, _ in pick_pairs(test_y, min(8, len(test_y)))])
+    queries = neighbour_queries(test_y)
     k = min(8, len(ds.train_images))
     nn = np.asarray(nearest_neighbours(jnp.asarray(c[queries]), jnp.asarray(codes["ae_train"]), k=k, chunk=8))
     same = (ds.train_labels[nn] == test_y[queries, None]).sum(1)

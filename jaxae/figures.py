@@ -155,7 +155,8 @@ def _central(points, labels, title: str):
     keep = np.all((points >= lo - margin) & (points <= hi + margin), axis=1)
     if keep.all():
         return points, labels, title
-    return (points[keep], labels[keep], f"{title}\n{(~keep).sum():,} outlying points (beyond the 0.5-99.5th "
+    n = int((~keep).sum())
+    return (points[keep], labels[keep], f"{title}\n{n:,} outlying point{'s' * (n != 1)} (beyond the 0.5-99.5th "
             f"percentile of an axis) not drawn")
 
 

@@ -314,7 +314,8 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
                      "median; the row label gives the two ends.",
         "decoder_map": ("decoder map", "The decoder's output over a regular grid of a plane of the latent space "
                         "(for a code of more than 2 dimensions, the plane of the training codes' two main directions "
-                        "through their mean, the PC 1 and PC 2 of the latent plots; the column headers are the first "
+                        "through their mean: the PC 1 and PC 2 of the latent plots of a code of more than 3; for a "
+                        "3-D code the title gives them in latent coordinates; the column headers are the first "
                         "coordinate). Where the grid leaves "
                         "the cloud of codes (compare the latent plots), the decoder draws what no image was "
                         "encoded to."),

@@ -353,6 +353,13 @@ def test_pairs_come_from_two_classes():
     assert all(labels[a] != labels[b] for a, b in pairs) and len(set(pairs)) == 8
 
 
+@pytest.mark.parametrize("classes, rows", [(10, 10), (2, 8), (30, 20)])
+def test_the_neighbours_figure_has_a_row_per_class(classes, rows):
+    labels = np.repeat(np.arange(classes), 5)
+    queries = evaluate.neighbour_queries(labels)
+    assert len(queries) == rows and len(set(labels[queries])) == min(classes, rows)  # 8 rows: ship, truck missing
+
+
 def test_pairs_of_classes_with_one_test_image_each():
     """CIFAR-like classes with one test image each: the reconstructions' 12 pairs wrap around (an IndexError
     before)."""

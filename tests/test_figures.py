@@ -275,6 +275,8 @@ def test_latent_scatters_draw_every_axis_to_one_scale(tmp_path, drawn):
                                    rtol=0.02)
     for fig in drawn:
         assert any(figures.SAME_SCALE in t for t in _texts(fig))
+    one_far = np.vstack([np.random.default_rng(1).uniform(size=(400, 3)), [[100.0, 0.5, 0.5]]])
+    assert "\n1 outlying point (beyond" in figures._central(one_far, np.zeros(401, int), "t")[2]  # not "points"
 
 
 NODE = shutil.which("node")
