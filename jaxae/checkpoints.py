@@ -155,6 +155,8 @@ def check_workdir(workdir: str) -> None:
     made for the proof, is removed again (best effort; not its parents, which a run beside this one may be
     using): a run refused later (a bad batch size, say) leaves no empty workdir. Not in multi-process runs, where
     one process would remove it under another's proof."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UsageError(f"--workdir {workdir} is a file: give a folder (new, or a run's to resume it)")
     made = not os.path.isdir(workdir) and jax.process_count() == 1
     try:
         os.makedirs(workdir, exist_ok=True)

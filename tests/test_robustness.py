@@ -138,6 +138,15 @@ def test_shift_as_large_as_the_images_exit_2(tmp_path):
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
+def test_a_file_as_workdir_or_empty_data_is_named_as_such(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    proc = script(*tiny_args(tmp_path / "nodata", tmp_path / "notes.txt"))  # was "is not writable (File exists"
+    assert_one_line_error(proc, f"--workdir {tmp_path / 'notes.txt'} is a file: give a folder")
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    with pytest.raises(UsageError, match="--data is empty"):  # was read as the current folder, and blamed
+        data.load("", cache_dir=str(tmp_path / "cache"))
+
+
 def test_unwritable_workdir_exit_2(tmp_path):
     folder = make_image_folder(tmp_path / "img", n_train=4, n_test=2)
     blocker = tmp_path / "file"
