@@ -49,8 +49,6 @@ def load(data: str, dataset: str = "cifar10", cache_dir: str = "") -> Dataset:
     """Load `data` ('tfds' or a local path) into memory; raise UsageError with a fix when it cannot be read."""
     if data == "tfds":
         return load_tfds(dataset)
-    if not data.strip():  # "" is the current folder to os.path: it was read as one, and blamed for its layout
-        raise UsageError("--data is empty: give 'tfds' or a local folder, .tar or .tar.gz of the dataset")
     path = os.path.expanduser(data)
     if not os.path.exists(path):
         raise UsageError(f"--data {data}: no such file or folder. Give a folder with train/<class>/ and "

@@ -143,8 +143,8 @@ def test_a_file_as_workdir_or_empty_data_is_named_as_such(tmp_path):
     proc = script(*tiny_args(tmp_path / "nodata", tmp_path / "notes.txt"))  # was "is not writable (File exists"
     assert_one_line_error(proc, f"--workdir {tmp_path / 'notes.txt'} is a file: give a folder")
     assert (tmp_path / "notes.txt").read_text() == "keep me"
-    with pytest.raises(UsageError, match="--data is empty"):  # was read as the current folder, and blamed
-        data.load("", cache_dir=str(tmp_path / "cache"))
+    proc = script(*tiny_args("", tmp_path / "run"))  # was read as the current folder, and blamed for its layout
+    assert_one_line_error(proc, "--data is empty: give 'tfds' or a local folder")
 
 
 def test_unwritable_workdir_exit_2(tmp_path):
