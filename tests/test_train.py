@@ -285,7 +285,10 @@ def test_train_and_evaluate_on_two_devices(setup, tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(train, "make_p_train_steps", recorded)
     release = train.hostmem.release_free_memory
     monkeypatch.setattr(train.hostmem, "release_free_memory", lambda: events.append("release") or release())
+    passes, test_pass = [], train.reconstruction_error  # the test pass's images per pass, at each epoch end
+    monkeypatch.setattr(train, "reconstruction_error", lambda *a: passes.append(a[3]) or test_pass(*a))
     result = train.train_and_evaluate(cfg, ds=ds, progress=False)
+    assert passes == [64] * 4  # on CPU: 500 held 250 MB more temporaries for the default model, and was slower
     assert asked == [(cfg, ds.image_shape, 4 * spe * cfg.batch_size)]
     assert "note: the CPU note" in capsys.readouterr().err
     first = events.index("steps")  # what the first run left free is given back before the second
@@ -298,6 +301,8 @@ def test_train_and_evaluate_on_two_devices(setup, tmp_path, monkeypatch, capsys)
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     assert records[-1]["test_mse"] < records[0]["test_mse"]
     assert result["test_mse"] == records[-1]["test_mse"]
+    x, mask = train.pad_to_multiple(ds.test_images, 500)  # the padding is masked out: the same error in one pass
+    assert test_pass(result["state"], x, mask, 500)["test_mse"] == pytest.approx(result["test_mse"], rel=1e-5)
     saved = [int(n) for n in os.listdir(os.path.join(cfg.workdir, "checkpoints")) if n.isdigit()]
     assert max(saved) == 4 * spe
 

@@ -6,7 +6,7 @@ weights and of each EMA. (The loop is not train.py's, so compare its rows with e
     PYTHONPATH=. python docs/studies/s21-ema/ema.py EPOCHS SEED [DECAYS]    # 14 0 0.998,0.999,0.9995
 """
 import sys, time
-import jax, jax.numpy as jnp, numpy as np, optax
+import jax, jax.numpy as jnp, optax
 from jaxae import hostmem
 from jaxae.config import Config, PRESETS
 from jaxae.data import load
