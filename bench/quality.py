@@ -58,11 +58,12 @@ def calibrate(cfg, ds, calls: int = 3, warmup_s: float = 3.0, min_s: float = 8.0
             jax.block_until_ready(m)
     jax.block_until_ready(m)
     t_step = (time.perf_counter() - t0) / n_steps
-    test_x, mask = metrics.pad_to_multiple(ds.test_images, 500)
+    batch = train.test_pass_batch()  # train.py's own test pass
+    test_x, mask = metrics.pad_to_multiple(ds.test_images, batch)
     test_x, mask = jax.device_put((test_x, mask), NamedSharding(mesh, P()))
-    metrics.reconstruction_error(state, test_x, mask, 500)
+    metrics.reconstruction_error(state, test_x, mask, batch)
     t0 = time.perf_counter()
-    metrics.reconstruction_error(state, test_x, mask, 500)
+    metrics.reconstruction_error(state, test_x, mask, batch)
     return t_step, time.perf_counter() - t0, t_compile
 
 

@@ -43,8 +43,8 @@ def sigterm_raises():
     before = signal.signal(signal.SIGTERM, terminated)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    finally:  # None: a handler not set from Python (signal.signal refuses None); the default is the nearest
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
 _format_warning = warnings.formatwarning

@@ -77,7 +77,7 @@ def _load_path(path: str) -> Dataset:
         try:
             with tarfile.open(path) as tar:
                 names = tar.getnames()
-                _check_end(tar)
+                _check_end(tar, path)
                 if any(n.rstrip("/").endswith("cifar-10-batches-py/data_batch_1") for n in names):
                     return _cifar_python_tar(tar)
                 return _image_folder(_TarReader(tar, path), path)
@@ -217,16 +217,27 @@ def _damaged(path: str, e: BaseException) -> str:
             f"download it again, or give the folder it was made from")
 
 
-def _check_end(tar: tarfile.TarFile) -> None:
-    """Raise tarfile.ReadError unless the archive holds only zeros after its last member, as a tar does. tarfile
-    ends its member list quietly at a header it cannot read: changed bytes in the middle of an archive dropped
-    the files after them (50 of 80 images, no error). Reading to the end also makes a compressed stream check
-    its length and checksum (EOFError, BadGzipFile)."""
+def _check_end(tar: tarfile.TarFile, path: str) -> None:
+    """Raise tarfile.ReadError unless the archive's last member is followed by the tar end marker (zero blocks) and
+    nothing but zeros. tarfile ends its member list quietly at a header it cannot read, or at none: changed bytes
+    in the middle of an archive dropped the files after them (50 of 80 images, no error), and so did a .tar cut
+    between two members. Reading to the end also makes a compressed stream check its length and checksum
+    (EOFError, BadGzipFile). Data after the end marker (two tars joined with cat, which tar reads only with -i)
+    gets a UsageError of its own: downloading again would not help."""
     tar.fileobj.seek(tar.offset)
+    zeros, trailing = 0, False
     while chunk := tar.fileobj.read(1 << 20):
-        if chunk.count(0) != len(chunk):
-            last = tar.getmembers()[-1].name if tar.getmembers() else "(none)"
-            raise tarfile.ReadError(f"it stops being a tar after {last}")
+        data = chunk.lstrip(b"\0")
+        zeros += len(chunk) - len(data)
+        if data:
+            trailing = True
+            break
+    last = tar.getmembers()[-1].name if tar.getmembers() else "(none)"
+    if zeros < 512:
+        raise tarfile.ReadError(f"it stops being a tar after {last}")
+    if trailing:
+        raise UsageError(f"--data {path} holds data after the tar's end marker, which follows {last} (two tars "
+                         f"joined with cat?): make one archive with tar, or give the folder it was made from")
 
 
 class _TarReader:
@@ -410,12 +421,13 @@ def _cifar_python_tar(tar: tarfile.TarFile) -> Dataset:
 # ------------------------------------------------------------------------------------------ cache
 
 # What a decode gives for the same files; part of the cache key, so a change to it decodes again. 2: 16-bit
-# images scaled (were clipped), EXIF orientation applied, hidden folders no classes (seventeenth session).
-DECODE_VERSION = 2
+# images scaled (were clipped), EXIF orientation applied, hidden folders no classes (seventeenth session). 3: a
+# damaged archive is refused, where part of it was read before, and cached (twenty-first session).
+DECODE_VERSION = 3
 
 
 def _cache_file(path: str, cache_dir: str) -> str:
-    path = os.path.abspath(path)
+    path = os.path.realpath(path)  # a folder reached by a symlink is the same data: one cache, one decode
     h = hashlib.sha1(f"decode {DECODE_VERSION}|".encode())
     if os.path.isdir(path):  # a folder's own mtime misses edits deep inside: hash the listing
         st = os.stat(path)

@@ -106,11 +106,11 @@ const slot = [[0], [0, 2], [0, 1, 2]][dims - 1], axes = [...Array(dims).keys()];
 // scale of the widest (distances as the 10-NN measures them), or each by its own when "fit" is ticked
 const centre = axes.map(a => { const v = D.p.map(p => p[a]).sort((x, y) => x - y); return v[N >> 1]; });
 const spread = axes.map(a => { const v = D.p.map(p => Math.abs(p[a] - centre[a])).sort((x, y) => x - y);
-  return v[Math.floor(0.98 * (N - 1))] || 1; });
-const common = Math.max(...spread.slice(0, D.code_axes));
+  return v[Math.floor(0.98 * (N - 1))]; });
+const common = Math.max(...spread.slice(0, D.code_axes)) || 1;  // an axis of no spread must not set the scale
 let P = [];
-function place(fitEach) {
-  const s = axes.map(a => fitEach || a >= D.code_axes ? spread[a] : common);  // a 1-D code's class rows: own
+function place(fitEach) {  // a 1-D code's class rows: their own scale
+  const s = axes.map(a => fitEach || a >= D.code_axes ? spread[a] || 1 : common);
   P = D.p.map(p => { const q = [0, 0, 0]; axes.forEach(a => { q[slot[a]] = (p[a] - centre[a]) / s[a]; });
     return q; });
 }

@@ -72,10 +72,13 @@ def _damage(archive, how: str) -> None:
         raw = raw[:len(raw) // 2]
     elif how == "zeroed":  # 16 bytes of a compressed stream
         raw[len(raw) // 2:len(raw) // 2 + 16] = bytes(16)
-    else:  # "header": garbage over a member's header in the middle of a plain tar
+    else:  # "header": garbage over a member's header in the middle of a plain tar; "between": cut just before it
         with tarfile.open(archive) as tar:
             middle = tar.getmembers()[len(tar.getmembers()) // 2].offset
-        raw[middle:middle + 512] = b"x" * 512
+        if how == "between":
+            raw = raw[:middle]
+        else:
+            raw[middle:middle + 512] = b"x" * 512
     archive.write_bytes(bytes(raw))
 
 
@@ -84,6 +87,7 @@ def _damage(archive, how: str) -> None:
     (".tar", "w", "cut", "unexpected end of data"),  # a tarfile.ReadError traceback
     (".tar.gz", "w:gz", "zeroed", "CRC check failed"),  # read part of the images, or blamed one of them
     (".tar", "w", "header", "it stops being a tar after"),  # silently read the images before it alone
+    (".tar", "w", "between", "it stops being a tar after"),  # the same, with no end marker at all
 ])
 def test_a_damaged_archive_is_named_as_such(folder, tmp_path, suffix, mode, how, why):
     archive = tmp_path / f"cifar{suffix}"
@@ -94,6 +98,20 @@ def test_a_damaged_archive_is_named_as_such(folder, tmp_path, suffix, mode, how,
                                          f"download it again"):
         data.load(str(archive), cache_dir=str(tmp_path / "cache"))
     assert not os.path.exists(tmp_path / "cache") or not os.listdir(tmp_path / "cache")  # nothing cached
+
+
+def test_tars_joined_with_cat_are_refused_by_name(folder, tmp_path):
+    # tarfile (as tar without -i) reads the first alone: the second's images were dropped without a word
+    parts = []
+    for split in ("train", "test"):
+        part = tmp_path / f"{split}.tar"
+        with tarfile.open(part, "w") as tar:
+            tar.add(os.path.join(folder, split), arcname=f"cifar10/{split}")
+        parts.append(part.read_bytes())
+    joined = tmp_path / "joined.tar"
+    joined.write_bytes(b"".join(parts))
+    with pytest.raises(UsageError, match="holds data after the tar's end marker.*joined with cat"):
+        data.load(str(joined), cache_dir=str(tmp_path / "cache"))
 
 
 def write_cifar_python(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

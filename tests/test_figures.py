@@ -302,17 +302,32 @@ console.log(JSON.stringify({before, fit: placed()}));
 """
 
 
-@pytest.mark.skipif(NODE is None, reason="needs node to run the page's script")
-@pytest.mark.parametrize("dim", [3, 2])
-def test_the_3d_page_draws_code_axes_to_one_scale_unless_asked(tmp_path, dim):
-    pts = np.random.default_rng(0).normal(size=(300, dim)) * [2.0, 0.2, 1.0][:dim]
-    page, _ = _scatter_page(tmp_path, pts, np.arange(300) % 3, [f"latent {i + 1}" for i in range(dim)])
+def _place_on_page(tmp_path, pts) -> tuple[np.ndarray, np.ndarray]:
+    """Where the 3-D page puts each code in its unit cube, at load and with "stretch each axis" ticked."""
+    page, _ = _scatter_page(tmp_path, pts, np.arange(len(pts)) % 3, [f"latent {i + 1}" for i in range(pts.shape[1])])
     assert "same scale" in page and 'id="fit"' in page
     (tmp_path / "harness.js").write_text(_PAGE_HARNESS)
     placed = json.loads(subprocess.run([NODE, str(tmp_path / "harness.js"), str(tmp_path / "page.html")],
                                        capture_output=True, text=True, check=True).stdout)
-    slots = [0, 2] if dim == 2 else [0, 1, 2]  # a 2-D code's latent 2 goes up the screen
-    before, fit = (np.array(placed[k])[:, slots] for k in ("before", "fit"))
+    slots = [0, 2] if pts.shape[1] == 2 else [0, 1, 2]  # a 2-D code's latent 2 goes up the screen
+    return tuple(np.array(placed[k])[:, slots] for k in ("before", "fit"))
+
+
+@pytest.mark.skipif(NODE is None, reason="needs node to run the page's script")
+def test_an_axis_of_no_spread_does_not_shrink_the_3d_page(tmp_path):
+    # a dead code unit: its spread of 0 became 1 and set the common scale, and a code at scale 0.01 filled 4 % of it
+    pts = np.random.default_rng(0).normal(size=(300, 3)) * [0.01, 0.02, 0.0]
+    before, fit = _place_on_page(tmp_path, pts)
+    assert 0.9 < np.abs(before).max() < 2 and 0.9 < np.abs(fit).max() < 2  # 98 % of the points inside the cube
+    np.testing.assert_allclose(before[:, 2], 0, atol=1e-9)  # the dead axis stays flat, either way
+    np.testing.assert_allclose(before[:, 1].std() / before[:, 0].std(), 2, rtol=0.2)  # one scale
+
+
+@pytest.mark.skipif(NODE is None, reason="needs node to run the page's script")
+@pytest.mark.parametrize("dim", [3, 2])
+def test_the_3d_page_draws_code_axes_to_one_scale_unless_asked(tmp_path, dim):
+    pts = np.random.default_rng(0).normal(size=(300, dim)) * [2.0, 0.2, 1.0][:dim]
+    before, fit = _place_on_page(tmp_path, pts)
     np.testing.assert_allclose(before.std(0) / before.std(0)[0], pts.std(0) / pts.std(0)[0], rtol=1e-3)
     assert np.abs(before).max() > 0.9  # the widest axis still fills the cube
     np.testing.assert_allclose(fit.std(0) / fit.std(0)[0], 1, rtol=0.2)  # each fitted to its own range
