@@ -85,6 +85,10 @@ def _load_path(path: str) -> Dataset:
             if isinstance(e, OSError) and e.errno is not None:  # the system's (a disk error), not the stream's
                 raise
             raise UsageError(_damaged(path, e)) from None
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")):  # gzip, bzip2, xz: a cut one reads as no tar
+        raise UsageError(_damaged(path, tarfile.ReadError("compressed, but no tar can be read from it")))
     raise UsageError(f"--data {path}: not a folder or a tar archive. Give a folder with train/<class>/ and "
                      f"test/<class>/ images, a .tar/.tar.gz of one, or cifar-10-python.tar.gz")
 

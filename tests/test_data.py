@@ -88,6 +88,7 @@ def _damage(archive, how: str) -> None:
     (".tar.gz", "w:gz", "zeroed", "CRC check failed"),  # read part of the images, or blamed one of them
     (".tar", "w", "header", "it stops being a tar after"),  # silently read the images before it alone
     (".tar", "w", "between", "it stops being a tar after"),  # the same, with no end marker at all
+    (".tar.bz2", "w:bz2", "cut", "compressed, but no tar can be read"),  # was "not a folder or a tar archive"
 ])
 def test_a_damaged_archive_is_named_as_such(folder, tmp_path, suffix, mode, how, why):
     archive = tmp_path / f"cifar{suffix}"
