@@ -495,7 +495,10 @@ def save_config(cfg: Config, image_shape=None) -> None:
     os.makedirs(cfg.workdir, exist_ok=True)
     path = config_path(cfg.workdir)
     tmp = path + ".tmp"
-    saved = {**dataclasses.asdict(cfg), **({"image_shape": list(image_shape)} if image_shape else {})}
+    # --fresh is what one command did, not a setting of the run: saved true, it read (in config.json and in
+    # evaluate.py's metrics.json) as if every resume had started over
+    saved = {**dataclasses.asdict(cfg.replace(fresh=False)),
+             **({"image_shape": list(image_shape)} if image_shape else {})}
     with open(tmp, "w") as fh:
         fh.write(json.dumps(saved, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)

@@ -106,8 +106,8 @@ def test_keep_most_recent_and_restore_a_given_step(fresh_state, tmp_path):
 
 def test_move_aside_deletes_nothing_and_config_is_saved(fresh_state, tmp_path):
     cfg = tiny_config(tmp_path, workdir=str(tmp_path / "run"), noise=0.1)
-    checkpoints.save_config(cfg)
-    assert load_config(cfg.workdir) == cfg
+    checkpoints.save_config(cfg.replace(fresh=True))  # what --fresh did is not saved as a setting of the run
+    assert load_config(cfg.workdir) == cfg and not cfg.fresh
     mngr = checkpoints.manager(cfg.workdir)
     checkpoints.save(mngr, scrambled(fresh_state, 4, 1))
     checkpoints.finish(mngr)
