@@ -654,9 +654,8 @@ def _say_fresh_takes_the_default_data(cfg: Config) -> None:
 def same_setting(name: str, saved, given) -> bool:
     """A run saved before --data was stored as an absolute path names it relative to where it was started; and
     one dataset may be reached by several paths (a symlink to it, a folder linked under another name)."""
-    if name == "data":
-        return local_path(saved) == local_path(given) or (
-            "tfds" not in (saved, given) and os.path.realpath(local_path(saved)) == os.path.realpath(local_path(given)))
+    if name == "data" and "tfds" not in (saved, given):
+        return os.path.realpath(local_path(saved)) == os.path.realpath(local_path(given))
     return saved == given
 
 

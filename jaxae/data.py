@@ -84,11 +84,11 @@ def _load_path(path: str) -> Dataset:
         except _ARCHIVE_ERRORS as e:  # a download or copy cut short, or bytes changed on the way
             if isinstance(e, OSError) and e.errno is not None:  # the system's (a disk error), not the stream's
                 raise
-            raise UsageError(_damaged(path, e)) from None
+            raise UsageError(_damaged(path, str(e) or type(e).__name__)) from None
     with open(path, "rb") as fh:
         head = fh.read(6)
     if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")):  # gzip, bzip2, xz: a cut one reads as no tar
-        raise UsageError(_damaged(path, tarfile.ReadError("compressed, but no tar can be read from it")))
+        raise UsageError(_damaged(path, "compressed, but no tar can be read from it"))
     raise UsageError(f"--data {path}: not a folder or a tar archive. Give a folder with train/<class>/ and "
                      f"test/<class>/ images, a .tar/.tar.gz of one, or cifar-10-python.tar.gz")
 
@@ -216,9 +216,9 @@ class _DirReader:
 _ARCHIVE_ERRORS = (EOFError, tarfile.TarError, zlib.error, lzma.LZMAError, OSError)
 
 
-def _damaged(path: str, e: BaseException) -> str:
-    return (f"--data {path}: the archive is truncated or damaged ({str(e) or type(e).__name__}); copy or "
-            f"download it again, or give the folder it was made from")
+def _damaged(path: str, why: str) -> str:
+    return (f"--data {path}: the archive is truncated or damaged ({why}); copy or download it again, or give the "
+            f"folder it was made from")
 
 
 def _check_end(tar: tarfile.TarFile, path: str) -> None:
@@ -236,7 +236,8 @@ def _check_end(tar: tarfile.TarFile, path: str) -> None:
         if data:
             trailing = True
             break
-    last = tar.getmembers()[-1].name if tar.getmembers() else "(none)"
+    members = tar.getmembers()
+    last = members[-1].name if members else "(none)"
     if zeros < 512:
         raise tarfile.ReadError(f"it stops being a tar after {last}")
     if trailing:

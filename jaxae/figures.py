@@ -171,8 +171,8 @@ def _suptitle(fig, title: str) -> float:
 
 # The scatters draw every code axis to one scale, so that distances on the page are the Euclidean distances that
 # the 10-NN accuracy, the neighbours figure and the interpolations use (of a code of more than 3 dimensions, their
-# part in its 3-D PCA projection). Fitting each axis to its own range (the
-# matplotlib default) stretched a narrow axis to look as wide as the others.
+# part in its 3-D PCA projection). Fitting each axis to its own range (the matplotlib default) stretched a narrow
+# axis to look as wide as the others.
 SAME_SCALE = "every axis drawn to the same scale"
 
 
