@@ -552,9 +552,10 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     baseline = mean_image_mse(ds.train_images, ds.test_images)
     table = format_table(results)
 
-    tmp, made = _start_output(out)
-    try:  # an error, Ctrl-C or SIGTERM (a batch scheduler's) leaves nothing half-written behind
-        with sigterm_raises():
+    tmp, made = _output_paths(out)
+    with sigterm_raises():  # armed first: a SIGTERM just after the partial folder is made must remove it too
+        try:  # an error, Ctrl-C or SIGTERM (a batch scheduler's) leaves nothing half-written behind
+            _start_output(tmp, out)
             _save_latents(tmp, codes["ae_test"], ds, **found)
             files = make_figures(cfg, ae, pca, ds, codes, tmp, interp_steps)
             curve = figures.loss_curve(workdir, os.path.join(tmp, "loss_curve.png"), results[pca.name]["test_mse"],
@@ -576,9 +577,9 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
             with open(os.path.join(tmp, "metrics.json"), "w") as fh:
                 json.dump(_finite_or_null(metrics), fh, indent=2, allow_nan=False)
             _finish_output(tmp, out)
-    except BaseException:
-        _remove_output(tmp, made)
-        raise
+        except BaseException:
+            _remove_output(tmp, made)
+            raise
     print(table)
     if best:
         print(pages.best_codes_text(best, results[ae.name]["test_mse"]))
@@ -664,18 +665,20 @@ def _check_out(out: str | None, workdir: str) -> str:
     return path
 
 
-def _start_output(out: str) -> tuple[str, list[str]]:
-    """A fresh sibling folder to write into (it replaces `out` only once everything is written), and the
-    parent folders made for it, deepest first (_remove_output removes them again when they are empty)."""
+def _output_paths(out: str) -> tuple[str, list[str]]:
+    """The sibling folder to write into (it replaces `out` only once everything is written), and the parent
+    folders that making it will make, deepest first (_remove_output removes them again when they are empty)."""
     parent = os.path.dirname(os.path.abspath(out))
-    made = _missing_folders(parent)
+    return os.path.join(parent, f".{os.path.basename(os.path.abspath(out))}.partial-{os.getpid()}"), \
+        _missing_folders(parent)
+
+
+def _start_output(tmp: str, out: str) -> None:
+    """Make the folder of _output_paths, with its parents."""
     try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(out))}.partial-{os.getpid()}")
         os.makedirs(tmp, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {out}: cannot write there ({e.strerror}); pick a writable folder") from None
-    return tmp, made
 
 
 def _missing_folders(folder: str) -> list[str]:

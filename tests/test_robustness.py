@@ -254,32 +254,42 @@ def test_evaluate_without_checkpoint_exit_2(tmp_path):
     assert_one_line_error(proc, "no checkpoint", "train")
 
 
-# evaluate.py with its figure grids made to SIGTERM their own process once, as a batch scheduler would mid-write
-_SIGTERM_MID_WRITE = """import os, runpy, signal, sys
+# evaluate.py made to SIGTERM its own process once, as a batch scheduler would: mid-write (in a figure grid), or
+# the moment its partial folder exists (before the handler was armed then, so the folder was left behind)
+_SIGTERM_AT = """import os, runpy, signal, sys
 from jaxae import figures
-real = figures.image_grid
-def grid(*args):
-    figures.image_grid = real
-    os.kill(os.getpid(), signal.SIGTERM)
-    return real(*args)
-figures.image_grid = grid
-sys.argv = ["evaluate.py"] + sys.argv[1:]
+def once(module, name, when=lambda *a, **k: True):
+    real = getattr(module, name)
+    def hooked(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if when(*args, **kwargs):
+            setattr(module, name, real)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+    setattr(module, name, hooked)
+if sys.argv[1] == "grid":
+    once(figures, "image_grid")
+else:
+    once(os, "makedirs", lambda path, *a, **k: ".partial-" in str(path))
+sys.argv = ["evaluate.py"] + sys.argv[2:]
 runpy.run_path("evaluate.py", run_name="__main__")
 """
 
 
-def test_sigterm_during_evaluate_leaves_nothing_half_written(tmp_path):
+@pytest.mark.parametrize("when", ["grid", "folder"])
+def test_sigterm_during_evaluate_leaves_nothing_half_written(tmp_path, when):
     # SIGTERM ended the process where it stood: a hidden .eval.partial-PID folder of figures was left behind
     data = make_image_folder(tmp_path / "img", n_train=16, n_test=8)
     cfg = tiny_config(tmp_path, data=data, max_steps=2)
     train_and_evaluate(cfg, progress=False)
     out = tmp_path / "new" / "eval"
-    proc = script("-c", _SIGTERM_MID_WRITE, "--workdir", cfg.workdir, "--out", str(out))
+    proc = script("-c", _SIGTERM_AT, when, "--workdir", cfg.workdir, "--out", str(out))
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "terminated" and "Traceback" not in proc.stderr
     assert not (tmp_path / "new").exists()  # neither the partial folder nor the parent made for it
-    done = script("evaluate.py", "--workdir", cfg.workdir, "--out", str(out))  # and it runs when left alone
-    assert done.returncode == 0 and os.listdir(tmp_path / "new") == ["eval"], done.stderr
+    if when == "grid":
+        done = script("evaluate.py", "--workdir", cfg.workdir, "--out", str(out))  # and it runs when left alone
+        assert done.returncode == 0 and os.listdir(tmp_path / "new") == ["eval"], done.stderr
 
 
 def test_restore_from_empty_manager_is_usage_error(tmp_path):
