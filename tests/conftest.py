@@ -16,6 +16,8 @@ return them):
   `tmp_path/run`, cache_dir `tmp_path/cache`, then `overrides`.
 - `tiny_dataset(n_train=32, n_test=16, size=16, channels=3, classes=2)`: the same images as an in-memory
   `jaxae.data.Dataset` (no files), for tests of training code.
+- `damage_archive(archive, how)`: change a tar archive (a pathlib.Path) in place as a cut download ("cut") or a
+  bad copy does ("zeroed", "header", "between": see its docstring).
 
 Session fixture `reference_run`: one `python train.py REFERENCE_FLAGS` on 2 devices, trained once and shared
 by the tests that compare another way of training against it (test_distributed: 2 processes; test_robustness:
@@ -29,6 +31,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 
 # One persistent compilation cache for the whole session, this process and every `python train.py` /
@@ -112,6 +115,23 @@ def make_image_folder(root, classes=("cat", "dog"), n_train: int = 16, n_test: i
                 Image.fromarray(im[..., 0] if channels == 1 else im).convert(mode).save(
                     os.path.join(folder, f"{i:04d}.{ext}"))
     return root
+
+
+def damage_archive(archive, how: str) -> None:
+    """Change an archive as a cut download or a bad copy does."""
+    raw = bytearray(archive.read_bytes())
+    if how == "cut":
+        raw = raw[:len(raw) // 2]
+    elif how == "zeroed":  # 16 bytes of a compressed stream
+        raw[len(raw) // 2:len(raw) // 2 + 16] = bytes(16)
+    else:  # "header": garbage over a member's header in the middle of a plain tar; "between": cut just before it
+        with tarfile.open(archive) as tar:
+            middle = tar.getmembers()[len(tar.getmembers()) // 2].offset
+        if how == "between":
+            raw = raw[:middle]
+        else:
+            raw[middle:middle + 512] = b"x" * 512
+    archive.write_bytes(bytes(raw))
 
 
 def tiny_dataset(n_train: int = 32, n_test: int = 16, size: int = 16, channels: int = 3,

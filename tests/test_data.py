@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, synthetic_images
+from conftest import REPO, damage_archive, synthetic_images
 from jaxae import data
 from jaxae.config import UsageError
 
@@ -65,23 +65,6 @@ def test_tar_of_an_image_folder(folder, tmp_path, suffix, mode):
     check_folder_dataset(data.load(str(archive), cache_dir=str(tmp_path / "cache")))
 
 
-def _damage(archive, how: str) -> None:
-    """Change an archive as a cut download or a bad copy does."""
-    raw = bytearray(archive.read_bytes())
-    if how == "cut":
-        raw = raw[:len(raw) // 2]
-    elif how == "zeroed":  # 16 bytes of a compressed stream
-        raw[len(raw) // 2:len(raw) // 2 + 16] = bytes(16)
-    else:  # "header": garbage over a member's header in the middle of a plain tar; "between": cut just before it
-        with tarfile.open(archive) as tar:
-            middle = tar.getmembers()[len(tar.getmembers()) // 2].offset
-        if how == "between":
-            raw = raw[:middle]
-        else:
-            raw[middle:middle + 512] = b"x" * 512
-    archive.write_bytes(bytes(raw))
-
-
 @pytest.mark.parametrize("suffix,mode,how,why", [
     (".tar.gz", "w:gz", "cut", "Compressed file ended"),  # was an EOFError traceback
     (".tar", "w", "cut", "unexpected end of data"),  # a tarfile.ReadError traceback
@@ -94,7 +77,7 @@ def test_a_damaged_archive_is_named_as_such(folder, tmp_path, suffix, mode, how,
     archive = tmp_path / f"cifar{suffix}"
     with tarfile.open(archive, mode) as tar:
         tar.add(folder, arcname="cifar10")
-    _damage(archive, how)
+    damage_archive(archive, how)
     with pytest.raises(UsageError, match=f"--data {archive}: the archive is truncated or damaged .*{why}.*copy or "
                                          f"download it again"):
         data.load(str(archive), cache_dir=str(tmp_path / "cache"))

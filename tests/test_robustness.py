@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REFERENCE_FLAGS, REFERENCE_STEPS, REPO, make_image_folder, tiny_config, tiny_dataset
+from conftest import (REFERENCE_FLAGS, REFERENCE_STEPS, REPO, damage_archive, make_image_folder, tiny_config,
+                      tiny_dataset)
 from jaxae import checkpoints, data
 from jaxae.config import Config, TrainingStopped, UsageError
 from jaxae import train as train_module
@@ -91,10 +93,7 @@ def _bad_data(kind: str, root: str) -> str:
         archive = os.path.join(root, "data.tar.gz")
         with tarfile.open(archive, "w:gz") as tar:
             tar.add(folder, arcname="data")
-        with open(archive, "rb") as fh:
-            raw = fh.read()
-        with open(archive, "wb") as fh:
-            fh.write(raw[:len(raw) // 2])
+        damage_archive(pathlib.Path(archive), "cut")
         return archive
     return folder
 
