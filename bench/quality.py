@@ -27,7 +27,7 @@ def calibrate(cfg, ds, calls: int = 3, warmup_s: float = 3.0, min_s: float = 8.0
     untimed, then >= 20 steps and >= `min_s` seconds timed."""
     import jax
     import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh
     from jaxae import metrics, train
 
     n = ds.train_images.shape[0]
@@ -58,9 +58,7 @@ def calibrate(cfg, ds, calls: int = 3, warmup_s: float = 3.0, min_s: float = 8.0
             jax.block_until_ready(m)
     jax.block_until_ready(m)
     t_step = (time.perf_counter() - t0) / n_steps
-    batch = train.test_pass_batch()  # train.py's own test pass
-    test_x, mask = metrics.pad_to_multiple(ds.test_images, batch)
-    test_x, mask = jax.device_put((test_x, mask), NamedSharding(mesh, P()))
+    test_x, mask, batch = train.put_test_set(ds.test_images, mesh)  # train.py's own test pass
     metrics.reconstruction_error(state, test_x, mask, batch)
     t0 = time.perf_counter()
     metrics.reconstruction_error(state, test_x, mask, batch)

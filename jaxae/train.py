@@ -322,6 +322,16 @@ def test_pass_batch() -> int:
     return 64 if jax.default_backend() == "cpu" else 500
 
 
+def put_test_set(images_u8: np.ndarray, mesh: Mesh) -> tuple[jax.Array, jax.Array, int]:
+    """The test images for the pass after each epoch: padded to whole batches of test_pass_batch(), with the mask
+    of the real ones, replicated like the parameters that come out of the pmap (jit refuses arguments on
+    different devices); and that batch size."""
+    batch = test_pass_batch()
+    test_x, test_mask = pad_to_multiple(images_u8, batch)
+    test_x, test_mask = jax.device_put((test_x, test_mask), NamedSharding(mesh, P()))
+    return test_x, test_mask, batch
+
+
 def default_steps_per_call(cfg: Config, spe: int) -> int:
     if cfg.steps_per_call:
         return min(cfg.steps_per_call, spe)
@@ -435,13 +445,9 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     writer = monitor.tensorboard(cfg.workdir)
 
     mesh = Mesh(np.array(jax.local_devices()), (AXIS,))
-    replicated = NamedSharding(mesh, P())
     state = place_state(state, mesh)  # the step compiles once, not again at its second call
     images = put_dataset(ds.train_images, mesh)  # once: every batch is a gather on device
-    test_batch = test_pass_batch()
-    test_x, test_mask = pad_to_multiple(ds.test_images, test_batch)
-    # Replicated like the parameters that come out of the pmap: jit refuses arguments on different devices.
-    test_x, test_mask = jax.device_put((test_x, test_mask), replicated)
+    test_x, test_mask, test_batch = put_test_set(ds.test_images, mesh)
     fns: dict[int, Callable] = {}
     result: dict[str, Any] = {"exit": 0}
     epoch_ends: list[float] = []  # seconds since `started` at each epoch end of this process
