@@ -279,7 +279,17 @@ def test_latent_scatters_draw_every_axis_to_one_scale(tmp_path, drawn):
     assert "\n1 outlying point (beyond" in figures._central(one_far, np.zeros(401, int), "t")[2]  # not "points"
 
 
-NODE = shutil.which("node")
+def _node() -> str | None:
+    """node, if it is 14 or later: the page's script uses optional chaining (`?.`), which older ones cannot parse."""
+    path = shutil.which("node")
+    if path is None:
+        return None
+    version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout.strip()  # "v20.20.2"
+    major = version.lstrip("v").split(".")[0]
+    return path if major.isdigit() and int(major) >= 14 else None
+
+
+NODE = _node()
 # the page's script run in node against stand-ins for the few browser objects it touches; prints its points in the
 # unit cube (P) as placed at load, then with "stretch each axis" ticked
 _PAGE_HARNESS = r"""
@@ -313,7 +323,7 @@ def _place_on_page(tmp_path, pts) -> tuple[np.ndarray, np.ndarray]:
     return tuple(np.array(placed[k])[:, slots] for k in ("before", "fit"))
 
 
-@pytest.mark.skipif(NODE is None, reason="needs node to run the page's script")
+@pytest.mark.skipif(NODE is None, reason="needs node 14 or later to run the page's script")
 def test_an_axis_of_no_spread_does_not_shrink_the_3d_page(tmp_path):
     # a dead code unit: its spread of 0 became 1 and set the common scale, and a code at scale 0.01 filled 4 % of it
     pts = np.random.default_rng(0).normal(size=(300, 3)) * [0.01, 0.02, 0.0]
@@ -323,7 +333,7 @@ def test_an_axis_of_no_spread_does_not_shrink_the_3d_page(tmp_path):
     np.testing.assert_allclose(before[:, 1].std() / before[:, 0].std(), 2, rtol=0.2)  # one scale
 
 
-@pytest.mark.skipif(NODE is None, reason="needs node to run the page's script")
+@pytest.mark.skipif(NODE is None, reason="needs node 14 or later to run the page's script")
 @pytest.mark.parametrize("dim", [3, 2])
 def test_the_3d_page_draws_code_axes_to_one_scale_unless_asked(tmp_path, dim):
     pts = np.random.default_rng(0).normal(size=(300, dim)) * [2.0, 0.2, 1.0][:dim]
