@@ -141,9 +141,10 @@ def jax_worker(args) -> dict:
     from jaxae import hostmem
     from jaxae import train as T
 
-    kept = args.keep_freed_memory and hostmem.keep_freed_memory()
-    inline = args.keep_freed_memory and hostmem.run_cpu_programs_inline()  # as train.py does
     cfg = _config(args)
+    large = T.cpu_step_temporaries(cfg) > hostmem.THREAD_HEAP
+    kept = args.keep_freed_memory and hostmem.keep_freed_memory(large_steps=large)  # as train.py does
+    inline = args.keep_freed_memory and hostmem.run_cpu_programs_inline()
     backend = jax.default_backend()
     n_dev = jax.device_count()
     if args._ndev and backend != "cpu" and args._ndev != n_dev:
@@ -160,7 +161,7 @@ def jax_worker(args) -> dict:
         enc = _encode_rate(cfg, test_u8, args.repeats)
     return {"backend": backend, "devices": n_dev, "matmul_peak_flops": peak, "encode": enc, "rows": rows,
             "peak_rss_mb": _peak_rss_mb(), "keep_freed_memory": kept, "cpu_programs_inline": inline,
-            "malloc_arenas": hostmem.arena_limit() if kept else None,
+            "malloc_arenas": hostmem.arena_limit(large) if kept else None,
             "device_kind": jax.devices()[0].device_kind}
 
 

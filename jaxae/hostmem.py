@@ -35,6 +35,16 @@ GPU compiles were slow: the fifteenth session's H100 compiled the epoch's steps 
 reached the end of the first epoch in 32 s in all. Contention in the compiler's threads is a suspect,
 not measured on a GPU yet (docs/performance.md, fifteenth session, 6). `JAXAE_MALLOC_ARENAS=N` sets the limit
 whatever the backend (0: glibc's default).
+
+One arena, not two, where a step's temporaries are larger than a thread arena's heap (`THREAD_HEAP`). XLA:CPU runs
+a program on the calling thread only when its inputs are ready; otherwise on a worker thread of its own, which
+allocates the temporaries. Half of those workers share the second arena, which serves such a block with a
+mapping of its own, mapped and unmapped at every step. A 31-minute default-model run on the 2-core box (twenty-
+second session) ran its whole second epoch that way: VmRSS went 1.97 <-> 2.54 GB (a 580 MB mapping by one worker,
+strace), against 1.89-1.95 GB in the first and third epochs, where the steps ran on the main thread. With one
+arena every thread's blocks come from the main arena, which keeps them. It costs the default model little (166
+and 171 img/s against 172 and 174 with two, one run each, alternating) and the quick model, whose step needs 35 MB,
+14-21 % (2,334 and 2,131 img/s against 2,780 and 2,702), so it keeps two (`keep_freed_memory(large_steps=...)`).
 """
 
 from __future__ import annotations
@@ -64,16 +74,21 @@ def _libc():
         return None
 
 
-def keep_freed_memory() -> bool:
+# glibc's largest heap of a thread arena (HEAP_MAX_SIZE on 64-bit Linux): a larger block is mapped on its own
+THREAD_HEAP = 64 * 2**20
+
+
+def keep_freed_memory(large_steps: bool = False) -> bool:
     """Ask glibc's malloc to keep freed memory for reuse (no trimming, no per-block mmap), in at most 2 arenas
-    when the programs will run on the CPU (`arena_limit`).
+    when the programs will run on the CPU, 1 when their steps need blocks larger than `THREAD_HEAP`
+    (`large_steps`; `arena_limit`).
 
     Takes effect for allocations made after the call. The arena limit holds for threads that allocate for the
     first time after it, and only while glibc has not yet fixed its own limit (it does so once 9 arenas
     exist): call it first thing, before JAX starts its backend or jax.distributed its threads. Calling it
     again is harmless. Returns False, changing nothing, where there is no glibc mallopt (macOS, Windows, musl).
     """
-    arenas = arena_limit()
+    arenas = arena_limit(large_steps)
     mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is None:
         return False
@@ -84,16 +99,17 @@ def keep_freed_memory() -> bool:
             and (arenas == 0 or mallopt(_M_ARENA_MAX, arenas) == 1))
 
 
-def arena_limit() -> int:
-    """The malloc arenas keep_freed_memory allows: $JAXAE_MALLOC_ARENAS when set (0: glibc's default), else 2
-    where the programs will run on the CPU and 0 where an accelerator will run them."""
+def arena_limit(large_steps: bool = False) -> int:
+    """The malloc arenas keep_freed_memory allows: $JAXAE_MALLOC_ARENAS when set (0: glibc's default), else 0
+    where an accelerator will run the programs, and on the CPU 1 for `large_steps` (blocks of temporaries
+    larger than THREAD_HEAP), 2 for others."""
     value = os.environ.get("JAXAE_MALLOC_ARENAS", "").strip()
     if value:
         if not (value.isascii() and value.isdecimal()):
             raise UsageError(f"JAXAE_MALLOC_ARENAS={value}: give a whole number of malloc arenas (0: glibc's "
                              f"default), or unset it")
         return int(value)
-    return 0 if accelerator_expected() else 2
+    return 0 if accelerator_expected() else 1 if large_steps else 2
 
 
 def accelerator_expected() -> bool:

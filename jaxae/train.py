@@ -291,6 +291,26 @@ def put_dataset(images_u8: np.ndarray, mesh: Mesh) -> jax.Array:
     return jax.device_put(np.broadcast_to(images_u8, (n_dev, *images_u8.shape)), NamedSharding(mesh, P(AXIS)))
 
 
+def cpu_step_temporaries(cfg: Config, height: int = 32, width: int = 32) -> int:
+    """An estimate of the bytes of XLA temporaries of one training step of cfg's model on one CPU device, for
+    images of height x width (CIFAR-10's by default: the images are not loaded yet when it is needed): per
+    microbatch pass in flight, (4 + 11 x blocks) full-resolution activations. It is fitted to two steps measured
+    with XLA's memory_analysis (twenty-second session): the quick preset's 35 MB (estimate 34) and the default
+    model's 507 MB (estimate 503); width 8 with a residual block measured 15 and 41 MB at batch 64 and 256
+    (estimates 31 and 63): within 2x, on the high side for those. It decides the malloc arenas
+    (hostmem.keep_freed_memory), so it is read before JAX starts: one device, and microbatch_size's CPU choice."""
+    passes = cfg.microbatch or _cpu_microbatch(cfg.batch_size)
+    activation = passes * height * width * cfg.width * (2 if cfg.dtype == "bfloat16" else 4)
+    return activation * (4 + 11 * cfg.blocks) * min(PASSES_IN_FLIGHT, cfg.batch_size // passes)
+
+
+def _cpu_microbatch(local_batch: int) -> int:
+    """microbatch_size's choice on CPU: the largest divisor of the batch from 32 to 64 (none: the whole batch)."""
+    if local_batch <= 64:
+        return local_batch
+    return max((d for d in range(32, 65) if local_batch % d == 0), default=local_batch)
+
+
 def microbatch_size(cfg: Config, local_batch: int) -> int:
     """Examples per forward/backward pass on one device: cfg.microbatch (which must divide the per-device
     batch), else on CPU the largest divisor of it from 32 to 64 (none: the whole batch) and elsewhere the whole
@@ -305,9 +325,7 @@ def microbatch_size(cfg: Config, local_batch: int) -> int:
             raise UsageError(f"--microbatch {cfg.microbatch} does not divide the per-device batch ({local_batch}): "
                              f"use a divisor of it, or 0 for the default")
         return cfg.microbatch
-    if jax.default_backend() != "cpu" or local_batch <= 64:
-        return local_batch
-    return max((d for d in range(32, 65) if local_batch % d == 0), default=local_batch)
+    return local_batch if jax.default_backend() != "cpu" else _cpu_microbatch(local_batch)
 
 
 def test_pass_batch() -> int:
@@ -375,7 +393,8 @@ def device_epoch_order(seed: int, epoch: int, n: int, spe: int, batch_size: int,
 def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Dataset | None = None,
                        progress: bool = True) -> dict[str, Any]:
     """Train (or resume) the run in cfg.workdir; returns the final metrics. Exit status in result['exit']."""
-    hostmem.keep_freed_memory()  # CPU: no page faults on each step's buffers (quick model 1.8x faster)
+    # CPU: no page faults on each step's buffers (quick model 1.8x faster); one malloc arena for large steps
+    hostmem.keep_freed_memory(large_steps=cpu_step_temporaries(cfg) > hostmem.THREAD_HEAP)
     hostmem.run_cpu_programs_inline()  # ... from the main arena, which keeps them (no-op once JAX runs)
     # what each compile left free: 0.3 GB of the default model's peak
     with hostmem.release_after_compiles(), checkpoints.WorkdirLock() as lock:
