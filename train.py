@@ -18,12 +18,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg, explicit = config.from_args(args)
 
-    from jaxae import checkpoints, distributed, figures, hostmem, monitor
+    from jaxae import checkpoints, distributed, figures, monitor
     from jaxae.config import TrainingStopped
-    from jaxae.train import train_and_evaluate
+    from jaxae.train import keep_host_memory, train_and_evaluate
 
     use_compilation_cache(cfg.cache_dir)
-    hostmem.keep_freed_memory()  # before distributed.initialize starts threads, so that they keep to its arenas
+    keep_host_memory(cfg, explicit)  # before distributed.initialize starts threads, so that they keep to its arenas
     distributed.initialize(cfg)  # before anything touches a device
     import jax
 

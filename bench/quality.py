@@ -73,12 +73,12 @@ def fit_epochs(budget_s: float, spe: int, t_step: float, t_eval: float) -> int:
 def main(argv=None) -> int:
     import math
     import shlex
-    from jaxae import checkpoints, config, hostmem
+    from jaxae import checkpoints, config
     from jaxae.cli import use_compilation_cache
     from jaxae.data import load
     from jaxae.evaluate import run as evaluate
     from jaxae.data import local_path
-    from jaxae.train import check_devices, check_settings, train_and_evaluate
+    from jaxae.train import check_devices, check_settings, keep_host_memory, train_and_evaluate
 
     from jaxae.cli import ArgumentParser
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,8 +95,6 @@ def main(argv=None) -> int:
                                     f"fits the epochs to --minutes; drop --{flag.replace('_', '-')} (or train a "
                                     f"fixed schedule with train.py)")
     t_start = time.perf_counter()
-    hostmem.keep_freed_memory()  # as train_and_evaluate does, and before anything starts JAX (check_workdir
-    hostmem.run_cpu_programs_inline()  # asks for the process count): calibrate the step the training will run
     resume = checkpoints.has_checkpoints(cfg.workdir) and not cfg.fresh  # a run of an earlier call
     if resume or (cfg.fresh and os.path.exists(config.config_path(cfg.workdir))):
         # its saved settings, not this command's defaults, as train.py takes them (flags that contradict them are
@@ -104,6 +102,9 @@ def main(argv=None) -> int:
         fitted = config.load_config(cfg.workdir).epochs if resume else cfg.epochs
         cfg, _ = checkpoints.resolve_workdir(cfg.replace(data=local_path(cfg.data), epochs=fitted), explicit)
     check_settings(cfg, explicit)
+    # as train_and_evaluate does, for the run's own model, and before anything starts JAX (check_workdir asks for
+    # the process count): calibrate the step the training will run
+    keep_host_memory(cfg, explicit)
     checkpoints.check_workdir(cfg.workdir)  # before the calibration: a typo must not cost it
     use_compilation_cache(cfg.cache_dir)  # as train.py: a second study of the same model compiles nothing
     check_devices(cfg)  # after hostmem's settings: this starts JAX

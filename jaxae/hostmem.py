@@ -44,7 +44,8 @@ second session) ran its whole second epoch that way: VmRSS went 1.97 <-> 2.54 GB
 strace), against 1.89-1.95 GB in the first and third epochs, where the steps ran on the main thread. With one
 arena every thread's blocks come from the main arena, which keeps them. It costs the default model little (166
 and 171 img/s against 172 and 174 with two, one run each, alternating) and the quick model, whose step needs 35 MB,
-14-21 % (2,334 and 2,131 img/s against 2,780 and 2,702), so it keeps two (`keep_freed_memory(large_steps=...)`).
+14-21 % (2,334 and 2,131 img/s against 2,780 and 2,702), so it keeps two. `jaxae.train.keep_host_memory` makes
+the choice from an estimate of the step (`keep_freed_memory(large_steps=...)`).
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def keep_freed_memory(large_steps: bool = False) -> bool:
     Takes effect for allocations made after the call. The arena limit holds for threads that allocate for the
     first time after it, and only while glibc has not yet fixed its own limit (it does so once 9 arenas
     exist): call it first thing, before JAX starts its backend or jax.distributed its threads. Calling it
-    again is harmless. Returns False, changing nothing, where there is no glibc mallopt (macOS, Windows, musl).
+    again is harmless, but cannot lower the arena count once threads have taken arenas. Returns False,
+    changing nothing, where there is no glibc mallopt (macOS, Windows, musl).
     """
     arenas = arena_limit(large_steps)
     mallopt = getattr(_libc(), "mallopt", None)

@@ -20,7 +20,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxae import checkpoints, corruption, hostmem, losses, monitor
-from jaxae.config import Config, UsageError
+from jaxae.config import Config, UsageError, config_path, load_config
 from jaxae.data import Dataset, load, local_path
 from jaxae.metrics import mean_image_mse, pad_to_multiple, reconstruction_error
 from jaxae.models import model_from_config
@@ -293,15 +293,50 @@ def put_dataset(images_u8: np.ndarray, mesh: Mesh) -> jax.Array:
 
 def cpu_step_temporaries(cfg: Config, height: int = 32, width: int = 32) -> int:
     """An estimate of the bytes of XLA temporaries of one training step of cfg's model on one CPU device, for
-    images of height x width (CIFAR-10's by default: the images are not loaded yet when it is needed): per
-    microbatch pass in flight, (4 + 11 x blocks) full-resolution activations. It is fitted to two steps measured
-    with XLA's memory_analysis (twenty-second session): the quick preset's 35 MB (estimate 34) and the default
-    model's 507 MB (estimate 503); width 8 with a residual block measured 15 and 41 MB at batch 64 and 256
-    (estimates 31 and 63): within 2x, on the high side for those. It decides the malloc arenas
-    (hostmem.keep_freed_memory), so it is read before JAX starts: one device, and microbatch_size's CPU choice."""
-    passes = cfg.microbatch or _cpu_microbatch(cfg.batch_size)
-    activation = passes * height * width * cfg.width * (2 if cfg.dtype == "bfloat16" else 4)
-    return activation * (4 + 11 * cfg.blocks) * min(PASSES_IN_FLIGHT, cfg.batch_size // passes)
+    images of height x width (CIFAR-10's by default: the images are not loaded yet when it is needed).
+
+    Per microbatch pass in flight, in full-resolution activations of `cfg.width` channels: 4.2, plus 4.0 per
+    residual block, 5.2 for the conv output head, and 1.0 + 1.8 per block for a smooth activation (GELU, SiLU)
+    over ReLU. Fitted to XLA's memory_analysis of 18 steps (twenty-second session, docs/performance.md): within
+    15 % of it for the presets and their variants at batch 128-1024, and on the right side of LARGE_STEP for
+    all 18; it over-estimates a batch of one pass (quick at batch 64: 17.6 MB for 10.5). The dtype does not
+    enter: on CPU a bfloat16 step needs as much (the quick preset's: 35.8 MB). It decides the malloc arenas
+    (keep_host_memory), so it is read before JAX starts: one device, and microbatch_size's CPU choice of pass."""
+    micro = cfg.microbatch or _cpu_microbatch(cfg.batch_size)
+    in_flight = max(1, min(PASSES_IN_FLIGHT, cfg.batch_size // micro))
+    per_pass = 4.2 + 4.0 * cfg.blocks + (5.2 if cfg.head == "conv" else 0.0)
+    if cfg.activation != "relu":
+        per_pass += 1.0 + 1.8 * cfg.blocks
+    return int(micro * height * width * cfg.width * 4 * in_flight * per_pass)
+
+
+# A step's temporaries above this get one malloc arena (keep_host_memory): 3/4 of a thread arena's heap, the size
+# past which glibc maps a block on its own, as a margin for the estimate
+LARGE_STEP = hostmem.THREAD_HEAP * 3 // 4
+
+
+def keep_host_memory(cfg: Config, explicit: set[str] = frozenset()) -> bool:
+    """train.py's host allocator settings for the model this command will train (jaxae.hostmem): freed memory
+    kept, in one malloc arena where its CPU step's temporaries come near a thread arena's heap or exceed it (the
+    default model), else two (the quick preset: one costs it 14-21 %); single-device CPU programs on the calling
+    thread. Call it before anything starts JAX or another thread: a later call cannot lower the arena count
+    that the threads have taken. Returns whether one arena was asked for."""
+    large = cpu_step_temporaries(_model_config(cfg, explicit)) > LARGE_STEP
+    hostmem.keep_freed_memory(large_steps=large)
+    hostmem.run_cpu_programs_inline()
+    return large
+
+
+def _model_config(cfg: Config, explicit: set[str]) -> Config:
+    """The config whose model this command trains, as checkpoints.resolve_workdir will decide it: the workdir's
+    saved one when the command sets no run setting there (a resume, or a run that starts over), else cfg. Reads
+    the JSON only: JAX is not started yet."""
+    if not os.path.exists(config_path(cfg.workdir)) or explicit & (set(Config.RUN_FIELDS) | {"preset"}):
+        return cfg
+    try:
+        return load_config(cfg.workdir)
+    except UsageError:  # resolve_workdir says what is wrong with it
+        return cfg
 
 
 def _cpu_microbatch(local_batch: int) -> int:
@@ -393,9 +428,8 @@ def device_epoch_order(seed: int, epoch: int, n: int, spe: int, batch_size: int,
 def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Dataset | None = None,
                        progress: bool = True) -> dict[str, Any]:
     """Train (or resume) the run in cfg.workdir; returns the final metrics. Exit status in result['exit']."""
-    # CPU: no page faults on each step's buffers (quick model 1.8x faster); one malloc arena for large steps
-    hostmem.keep_freed_memory(large_steps=cpu_step_temporaries(cfg) > hostmem.THREAD_HEAP)
-    hostmem.run_cpu_programs_inline()  # ... from the main arena, which keeps them (no-op once JAX runs)
+    # CPU: no page faults on each step's buffers (quick model 1.8x faster), from the main arena, which keeps them
+    keep_host_memory(cfg, explicit)  # (as train.py and bench/quality.py have; no-op once JAX runs)
     # what each compile left free: 0.3 GB of the default model's peak
     with hostmem.release_after_compiles(), checkpoints.WorkdirLock() as lock:
         return _train_and_evaluate(cfg, explicit, ds, progress, lock)

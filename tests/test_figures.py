@@ -284,7 +284,7 @@ def _node() -> str | None:
     path = shutil.which("node")
     if path is None:
         return None
-    version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout.strip()  # "v20.20.2"
+    version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
     major = version.lstrip("v").split(".")[0]
     return path if major.isdigit() and int(major) >= 14 else None
 

@@ -49,6 +49,8 @@ def test_freed_memory_stays_in_the_process():
     assert _held_fraction("keep") > 0.9
     assert _held_fraction("keep", "release") < 0.1  # once an epoch, train_and_evaluate gives it back
 
+
+# the environment without the settings the probes compare (glibc's and jaxae's arena counts)
 _ENV = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES", "JAXAE_MALLOC_ARENAS")}
 
 
@@ -115,8 +117,7 @@ libc.malloc_stats()
     ("keep", {"JAX_PLATFORMS": "cpu", "JAXAE_MALLOC_ARENAS": "0"}, lambda n: n >= 4),
 ])
 def test_threads_share_one_malloc_arena_beside_the_main_one_where_the_cpu_runs_the_programs(mode, env_extra, arenas):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES", "JAX_PLATFORMS", "JAXAE_MALLOC_ARENAS")}
+    env = {k: v for k, v in _ENV.items() if k != "JAX_PLATFORMS"}
     out = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, check=True,
                          env={**env, **env_extra})
     n = out.stderr.count("Arena ")
@@ -220,22 +221,32 @@ def test_free_memory_is_given_back_after_each_compile_within_the_block(monkeypat
     assert compiled >= 1 and cached == compiled and len(calls) == compiled
 
 
-@pytest.mark.parametrize("overrides,measured_mb", [
-    ({}, 35.4),  # XLA's memory_analysis of the quick preset's step (twenty-second session)
-    ({"width": 8, "blocks": 1, "batch_size": 256}, 41.2),
-])
-def test_the_step_temporaries_estimate_that_picks_the_arenas(overrides, measured_mb):
+@pytest.mark.parametrize("overrides", [{}, {"head": "conv"}, {"blocks": 1}])
+def test_the_step_temporaries_estimate_that_picks_the_arenas(overrides):
     import jax
     import numpy as np
-    from jaxae import hostmem, train
+    from jaxae import train
     from jaxae.config import Config, PRESETS
+    if jax.default_backend() != "cpu":
+        pytest.skip("the estimate is of CPU steps (microbatches of 64)")
     cfg = Config(**{**PRESETS["quick"], **overrides})
     state = train.create_train_state(cfg, (32, 32, 3), 10, 10)
     step = jax.jit(train.train_step, static_argnames="cfg").lower(
         state, np.zeros((cfg.batch_size, 32, 32, 3), np.uint8), jax.random.PRNGKey(0), cfg=cfg).compile()
-    measured = step.memory_analysis().temp_size_in_bytes
-    assert abs(measured / 1e6 - measured_mb) < 0.1 * measured_mb  # the figures the docstring quotes
-    assert measured / 2 < train.cpu_step_temporaries(cfg) < 2 * measured
-    # and the choice: two arenas for the quick model (one is 14-21 % slower), one for the default's 507 MB steps
-    assert train.cpu_step_temporaries(Config(**PRESETS["quick"])) < hostmem.THREAD_HEAP
-    assert train.cpu_step_temporaries(Config(**PRESETS["default"])) > 4 * hostmem.THREAD_HEAP
+    measured = step.memory_analysis().temp_size_in_bytes  # 35, 81 and 69 MB with jax 0.10.2
+    assert 0.8 * measured < train.cpu_step_temporaries(cfg) < 1.25 * measured  # 35, 79 and 69 MB
+    # and the choice it makes: two arenas for the quick model (one costs it 14-21 %), one for the default's steps
+    assert (train.cpu_step_temporaries(cfg) > train.LARGE_STEP) == bool(overrides)
+    assert train.cpu_step_temporaries(Config(**PRESETS["default"])) > 4 * train.LARGE_STEP
+
+
+def test_a_resumed_run_gets_the_arenas_of_its_own_model(tmp_path):
+    # `python train.py --workdir W` resumes W's run: the command's defaults (the default model) are not its model
+    from jaxae import checkpoints, train
+    from jaxae.config import Config, PRESETS
+    quick = Config(**{**PRESETS["quick"], "preset": "quick", "workdir": str(tmp_path / "run")})
+    checkpoints.save_config(quick)
+    command = Config(workdir=quick.workdir)
+    assert train._model_config(command, set()).width == 16
+    assert train._model_config(command, {"preset"}).width == 64  # a new run's flags: the command's own model
+    assert train._model_config(Config(workdir=str(tmp_path / "none")), set()).width == 64
