@@ -142,7 +142,7 @@ def jax_worker(args) -> dict:
     from jaxae import train as T
 
     cfg = _config(args)
-    large = T.cpu_step_temporaries(cfg) > T.LARGE_STEP  # the arenas train.py's run of cfg would have
+    large = T.large_cpu_steps(cfg)  # the arenas train.py's run of cfg would have
     kept = args.keep_freed_memory and hostmem.keep_freed_memory(large_steps=large)  # as train.py does
     inline = args.keep_freed_memory and hostmem.run_cpu_programs_inline()
     backend = jax.default_backend()

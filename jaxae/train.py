@@ -315,13 +315,18 @@ def cpu_step_temporaries(cfg: Config, height: int = 32, width: int = 32) -> int:
 LARGE_STEP = hostmem.THREAD_HEAP * 3 // 4
 
 
+def large_cpu_steps(cfg: Config) -> bool:
+    """Whether cfg's model gets one malloc arena on CPU (hostmem.keep_freed_memory's large_steps)."""
+    return cpu_step_temporaries(cfg) > LARGE_STEP
+
+
 def keep_host_memory(cfg: Config, explicit: set[str] = frozenset()) -> bool:
     """train.py's host allocator settings for the model this command will train (jaxae.hostmem): freed memory
     kept, in one malloc arena where its CPU step's temporaries come near a thread arena's heap or exceed it (the
     default model), else two (the quick preset: one costs it 14-21 %); single-device CPU programs on the calling
     thread. Call it before anything starts JAX or another thread: a later call cannot lower the arena count
     that the threads have taken. Returns whether one arena was asked for."""
-    large = cpu_step_temporaries(_model_config(cfg, explicit)) > LARGE_STEP
+    large = large_cpu_steps(_model_config(cfg, explicit))
     hostmem.keep_freed_memory(large_steps=large)
     hostmem.run_cpu_programs_inline()
     return large

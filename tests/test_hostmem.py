@@ -236,7 +236,7 @@ def test_the_step_temporaries_estimate_that_picks_the_arenas(overrides):
     measured = step.memory_analysis().temp_size_in_bytes  # 35, 81 and 69 MB with jax 0.10.2
     assert 0.8 * measured < train.cpu_step_temporaries(cfg) < 1.25 * measured  # 35, 79 and 69 MB
     # and the choice it makes: two arenas for the quick model (one costs it 14-21 %), one for the default's steps
-    assert (train.cpu_step_temporaries(cfg) > train.LARGE_STEP) == bool(overrides)
+    assert train.large_cpu_steps(cfg) == bool(overrides)
     assert train.cpu_step_temporaries(Config(**PRESETS["default"])) > 4 * train.LARGE_STEP
 
 

@@ -24,4 +24,4 @@ for name, over in CASES:
     temp = step.compile().memory_analysis().temp_size_in_bytes
     est = train.cpu_step_temporaries(cfg)
     print(json.dumps({"name": name, "xla_mb": round(temp / 1e6, 1), "estimate_mb": round(est / 1e6, 1),
-                      "one_arena": est > train.LARGE_STEP, "over_64_mib": temp > 64 * 2**20}), flush=True)
+                      "one_arena": train.large_cpu_steps(cfg), "over_64_mib": temp > 64 * 2**20}), flush=True)
