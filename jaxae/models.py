@@ -40,8 +40,116 @@ def cpu_conv(inputs, kernel, strides, padding, lhs_dilation=None, rhs_dilation=N
     if plain:
         return lax.conv_general_dilated(inputs, kernel, strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision)
-    return _conv_cpu(inputs, kernel, tuple(strides), tuple(tuple(p) for p in padding), precision,
-                     kernel_grad_taps)
+    padding = tuple(tuple(p) for p in padding)
+    if _winograd(inputs, kernel, tuple(strides)):
+        return winograd_conv(inputs, kernel, padding, precision)
+    return _conv_cpu(inputs, kernel, tuple(strides), padding, precision, kernel_grad_taps)
+
+
+# Stride-1 3x3 convs of float32 images at least 8x8 with at least 64 input channels (the default model's residual
+# blocks at 16x16 and 8x8 and its upsampling convs there) run as Winograd's F(4x4, 3x3): a quarter of the
+# multiplies, as 36 matmuls over the tiles plus transforms of each tile that XLA fuses into adds. Fwd + both
+# gradients of one pass of 64 images (2 threads, freed memory kept; docs/performance.md, twenty-third session):
+# 16x16 64->64 40 -> 21 ms, 16x16 64->256 110 -> 62, 8x8 128->128 22 -> 16; at 4x4 (one tile per image) it was
+# slower than XLA's (19 -> 26 ms), and F(2x2, 3x3) was no faster there. The default model's step: 164 -> 208 img/s.
+# With fewer channels (the quick preset's 16 and 32) the transforms' memory traffic outweighs the matmuls saved: no
+# faster, 0.1-0.2 GB more RSS. float32 only: F(4x4)'s transforms multiply by up to 8 and divide by 24, which
+# bfloat16's 8 bits of mantissa would not survive.
+_WINOGRAD_MIN_SIZE = 8
+_WINOGRAD_MIN_CHANNELS = 64
+
+
+def _winograd(x, w, strides) -> bool:
+    """Whether cpu_conv computes this conv by winograd_conv."""
+    return (strides == (1, 1) and w.shape[:2] == (3, 3) and min(x.shape[1:3]) >= _WINOGRAD_MIN_SIZE
+            and x.shape[3] >= _WINOGRAD_MIN_CHANNELS and w.shape[3] > _FEW_CHANNELS
+            and x.dtype == w.dtype == jnp.float32)
+
+
+# Winograd's minimal filtering F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks",
+# CVPR 2016): y = A^T [(G g G^T) * (B^T d B)] A for each 4x4 output tile, d its 6x6 input tile, g the 3x3 kernel
+_WINO_M, _WINO_T = 4, 6
+_WINO_BT = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+            [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
+_WINO_G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+           [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
+_WINO_AT = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+
+
+def _rows(mat, parts):
+    """[sum_k mat[i][k] * parts[k] for each row i]: a small constant matrix as scaled adds, which XLA fuses
+    (as a dot its contraction of 4-6 would run far below the matmul speed)."""
+    out = []
+    for row in mat:
+        terms = [p if c == 1 else -p if c == -1 else c * p for c, p in zip(row, parts) if c]
+        out.append(functools.reduce(jnp.add, terms))
+    return out
+
+
+def _tiles(ho, wo):
+    return -(-ho // _WINO_M), -(-wo // _WINO_M)
+
+
+def _winograd_in(x, padding):
+    """[B, H, W, C] -> V [36, B*nh*nw, C]: B^T d B of every 6x6 input tile (the tiles overlap by 2), nh x nw tiles
+    per image, the padded image's bottom and right edges extended with zeros to whole tiles."""
+    m, t = _WINO_M, _WINO_T
+    b, h, wd, c = x.shape
+    ho, wo = h + sum(padding[0]) - 2, wd + sum(padding[1]) - 2
+    nh, nw = _tiles(ho, wo)
+    xp = jnp.pad(x, ((0, 0), (padding[0][0], nh * m + 2 - h - padding[0][0]),
+                     (padding[1][0], nw * m + 2 - wd - padding[1][0]), (0, 0)))
+    v = jnp.stack(_rows(_WINO_BT, [lax.slice_in_dim(xp, k, k + m * (nh - 1) + 1, m, 1) for k in range(t)]))
+    v = jnp.stack(_rows(_WINO_BT, [lax.slice_in_dim(v, k, k + m * (nw - 1) + 1, m, 3) for k in range(t)]))
+    return v.reshape(t * t, b * nh * nw, c)  # [6 (along W), 6 (along H), B, nh, nw, C] flattened
+
+
+def _winograd_kernel(w):
+    """[3, 3, Cin, Cout] -> U [36, Cin, Cout]: G g G^T, in V's order of the 36 positions."""
+    g = jnp.asarray(_WINO_G, w.dtype)
+    return jnp.einsum("ak,bl,klio->baio", g, g, w).reshape(-1, w.shape[2], w.shape[3])
+
+
+def _winograd_out(mm, shape):
+    """M [36, B*nh*nw, Cout] -> [B, Ho, Wo, Cout]: A^T M A of every tile, the 4x4 tiles put side by side."""
+    m, t = _WINO_M, _WINO_T
+    b, ho, wo, co = shape
+    nh, nw = _tiles(ho, wo)
+    mm = mm.reshape(t, t, b, nh, nw, co)
+    mm = jnp.stack(_rows(_WINO_AT, list(mm)))                           # [4 (along W), 6 (along H), ...]
+    mm = jnp.stack(_rows(_WINO_AT, [mm[:, k] for k in range(t)]), 1)    # [4 (along W), 4 (along H), ...]
+    return mm.transpose(2, 3, 1, 4, 0, 5).reshape(b, nh * m, nw * m, co)[:, :ho, :wo]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def winograd_conv(x, w, padding, precision=None):
+    """A stride-1 3x3 conv (NHWC x HWIO, explicit ((top, bottom), (left, right)) padding) by Winograd's F(4x4, 3x3):
+    one [B*nh*nw, Cin] @ [Cin, Cout] matmul for each of the 36 positions of a tile. Equals lax's conv to float32
+    rounding: about 1e-5 of the largest output (tests/test_fastpath.py)."""
+    shape = (x.shape[0], x.shape[1] + sum(padding[0]) - 2, x.shape[2] + sum(padding[1]) - 2, w.shape[3])
+    mm = jnp.matmul(_winograd_in(x, padding), _winograd_kernel(w), precision=precision)
+    return _winograd_out(mm, shape)
+
+
+def _winograd_fwd(x, w, padding, precision):
+    return winograd_conv(x, w, padding, precision), (x, w)
+
+
+def _winograd_bwd(padding, precision, res, g):
+    """The same matmuls transposed: dV = dM U^T and dU = V^T dM, the transforms' transposes around them. The
+    residuals are x and w, not V (2.25x x's size): the transforms are adds, cheaper to redo than to keep."""
+    x, w = res
+    v, in_t = jax.vjp(lambda x_: _winograd_in(x_, padding), x)
+    u, k_t = jax.vjp(_winograd_kernel, w)
+    out_t = jax.linear_transpose(lambda mm: _winograd_out(mm, g.shape),
+                                 jax.ShapeDtypeStruct((v.shape[0], v.shape[1], w.shape[3]), g.dtype))
+    dm, = out_t(g)
+    dv = jnp.matmul(dm, jnp.swapaxes(u, 1, 2), precision=precision)
+    du = jnp.matmul(jnp.swapaxes(v, 1, 2), dm, precision=precision)
+    return in_t(dv)[0], k_t(du)[0]
+
+
+winograd_conv.defvjp(_winograd_fwd, _winograd_bwd)
 
 
 _NHWC = ("NHWC", "HWIO", "NHWC")

@@ -1,6 +1,6 @@
 """The fast paths compute what the plain ones do: jaxae.models.cpu_conv (the tap-matmul kernel gradient of the
-pixel-shuffle conv, the shifted forward pass and kernel gradient of convs to few channels) against lax's
-convolution and XLA's own gradients, on tiny shapes."""
+pixel-shuffle conv, the shifted forward pass and kernel gradient of convs to few channels, Winograd's F(4x4, 3x3))
+against lax's convolution and XLA's own gradients, on small shapes."""
 
 from __future__ import annotations
 
@@ -71,11 +71,20 @@ def test_upsample_fast_grad_equals_plain_conv():
     assert gf["params"]["Conv_0"]["kernel"].shape == (3, 3, 8, 24)
 
 
-def test_default_model_gradient_matches_plain(monkeypatch):
-    """The whole default-architecture model (tiny width): fast and plain parameter gradients agree."""
+@pytest.mark.parametrize("width,stages,winograd_convs", [
+    (4, 2, 0),    # tiny: every conv below Winograd's 64 channels
+    (64, 1, 3),   # Winograd for the 8x8 convs of 64 channels: both residual blocks and the upsampling conv
+])
+def test_default_model_gradient_matches_plain(monkeypatch, width, stages, winograd_convs):
+    """The whole default-architecture model: fast and plain parameter gradients agree."""
+    calls = []
+    winograd = models.winograd_conv
+    monkeypatch.setattr(models, "winograd_conv", lambda *a: calls.append(a[0].shape) or winograd(*a))
     x = jax.random.uniform(jax.random.PRNGKey(3), (2, 16, 16, 3))
-    model = models.Autoencoder(image_shape=(16, 16, 3), width=4, stages=2, blocks=1, hidden=8, mlp_layers=1)
+    model = models.Autoencoder(image_shape=(16, 16, 3), width=width, stages=stages, blocks=1, hidden=8,
+                               mlp_layers=1)
     params = jax.jit(model.init)(jax.random.PRNGKey(4), x)
+    assert len(calls) == winograd_convs  # in init's trace
 
     def grads():  # jitted (one compile instead of one per op, as in training); a new trace per call
         return jax.jit(jax.grad(lambda p: jnp.mean(jnp.square(model.apply(p, x) - x))))(params)
@@ -85,3 +94,31 @@ def test_default_model_gradient_matches_plain(monkeypatch):
     g_plain = grads()
     for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape,cout,padding", [
+    ((2, 8, 8, 5), 6, ((1, 1), (1, 1))),     # 'SAME', whole 4x4 tiles
+    ((2, 9, 7, 4), 8, ((1, 1), (1, 1))),     # odd sizes: the last tiles reach past the image
+    ((1, 8, 10, 3), 12, ((0, 1), (2, 0))),   # explicit asymmetric padding
+    ((1, 5, 6, 2), 5, ((0, 0), (0, 0))),     # 'VALID'
+])
+def test_winograd_conv_matches_lax(shape, cout, padding):
+    """Winograd's F(4x4, 3x3): forward pass, input and kernel gradients equal lax's conv and XLA's gradients to
+    float32 rounding, measured against the largest value (its transforms multiply by up to 8 and divide by 24, so
+    its error grows with the values it sums: within 3e-5 of the largest)."""
+    kx, kw = jax.random.split(jax.random.PRNGKey(5))
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kw, (3, 3, shape[-1], cout)) * 0.3
+
+    def wino(x, w, strides, padding, dimension_numbers):
+        return models.winograd_conv(x, w, padding)
+
+    def close(got, want):
+        assert got.shape == want.shape
+        assert float(jnp.max(jnp.abs(got - want))) <= 3e-5 * float(jnp.max(jnp.abs(want)))
+
+    close(wino(x, w, (1, 1), padding, None),
+          lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    for got, want in zip(_grads(wino, x, w, (1, 1), padding),
+                         _grads(lax.conv_general_dilated, x, w, (1, 1), padding)):
+        close(got, want)
