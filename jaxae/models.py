@@ -46,16 +46,20 @@ def cpu_conv(inputs, kernel, strides, padding, lhs_dilation=None, rhs_dilation=N
     return _conv_cpu(inputs, kernel, tuple(strides), padding, precision, kernel_grad_taps)
 
 
-# Stride-1 3x3 convs of float32 images at least 8x8 with at least 64 input channels (the default model's residual
-# blocks at 16x16 and 8x8 and its upsampling convs there) run as Winograd's F(4x4, 3x3): a quarter of the
-# multiplies, as 36 matmuls over the tiles plus transforms of each tile that XLA fuses into adds. Fwd + both
-# gradients of one pass of 64 images (2 threads, freed memory kept; docs/performance.md, twenty-third session):
-# 16x16 64->64 40 -> 21 ms, 16x16 64->256 110 -> 62, 8x8 128->128 22 -> 16; at 4x4 (one tile per image) it was
-# slower than XLA's (19 -> 26 ms), and F(2x2, 3x3) was no faster there. The default model's step: 164 -> 208 img/s.
-# With fewer channels (the quick preset's 16 and 32) the transforms' memory traffic outweighs the matmuls saved: no
-# faster, 0.1-0.2 GB more RSS. float32 only: F(4x4)'s transforms multiply by up to 8 and divide by 24, which
-# bfloat16's 8 bits of mantissa would not survive.
-_WINOGRAD_MIN_SIZE = 8
+# Stride-1 3x3 convs of float32 images at least 16x16 with at least 64 input channels (the default model's residual
+# blocks at 16x16 and its last upsampling conv) run as Winograd's F(4x4, 3x3): a quarter of the multiplies, as 36
+# matmuls over the tiles plus transforms of each tile that XLA fuses into adds. Fwd + both gradients of one pass of
+# 64 images (2 threads, freed memory kept; docs/studies/s23-winograd/convs.py): 16x16 64->64 40 -> 21 ms, 16x16
+# 64->256 110 -> 62. The default model's step at batch 1024 (16 passes): 6.8 -> 6.0 s.
+# - At 8x8 (128 channels) it gains less (22 -> 16 ms) and costs as much compiled code as at 16x16: with it there
+#   the step was 6.8 -> 5.4 s, but its program compiled in 52 s instead of 33 and kept 300 MB more host memory
+#   after the compile (the passes are unrolled: 16 copies of each transform's fused loops), which took a
+#   train.py run past 2 GB of RSS. Here: 45 s and 145 MB. At 4x4 (one tile per image) it was slower than XLA's.
+# - With fewer channels (the quick preset's 16 and 32) the transforms' memory traffic outweighs the matmuls saved:
+#   no faster, 0.1-0.2 GB more RSS.
+# - float32 only: F(4x4)'s transforms multiply by up to 8 and divide by 24, which bfloat16's 8 bits of mantissa
+#   would not survive.
+_WINOGRAD_MIN_SIZE = 16
 _WINOGRAD_MIN_CHANNELS = 64
 
 

@@ -71,17 +71,17 @@ def test_upsample_fast_grad_equals_plain_conv():
     assert gf["params"]["Conv_0"]["kernel"].shape == (3, 3, 8, 24)
 
 
-@pytest.mark.parametrize("width,stages,winograd_convs", [
-    (4, 2, 0),    # tiny: every conv below Winograd's 64 channels
-    (64, 1, 3),   # Winograd for the 8x8 convs of 64 channels: both residual blocks and the upsampling conv
+@pytest.mark.parametrize("size,width,stages,winograd_convs", [
+    (16, 4, 2, 0),    # tiny: every conv below Winograd's 64 channels
+    (32, 64, 1, 3),   # Winograd for the 16x16 convs of 64 channels: both residual blocks and the upsampling conv
 ])
-def test_default_model_gradient_matches_plain(monkeypatch, width, stages, winograd_convs):
+def test_default_model_gradient_matches_plain(monkeypatch, size, width, stages, winograd_convs):
     """The whole default-architecture model: fast and plain parameter gradients agree."""
     calls = []
     winograd = models.winograd_conv
     monkeypatch.setattr(models, "winograd_conv", lambda *a: calls.append(a[0].shape) or winograd(*a))
-    x = jax.random.uniform(jax.random.PRNGKey(3), (2, 16, 16, 3))
-    model = models.Autoencoder(image_shape=(16, 16, 3), width=width, stages=stages, blocks=1, hidden=8,
+    x = jax.random.uniform(jax.random.PRNGKey(3), (2, size, size, 3))
+    model = models.Autoencoder(image_shape=(size, size, 3), width=width, stages=stages, blocks=1, hidden=8,
                                mlp_layers=1)
     params = jax.jit(model.init)(jax.random.PRNGKey(4), x)
     assert len(calls) == winograd_convs  # in init's trace
