@@ -8,7 +8,8 @@ For each device count (one subprocess each: the CPU device count must be set bef
 size it times jaxae's own pmapped step (`jaxae.train.make_p_train_steps`, what `train.py` runs) on synthetic
 uint8 data of CIFAR shape held on the device: compile excluded, >= --steps steps per timing, best and median
 of --repeats timings. It also reports FLOPs per image (XLA cost analysis of one train step), the achieved
-FLOP/s as a percentage of a 2048^2 f32 matmul measured in the same process, encode img/s over 10k test
+FLOP/s as a percentage of a 2048^2 f32 matmul measured in the same process ("direct %": counting the FLOPs of
+the same step with direct convolutions, which the CPU's Winograd convs do with fewer), encode img/s over 10k test
 images, and peak RSS. Every worker keeps freed host memory in the process as train.py does, and jaxae's run
 their single-device CPU programs on the calling thread and give back what each compile left free before the
 program first runs (jaxae.hostmem); --no-keep-freed-memory times glibc's
@@ -171,6 +172,7 @@ def _time_jaxae(args, cfg, backend: str, n_dev: int, mesh, images, train_u8, pea
     import jax.numpy as jnp
     import numpy as np
 
+    from jaxae import models as M
     from jaxae import train as T
 
     rows = []
@@ -181,13 +183,14 @@ def _time_jaxae(args, cfg, backend: str, n_dev: int, mesh, images, train_u8, pea
         spe = T.steps_per_epoch(N_TRAIN, bs)
         state = T.create_train_state(cfg_b, IMAGE_SHAPE, 10 * spe, spe)
         perm = T.device_epoch_order(0, 0, N_TRAIN, spe, bs, mesh)
-        # FLOPs of one step on one device's share, from XLA's cost analysis of the lowered (not compiled) step:
-        # on GPU the compiled program's convolutions are cuDNN custom calls that the analysis does not count
-        # (it gave 0.007-0.035 GFLOP/img on an H100 for a 0.78 GFLOP/img step). On CPU both agree within 0.5 %.
-        step1 = jax.jit(lambda s, b, k: T.train_step(s, b, k, cfg_b, None))
-        ca = step1.lower(state, train_u8[: bs // n_dev], state.key).cost_analysis()
-        ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-        flops_img = float(ca.get("flops", float("nan"))) / (bs // n_dev)
+        flops_img = _step_flops(cfg_b, state, train_u8[: bs // n_dev])
+        # The same step with lax's own convolutions: what the CPU's Winograd convs (models.winograd_conv) compute
+        # with fewer multiplies. The FLOP/s of the direct algorithm, as the PyTorch twin computes it.
+        fast_convs, M.cpu_conv = M.cpu_conv, None
+        try:
+            direct_flops_img = _step_flops(cfg_b, state, train_u8[: bs // n_dev])
+        finally:
+            M.cpu_conv = fast_convs
         for spc in _steps_per_call(args, backend, spe):
             fn = T.make_p_train_steps(cfg_b, spc, spe)
             # the step donates its state: give each timing its own copy (on GPU, reuse of a donated one fails)
@@ -211,8 +214,21 @@ def _time_jaxae(args, cfg, backend: str, n_dev: int, mesh, images, train_u8, pea
                 "microbatch": T.microbatch_size(cfg_b, bs // n_dev),
                 "img_s_best": best, "img_s_median": statistics.median(rates), "compile_s": compile_s,
                 "flops_per_img": flops_img, "flops_s": best * flops_img,
-                "pct_matmul_peak": 100 * best * flops_img / peak, "loss": loss}))
+                "pct_matmul_peak": 100 * best * flops_img / peak, "direct_flops_per_img": direct_flops_img,
+                "pct_matmul_peak_direct": 100 * best * direct_flops_img / peak, "loss": loss}))
     return rows
+
+
+def _step_flops(cfg, state, batch) -> float:
+    """FLOPs per image of one step on one device's share, from XLA's cost analysis of the lowered (not compiled)
+    step: on GPU the compiled program's convolutions are cuDNN custom calls that the analysis does not count
+    (it gave 0.007-0.035 GFLOP/img on an H100 for a 0.78 GFLOP/img step). On CPU both agree within 0.5 %."""
+    import jax
+    from jaxae import train as T
+    step1 = jax.jit(lambda s, b, k: T.train_step(s, b, k, cfg, None))
+    ca = step1.lower(state, batch, state.key).cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    return float(ca.get("flops", float("nan"))) / len(batch)
 
 
 def _encode_rate(cfg, test_u8, repeats: int) -> dict:
@@ -340,8 +356,9 @@ def _freed(worker: dict) -> str:
 
 def print_table(result: dict) -> None:
     rows = result["rows"]
-    head = (f"{'impl':14s} {'backend':7s} {'dev':>3s} {'batch':>5s} {'micro':>5s} {'steps/call':>10s} {'img/s best':>10s} "
-            f"{'median':>8s} {'GFLOP/img':>9s} {'GFLOP/s':>8s} {'% mm peak':>9s} {'compile s':>9s}")
+    head = (f"{'impl':14s} {'backend':7s} {'dev':>3s} {'batch':>5s} {'micro':>5s} {'steps/call':>10s} "
+            f"{'img/s best':>10s} {'median':>8s} {'GFLOP/img':>9s} {'GFLOP/s':>8s} {'% mm peak':>9s} {'direct %':>8s} "
+            f"{'compile s':>9s}")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -353,7 +370,7 @@ def print_table(result: dict) -> None:
               f"{r['steps_per_call']:10d} "
               f"{r['img_s_best']:10,.0f} {r['img_s_median']:8,.0f} {_fmt(gf and gf / 1e9, '9.3f')} "
               f"{_fmt(r.get('flops_s') and r['flops_s'] / 1e9, '8.1f')} {_fmt(r.get('pct_matmul_peak'), '9.1f')} "
-              f"{r['compile_s']:9.1f}")
+              f"{_fmt(r.get('pct_matmul_peak_direct'), '8.1f')} {r['compile_s']:9.1f}")
     for w in result["jax_workers"]:
         if "rows" in w:
             print(f"jaxae {w['devices']} {w['backend']} device(s) ({w['device_kind']}): matmul peak "
