@@ -41,7 +41,7 @@ def cpu_conv(inputs, kernel, strides, padding, lhs_dilation=None, rhs_dilation=N
         return lax.conv_general_dilated(inputs, kernel, strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision)
     padding = tuple(tuple(p) for p in padding)
-    if _winograd(inputs, kernel, tuple(strides)):
+    if _winograd(inputs, kernel, tuple(strides), padding):  # before the kernel-gradient paths, which it replaces
         return winograd_conv(inputs, kernel, padding, precision)
     return _conv_cpu(inputs, kernel, tuple(strides), padding, precision, kernel_grad_taps)
 
@@ -49,9 +49,10 @@ def cpu_conv(inputs, kernel, strides, padding, lhs_dilation=None, rhs_dilation=N
 # Stride-1 3x3 convs of float32 images at least 16x16 with at least 64 input channels (the default model's residual
 # blocks at 16x16 and its last upsampling conv) run as Winograd's F(4x4, 3x3): a quarter of the multiplies, as 36
 # matmuls over the tiles plus transforms of each tile that XLA fuses into adds. Fwd + both gradients of one pass of
-# 64 images (2 threads, freed memory kept; docs/studies/s23-winograd/convs.py): 16x16 64->64 40 -> 21 ms, 16x16
-# 64->256 110 -> 62. The default model's step at batch 1024 (16 passes): 6.8 -> 6.0 s.
-# - At 8x8 (128 channels) it gains less (22 -> 16 ms) and costs as much compiled code as at 16x16: with it there
+# 64 images (2 threads, freed memory kept; docs/studies/s23-winograd/convs.py), against the path before it:
+# 16x16 64->64 39.5 -> 24.1 ms, 16x16 64->256 101.4 -> 50.2. The default model's step at batch 1024 (16 passes):
+# 6.8 -> 6.0 s.
+# - At 8x8 (128 channels) it gains less (23.4 -> 15.3 ms) and costs as much compiled code as at 16x16: with it there
 #   the step was 6.8 -> 5.4 s, but its program compiled in 52 s instead of 33 and kept 300 MB more host memory
 #   after the compile (the passes are unrolled: 16 copies of each transform's fused loops), which took a
 #   train.py run past 2 GB of RSS. Here: 45 s and 145 MB. At 4x4 (one tile per image) it was slower than XLA's.
@@ -63,9 +64,11 @@ _WINOGRAD_MIN_SIZE = 16
 _WINOGRAD_MIN_CHANNELS = 64
 
 
-def _winograd(x, w, strides) -> bool:
-    """Whether cpu_conv computes this conv by winograd_conv."""
+def _winograd(x, w, strides, padding) -> bool:
+    """Whether cpu_conv computes this conv by winograd_conv (explicit padding; negative padding, a crop, is left to
+    XLA)."""
     return (strides == (1, 1) and w.shape[:2] == (3, 3) and min(x.shape[1:3]) >= _WINOGRAD_MIN_SIZE
+            and min(min(p) for p in padding) >= 0
             and x.shape[3] >= _WINOGRAD_MIN_CHANNELS and w.shape[3] > _FEW_CHANNELS
             and x.dtype == w.dtype == jnp.float32)
 
@@ -286,7 +289,8 @@ class Upsample(nn.Module):
     """x2 spatial upsampling to `features` channels.
 
     pixel_shuffle: a 3x3 conv to 4*features channels, then depth-to-space (ESPCN). Its weight gradient is an
-    ordinary stride-1 convolution, computed on CPU as one matmul per kernel tap (_conv_dw_taps).
+    ordinary stride-1 convolution, computed on CPU as one matmul per kernel tap (_conv_dw_taps), except where
+    the whole conv runs as Winograd's (cpu_conv: at 16x16 and larger with 64 channels or more).
     nn.ConvTranspose's weight gradient lowers to a window-reversed convolution that leaves XLA:CPU's Eigen
     fast path (jax-ml/jax#23783, openxla/xla#34273) and trained about 4x slower on CPU
     (docs/performance.md); on GPU the two run at the same speed.

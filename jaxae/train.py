@@ -506,7 +506,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     state = place_state(state, mesh)  # the step compiles once, not again at its second call
     images = put_dataset(ds.train_images, mesh)  # once: every batch is a gather on device
     test_x, test_mask, test_batch = put_test_set(ds.test_images, mesh)
-    ds = None  # the host copies (180 MB for CIFAR-10) go where nothing else holds them, as in train.py
+    ds = None  # the host copies (180 MB for CIFAR-10) are freed, unless the caller holds them (train.py does not)
     fns: dict[int, Callable] = {}
     result: dict[str, Any] = {"exit": 0}
     epoch_ends: list[float] = []  # seconds since `started` at each epoch end of this process

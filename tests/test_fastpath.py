@@ -122,3 +122,22 @@ def test_winograd_conv_matches_lax(shape, cout, padding):
     for got, want in zip(_grads(wino, x, w, (1, 1), padding),
                          _grads(lax.conv_general_dilated, x, w, (1, 1), padding)):
         close(got, want)
+
+
+def test_cpu_conv_takes_winograd_only_where_it_applies():
+    """A 16x16 conv of 64 channels runs as Winograd's in cpu_conv (not bit-equal to lax's), and the same conv with a
+    negative padding (a crop, which winograd_conv's tiling cannot do) or in bfloat16 is lax's own op."""
+    kx, kw = jax.random.split(jax.random.PRNGKey(6))
+    x = jax.random.normal(kx, (1, 16, 16, 64))
+    w = jax.random.normal(kw, (3, 3, 64, 8)) * 0.1
+    for padding, dtype, winograd in [("SAME", jnp.float32, True), (((-1, 1), (1, 1)), jnp.float32, False),
+                                     ("SAME", jnp.bfloat16, False)]:
+        a, b = x.astype(dtype), w.astype(dtype)
+        got = models.cpu_conv(a, b, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        want = lax.conv_general_dilated(a, b, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        assert got.shape == want.shape and got.dtype == want.dtype
+        if winograd:
+            assert not np.array_equal(np.asarray(got), np.asarray(want))
+            assert float(jnp.max(jnp.abs(got - want))) <= 3e-5 * float(jnp.max(jnp.abs(want)))
+        else:
+            np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
