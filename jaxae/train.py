@@ -106,10 +106,11 @@ def _one_cpu_device() -> str:
             if os.environ.get("JAX_NUM_CPU_DEVICES") else "no jax_num_cpu_devices setting")
 
 
-# The default model's training images/s on the 2-core CPU box, one device, 32x32x3: 170 on an idle box (171 in
-# bench/throughput.py, nineteenth session), 80 over a whole 15-epoch train.py run that shared the box (thirteenth
-# session; docs/performance.md). cpu_schedule_note's estimate spans them.
-CPU_DEFAULT_IMG_S = (80, 170)
+# The default model's training images/s on the 2-core CPU box, one device, 32x32x3: 195 on an idle box with the
+# Winograd convs (bench/throughput.py, and 255 s per epoch in a 35-minute train.py run, twenty-third session), 80
+# over a whole 15-epoch train.py run that shared the box (thirteenth session; docs/performance.md).
+# cpu_schedule_note's estimate spans them.
+CPU_DEFAULT_IMG_S = (80, 195)
 
 
 def cpu_schedule_note(cfg: Config, image_shape, images_left: int) -> str | None:
