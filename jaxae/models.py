@@ -40,10 +40,10 @@ def cpu_conv(inputs, kernel, strides, padding, lhs_dilation=None, rhs_dilation=N
     if plain:
         return lax.conv_general_dilated(inputs, kernel, strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision)
-    padding = tuple(tuple(p) for p in padding)
-    if _winograd(inputs, kernel, tuple(strides), padding):  # before the kernel-gradient paths, which it replaces
+    strides, padding = tuple(strides), tuple(tuple(p) for p in padding)
+    if _winograd(inputs, kernel, strides, padding):  # before the kernel-gradient paths, which it replaces
         return winograd_conv(inputs, kernel, padding, precision)
-    return _conv_cpu(inputs, kernel, tuple(strides), padding, precision, kernel_grad_taps)
+    return _conv_cpu(inputs, kernel, strides, padding, precision, kernel_grad_taps)
 
 
 # Stride-1 3x3 convs of float32 images at least 16x16 with at least 64 input channels (the default model's residual
@@ -93,6 +93,11 @@ def _rows(mat, parts):
     return out
 
 
+def _out_size(x, padding) -> tuple[int, int]:
+    """Height and width of a stride-1 3x3 conv's output of x [B, H, W, C] with this explicit padding."""
+    return x.shape[1] + sum(padding[0]) - 2, x.shape[2] + sum(padding[1]) - 2
+
+
 def _tiles(ho, wo):
     return -(-ho // _WINO_M), -(-wo // _WINO_M)
 
@@ -102,8 +107,7 @@ def _winograd_in(x, padding):
     per image, the padded image's bottom and right edges extended with zeros to whole tiles."""
     m, t = _WINO_M, _WINO_T
     b, h, wd, c = x.shape
-    ho, wo = h + sum(padding[0]) - 2, wd + sum(padding[1]) - 2
-    nh, nw = _tiles(ho, wo)
+    nh, nw = _tiles(*_out_size(x, padding))
     xp = jnp.pad(x, ((0, 0), (padding[0][0], nh * m + 2 - h - padding[0][0]),
                      (padding[1][0], nw * m + 2 - wd - padding[1][0]), (0, 0)))
     v = jnp.stack(_rows(_WINO_BT, [lax.slice_in_dim(xp, k, k + m * (nh - 1) + 1, m, 1) for k in range(t)]))
@@ -133,7 +137,7 @@ def winograd_conv(x, w, padding, precision=None):
     """A stride-1 3x3 conv (NHWC x HWIO, explicit ((top, bottom), (left, right)) padding) by Winograd's F(4x4, 3x3):
     one [B*nh*nw, Cin] @ [Cin, Cout] matmul for each of the 36 positions of a tile. Equals lax's conv to float32
     rounding: about 1e-5 of the largest output (tests/test_fastpath.py)."""
-    shape = (x.shape[0], x.shape[1] + sum(padding[0]) - 2, x.shape[2] + sum(padding[1]) - 2, w.shape[3])
+    shape = (x.shape[0], *_out_size(x, padding), w.shape[3])
     mm = jnp.matmul(_winograd_in(x, padding), _winograd_kernel(w), precision=precision)
     return _winograd_out(mm, shape)
 

@@ -35,7 +35,7 @@ if mode == "einsum":
     def winograd_in(x, padding):
         m, t = models._WINO_M, models._WINO_T
         b, h, wd, c = x.shape
-        nh, nw = models._tiles(h + sum(padding[0]) - 2, wd + sum(padding[1]) - 2)
+        nh, nw = models._tiles(*models._out_size(x, padding))
         xp = jnp.pad(x, ((0, 0), (padding[0][0], nh * m + 2 - h - padding[0][0]),
                          (padding[1][0], nw * m + 2 - wd - padding[1][0]), (0, 0)))
         v = jnp.einsum("ak,kbhwc->abhwc", BT,
