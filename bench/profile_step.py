@@ -7,7 +7,8 @@
 
 It steps `jaxae.train.make_p_train_steps` (what train.py runs; one device, single-device programs inline,
 freed host memory kept) on synthetic CIFAR-shaped uint8 data, traces --steps steps with `jax.profiler`
-after a warm-up, and prints the compiled step's temporary buffer (XLA's memory analysis) and, per step:
+after a warm-up, and prints the compiled step's temporary buffer (XLA's memory analysis; that of its largest
+program where a step runs as several) and, per step:
 the wall time, the time XLA's CPU threads spent in operations (summed over threads, so it can exceed the
 wall time), how busy the threads were, and the operations
 grouped by name without their numeric suffix (`ynn_fusion.76` -> `ynn_fusion`: XLA's YNNPACK convolutions
@@ -140,8 +141,9 @@ def main(argv=None) -> int:
     state = T.place_state(T.create_train_state(cfg, (32, 32, 3), 1000, spe), mesh)
     images = T.put_dataset(np.random.default_rng(0).integers(0, 256, (spe * batch, 32, 32, 3), np.uint8), mesh)
     perm = T.device_epoch_order(cfg.seed, 0, spe * batch, spe, batch, mesh)
-    step = T.make_p_train_steps(cfg, 1, spe).lower(state, images, perm).compile()
-    temp_mb = step.memory_analysis().temp_size_in_bytes / 1e6
+    step = T.make_p_train_steps(cfg, 1, spe)
+    programs = T.compiled_steps(step, state, images, perm)  # on CPU the passes run as programs of their own
+    temp_mb = max(c.memory_analysis().temp_size_in_bytes for c, _ in programs) / 1e6
     for _ in range(3):
         state, metrics = step(state, images, perm)
     jax.block_until_ready(metrics)
@@ -159,27 +161,32 @@ def main(argv=None) -> int:
     threads = os.cpu_count() or 1
     print(f"preset {cfg.preset}, batch {batch} in passes of {T.microbatch_size(cfg, batch)} "
           f"({T.PASSES_IN_FLIGHT} at a time), 1 cpu device, {args.steps} traced steps (trace: {trace_dir})")
-    print(f"XLA temp buffer of the compiled step: {temp_mb:,.0f} MB")
+    print(f"XLA temp buffer of the compiled step (its largest program): {temp_mb:,.0f} MB")
     print(f"wall {wall * 1e3:.1f} ms/step ({batch / wall:,.0f} img/s under the tracer); operations "
           f"{busy * 1e3:.1f} ms/step summed over threads: {busy / (wall * threads):.0%} of {threads} cores busy")
     print(f"{'ms/step':>8} {'share':>6} {'ops/step':>8}  operation kind")
     for kind, s in seconds.most_common(args.top):
         print(f"{s / args.steps * 1e3:8.2f} {s / args.steps / busy:6.1%} {count[kind] / args.steps:8.1f}  {kind}")
     if args.convs:
-        print_convs(seconds_by_name, step.as_text(), args.steps, args.convs)
+        print_convs(seconds_by_name, [(c.as_text(), runs) for c, runs in programs], args.steps, args.convs)
     return 0
 
 
-def print_convs(by_name: collections.Counter, hlo: str, steps: int, top: int) -> None:
-    """The `top` convolution shapes of `hlo` by their seconds in `by_name` (op_times), per step."""
-    convs = conv_shapes(hlo)
+def print_convs(by_name: collections.Counter, programs: list[tuple[str, int]], steps: int, top: int) -> None:
+    """The `top` convolution shapes of the programs' (HLO text, runs per step) by their seconds in `by_name`
+    (op_times), per step. On CPU a step's passes are one program run several times (jaxae.train._PassSteps);
+    the trace's own counts drift from them by an event or two at its ends."""
     seconds, count, flops = collections.Counter(), collections.Counter(), collections.Counter()
-    for name, s in by_name.items():
-        if name in convs:
-            shape, f = convs[name]
-            seconds[shape] += s / steps
-            count[shape] += 1
-            flops[shape] += f
+    timed = set()
+    for hlo, runs in programs:
+        for name, (shape, f) in conv_shapes(hlo).items():
+            if name not in by_name:  # a convolution inside a fusion: the trace names the fusion
+                continue
+            if name not in timed:  # names repeat across programs: its seconds once
+                seconds[shape] += by_name[name] / steps
+                timed.add(name)
+            count[shape] += runs
+            flops[shape] += f * runs
     print(f"\n{'ms/step':>8} {'count':>5} {'GFLOP':>6} {'GFLOP/s':>7}  convolution (input * kernel -> output, window), "
           f"{sum(seconds.values()) * 1e3:.0f} ms/step in all; GFLOP/s per busy thread")
     for shape, s in seconds.most_common(top):

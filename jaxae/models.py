@@ -46,21 +46,21 @@ def cpu_conv(inputs, kernel, strides, padding, lhs_dilation=None, rhs_dilation=N
     return _conv_cpu(inputs, kernel, strides, padding, precision, kernel_grad_taps)
 
 
-# Stride-1 3x3 convs of float32 images at least 16x16 with at least 64 input channels (the default model's residual
-# blocks at 16x16 and its last upsampling conv) run as Winograd's F(4x4, 3x3): a quarter of the multiplies, as 36
-# matmuls over the tiles plus transforms of each tile that XLA fuses into adds. Fwd + both gradients of one pass of
-# 64 images (2 threads, freed memory kept; docs/studies/s23-winograd/convs.py), against the path before it:
-# 16x16 64->64 39.5 -> 24.1 ms, 16x16 64->256 101.4 -> 50.2. The default model's step at batch 1024 (16 passes):
-# 6.8 -> 6.0 s.
-# - At 8x8 (128 channels) it gains less (23.4 -> 15.3 ms) and costs as much compiled code as at 16x16: with it there
-#   the step was 6.8 -> 5.4 s, but its program compiled in 52 s instead of 33 and kept 300 MB more host memory
-#   after the compile (the passes are unrolled: 16 copies of each transform's fused loops), which took a
-#   train.py run past 2 GB of RSS. Here: 45 s and 145 MB. At 4x4 (one tile per image) it was slower than XLA's.
+# Stride-1 3x3 convs of float32 images at least 8x8 with at least 64 input channels (the default model's residual
+# blocks at 16x16 and 8x8 and its last upsampling conv) run as Winograd's F(4x4, 3x3): a quarter of the multiplies,
+# as 36 matmuls over the tiles plus transforms of each tile that XLA fuses into adds. Fwd + both gradients of one
+# pass of 64 images (2 threads, freed memory kept; docs/studies/s23-winograd/convs.py), against the path before it:
+# 16x16 64->64 39.5 -> 24.1 ms, 16x16 64->256 101.4 -> 50.2, 8x8 128->128 23.4 -> 15.3.
+# - At 8x8 since the twenty-fourth session. Each transform compiles to fused loops of its own, and while a step's
+#   16 passes were one unrolled program there were 16 copies of them: with Winograd at 8x8 the program compiled in
+#   52 s instead of 33 and kept 300 MB more host memory, past 2 GB of RSS in a train.py run. The passes now run as
+#   programs of two (jaxae.train._PassSteps), which cost a fraction of that (docs/performance.md, twenty-fourth
+#   session). At 4x4 (one tile per image) it was slower than XLA's.
 # - With fewer channels (the quick preset's 16 and 32) the transforms' memory traffic outweighs the matmuls saved:
 #   no faster, 0.1-0.2 GB more RSS.
 # - float32 only: F(4x4)'s transforms multiply by up to 8 and divide by 24, which bfloat16's 8 bits of mantissa
 #   would not survive.
-_WINOGRAD_MIN_SIZE = 16
+_WINOGRAD_MIN_SIZE = 8
 _WINOGRAD_MIN_CHANNELS = 64
 
 
@@ -294,7 +294,7 @@ class Upsample(nn.Module):
 
     pixel_shuffle: a 3x3 conv to 4*features channels, then depth-to-space (ESPCN). Its weight gradient is an
     ordinary stride-1 convolution, computed on CPU as one matmul per kernel tap (_conv_dw_taps), except where
-    the whole conv runs as Winograd's (cpu_conv: at 16x16 and larger with 64 channels or more).
+    the whole conv runs as Winograd's (cpu_conv: at 8x8 and larger with 64 channels or more).
     nn.ConvTranspose's weight gradient lowers to a window-reversed convolution that leaves XLA:CPU's Eigen
     fast path (jax-ml/jax#23783, openxla/xla#34273) and trained about 4x slower on CPU
     (docs/performance.md); on GPU the two run at the same speed.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -159,20 +160,22 @@ def place_state(state: TrainState, mesh: Mesh) -> TrainState:
 
 # ------------------------------------------------------------------------------------- step
 
-def prepare_batch(key: jax.Array, images_u8: jax.Array, cfg: Config, axis_name: str | None = None):
+def prepare_batch(key: jax.Array, images_u8: jax.Array, cfg: Config, axis_name: str | None = None,
+                  offset=0, local_batch: int | None = None):
     """uint8 batch -> (corrupted input, clean target) in [0, 1], per-example keys from the step key.
 
     Example i of the *global* batch always gets key split(key, global_batch)[i], whatever the number of
-    devices, so a run on 2 devices sees the same noise and flips as a run on 1.
+    devices, so a run on 2 devices sees the same noise and flips as a run on 1. images_u8 may also be examples
+    offset .. of a device's batch of local_batch (a microbatch; offset may be traced): they get the same keys.
     """
     x = _unit_range(images_u8)
-    local = x.shape[0]
+    local = x.shape[0] if local_batch is None else local_batch
     if axis_name is None:
         n_dev, dev = 1, 0
     else:
         n_dev, dev = lax.psum(1, axis_name), lax.axis_index(axis_name)
     keys = jax.random.split(key, local * n_dev)
-    keys = lax.dynamic_slice_in_dim(keys, dev * local, local)
+    keys = lax.dynamic_slice_in_dim(keys, dev * local + offset, x.shape[0])
     flip_keys, noise_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
     if cfg.flip:
         flip = jax.vmap(lambda k: jax.random.bernoulli(k))(flip_keys)
@@ -205,26 +208,46 @@ def train_step(state: TrainState, batch: jax.Array, key: jax.Array, cfg: Config,
     """One optimiser step on a uint8 batch: (state, batch, key) -> (state, metrics). Pure; gradients and
     metrics are averaged over `axis_name` when it is given (inside a pmap over that axis, as train.py does)."""
     inputs, targets = prepare_batch(key, batch, cfg, axis_name)
-    loss_fn = losses.LOSSES[cfg.loss]
-
-    def compute_loss(params, x, y):
-        return loss_fn(state.apply_fn({"params": params}, x), y)
-
-    grad_fn = jax.value_and_grad(compute_loss)
     n_micro = inputs.shape[0] // microbatch_size(cfg, inputs.shape[0])
     if n_micro == 1:
-        loss, grads = grad_fn(state.params, inputs, targets)
-    else:  # equal microbatches: the mean of their mean losses (and gradients) is the batch's
-        size = inputs.shape[0] // n_micro
-        acc, accs = None, []
-        for i in range(n_micro):
-            x = inputs[i * size:(i + 1) * size]
-            if i >= PASSES_IN_FLIGHT:  # pass i starts once pass i - 2 is done: two at a time, not all
-                x = _after(accs[i - PASSES_IN_FLIGHT], x)
-            out = grad_fn(state.params, x, targets[i * size:(i + 1) * size])
-            acc = out if acc is None else jax.tree.map(jnp.add, acc, out)
-            accs.append(acc)
-        loss, grads = jax.tree.map(lambda a: a / n_micro, acc)
+        loss_fn = losses.LOSSES[cfg.loss]
+        loss, grads = jax.value_and_grad(lambda p: loss_fn(state.apply_fn({"params": p}, inputs), targets))(
+            state.params)
+        return _apply_gradients(state, (loss, grads), 1, axis_name)
+    size = inputs.shape[0] // n_micro
+
+    def microbatch(start):
+        return lax.dynamic_slice_in_dim(inputs, start, size), lax.dynamic_slice_in_dim(targets, start, size)
+
+    acc = _grad_passes(state.params, _zero_sums(state.params), microbatch, 0, n_micro, size, cfg, state.apply_fn)
+    return _apply_gradients(state, acc, n_micro, axis_name)
+
+
+def _zero_sums(params):
+    """The (loss, gradients) sums of a step's microbatch passes before the first."""
+    return jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params)
+
+
+def _grad_passes(params, acc, microbatch: Callable, first, count: int, size: int, cfg: Config, apply_fn):
+    """acc, the (loss, gradients) sums, plus those of the microbatch passes first .. first + count - 1 of a batch
+    in passes of `size` examples; microbatch(start) gives a pass's (input, target), examples start .. start +
+    size - 1 of the batch; `first` may be traced. A pass starts once the pass PASSES_IN_FLIGHT before it is done."""
+    loss_fn = losses.LOSSES[cfg.loss]
+    grad_fn = jax.value_and_grad(lambda p, x, y: loss_fn(apply_fn({"params": p}, x), y))
+    accs = []
+    for i in range(count):
+        x, y = microbatch((first + i) * size)
+        if i >= PASSES_IN_FLIGHT:  # pass i starts once pass i - 2 is done: two at a time, not all
+            x = _after(accs[i - PASSES_IN_FLIGHT], x)
+        acc = jax.tree.map(jnp.add, acc, grad_fn(params, x, y))
+        accs.append(acc)
+    return acc
+
+
+def _apply_gradients(state: TrainState, acc, n_micro: int, axis_name: str | None):
+    """The update from the sums of n_micro equal microbatches' mean losses and gradients: their mean is the
+    batch's (averaged over `axis_name` too, when given)."""
+    loss, grads = jax.tree.map(lambda a: a / n_micro, acc)
     if axis_name is not None:
         grads, loss = lax.pmean((grads, loss), axis_name)
     return state.apply_gradients(grads=grads), {"loss": loss}
@@ -260,13 +283,20 @@ def _after(tree, x: jax.Array) -> jax.Array:
     return x + 0.0 * dep
 
 
+def _step_key(state) -> jax.Array:
+    return jax.random.fold_in(state.key, state.step)
+
+
+def _batch_at(images, perm, step, spe: int) -> jax.Array:
+    """A device's batch of step `step`: its rows of the epoch's order (perm: [spe, local_batch]) at step % spe,
+    gathered from the on-device dataset."""
+    return images[perm[step % spe]]
+
+
 def _train_steps(state, images, perm, cfg: Config, n_steps: int, spe: int, axis_name: str | None = AXIS):
-    """n_steps consecutive steps; each gathers its batch from the on-device dataset by the epoch's
-    permutation (perm: [spe, local_batch]) at position state.step % spe."""
+    """n_steps consecutive steps, each on its batch of the epoch's order (_batch_at)."""
     def one(state, _):
-        pos = state.step % spe
-        batch = images[perm[pos]]
-        return train_step(state, batch, jax.random.fold_in(state.key, state.step), cfg, axis_name)
+        return train_step(state, _batch_at(images, perm, state.step, spe), _step_key(state), cfg, axis_name)
 
     if n_steps == 1:  # no scan: on XLA:CPU a scan of whole steps ran > 5x slower than separate calls
         state, metrics = one(state, None)
@@ -276,9 +306,97 @@ def _train_steps(state, images, perm, cfg: Config, n_steps: int, spe: int, axis_
 
 def make_p_train_steps(cfg: Config, n_steps: int, spe: int) -> Callable:
     """pmap of `n_steps` train steps over all devices: unreplicated state, the dataset as put_dataset
-    made it and the per-device batch order in; state and metrics out."""
+    made it and the per-device batch order in; state and metrics out. On CPU, a step of more microbatch passes
+    than PASSES_IN_FLIGHT runs as a few programs (_PassSteps), the same update as train_step's."""
+    if jax.default_backend() == "cpu":
+        local_batch = cfg.batch_size // jax.device_count()
+        n_micro = local_batch // microbatch_size(cfg, local_batch)
+        if n_micro > PASSES_IN_FLIGHT:
+            return _PassSteps(cfg, n_steps, spe, n_micro)
     fn = functools.partial(_train_steps, cfg=cfg, n_steps=n_steps, spe=spe)
     return jax.pmap(fn, axis_name=AXIS, in_axes=(None, 0, 0), out_axes=(None, None), donate_argnums=(0,))
+
+
+class _PassSteps:
+    """train_step on CPU as one program per PASSES_IN_FLIGHT microbatch passes, called from Python, rather than
+    one program of all the passes unrolled: the passes in turn, then the update, each pmapped.
+
+    The default model's step at batch 1024 (16 passes of 64) compiled in 21 s instead of 47.5 in the bench and
+    trained as fast (186 and 182 img/s; docs/performance.md, twenty-fourth session). The small programs are what
+    let the 8x8 convs take Winograd too (models._WINOGRAD_MIN_SIZE): compiled 16 times over in one program, their
+    transforms had cost 300 MB of RSS. A lax.scan over the passes is no substitute: it ran ~20x slower (_after).
+
+    Only the loss and gradient sums pass between the programs, donated from call to call; the update hands them
+    back zeroed for the next step. Each pass program gathers and prepares its own microbatches (the same noise and
+    flips as prepare_batch gives the whole batch), and nothing is copied from the host at a call. With the pass
+    offset copied from the host at each call, or the batch prepared by a program of its own, a pass's 521 MB block
+    of temporaries now and then went to a second place in the heap: RSS rose by 0.5 GB, to 2.03 GB in a train.py run.
+    """
+
+    def __init__(self, cfg: Config, n_steps: int, spe: int, n_micro: int):
+        self.n_steps, self.n_micro = n_steps, n_micro
+        group = PASSES_IN_FLIGHT
+        self.groups = [(first, min(group, n_micro - first)) for first in range(0, n_micro, group)]
+        local_batch = cfg.batch_size // jax.device_count()
+        size = local_batch // n_micro
+
+        def passes(params, acc, images, perm, key, step, first, count, apply_fn):
+            rows, key = perm[step % spe], jax.random.fold_in(key, step)  # as _batch_at and _step_key
+
+            def microbatch(start):
+                u8 = images[lax.dynamic_slice_in_dim(rows, start, size)]
+                return prepare_batch(key, u8, cfg, AXIS, offset=start, local_batch=local_batch)
+
+            return _grad_passes(params, acc, microbatch, first, count, size, cfg, apply_fn)
+
+        def update(state, acc):
+            state, metrics = _apply_gradients(state, acc, n_micro, AXIS)
+            return state, jax.tree.map(lambda m: m[None], metrics), jax.tree.map(jnp.zeros_like, acc)
+
+        # first is an argument (one program for all groups of `count` passes); count and the model, static
+        self._passes = jax.pmap(passes, axis_name=AXIS, in_axes=(None, 0, 0, 0, None, None, None, None, None),
+                                static_broadcasted_argnums=(7, 8), donate_argnums=(1,))
+        self._update = jax.pmap(update, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, None, 0),
+                                donate_argnums=(0, 1))
+        # zero sums, once per device (perm, mapped, gives the axis its size)
+        self._zeros = jax.pmap(lambda params, perm: _zero_sums(params), axis_name=AXIS, in_axes=(None, 0))
+        # On the devices once: a host scalar was copied to the device at every call, just before the pass's block of
+        # temporaries was allocated, and the block now and then went to a second place in the heap (0.5 GB more RSS).
+        replicated = NamedSharding(Mesh(np.array(jax.local_devices()), (AXIS,)), P())
+        self._firsts = {first: jax.device_put(np.int32(first), replicated) for first, _ in self.groups}
+        self._acc = None  # the zeroed sums the last step's update returned
+
+    def __call__(self, state, images, perm):
+        metrics = []
+        for _ in range(self.n_steps):
+            acc, self._acc = self._acc, None  # donated below: a step cut short leaves none behind
+            if acc is None:
+                acc = self._zeros(state.params, perm)
+            for first, count in self.groups:
+                acc = self._passes(state.params, acc, images, perm, state.key, state.step, self._firsts[first],
+                                   count, state.apply_fn)
+            state, m, self._acc = self._update(state, acc)
+            metrics.append(m)
+        if len(metrics) == 1:
+            return state, metrics[0]
+        return state, jax.tree.map(lambda *m: jnp.concatenate(m), *metrics)
+
+    def lowered(self, state, images, perm) -> list[tuple[Any, int]]:
+        """The step's programs lowered for these arguments, each with its runs per call: the passes (once per group
+        of their count), the update (once a step)."""
+        acc = jax.eval_shape(self._zeros, state.params, perm)
+        counts = collections.Counter(count for _, count in self.groups)
+        passes = [(self._passes.lower(state.params, acc, images, perm, state.key, state.step, np.int32(0), count,
+                                      state.apply_fn), runs * self.n_steps) for count, runs in sorted(counts.items())]
+        return [*passes, (self._update.lower(state, acc), self.n_steps)]
+
+
+def compiled_steps(p_train_steps: Callable, state, images, perm) -> list[tuple[Any, int]]:
+    """make_p_train_steps's programs compiled anew (not run) for these arguments, each with its runs per call:
+    one program, or _PassSteps's."""
+    lowered = (p_train_steps.lowered(state, images, perm) if isinstance(p_train_steps, _PassSteps)
+               else [(p_train_steps.lower(state, images, perm), 1)])
+    return [(program.compile(), runs) for program, runs in lowered]
 
 
 def put_dataset(images_u8: np.ndarray, mesh: Mesh) -> jax.Array:

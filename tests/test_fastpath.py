@@ -74,6 +74,7 @@ def test_upsample_fast_grad_equals_plain_conv():
 @pytest.mark.parametrize("size,width,stages,winograd_convs", [
     (16, 4, 2, 0),    # tiny: every conv below Winograd's 64 channels
     (32, 64, 1, 3),   # Winograd for the 16x16 convs of 64 channels: both residual blocks and the upsampling conv
+    (16, 64, 1, 3),   # the same at 8x8 (models._WINOGRAD_MIN_SIZE)
 ])
 def test_default_model_gradient_matches_plain(monkeypatch, size, width, stages, winograd_convs):
     """The whole default-architecture model: fast and plain parameter gradients agree."""

@@ -157,6 +157,53 @@ def test_pmap_on_two_devices_equals_one_device(setup):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
 
 
+def test_pass_steps_on_two_devices_make_the_plain_steps_and_compile_once(setup):
+    """On CPU a step of more passes than PASSES_IN_FLIGHT runs as separate programs (train._PassSteps): the passes
+    two at a time, each gathering and preparing its own microbatches, then the update. 5 passes of 1 example per
+    device (groups of 2, 2 and 1), 2 steps per call, noise and flips on: the same losses and parameters as the
+    plain jitted step on the whole batch in one pass, and every program compiled at the first call only."""
+    cfg, ds, _, state = setup
+    cfg = cfg.replace(batch_size=10, microbatch=1)
+    spe = train.steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)
+    perm = train.epoch_permutation(cfg.seed, 0, ds.train_images.shape[0], spe, cfg.batch_size)
+    images = jnp.asarray(ds.train_images)
+    step = jax.jit(functools.partial(train.train_step, cfg=cfg.replace(microbatch=0), axis_name=None))
+    one, one_losses = state, []
+    for i in range(4):
+        one, m = step(one, images[perm[i % spe]], jax.random.fold_in(one.key, one.step))
+        one_losses.append(float(m["loss"]))
+
+    p_steps = train.make_p_train_steps(cfg, 2, spe)
+    assert isinstance(p_steps, train._PassSteps) and p_steps.groups == [(0, 2), (2, 2), (4, 1)]
+    mesh = Mesh(np.array(jax.local_devices()), (train.AXIS,))
+    dataset = train.put_dataset(ds.train_images, mesh)
+    perm_dev = train.device_epoch_order(cfg.seed, 0, ds.train_images.shape[0], spe, cfg.batch_size, mesh)
+    lowerings = []
+
+    def listen(name, secs, **kw):
+        if name.endswith("jaxpr_to_mlir_module_duration"):
+            lowerings.append(name)
+
+    two, two_losses, counts = train.place_state(jax.tree.map(jnp.copy, state), mesh), [], []
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        for _ in range(2):
+            lowerings.clear()
+            two, m = p_steps(two, dataset, perm_dev)
+            two_losses += np.asarray(m["loss"]).tolist()
+            counts.append(len(lowerings))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert counts == [5, 0]  # zero sums, 2 passes, 1 pass, the update, the losses' concatenation; then none
+    assert int(two.step) == int(one.step) == 4
+    np.testing.assert_allclose(two_losses, one_losses, rtol=1e-5)
+    assert max(np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in
+               zip(jax.tree.leaves(one.params), jax.tree.leaves(state.params))) > 1e-3
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # two passes at a time or fewer: the plain path (one program); one device of 5 passes, this one
+    assert not isinstance(train.make_p_train_steps(cfg.replace(batch_size=4), 1, spe), train._PassSteps)
+
 def test_a_placed_state_compiles_the_pmapped_step_once(setup):
     """train.place_state puts a fresh state where the pmapped step returns it, so its later calls reuse the
     first call's program. A fresh state as create_train_state makes it (on one device, the step a Python int)
