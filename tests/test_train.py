@@ -204,6 +204,7 @@ def test_pass_steps_on_two_devices_make_the_plain_steps_and_compile_once(setup):
     # two passes at a time or fewer: the plain path (one program); one device of 5 passes, this one
     assert not isinstance(train.make_p_train_steps(cfg.replace(batch_size=4), 1, spe), train._PassSteps)
 
+
 def test_a_placed_state_compiles_the_pmapped_step_once(setup):
     """train.place_state puts a fresh state where the pmapped step returns it, so its later calls reuse the
     first call's program. A fresh state as create_train_state makes it (on one device, the step a Python int)
