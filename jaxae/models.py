@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -47,10 +46,8 @@ def cpu_conv(inputs, kernel, strides, padding, lhs_dilation=None, rhs_dilation=N
     return _conv_cpu(inputs, kernel, strides, padding, precision, kernel_grad_taps)
 
 
-# Stride-1 3x3 convs of float32 images with at least 64 input channels, at least 8x8, or smaller down to 4x4 where
-# the batch has at least 128 tiles of 4x4 outputs (the default model's residual blocks at 16x16 and 8x8 and its last
-# two upsampling convs; its 4x4 convs too where they see 128 images or more) run as Winograd's F(4x4, 3x3): a quarter
-# of the multiplies,
+# Stride-1 3x3 convs of float32 images at least 4x4 with at least 64 input channels (the default model's residual
+# blocks at 16x16, 8x8 and 4x4 and its upsampling convs) run as Winograd's F(4x4, 3x3): a quarter of the multiplies,
 # as 36 matmuls over the tiles plus transforms of each tile that XLA fuses into adds. Fwd + both gradients of one
 # pass of 64 images (2 threads, freed memory kept; docs/studies/s23-winograd/convs.py), against the path before it:
 # 16x16 64->64 39.5 -> 24.1 ms, 16x16 64->256 101.4 -> 50.2, 8x8 128->128 23.4 -> 15.3.
@@ -59,27 +56,23 @@ def cpu_conv(inputs, kernel, strides, padding, lhs_dilation=None, rhs_dilation=N
 #   52 s instead of 33 and kept 300 MB more host memory, past 2 GB of RSS in a train.py run. The passes now run as
 #   programs of two (jaxae.train._PassSteps), which cost a fraction of that (docs/performance.md, twenty-fourth
 #   session).
-# - At 4x4 (one tile per image) since the twenty-fifth session, where the batch has 128 images or more: the 36
-#   matmuls then have rows enough. 4x4 256->256, fwd + both gradients, XLA's against Winograd's: 64 images 22.2 ->
-#   26.4 ms (slower), 128: 43.6 -> 29.9, 256: 93.7 -> 45.0, 1024: 402.8 -> 128.7. Encoding (batches of 1,000) and
-#   the split CPU step's middle part (jaxae.train._PassSteps, chunks of 256) are such batches. The floor of tiles
-#   applies below 8x8 only: at 8x8 and larger, small batches were not measured. 5x5 to 7x7 (28x28 images' third
-#   stage) were not measured either.
+# - At 4x4 (one tile per image) since the twenty-fifth session. It had been slower than XLA's there, for its kernel
+#   transform: an einsum of two dots of a contraction of 3, as costly as the matmuls where the batch is small beside
+#   the kernel. As scaled adds (_winograd_kernel), one 4x4 256->256 conv, fwd + both gradients, XLA's against
+#   Winograd's: 16 images 7.4 -> 6.1 ms, 32: 10.2 -> 7.6, 64: 23.2 -> 11.5, 256: 89.9 -> 32.5, 1024: 372.8 -> 117.2
+#   (docs/studies/s25-split/kernel.py). 5x5 to 7x7 (28x28 images' third stage) were not measured.
 # - With fewer channels (the quick preset's 16 and 32) the transforms' memory traffic outweighs the matmuls saved:
 #   no faster, 0.1-0.2 GB more RSS.
 # - float32 only: F(4x4)'s transforms multiply by up to 8 and divide by 24, which bfloat16's 8 bits of mantissa
 #   would not survive.
 _WINOGRAD_MIN_SIZE = 4
 _WINOGRAD_MIN_CHANNELS = 64
-_WINOGRAD_MIN_TILES = 128
 
 
 def _winograd(x, w, strides, padding) -> bool:
     """Whether cpu_conv computes this conv by winograd_conv (explicit padding; negative padding, a crop, is left to
     XLA)."""
-    size = min(x.shape[1:3])
-    return (strides == (1, 1) and w.shape[:2] == (3, 3) and size >= _WINOGRAD_MIN_SIZE
-            and (size >= 8 or x.shape[0] * math.prod(_tiles(*_out_size(x, padding))) >= _WINOGRAD_MIN_TILES)
+    return (strides == (1, 1) and w.shape[:2] == (3, 3) and min(x.shape[1:3]) >= _WINOGRAD_MIN_SIZE
             and min(min(p) for p in padding) >= 0
             and x.shape[3] >= _WINOGRAD_MIN_CHANNELS and w.shape[3] > _FEW_CHANNELS
             and x.dtype == w.dtype == jnp.float32)
@@ -128,10 +121,9 @@ def _winograd_in(x, padding):
 
 
 def _winograd_kernel(w):
-    """[3, 3, Cin, Cout] -> U [36, Cin, Cout]: G g G^T, in V's order of the 36 positions, as scaled adds (_rows). As
-    an einsum, two dots of a contraction of 3 with transposes between them, the kernel's transforms and their
-    transposes took longer than the matmuls they serve where the batch is small beside the kernel (4x4 images:
-    one tile each)."""
+    """[3, 3, Cin, Cout] -> U [36, Cin, Cout]: G g G^T, in V's order of the 36 positions, as scaled adds (_rows). As an
+    einsum (two dots of a contraction of 3, with transposes between them) the kernel's transform and its transpose
+    took longer than the matmuls at 4x4, where a pass's images are few beside the kernel."""
     u = jnp.stack(_rows(_WINO_G, list(w)))                                    # [6 (along H), 3 (W), Cin, Cout]
     u = jnp.stack(_rows(_WINO_G, [u[:, k] for k in range(3)]))                # [6 (along W), 6 (along H), ...]
     return u.reshape(-1, w.shape[2], w.shape[3])
@@ -274,12 +266,11 @@ def _conv_dw_grad_shifts(x, g, w_shape, padding):
 ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "silu": nn.silu}  # nn.gelu: the tanh approximation
 
 
-def conv(features: int, dtype, strides=(1, 1), fast: bool = True, kernel_grad_taps: bool = False,
-         name: str | None = None) -> nn.Conv:
+def conv(features: int, dtype, strides=(1, 1), fast: bool = True, kernel_grad_taps: bool = False) -> nn.Conv:
     """A 3x3 'SAME' nn.Conv that runs through cpu_conv (looked up when the conv is built, so tests can swap it
     out); fast=False: lax's own convolution. The parameters are nn.Conv's either way."""
     impl = functools.partial(cpu_conv, kernel_grad_taps=kernel_grad_taps) if fast and cpu_conv else None
-    return nn.Conv(features, (3, 3), strides=strides, dtype=dtype, conv_general_dilated=impl, name=name)
+    return nn.Conv(features, (3, 3), strides=strides, dtype=dtype, conv_general_dilated=impl)
 
 
 def _norm(kind: str, dtype) -> nn.Module | None:
@@ -311,8 +302,7 @@ class Upsample(nn.Module):
 
     pixel_shuffle: a 3x3 conv to 4*features channels, then depth-to-space (ESPCN). Its weight gradient is an
     ordinary stride-1 convolution, computed on CPU as one matmul per kernel tap (_conv_dw_taps), except where
-    the whole conv runs as Winograd's (cpu_conv: 64 channels or more, at 8x8 and larger, or at 4x4 on batches of
-    128 or more).
+    the whole conv runs as Winograd's (cpu_conv: at 4x4 and larger with 64 channels or more).
     nn.ConvTranspose's weight gradient lowers to a window-reversed convolution that leaves XLA:CPU's Eigen
     fast path (jax-ml/jax#23783, openxla/xla#34273) and trained about 4x slower on CPU
     (docs/performance.md); on GPU the two run at the same speed.
@@ -390,37 +380,17 @@ class FourierFeatures(nn.Module):
         return jnp.concatenate([z, jnp.sin(h), jnp.cos(h)], axis=-1)
 
 
-PARTS = ("all", "front", "back")
-
-
-def _check_part(part: str) -> None:
-    if part not in PARTS:
-        raise ValueError(f"part {part!r} is not one of {PARTS}")
-
-
 class Encoder(_Arch):
-    """[B, H, W, C] images in [0, 1] -> [B, latent_dim] codes.
-
-    part "front": up to the last stage's strided conv (its activation included), the layers at the higher
-    resolutions; "back": the rest, from that output. back(front(x)) is the whole encoder, with the same parameter
-    names (the layers are named as flax names them in a whole call)."""
+    """[B, H, W, C] images in [0, 1] -> [B, latent_dim] codes."""
     latent_dim: int = 3
 
     @nn.compact
-    def __call__(self, x, part: str = "all"):
-        _check_part(part)
-        last = self.stages - 1
-        if part != "back":
-            x = (x.astype(self.dtype) - 0.5) * 2.0
+    def __call__(self, x):
+        x = (x.astype(self.dtype) - 0.5) * 2.0
         for i in range(self.stages):
-            if part != "back":
-                x = self.act(conv(self.width * 2 ** i, self.dtype, strides=(2, 2), name=f"Conv_{i}")(x))
-            if part == "front" and i == last:
-                return x
-            if part == "back" and i < last:
-                continue
-            for j in range(self.blocks):
-                x = ResBlock(self.norm, self.dtype, self.activation, name=f"ResBlock_{i * self.blocks + j}")(x)
+            x = self.act(conv(self.width * 2 ** i, self.dtype, strides=(2, 2))(x))
+            for _ in range(self.blocks):
+                x = ResBlock(self.norm, self.dtype, self.activation)(x)
         x = mlp(x.reshape(x.shape[0], -1), self.hidden, self.mlp_layers, self.mlp, self.dtype, self.act)
         return nn.Dense(self.latent_dim, dtype=jnp.float32)(x).astype(jnp.float32)
 
@@ -437,36 +407,26 @@ class Decoder(_Arch):
     head: str = "conv"
 
     @nn.compact
-    def __call__(self, z, part: str = "all"):
-        """part "front": the code to the first (lowest-resolution) stage's upsampled output, its activation included
-        (none where that output is the image: one stage, head "upsample"); "back": the rest, from that output (as
-        Encoder's parts)."""
-        _check_part(part)
+    def __call__(self, z):
         height, width, channels = self.image_shape
         shapes = stage_shapes(height, width, self.stages)
         h0, w0 = shapes[-1]
         c0 = self.width * 2 ** (self.stages - 1)
-        x = z
-        if part != "back":
-            x = FourierFeatures(self.fourier)(z) if self.fourier else z
-            x = mlp(x.astype(self.dtype), self.hidden, self.mlp_layers, self.mlp, self.dtype, self.act)
-            x = self.act(nn.Dense(h0 * w0 * c0, dtype=self.dtype)(x)).reshape(z.shape[0], h0, w0, c0)
-        for n, i in enumerate(reversed(range(self.stages))):
-            if part == "back" and n == 0:
-                continue
-            for j in range(self.blocks):
-                x = ResBlock(self.norm, self.dtype, self.activation, name=f"ResBlock_{n * self.blocks + j}")(x)
+        x = FourierFeatures(self.fourier)(z) if self.fourier else z
+        x = mlp(x.astype(self.dtype), self.hidden, self.mlp_layers, self.mlp, self.dtype, self.act)
+        x = self.act(nn.Dense(h0 * w0 * c0, dtype=self.dtype)(x)).reshape(z.shape[0], h0, w0, c0)
+        for i in reversed(range(self.stages)):
+            for _ in range(self.blocks):
+                x = ResBlock(self.norm, self.dtype, self.activation)(x)
             last = i == 0 and self.head == "upsample"
             features = channels if last else self.width * 2 ** max(i - 1, 0)
-            x = Upsample(features, self.upsample, self.dtype, name=f"Upsample_{n}")(x)
+            x = Upsample(features, self.upsample, self.dtype)(x)
             th, tw = shapes[i]
             x = x[:, :th, :tw, :]  # odd sizes (28 -> 14 -> 7 -> 4): crop back to the encoder's size
             if not last:
                 x = self.act(x)
-            if part == "front":
-                return x
         if self.head == "conv":
-            x = conv(channels, self.dtype, name="Conv_0")(x)
+            x = conv(channels, self.dtype)(x)
         return nn.sigmoid(x.astype(jnp.float32))
 
 
@@ -487,17 +447,6 @@ class Autoencoder(_Arch):
 
     def decode(self, z):
         return self.decoder(z)
-
-    def encode_front(self, x):
-        return self.encoder(x, "front")
-
-    def middle(self, h):
-        """Encoder's back part, then the decoder's front part: the last encoder stage's blocks, the MLPs and the code,
-        and the first decoder stage up to its upsampling, the network's lowest resolution but for that output."""
-        return self.decoder(self.encoder(h, "back"), "front")
-
-    def decode_back(self, d):
-        return self.decoder(d, "back")
 
     def __call__(self, x):
         return self.decode(self.encode(x))

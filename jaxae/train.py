@@ -266,11 +266,6 @@ def eval_step(state: TrainState, batch: jax.Array) -> dict[str, jax.Array]:
 # 328 MB (187 MB at 8 passes of 32), but 12-30 % slower on 2 cores, which then lose the overlap of two
 # passes' ops (docs/performance.md, ninth session).
 PASSES_IN_FLIGHT = 2
-# On CPU, steps of more passes than PASSES_IN_FLIGHT run the network's lowest-resolution part (Autoencoder.middle) in
-# chunks of MIDDLE_BATCH examples rather than in the passes (_PassSteps, split). The default model at batch 1024:
-# 4-5 % more img/s, interleaved with the unsplit step in one process (docs/performance.md, twenty-fifth session).
-SPLIT_STEPS = True
-MIDDLE_BATCH = 256
 
 
 def _after(tree, x: jax.Array) -> jax.Array:
@@ -319,7 +314,7 @@ def make_p_train_steps(cfg: Config, n_steps: int, spe: int) -> Callable:
         local_batch = cfg.batch_size // jax.device_count()
         n_micro = local_batch // microbatch_size(cfg, local_batch)
         if n_micro > PASSES_IN_FLIGHT:
-            return _PassSteps(cfg, n_steps, spe, local_batch, n_micro, split=_split_pays(cfg, local_batch, n_micro))
+            return _PassSteps(cfg, n_steps, spe, local_batch, n_micro)
     fn = functools.partial(_train_steps, cfg=cfg, n_steps=n_steps, spe=spe)
     return jax.pmap(fn, axis_name=AXIS, in_axes=(None, 0, 0), out_axes=(None, None), donate_argnums=(0,))
 
@@ -330,91 +325,30 @@ class _PassSteps:
 
     The default model's step at batch 1024 (16 passes of 64) compiled in 21 s instead of 47.5 in the bench and
     trained as fast (186 and 182 img/s; docs/performance.md, twenty-fourth session). The small programs are what
-    let the 8x8 convs take Winograd too (models._winograd): compiled 16 times over in one program, their
+    let the 8x8 convs take Winograd too (models._WINOGRAD_MIN_SIZE): compiled 16 times over in one program, their
     transforms had cost 300 MB of RSS. A lax.scan over the passes is no substitute: it ran ~20x slower (_after).
 
-    Only the loss and gradient sums pass between the programs (split: the parts' outputs and their gradients too),
-    donated from call to call; the update hands the sums back zeroed for the next step. Each pass program gathers
-    and prepares its own microbatches (the same noise and flips as prepare_batch gives the whole batch), and nothing
-    is copied from the host at a call. With the pass
+    Only the loss and gradient sums pass between the programs, donated from call to call; the update hands them
+    back zeroed for the next step. Each pass program gathers and prepares its own microbatches (the same noise and
+    flips as prepare_batch gives the whole batch), and nothing is copied from the host at a call. With the pass
     offset copied from the host at each call, or the batch prepared by a program of its own, a pass's 521 MB block
     of temporaries now and then went to a second place in the heap: RSS rose by 0.5 GB, to 2.03 GB in a train.py run.
-
-    split (SPLIT_STEPS): the passes of the encoder's front and the decoder's back parts around the
-    lowest-resolution middle part, run on chunks of MIDDLE_BATCH examples (below). In a pass of 64 the middle's 4x4
-    convs are too small for Winograd's 36 matmuls; on 256 they take it (models._WINOGRAD_MIN_TILES), and its dense
-    layers see more rows. It recomputes the front part's forward pass (the activations of a whole batch at the
-    higher resolutions would not fit the RSS target) and the middle's. The default model at batch 1024: 4-5 % more
-    img/s than the passes, interleaved in one process; largest block of temporaries 323 MB, against 521, plus 96 MB
-    of h, d, dd and dh (docs/performance.md, twenty-fifth session). Measured for that shape only, so it is used
-    where the model has 3 stages or more, 64 channels or more at the lowest resolution, and chunks of 2 passes or
-    more (make_p_train_steps); with fewer stages d would be a whole batch at a high resolution.
     """
 
-    def __init__(self, cfg: Config, n_steps: int, spe: int, local_batch: int, n_micro: int, split: bool = False):
-        self.n_steps, self.split = n_steps, split
+    def __init__(self, cfg: Config, n_steps: int, spe: int, local_batch: int, n_micro: int):
+        self.n_steps = n_steps
         group = PASSES_IN_FLIGHT
         self.groups = [(first, min(group, n_micro - first)) for first in range(0, n_micro, group)]
         size = local_batch // n_micro
-        loss_fn = losses.LOSSES[cfg.loss]
-        chunk = _middle_chunk(size, n_micro)
 
-        def microbatches(images, perm, key, step):
+        def passes(params, acc, images, perm, key, step, first, count, apply_fn):
             rows, key = _step_rows(perm, step, spe), _step_key(key, step)
 
             def microbatch(start):
                 u8 = images[lax.dynamic_slice_in_dim(rows, start, size)]
                 return prepare_batch(key, u8, cfg, AXIS, offset=start, local_batch=local_batch)
-            return microbatch
 
-        def passes(params, acc, images, perm, key, step, first, count, apply_fn):
-            microbatch = microbatches(images, perm, key, step)
             return _grad_passes(params, acc, microbatch, first, count, size, cfg, apply_fn)
-
-        def part(apply_fn, method):
-            return lambda p, x: apply_fn({"params": p}, x, method=method)
-
-        # The split step (split=True): the network's lowest-resolution part (Autoencoder.middle) on chunks of
-        # MIDDLE_BATCH examples, the rest in microbatch passes around it. 1. the encoder's front part, pass by pass,
-        # into h; 2. middle(h) -> d, chunk by chunk; 3. the decoder's back part, the loss and its gradients pass by
-        # pass, with d's gradient into dd; 4. middle's gradients from dd, chunk by chunk, and h's into dh; 5. the
-        # encoder's front part again, pass by pass (its activations are not kept), and its gradients from dh. The
-        # gradients are the same sums of the passes' as _grad_passes gives.
-        def front(params, h, images, perm, key, step, first, count, apply_fn):
-            microbatch = microbatches(images, perm, key, step)
-            for i in range(count):
-                start = (first + i) * size
-                h = lax.dynamic_update_slice_in_dim(h, part(apply_fn, "encode_front")(params, microbatch(start)[0]),
-                                                    start, 0)
-            return h
-
-        def middle(params, d, h, start, apply_fn):
-            return lax.dynamic_update_slice_in_dim(
-                d, part(apply_fn, "middle")(params, lax.dynamic_slice_in_dim(h, start, chunk)), start, 0)
-
-        def back(params, acc, dd, d, images, perm, key, step, first, count, apply_fn):
-            microbatch = microbatches(images, perm, key, step)
-            grad_fn = jax.value_and_grad(lambda p, d_, y: loss_fn(part(apply_fn, "decode_back")(p, d_), y), (0, 1))
-            for i in range(count):
-                start = (first + i) * size
-                loss, (grads, d_grad) = grad_fn(params, lax.dynamic_slice_in_dim(d, start, size), microbatch(start)[1])
-                acc = jax.tree.map(jnp.add, acc, (loss, grads))
-                dd = lax.dynamic_update_slice_in_dim(dd, d_grad, start, 0)
-            return acc, dd
-
-        def middle_grads(params, acc, dh, h, dd, start, apply_fn):
-            _, vjp = jax.vjp(part(apply_fn, "middle"), params, lax.dynamic_slice_in_dim(h, start, chunk))
-            grads, h_grad = vjp(lax.dynamic_slice_in_dim(dd, start, chunk))
-            dh = lax.dynamic_update_slice_in_dim(dh, h_grad, start, 0)
-            return (acc[0], jax.tree.map(jnp.add, acc[1], grads)), dh
-
-        def front_grads(params, acc, dh, images, perm, key, step, first, count, apply_fn):
-            microbatch = microbatches(images, perm, key, step)
-            for i in range(count):
-                start = (first + i) * size
-                _, vjp = jax.vjp(lambda p: part(apply_fn, "encode_front")(p, microbatch(start)[0]), params)
-                acc = (acc[0], jax.tree.map(jnp.add, acc[1], vjp(lax.dynamic_slice_in_dim(dh, start, size))[0]))
-            return acc
 
         def update(state, acc):
             state, metrics = _apply_gradients(state, acc, n_micro, AXIS)
@@ -423,17 +357,6 @@ class _PassSteps:
         # first is an argument (one program for all groups of `count` passes); count and the model, static
         self._passes = jax.pmap(passes, axis_name=AXIS, in_axes=(None, 0, 0, 0, None, None, None, None, None),
                                 static_broadcasted_argnums=(7, 8), donate_argnums=(1,))
-        self._front = jax.pmap(front, axis_name=AXIS, in_axes=(None, 0, 0, 0, None, None, None, None, None),
-                               static_broadcasted_argnums=(7, 8), donate_argnums=(1,))
-        self._middle = jax.pmap(middle, axis_name=AXIS, in_axes=(None, 0, 0, None, None),
-                                static_broadcasted_argnums=(4,), donate_argnums=(1,))
-        self._back = jax.pmap(back, axis_name=AXIS, in_axes=(None, 0, 0, 0, 0, 0, None, None, None, None, None),
-                              static_broadcasted_argnums=(9, 10), donate_argnums=(1, 2))
-        self._middle_grads = jax.pmap(middle_grads, axis_name=AXIS, in_axes=(None, 0, 0, 0, 0, None, None),
-                                      static_broadcasted_argnums=(6,), donate_argnums=(1, 2))
-        self._front_grads = jax.pmap(front_grads, axis_name=AXIS,
-                                     in_axes=(None, 0, 0, 0, 0, None, None, None, None, None),
-                                     static_broadcasted_argnums=(8, 9), donate_argnums=(1,))
         self._update = jax.pmap(update, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, None, 0),
                                 donate_argnums=(0, 1))
         # zero sums, once per device (perm, mapped, gives the axis its size)
@@ -441,21 +364,8 @@ class _PassSteps:
         # On the devices once: a host scalar was copied to the device at every call, just before the pass's block of
         # temporaries was allocated, and the block now and then went to a second place in the heap (0.5 GB more RSS).
         replicated = NamedSharding(Mesh(np.array(jax.local_devices()), (AXIS,)), P())
-        self._chunks = list(range(0, local_batch, chunk))
         self._firsts = {first: jax.device_put(np.int32(first), replicated) for first, _ in self.groups}
-        self._offsets = {start: jax.device_put(np.int32(start), replicated) for start in self._chunks}
         self._acc = None  # the zeroed sums the last step's update returned
-
-        def zero_buffers(params, images, apply_fn):
-            """Zeros for a device's batch of h (the front part's outputs), d (middle's), dd and dh (their gradients)."""
-            x = jax.ShapeDtypeStruct((local_batch, *images.shape[1:]), jnp.float32)
-            h = jax.eval_shape(part(apply_fn, "encode_front"), params, x)
-            d = jax.eval_shape(part(apply_fn, "middle"), params, h)
-            return tuple(jnp.zeros(a.shape, a.dtype) for a in (h, d, d, h))  # h, d, dd, dh
-
-        self._zero_buffers = jax.pmap(zero_buffers, axis_name=AXIS, in_axes=(None, 0, None),
-                                      static_broadcasted_argnums=(2,))
-        self._bufs = None  # the last step's h, d, dd and dh, reused: each is donated to the programs that fill it
 
     def __call__(self, state, images, perm):
         metrics = []
@@ -463,75 +373,23 @@ class _PassSteps:
             acc, self._acc = self._acc, None  # donated below: a step cut short leaves none behind
             if acc is None:
                 acc = self._zeros(state.params, perm)
-            acc = self._split_passes(state, acc, images, perm) if self.split else self._plain_passes(
-                state, acc, images, perm)
+            for first, count in self.groups:
+                acc = self._passes(state.params, acc, images, perm, state.key, state.step, self._firsts[first],
+                                   count, state.apply_fn)
             state, m, self._acc = self._update(state, acc)
             metrics.append(m)
         if len(metrics) == 1:
             return state, metrics[0]
         return state, jax.tree.map(lambda *m: jnp.concatenate(m), *metrics)
 
-    def _plain_passes(self, state, acc, images, perm):
-        for first, count in self.groups:
-            acc = self._passes(state.params, acc, images, perm, state.key, state.step, self._firsts[first], count,
-                               state.apply_fn)
-        return acc
-
-    def _split_passes(self, state, acc, images, perm):
-        args, params, fn = (images, perm, state.key, state.step), state.params, state.apply_fn
-        bufs, self._bufs = self._bufs, None
-        h, d, dd, dh = bufs if bufs is not None else self._zero_buffers(params, images, fn)
-        for first, count in self.groups:
-            h = self._front(params, h, *args, self._firsts[first], count, fn)
-        for start in self._chunks:
-            d = self._middle(params, d, h, self._offsets[start], fn)
-        for first, count in self.groups:
-            acc, dd = self._back(params, acc, dd, d, *args, self._firsts[first], count, fn)
-        for start in self._chunks:
-            acc, dh = self._middle_grads(params, acc, dh, h, dd, self._offsets[start], fn)
-        for first, count in self.groups:
-            acc = self._front_grads(params, acc, dh, *args, self._firsts[first], count, fn)
-        self._bufs = h, d, dd, dh
-        return acc
-
     def lowered(self, state, images, perm) -> list[tuple[Any, int]]:
         """The step's programs lowered for these arguments, each with its runs per call: the passes (once per group
-        of their count) or, split, the parts' programs (once per group, or per chunk of the middle part), then the
-        update (once a step)."""
+        of their count), the update (once a step)."""
         acc = jax.eval_shape(self._zeros, state.params, perm)
-        counts = sorted(collections.Counter(count for _, count in self.groups).items())
-        args = (images, perm, state.key, state.step, np.int32(0))
-        n = self.n_steps
-
-        def per_group(program, *before):
-            return [(program.lower(state.params, *before, *args, count, state.apply_fn), runs * n)
-                    for count, runs in counts]
-
-        if not self.split:
-            return [*per_group(self._passes, acc), (self._update.lower(state, acc), n)]
-        h, d, _, _ = jax.eval_shape(lambda p, x: self._zero_buffers(p, x, state.apply_fn), state.params, images)
-        chunks, start = len(self._chunks) * n, np.int32(0)
-        return [*per_group(self._front, h), (self._middle.lower(state.params, d, h, start, state.apply_fn), chunks),
-                *per_group(self._back, acc, d, d),
-                (self._middle_grads.lower(state.params, acc, h, h, d, start, state.apply_fn), chunks),
-                *per_group(self._front_grads, acc, h), (self._update.lower(state, acc), n)]
-
-
-def _split_pays(cfg: Config, local_batch: int, n_micro: int) -> bool:
-    """Whether _PassSteps splits the step (SPLIT_STEPS): the shape it was measured on, 3 stages or more with 64 channels
-    or more at the lowest resolution, and chunks of the middle part of more than one pass."""
-    size = local_batch // n_micro
-    return (SPLIT_STEPS and cfg.stages >= 3 and cfg.width * 2 ** (cfg.stages - 1) >= 64
-            and _middle_chunk(size, n_micro) > size)
-
-
-def _middle_chunk(size: int, n_micro: int) -> int:
-    """Examples per chunk of the split step's middle part: whole passes of `size`, as many as divide n_micro and fit
-    in MIDDLE_BATCH (at least one)."""
-    per_chunk = max(1, MIDDLE_BATCH // size)
-    while n_micro % per_chunk:
-        per_chunk -= 1
-    return per_chunk * size
+        counts = collections.Counter(count for _, count in self.groups)
+        passes = [(self._passes.lower(state.params, acc, images, perm, state.key, state.step, np.int32(0), count,
+                                      state.apply_fn), runs * self.n_steps) for count, runs in sorted(counts.items())]
+        return [*passes, (self._update.lower(state, acc), self.n_steps)]
 
 
 def compiled_steps(p_train_steps: Callable, state, images, perm) -> list[tuple[Any, int]]:

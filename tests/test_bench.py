@@ -15,7 +15,7 @@ SCRIPT = os.path.join(REPO, "bench", "throughput.py")
 
 def test_tiny_run_prints_rows_as_they_finish_and_writes_json(tmp_path):
     out = tmp_path / "tp.json"
-    # 4 passes of 2: the CPU step as programs (jaxae.train._PassSteps; not split, one stage), FLOPs summed over them
+    # 4 passes of 2: the CPU step as programs (jaxae.train._PassSteps), its FLOPs summed over them
     proc = subprocess.run([sys.executable, SCRIPT, "--preset", "tiny", "--width", "64", "--stages", "1", "--microbatch",
                            "2", "--batch-sizes", "8", "--devices", "1", "--no-torch", "--out", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=REPO)

@@ -163,34 +163,3 @@ def test_activation_is_a_choice_of_function_not_of_parameters(tiny_config, tmp_p
     for a, b in (("gelu", "relu"), ("gelu", "silu"), ("relu", "silu")):
         assert not np.allclose(codes[a], codes[b], rtol=1e-3), (a, b)
     assert model_from_config(tiny_config(tmp_path, activation="silu"), (16, 16, 3)).activation == "silu"
-
-
-@pytest.mark.parametrize("image_shape,options", [
-    ((8, 8, 3), {}),
-    ((8, 8, 3), {"stages": 1, "head": "upsample"}),   # the decoder's front part ends with the image: no back part
-    ((12, 12, 3), {"stages": 2, "blocks": 2, "head": "upsample", "fourier": 4, "mlp": "residual"}),
-    ((12, 10, 3), {"norm": "group", "upsample": "conv_transpose", "width": 8}),   # odd sizes: 6x5, 3x3, 2x2
-    ((8, 8, 3), {"stages": 2, "upsample": "resize"}),
-])
-def test_the_parts_make_the_whole_model(image_shape, options):
-    """decode_back(middle(encode_front(x))) is the model: the CPU step's split (jaxae.train._PassSteps) runs these
-    parts. The parts read the whole model's parameters by their usual names, and share none: each parameter is used
-    by one part."""
-    options = {"width": 4, **options}
-    model = Autoencoder(image_shape=image_shape, hidden=8, mlp_layers=2, **options)
-    x = jax.random.uniform(jax.random.PRNGKey(0), (2, *image_shape))
-    params = model.init(jax.random.PRNGKey(1), x)
-    h = model.apply(params, x, method="encode_front")
-    d = model.apply(params, h, method="middle")
-    np.testing.assert_array_equal(model.apply(params, d, method="decode_back"), model.apply(params, x))
-    stages, width = options.get("stages", 3), options["width"]
-    assert h.shape == (2, *stage_shapes(*image_shape[:2], stages)[-1], width << (stages - 1))
-    used = {}
-    for method, arg in [("encode_front", x), ("middle", h), ("decode_back", d)]:
-        grads = jax.grad(lambda p: jnp.sum(jnp.sin(model.apply(p, arg, method=method))))(params)
-        used[method] = {jax.tree_util.keystr(k) for k, g in jax.tree_util.tree_flatten_with_path(grads)[0]
-                        if float(jnp.max(jnp.abs(g))) > 0}
-    names = {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
-    assert sum(map(len, used.values())) == len(names) and set().union(*used.values()) == names
-    with pytest.raises(ValueError, match="part 'mid'"):
-        Encoder(width=4, hidden=8, mlp_layers=2).init(jax.random.PRNGKey(1), x, part="mid")

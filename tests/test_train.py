@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 
 from conftest import REPO, tiny_config, tiny_dataset
 from jaxae import train
-from jaxae.config import Config, UsageError
+from jaxae.config import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -157,26 +157,13 @@ def test_pmap_on_two_devices_equals_one_device(setup):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("split,middle_batch,batch,chunks,programs", [
-    (False, 256, 10, None, 4),            # zero sums, 2 passes, 1 pass, the update
-    (True, 256, 10, [0], 11),             # zero sums and buffers; front, back and front_grads for 2 passes and for
-    (True, 1, 10, [0, 1, 2, 3, 4], 11),   # 1; middle, middle_grads; the update
-    (True, 3, 12, [0, 3], 8),             # 6 passes: chunks of the middle part across the groups of passes
-])
-def test_pass_steps_on_two_devices_make_the_plain_steps_and_compile_once(setup, monkeypatch, split, middle_batch,
-                                                                          batch, chunks, programs):
+def test_pass_steps_on_two_devices_make_the_plain_steps_and_compile_once(setup):
     """On CPU a step of more passes than PASSES_IN_FLIGHT runs as separate programs (train._PassSteps): the passes
-    two at a time, each gathering and preparing its own microbatches, then the update. Passes of 1 example, 5 or 6
-    per device (groups of 2, 2 and 1 or 2), 2 steps per call, noise and flips on: the same losses, parameters and
-    optimiser state (Adam's moments: the gradients, which the parameters' update hardly shows at first) as the plain
-    jitted step on the whole batch in one pass, and every program compiled at the first call only.
-
-    split: the network's middle part runs on chunks of the device's batch (train.MIDDLE_BATCH) between the passes of
-    its front and back parts."""
-    monkeypatch.setattr(train, "_split_pays", lambda *args: split)  # the tiny model would not be split otherwise
-    monkeypatch.setattr(train, "MIDDLE_BATCH", middle_batch)
+    two at a time, each gathering and preparing its own microbatches, then the update. 5 passes of 1 example per
+    device (groups of 2, 2 and 1), 2 steps per call, noise and flips on: the same losses and parameters as the
+    plain jitted step on the whole batch in one pass, and every program compiled at the first call only."""
     cfg, ds, _, state = setup
-    cfg = cfg.replace(batch_size=batch, microbatch=1)
+    cfg = cfg.replace(batch_size=10, microbatch=1)
     spe = train.steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)
     perm = train.epoch_permutation(cfg.seed, 0, ds.train_images.shape[0], spe, cfg.batch_size)
     images = jnp.asarray(ds.train_images)
@@ -187,8 +174,7 @@ def test_pass_steps_on_two_devices_make_the_plain_steps_and_compile_once(setup, 
         one_losses.append(float(m["loss"]))
 
     p_steps = train.make_p_train_steps(cfg, 2, spe)
-    assert isinstance(p_steps, train._PassSteps) and p_steps.groups == [(0, 2), (2, 2), (4, batch // 2 - 4)]
-    assert p_steps.split is split and (not split or p_steps._chunks == chunks)
+    assert isinstance(p_steps, train._PassSteps) and p_steps.groups == [(0, 2), (2, 2), (4, 1)]
     mesh = Mesh(np.array(jax.local_devices()), (train.AXIS,))
     dataset = train.put_dataset(ds.train_images, mesh)
     perm_dev = train.device_epoch_order(cfg.seed, 0, ds.train_images.shape[0], spe, cfg.batch_size, mesh)
@@ -208,32 +194,17 @@ def test_pass_steps_on_two_devices_make_the_plain_steps_and_compile_once(setup, 
             counts.append(len(lowerings))
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
-    # the programs (above); and the concatenation of the steps' losses, unless another parametrisation of this test
-    # lowered it first in this process. None at the second call.
-    assert counts[0] - programs in (0, 1) and counts[1] == 0
+    assert counts == [5, 0]  # zero sums, 2 passes, 1 pass, the update, the losses' concatenation; then none
     assert int(two.step) == int(one.step) == 4
     np.testing.assert_allclose(two_losses, one_losses, rtol=1e-5)
     assert max(np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in
                zip(jax.tree.leaves(one.params), jax.tree.leaves(state.params))) > 1e-3
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(one.opt_state), jax.tree.leaves(two.opt_state)):
+    for a, b in zip(jax.tree.leaves(one.opt_state), jax.tree.leaves(two.opt_state)):  # Adam's moments: the gradients
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
     # two passes at a time or fewer: the plain path (one program); one device of 5 passes, this one
     assert not isinstance(train.make_p_train_steps(cfg.replace(batch_size=4), 1, spe), train._PassSteps)
-
-
-def test_the_split_step_is_taken_where_it_was_measured_to_pay(monkeypatch):
-    """train._split_pays: the default model at batch 1024 or 256 (chunks of 256 of the middle part); not with fewer
-    than 3 stages (d would be a whole batch at a high resolution), nor under 64 channels at the lowest resolution,
-    nor where a chunk is one pass (17 passes of 64: a prime number of them)."""
-    default = Config()
-    assert train._split_pays(default, 1024, 16) and train._split_pays(default, 256, 4)
-    assert not train._split_pays(default.replace(stages=2), 1024, 16)
-    assert not train._split_pays(default.replace(width=8), 1024, 16)
-    assert not train._split_pays(default, 1088, 17)
-    monkeypatch.setattr(train, "SPLIT_STEPS", False)
-    assert not train._split_pays(default, 1024, 16)
 
 
 def test_a_placed_state_compiles_the_pmapped_step_once(setup):

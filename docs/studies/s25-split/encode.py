@@ -1,7 +1,6 @@
 """Encoding the 10k test images' worth of random uint8 images with the default model (batches of 1,000, one jitted
-call each, as bench/throughput.py times it), with Winograd's rule as it is (RULE=new: 4x4 convs too, where a batch has
-128 tiles) or as before the twenty-fifth session (RULE=old: 8x8 and larger only). Best of 3 (docs/performance.md,
-twenty-fifth session).
+call each, as bench/throughput.py times it), with Winograd's rule as it is (RULE=new: 4x4 convs too) or as before the
+twenty-fifth session (RULE=old: 8x8 and larger only). Best of 3 (docs/performance.md, twenty-fifth session).
 
     RULE=old PYTHONPATH=. python docs/studies/s25-split/encode.py; RULE=new PYTHONPATH=. python docs/studies/...
 """
@@ -22,7 +21,7 @@ from jaxae.config import Config  # noqa: E402
 from jaxae.train import init_params  # noqa: E402
 
 if os.environ.get("RULE", "new") == "old":
-    models._WINOGRAD_MIN_SIZE, models._WINOGRAD_MIN_TILES = 8, 1
+    models._WINOGRAD_MIN_SIZE = 8
 model = models.model_from_config(Config(), (32, 32, 3))
 params = init_params(model, jax.random.PRNGKey(0), (32, 32, 3))
 enc = jax.jit(lambda p, x: model.apply({"params": p}, x.astype(jnp.float32) / 255.0, method="encode"))
