@@ -183,7 +183,7 @@ def _time_jaxae(args, cfg, backend: str, n_dev: int, mesh, images, train_u8, pea
         spe = T.steps_per_epoch(N_TRAIN, bs)
         state = T.create_train_state(cfg_b, IMAGE_SHAPE, 10 * spe, spe)
         perm = T.device_epoch_order(0, 0, N_TRAIN, spe, bs, mesh)
-        flops_img = _step_flops(cfg_b, state, train_u8[: bs // n_dev])
+        one_program_flops_img = None  # _step_flops's, where a step is one program (not _PassSteps's)
         # The same step with lax's own convolutions: what the CPU's Winograd convs (models.winograd_conv) compute
         # with fewer multiplies. The FLOP/s of the direct algorithm, as the PyTorch twin computes it.
         fast_convs, M.cpu_conv = M.cpu_conv, None
@@ -195,8 +195,12 @@ def _time_jaxae(args, cfg, backend: str, n_dev: int, mesh, images, train_u8, pea
             fn = T.make_p_train_steps(cfg_b, spc, spe)
             # the step donates its state: give each timing its own copy (on GPU, reuse of a donated one fails)
             holder = {"state": T.place_state(jax.tree.map(jnp.copy, state), mesh)}
-            run_flops_img = (_programs_flops(fn, holder["state"], images, perm, spc * bs // n_dev)
-                             if isinstance(fn, T._PassSteps) else flops_img)
+            if isinstance(fn, T._PassSteps):
+                flops_img = _programs_flops(fn, holder["state"], images, perm, spc * bs // n_dev)
+            else:
+                if one_program_flops_img is None:
+                    one_program_flops_img = _step_flops(cfg_b, state, train_u8[: bs // n_dev])
+                flops_img = one_program_flops_img
 
             def call():
                 holder["state"], m = fn(holder["state"], images, perm)
@@ -215,21 +219,23 @@ def _time_jaxae(args, cfg, backend: str, n_dev: int, mesh, images, train_u8, pea
                 "impl": "jaxae", "backend": backend, "devices": n_dev, "batch": bs, "steps_per_call": spc,
                 "microbatch": T.microbatch_size(cfg_b, bs // n_dev),
                 "img_s_best": best, "img_s_median": statistics.median(rates), "compile_s": compile_s,
-                "flops_per_img": run_flops_img, "flops_s": best * run_flops_img,
-                "pct_matmul_peak": 100 * best * run_flops_img / peak, "direct_flops_per_img": direct_flops_img,
+                "flops_per_img": flops_img, "flops_s": best * flops_img,
+                "pct_matmul_peak": 100 * best * flops_img / peak, "direct_flops_per_img": direct_flops_img,
                 "pct_matmul_peak_direct": 100 * best * direct_flops_img / peak, "loss": loss}))
     return rows
 
 
 def _programs_flops(fn, state, images, perm, examples: int) -> float:
     """FLOPs per image of a call of a step that runs as several programs (jaxae.train._PassSteps, CPU): XLA's cost
-    analysis of each lowered program times its runs per call, over the examples a device sees in the call. What the
-    call executes: the split step's recomputed forward passes included, its 4x4 Winograd convs counted as such."""
-    total = 0.0
-    for program, runs in fn.lowered(state, images, perm):
-        ca = program.cost_analysis()
-        total += runs * float((ca[0] if isinstance(ca, (list, tuple)) else ca).get("flops", float("nan")))
-    return total / examples
+    analysis of each lowered program times its runs per call, over the examples a device sees in the call."""
+    return sum(runs * _lowered_flops(program) for program, runs in fn.lowered(state, images, perm)) / examples
+
+
+def _lowered_flops(lowered) -> float:
+    """The FLOPs of a lowered program by XLA's cost analysis (NaN where it gives none)."""
+    ca = lowered.cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    return float(ca.get("flops", float("nan")))
 
 
 def _step_flops(cfg, state, batch) -> float:
@@ -239,9 +245,7 @@ def _step_flops(cfg, state, batch) -> float:
     import jax
     from jaxae import train as T
     step1 = jax.jit(lambda s, b, k: T.train_step(s, b, k, cfg, None))
-    ca = step1.lower(state, batch, state.key).cost_analysis()
-    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-    return float(ca.get("flops", float("nan"))) / len(batch)
+    return _lowered_flops(step1.lower(state, batch, state.key)) / len(batch)
 
 
 def _encode_rate(cfg, test_u8, repeats: int) -> dict:
