@@ -189,10 +189,41 @@ def _shifted(strides, w) -> bool:
     return strides == (1, 1) and w.shape[3] <= _FEW_CHANNELS
 
 
+# Strided convs (the encoder's stride-2 downsampling) run as one [B*Ho*Wo, kh*kw*Cin] @ [kh*kw*Cin, Cout] matmul of
+# their patches (im2col), and their kernel gradient as patches^T @ g; the input gradient stays XLA's. XLA:CPU ran
+# these convs at about half its matmul speed, their kernel gradients (a conv with the output gradient as its
+# kernel, rhs_dilate 2) slower still. One pass of 64 images, fwd + both gradients (docs/studies/s26-encode/
+# stride2.py): 16x16 64->128 17.9 -> 12.4 ms, 8x8 128->256 12.0 -> 10.7, 32x32 3->64 3.2 -> 2.0. The default step at
+# batch 1024, interleaved with the upsampling convs' bias change (_bias_add): 258 -> 264 img/s best, 244 -> 257
+# median; the quick preset's at 128, alone: 2574 -> 2607 best; encoding the 10k test images 4.24 -> 4.11 s
+# (twenty-sixth session). The patches are rebuilt in the backward pass rather than kept (2.25x the input's size).
+_IM2COL = True
+
+
+def _im2col(strides, w) -> bool:
+    """Whether the conv runs as one matmul of its patches (_patches), and its kernel gradient as another."""
+    return _IM2COL and strides != (1, 1) and w.dtype == jnp.float32
+
+
+def _patches(x, kernel_size, strides, padding):
+    """[B, H, W, C] -> [B*Ho*Wo, kh*kw*C]: the input under each output position's kernel window, in the order of an
+    HWIO kernel's first three axes (im2col)."""
+    (kh, kw), (sh, sw) = kernel_size, strides
+    b, _, _, c = x.shape
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    taps = [lax.slice(xp, (0, i, j, 0), (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+            for i in range(kh) for j in range(kw)]
+    return jnp.stack(taps, axis=3).reshape(b * ho * wo, kh * kw * c), (b, ho, wo)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv_cpu(x, w, strides, padding, precision, kernel_grad_taps):
     if _shifted(strides, w):
         return _conv_out_shifts(x, w, padding, precision)
+    if _im2col(strides, w):
+        cols, out = _patches(x, w.shape[:2], strides, padding)
+        return jnp.matmul(cols, w.reshape(-1, w.shape[3]), precision=precision).reshape(*out, w.shape[3])
     return _lax_conv(x, w, strides, padding, precision)
 
 
@@ -203,7 +234,10 @@ def _conv_cpu_fwd(x, w, strides, padding, precision, kernel_grad_taps):
 def _conv_cpu_bwd(strides, padding, precision, kernel_grad_taps, res, g):
     x, w = res
     dx = jax.vjp(lambda x_: _lax_conv(x_, w, strides, padding, precision), x)[1](g)[0]  # XLA's own
-    if kernel_grad_taps:
+    if _im2col(strides, w):
+        cols, _ = _patches(x, w.shape[:2], strides, padding)
+        dw = jnp.matmul(cols.T, g.reshape(-1, w.shape[3]), precision=precision).reshape(w.shape)
+    elif kernel_grad_taps:
         dw = _conv_dw_taps(x, g, w.shape, strides, padding)
     elif _shifted(strides, w):
         dw = _conv_dw_grad_shifts(x, g, w.shape, padding)
@@ -266,11 +300,16 @@ def _conv_dw_grad_shifts(x, g, w_shape, padding):
 ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "silu": nn.silu}  # nn.gelu: the tanh approximation
 
 
-def conv(features: int, dtype, strides=(1, 1), fast: bool = True, kernel_grad_taps: bool = False) -> nn.Conv:
+def conv(features: int, dtype, strides=(1, 1), fast: bool = True, kernel_grad_taps: bool = False,
+         bias_last: bool = False, name: str | None = None) -> nn.Conv:
     """A 3x3 'SAME' nn.Conv that runs through cpu_conv (looked up when the conv is built, so tests can swap it
-    out); fast=False: lax's own convolution. The parameters are nn.Conv's either way."""
+    out); fast=False: lax's own convolution. bias_last: its bias added by _bias_add (_BiasLastConv). The parameters
+    are nn.Conv's either way."""
     impl = functools.partial(cpu_conv, kernel_grad_taps=kernel_grad_taps) if fast and cpu_conv else None
-    return nn.Conv(features, (3, 3), strides=strides, dtype=dtype, conv_general_dilated=impl)
+    if bias_last:
+        return _BiasLastConv(features, (3, 3), strides=strides, dtype=dtype, use_bias=False, conv_general_dilated=impl,
+                             name=name)
+    return nn.Conv(features, (3, 3), strides=strides, dtype=dtype, conv_general_dilated=impl, name=name)
 
 
 def _norm(kind: str, dtype) -> nn.Module | None:
@@ -297,6 +336,39 @@ class ResBlock(nn.Module):
         return x + y
 
 
+# The pixel-shuffle convs' bias gradient, the sum of the output gradient over batch, height and width, reached
+# XLA:CPU through depth_to_space's transpose as a reduction of a 6-D view, [B, H, W, 2, 2, C]; XLA split it for its
+# two threads into a reduce-window over windows of 32 x H x W, which it runs element by element at a stride of 4C
+# floats: 9 ms a pass for the 16x16 conv's, 168 ms of a 4.4 s step at batch 1024 for the three (bench/
+# profile_step.py). _bias_add's backward pass sums a [B*H*W, 4C] view instead: one plain reduction, no reduce-window.
+@jax.custom_vjp
+def _bias_add(y, b):
+    """y + b, b along y's last axis; its gradient as the sum of g's [N, C] view (see above)."""
+    return y + b
+
+
+def _bias_add_fwd(y, b):
+    return y + b, None
+
+
+def _bias_add_bwd(_, g):
+    return g, g.reshape(-1, g.shape[-1]).sum(0)
+
+
+_bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)
+_BIAS_LAST = True  # off: nn.Conv's own bias (for docs/studies/s26-encode/ab.py and the tests)
+
+
+class _BiasLastConv(nn.Conv):
+    """nn.Conv, the same parameters (kernel, then bias) and forward pass, with the bias added by _bias_add."""
+
+    @nn.compact
+    def __call__(self, x):
+        y = super().__call__(x)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        return _bias_add(y, bias.astype(y.dtype))
+
+
 class Upsample(nn.Module):
     """x2 spatial upsampling to `features` channels.
 
@@ -316,7 +388,9 @@ class Upsample(nn.Module):
     def __call__(self, x):
         if self.kind == "pixel_shuffle":
             # Same parameters and forward pass as nn.Conv; only the kernel gradient is computed differently.
-            up = conv(4 * self.features, self.dtype, fast=self.fast_grad, kernel_grad_taps=True)
+            # on CPU with the bias gradient of _bias_add, named as the nn.Conv it replaces (the same parameters)
+            up = conv(4 * self.features, self.dtype, fast=self.fast_grad, kernel_grad_taps=True,
+                      bias_last=_BIAS_LAST and jax.default_backend() == "cpu", name="Conv_0")
             return depth_to_space(up(x))
         if self.kind == "conv_transpose":
             return nn.ConvTranspose(self.features, (3, 3), strides=(2, 2), dtype=self.dtype)(x)

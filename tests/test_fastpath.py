@@ -39,7 +39,9 @@ def test_cpu_conv_matches_lax(strides, padding, shape, cout, taps):
     y_ref = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     y_fast = fast(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     shifted = strides == (1, 1) and cout <= models._FEW_CHANNELS
-    if shifted:
+    im2col = strides != (1, 1)  # a matmul of the patches, forward and kernel gradient
+    assert models._im2col(strides, w) is im2col
+    if shifted or im2col:
         np.testing.assert_allclose(np.asarray(y_fast), np.asarray(y_ref), rtol=1e-5, atol=1e-5)
     else:
         np.testing.assert_array_equal(np.asarray(y_fast), np.asarray(y_ref))  # the same op
@@ -47,10 +49,57 @@ def test_cpu_conv_matches_lax(strides, padding, shape, cout, taps):
     dx_fast, dw_fast = _grads(fast, x, w, strides, padding)
     np.testing.assert_allclose(np.asarray(dx_fast), np.asarray(dx_ref), rtol=1e-5, atol=1e-5)  # XLA's own dx
     np.testing.assert_allclose(np.asarray(dw_fast), np.asarray(dw_ref), rtol=1e-5, atol=1e-5)
-    if not shifted:  # dx is XLA's own op on the same inputs
+    if not (shifted or im2col):  # dx is XLA's own op on the same inputs (with im2col, on another output gradient)
         np.testing.assert_array_equal(np.asarray(dx_fast), np.asarray(dx_ref))
-    if not (taps or shifted):  # dw too
+    if not (taps or shifted or im2col):  # dw too
         np.testing.assert_array_equal(np.asarray(dw_fast), np.asarray(dw_ref))
+
+
+@pytest.mark.parametrize("shape,cout,strides,padding", [
+    ((2, 16, 16, 64), 128, (2, 2), ((0, 1), (0, 1))),   # the default encoder's second downsampling conv
+    ((2, 7, 5, 3), 8, (2, 2), ((1, 1), (1, 1))),        # odd sizes, symmetric padding
+    ((1, 9, 9, 4), 5, (3, 2), ((0, 0), (2, 1))),        # other strides, asymmetric padding
+])
+def test_im2col_conv_matches_lax(shape, cout, strides, padding):
+    """A strided conv as the matmul of its patches: forward pass and kernel gradient equal lax's conv and XLA's
+    gradient to float32 rounding (the same sums in another order)."""
+    kx, kw = jax.random.split(jax.random.PRNGKey(7))
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kw, (3, 3, shape[-1], cout)) * 0.1
+    cols, out = models._patches(x, (3, 3), strides, padding)
+    y_ref = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert out == y_ref.shape[:3] and cols.shape == (np.prod(out), 9 * shape[-1])
+    y = models.cpu_conv(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-5, atol=1e-5)
+    for got, want in zip(_grads(models.cpu_conv, x, w, strides, padding),
+                         _grads(lax.conv_general_dilated, x, w, strides, padding)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+def test_upsample_bias_last_equals_nn_conv(monkeypatch):
+    """The pixel-shuffle conv with _bias_add's bias gradient (_BiasLastConv): the same parameters, initial values,
+    output and gradients as nn.Conv's own bias, so checkpoints of either read into the other."""
+    x = jax.random.uniform(jax.random.PRNGKey(8), (3, 4, 4, 8))
+    model = models.Upsample(6, "pixel_shuffle")
+
+    def run():
+        params = model.init(jax.random.PRNGKey(9), x)
+        params = jax.tree.map(lambda p: p + 0.01 * jnp.arange(p.size).reshape(p.shape) / p.size, params)  # bias != 0
+        loss, grads = jax.value_and_grad(lambda p: jnp.mean(jnp.square(model.apply(p, x) - 0.5)))(params)
+        return model.init(jax.random.PRNGKey(9), x), loss, grads, jax.make_jaxpr(model.apply)(params, x)
+
+    monkeypatch.setattr(models, "_BIAS_LAST", False)
+    init_ref, loss_ref, grads_ref, jaxpr_ref = run()
+    monkeypatch.setattr(models, "_BIAS_LAST", True)
+    init, loss, grads, jaxpr = run()
+    assert "name=_bias_add" in str(jaxpr) and "name=_bias_add" not in str(jaxpr_ref)
+    assert jax.tree.structure(init) == jax.tree.structure(init_ref)
+    assert set(init["params"]["Conv_0"]) == {"kernel", "bias"}
+    for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(init_ref)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(float(loss), float(loss_ref), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
 def test_upsample_fast_grad_equals_plain_conv():
