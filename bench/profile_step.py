@@ -5,16 +5,15 @@
     python bench/profile_step.py --batch-size 256 --microbatch 64 --passes-in-flight 4   # all 4 at once
     python bench/profile_step.py --batch-size 256 --microbatch 64 --convs 20   # per convolution shape
 
-It steps `jaxae.train.make_p_train_steps` (what train.py runs; one device, single-device programs inline,
-freed host memory kept) on synthetic CIFAR-shaped uint8 data, traces --steps steps with `jax.profiler`
-after a warm-up, and prints the compiled step's temporary buffer (XLA's memory analysis; that of its largest
-program where a step runs as several) and, per step:
-the wall time, the time XLA's CPU threads spent in operations (summed over threads, so it can exceed the
-wall time), how busy the threads were (time in the thread pool's regions, which covers the work a YNNPACK
-operation hands to other threads), and the operations grouped by name without their numeric suffix (`ynn_fusion.76` -> `ynn_fusion`: XLA's YNNPACK convolutions
-and dots; `dot_general`; elementwise `*_fusion`s; `all-reduce`), largest first. --convs N adds the N
-costliest convolutions, grouped by shape (input, kernel, output, window: forward passes, input and kernel
-gradients alike): time per step, how many ran, their FLOPs and GFLOP/s over their own time (a YNNPACK
+It steps `jaxae.train.make_p_train_steps` (what train.py runs; one device, single-device programs inline, freed host
+memory kept) on synthetic CIFAR-shaped uint8 data, traces --steps steps with `jax.profiler` after a warm-up, and
+prints the compiled step's temporary buffer (XLA's memory analysis; that of its largest program where a step runs as
+several) and, per step: the wall time, the time XLA's CPU threads spent in operations (summed over threads, so it can
+exceed the wall time), how busy the threads were (time in the thread pool's regions, which covers the work a YNNPACK
+operation hands to other threads), and the operations grouped by name without their numeric suffix (`ynn_fusion.76` ->
+`ynn_fusion`: XLA's YNNPACK convolutions and dots; `dot_general`; elementwise `*_fusion`s; `all-reduce`), largest
+first. --convs N adds the N costliest convolutions, grouped by shape (input, kernel, output, window: forward passes,
+input and kernel gradients alike): time per step, how many ran, their FLOPs and GFLOP/s over their own time (a YNNPACK
 operation may have used every thread in that time).
 
 Reading the trace needs TensorFlow's profiler protos (`tensorflow-cpu`, in requirements.txt); XLA's per-op

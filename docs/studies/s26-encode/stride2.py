@@ -6,7 +6,6 @@ Milliseconds, best of 3 timings of 10 calls, a fresh jitted function per variant
 
     PYTHONPATH=. python docs/studies/s26-encode/stride2.py 64x16x16x64x128 64x8x8x128x256 64x32x32x3x64
 """
-import functools
 import sys
 import time
 
