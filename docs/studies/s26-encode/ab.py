@@ -2,7 +2,7 @@
 process: one step of each variant in turn (the order alternating), after one untimed step each. Freed host memory
 kept and programs inline, as in train.py (docs/performance.md, twenty-sixth session).
 
-    PYTHONPATH=. python docs/studies/s26-encode/ab.py                      # batch 1024, 6 rounds, none against im2col+bias
+    PYTHONPATH=. python docs/studies/s26-encode/ab.py                   # batch 1024, 6 rounds: none, im2col+bias
     B=256 R=8 VARIANTS=none,im2col,bias,im2col+bias PYTHONPATH=. python docs/studies/s26-encode/ab.py
     PRESET=quick B=128 R=10 VARIANTS=none,im2col PYTHONPATH=. python docs/studies/s26-encode/ab.py
 
