@@ -205,16 +205,23 @@ def _im2col(strides, w) -> bool:
     return _IM2COL and strides != (1, 1) and w.dtype == jnp.float32
 
 
-def _patches(x, kernel_size, strides, padding):
-    """[B, H, W, C] -> [B*Ho*Wo, kh*kw*C]: the input under each output position's kernel window, in the order of an
-    HWIO kernel's first three axes (im2col)."""
+def _taps(x, kernel_size, strides, padding):
+    """[B, H, W, C] -> ([the input under kernel tap (i, j) at every output position, [B, Ho, Wo, C] each, for i, then
+    j], (Ho, Wo)): what each kernel tap of a conv multiplies."""
     (kh, kw), (sh, sw) = kernel_size, strides
     b, _, _, c = x.shape
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
     ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
-    taps = [lax.slice(xp, (0, i, j, 0), (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
-            for i in range(kh) for j in range(kw)]
-    return jnp.stack(taps, axis=3).reshape(b * ho * wo, kh * kw * c), (b, ho, wo)
+    return [lax.slice(xp, (0, i, j, 0), (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+            for i in range(kh) for j in range(kw)], (ho, wo)
+
+
+def _patches(x, kernel_size, strides, padding):
+    """[B, H, W, C] -> [B*Ho*Wo, kh*kw*C]: the input under each output position's kernel window, in the order of an
+    HWIO kernel's first three axes (im2col)."""
+    taps, (ho, wo) = _taps(x, kernel_size, strides, padding)
+    b, c = x.shape[0], x.shape[3]
+    return jnp.stack(taps, axis=3).reshape(b * ho * wo, len(taps) * c), (b, ho, wo)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -273,14 +280,9 @@ def _conv_dw_taps(x, g, w_shape, strides, padding):
     model they were slower than XLA's own then, and within 10 % of it under YNNPACK (tenth session).
     """
     kh, kw, cin, cout = w_shape
-    ho, wo = g.shape[1:3]
-    sh, sw = strides
-    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
     g2 = g.reshape(-1, cout)
-    taps = [lax.slice(xp, (0, i, j, 0), (x.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, cin),
-                      (1, sh, sw, 1)).reshape(-1, cin).T @ g2
-            for i in range(kh) for j in range(kw)]
-    return jnp.stack(taps).reshape(kh, kw, cin, cout)
+    taps, _ = _taps(x, (kh, kw), strides, padding)
+    return jnp.stack([t.reshape(-1, cin).T @ g2 for t in taps]).reshape(kh, kw, cin, cout)
 
 
 def _conv_dw_grad_shifts(x, g, w_shape, padding):
@@ -306,10 +308,8 @@ def conv(features: int, dtype, strides=(1, 1), fast: bool = True, kernel_grad_ta
     out); fast=False: lax's own convolution. bias_last: its bias added by _bias_add (_BiasLastConv). The parameters
     are nn.Conv's either way."""
     impl = functools.partial(cpu_conv, kernel_grad_taps=kernel_grad_taps) if fast and cpu_conv else None
-    if bias_last:
-        return _BiasLastConv(features, (3, 3), strides=strides, dtype=dtype, use_bias=False, conv_general_dilated=impl,
-                             name=name)
-    return nn.Conv(features, (3, 3), strides=strides, dtype=dtype, conv_general_dilated=impl, name=name)
+    return (_BiasLastConv if bias_last else nn.Conv)(features, (3, 3), strides=strides, dtype=dtype,
+                                                     use_bias=not bias_last, conv_general_dilated=impl, name=name)
 
 
 def _norm(kind: str, dtype) -> nn.Module | None:
