@@ -625,9 +625,13 @@ def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
             why = (": the learning rate's warm-up and cosine decay are laid out over the run's epochs, so a run "
                    "cannot be given more (or fewer) of them. Train a new one" if name == "epochs" else
                    ": drop the flag to resume it, or start over")
+            # a preset's settings change between versions (the quick preset's epochs: 14, then 30): its older
+            # runs resume under their own settings without the flag
+            own = (f"; `python train.py --workdir {cfg.workdir}` resumes it with its own settings"
+                   if name in via_preset else "")
             raise UsageError(f"{cfg.workdir} holds a run with --{name.replace('_', '-')} {getattr(saved, name)}, "
                              f"{given}{why} with --fresh (old checkpoints are moved aside), or use another "
-                             f"--workdir")
+                             f"--workdir{own}")
     # The other settings are this command's, except those the run's preset sets and this command left at its
     # own preset's value: a tiny-preset run resumed by `python train.py --workdir W` keeps --log-every 2.
     keep = {name: getattr(cfg, name) for name in dataclasses.asdict(cfg) if name not in Config.RUN_FIELDS}

@@ -92,7 +92,7 @@ def test_a_preset_applies_its_values_and_each_row_holds_what_reproduces_it(sweep
 
 def test_fewer_epochs_shorten_the_warm_up_as_in_train_py(sweep, tmp_path):
     import argparse
-    grid = '[{"epochs": 10}, {"epochs": 10, "warmup_epochs": 2}, {"preset": "quick", "epochs": 7}]'
+    grid = '[{"epochs": 10}, {"epochs": 10, "warmup_epochs": 2}, {"preset": "quick", "epochs": 15}]'
     ns = argparse.Namespace(data="unused", root=str(tmp_path / "runs"), base='{"batch_size": 8}', grid=grid)
     assert [cfg.warmup_epochs for _, _, cfg in sweep.configs(ns)] == [0.3, 2.0, 0.5]
 

@@ -312,9 +312,9 @@ def test_cpu_schedule_note_is_for_long_cpu_runs_of_the_default_model_only():
     cfg = Config()
     per_epoch = train.steps_per_epoch(50_000, cfg.batch_size) * cfg.batch_size  # CIFAR-10: 48 steps of 1024
     note = train.cpu_schedule_note(cfg, (32, 32, 3), cfg.epochs * per_epoch)
-    assert note.startswith("note: this run trains the default model on 4,915,200 images: about 7-17 h on a 2-core CPU")
+    assert note.startswith("note: this run trains the default model on 4,915,200 images: about 6-17 h on a 2-core CPU")
     assert "`--preset quick` is the CPU model" in note
-    assert "about 28-68 h" in train.cpu_schedule_note(cfg, (64, 64, 3), cfg.epochs * per_epoch)  # 4x the pixels
+    assert "about 23-68 h" in train.cpu_schedule_note(cfg, (64, 64, 3), cfg.epochs * per_epoch)  # 4x the pixels
     assert train.cpu_schedule_note(cfg, (32, 32, 3), 2 * per_epoch) is None  # 10 minutes: no note
     assert train.cpu_schedule_note(Config(**PRESETS["quick"]), (32, 32, 3), cfg.epochs * per_epoch) is None
 
