@@ -14,7 +14,9 @@ operation hands to other threads), and the operations grouped by name without th
 `ynn_fusion`: XLA's YNNPACK convolutions and dots; `dot_general`; elementwise `*_fusion`s; `all-reduce`), largest
 first. --convs N adds the N costliest convolutions, grouped by shape (input, kernel, output, window: forward passes,
 input and kernel gradients alike): time per step, how many ran, their FLOPs and GFLOP/s over their own time (a YNNPACK
-operation may have used every thread in that time).
+operation may have used every thread in that time). XLA's own (Eigen) dots and convolutions return before their work
+is done (eigen_ops): their kinds are marked "*" and their convolutions get no rate, since their times are lower
+bounds.
 
 Reading the trace needs TensorFlow's profiler protos (`tensorflow-cpu`, in requirements.txt); XLA's per-op
 events need `--xla_cpu_enable_xprof_traceme`, which this script sets before JAX starts. CPU only.
@@ -122,6 +124,23 @@ def conv_shapes(hlo: str) -> dict[str, tuple[str, float]]:
     return {**convs, **{fusion: fused[comp] for fusion, comp in calls.items() if comp in fused}}
 
 
+def eigen_ops(hlo: str) -> set[str]:
+    """Names of the dots and convolutions that XLA:CPU runs as thunks of its own (Eigen), not inside a fusion such as a
+    ynn_fusion. On more than one thread such a thunk returns once it has handed its work to the thread pool
+    (xla/backends/cpu/runtime/convolution_thunk.cc and dot_thunk.cc return an event that a callback completes), so its
+    trace event times the hand-off and what the calling thread did meanwhile, not the whole work: a lower bound. The
+    quick model's 16x16 convs (16 <-> 12 channels) read as 1.2-1.6 TFLOP/s by their events, 6-8x the matmul peak
+    (twenty-seventh session). The threads' "worked" figure still counts the work."""
+    fused = set(re.findall(r"fusion\([^\n]*calls=%([\w.\-]+)", hlo))
+    names = set()
+    for block in hlo.split("\n\n"):  # one computation per block, as in conv_shapes
+        head = re.match(r"\s*(?:ENTRY )?%?([\w.\-]+)", block)
+        if head and head.group(1) in fused:
+            continue
+        names.update(re.findall(r"%([\w.\-]+) = \S+ (?:dot|convolution)\(", block))
+    return names
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.steps < 1 or args.passes_in_flight < 0:
@@ -175,20 +194,29 @@ def main(argv=None) -> int:
     print(f"wall {wall * 1e3:.1f} ms/step ({batch / wall:,.0f} img/s under the tracer); operations "
           f"{busy * 1e3:.1f} ms/step summed over threads; the threads worked {worked * 1e3:.1f} ms/step: "
           f"{worked / (wall * threads):.0%} of {threads} cores busy")
+    texts = [(c.as_text(), runs) for c, runs in programs]
+    eigen = set().union(*(eigen_ops(hlo) for hlo, _ in texts))
+    eigen_kinds = set(by_kind(collections.Counter(dict.fromkeys(eigen, 1))))
     print(f"{'ms/step':>8} {'share':>6} {'ops/step':>8}  operation kind")
     for kind, s in seconds.most_common(args.top):
-        print(f"{s / args.steps * 1e3:8.2f} {s / args.steps / busy:6.1%} {count[kind] / args.steps:8.1f}  {kind}")
+        mark = " *" if kind in eigen_kinds else ""
+        print(f"{s / args.steps * 1e3:8.2f} {s / args.steps / busy:6.1%} {count[kind] / args.steps:8.1f}  {kind}{mark}")
+    if eigen_kinds & set(k for k, _ in seconds.most_common(args.top)):
+        print("* XLA's own (Eigen) dots or convolutions: they return once their work is handed to the thread pool, "
+              "so their ms are a lower bound")
     if args.convs:
-        print_convs(seconds_by_name, [(c.as_text(), runs) for c, runs in programs], args.steps, args.convs)
+        print_convs(seconds_by_name, texts, args.steps, args.convs, eigen)
     return 0
 
 
-def print_convs(by_name: collections.Counter, programs: list[tuple[str, int]], steps: int, top: int) -> None:
+def print_convs(by_name: collections.Counter, programs: list[tuple[str, int]], steps: int, top: int,
+                eigen: set[str] = frozenset()) -> None:
     """The `top` convolution shapes of the programs' (HLO text, runs per step) by their seconds in `by_name`
     (op_times), per step. On CPU a step's passes are one program run several times (jaxae.train._PassSteps);
-    the trace's own counts drift from them by an event or two at its ends."""
+    the trace's own counts drift from them by an event or two at its ends. A shape with a convolution among `eigen`
+    (eigen_ops: its events end before its work) gets no rate."""
     seconds, count, flops = collections.Counter(), collections.Counter(), collections.Counter()
-    timed = set()
+    timed, lower_bound = set(), set()
     for hlo, runs in programs:
         for name, (shape, f) in conv_shapes(hlo).items():
             if name not in by_name:  # a convolution inside a fusion: the trace names the fusion
@@ -196,12 +224,16 @@ def print_convs(by_name: collections.Counter, programs: list[tuple[str, int]], s
             if name not in timed:  # names repeat across programs: its seconds once
                 seconds[shape] += by_name[name] / steps
                 timed.add(name)
+            if name in eigen:
+                lower_bound.add(shape)
             count[shape] += runs
             flops[shape] += f * runs
     print(f"\n{'ms/step':>8} {'count':>5} {'GFLOP':>6} {'GFLOP/s':>7}  convolution (input * kernel -> output, window), "
           f"{sum(seconds.values()) * 1e3:.0f} ms/step in all; GFLOP/s over their own time")
     for shape, s in seconds.most_common(top):
-        print(f"{s * 1e3:8.2f} {count[shape]:5d} {flops[shape] / 1e9:6.2f} {flops[shape] / 1e9 / s:7.1f}  {shape}")
+        rate = "-" if shape in lower_bound else f"{flops[shape] / 1e9 / s:.1f}"
+        note = "  [XLA's own, asynchronous: ms a lower bound]" if shape in lower_bound else ""
+        print(f"{s * 1e3:8.2f} {count[shape]:5d} {flops[shape] / 1e9:6.2f} {rate:>7}  {shape}{note}")
 
 
 if __name__ == "__main__":

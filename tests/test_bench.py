@@ -155,6 +155,30 @@ def test_profile_step_finds_each_convolution_and_its_flops():
     assert any(shape.startswith("f32[2,8,8,4] * f32[3,3,4,6] -> f32[2,8,8,6]") for shape, _ in convs), convs
 
 
+def test_profile_step_tells_xlas_own_dots_and_convolutions_from_fused_ones():
+    """eigen_ops: the top-level dot and convolution of a program (Eigen thunks, whose events end before their work),
+    not the convolution inside a fusion, nor other instructions."""
+    profile = load_bench("profile_step")
+    hlo = """%ynn_fused_computation.2 (p0: f32[2,8,8,4], p1: f32[3,3,4,6]) -> f32[2,8,8,6] {
+  %p0 = f32[2,8,8,4]{3,2,1,0} parameter(0)
+  %p1 = f32[3,3,4,6]{3,2,1,0} parameter(1)
+  ROOT %convolution.7 = f32[2,8,8,6]{3,2,1,0} convolution(%p0, %p1), window={size=3x3 pad=1_1x1_1}
+}
+
+ENTRY %main.9 (a: f32[2,8,8,4], b: f32[3,3,4,6], c: f32[16,32], d: f32[32,8]) -> f32[2,8,8,6] {
+  %a = f32[2,8,8,4]{3,2,1,0} parameter(0)
+  %b = f32[3,3,4,6]{3,2,1,0} parameter(1)
+  %c = f32[16,32]{1,0} parameter(2)
+  %d = f32[32,8]{1,0} parameter(3)
+  %dot_general.3 = f32[16,8]{1,0} dot(%c, %d), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %conv_general_dilated.1 = f32[2,8,8,6]{3,2,1,0} convolution(%a, %b), window={size=3x3 pad=1_1x1_1}
+  %add_fusion.4 = f32[2,8,8,6]{3,2,1,0} fusion(%conv_general_dilated.1), kind=kLoop, calls=%fused_add
+  ROOT %ynn_fusion.5 = f32[2,8,8,6]{3,2,1,0} fusion(%a, %b), kind=kCustom, calls=%ynn_fused_computation.2
+}
+"""
+    assert profile.eigen_ops(hlo) == {"dot_general.3", "conv_general_dilated.1"}
+
+
 def _bash(script, env, *args):
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **env}
     return subprocess.run(["bash", os.path.join(REPO, "bench", script), *args], capture_output=True, text=True,
