@@ -46,8 +46,9 @@ def cpu_conv(inputs, kernel, strides, padding, lhs_dilation=None, rhs_dilation=N
     return _conv_cpu(inputs, kernel, strides, padding, precision, kernel_grad_taps)
 
 
-# Stride-1 3x3 convs of float32 images at least 4x4 with at least 64 input channels (the default model's residual
-# blocks at 16x16, 8x8 and 4x4 and its upsampling convs) run as Winograd's F(4x4, 3x3): a quarter of the multiplies,
+# Stride-1 3x3 convs of float32 images at least 4x4 with at least 32 input channels (the default model's residual
+# blocks at 16x16, 8x8 and 4x4 and its upsampling convs; the quick model's upsampling convs at 4x4 and 8x8) run as
+# Winograd's F(4x4, 3x3): a quarter of the multiplies,
 # as 36 matmuls over the tiles plus transforms of each tile that XLA fuses into adds. Fwd + both gradients of one
 # pass of 64 images (2 threads, freed memory kept; docs/studies/s23-winograd/convs.py), against the path before it:
 # 16x16 64->64 39.5 -> 24.1 ms, 16x16 64->256 101.4 -> 50.2, 8x8 128->128 23.4 -> 15.3.
@@ -61,12 +62,15 @@ def cpu_conv(inputs, kernel, strides, padding, lhs_dilation=None, rhs_dilation=N
 #   the kernel. As scaled adds (_winograd_kernel), one 4x4 256->256 conv, fwd + both gradients, XLA's against
 #   Winograd's: 16 images 7.4 -> 6.1 ms, 32: 10.2 -> 7.6, 64: 23.2 -> 11.5, 256: 89.9 -> 32.5, 1024: 372.8 -> 117.2
 #   (docs/studies/s25-split/kernel.py). 5x5 to 7x7 (28x28 images' third stage) were not measured.
-# - With fewer channels (the quick preset's 16 and 32) the transforms' memory traffic outweighs the matmuls saved:
-#   no faster, 0.1-0.2 GB more RSS.
+# - From 32 channels since the twenty-seventh session: the quick model's 8x8 32->64 upsampling conv, fwd + both
+#   gradients of a pass, 5.5 -> 2.3 ms (docs/studies/s23-winograd/convs.py), its step +4-8 % best and +6-16 % median
+#   img/s, interleaved (docs/studies/s27-wino/quick.py); the other presets' programs are unchanged. With 16 channels
+#   (its 16x16 head conv, 16 -> 12) the transforms' memory traffic outweighs the matmuls saved: 3.0 -> 3.7 ms. (An
+#   earlier note said 16 and 32 channels were no faster together, with 0.1-0.2 GB more RSS; measured apart, 32 is.)
 # - float32 only: F(4x4)'s transforms multiply by up to 8 and divide by 24, which bfloat16's 8 bits of mantissa
 #   would not survive.
 _WINOGRAD_MIN_SIZE = 4
-_WINOGRAD_MIN_CHANNELS = 64
+_WINOGRAD_MIN_CHANNELS = 32
 
 
 def _winograd(x, w, strides, padding) -> bool:

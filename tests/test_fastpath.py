@@ -120,20 +120,21 @@ def test_upsample_fast_grad_equals_plain_conv():
     assert gf["params"]["Conv_0"]["kernel"].shape == (3, 3, 8, 24)
 
 
-@pytest.mark.parametrize("size,width,stages,winograd_convs", [
-    (16, 4, 2, 0),    # tiny: every conv below Winograd's 64 channels
-    (32, 64, 1, 3),   # Winograd for the 16x16 convs of 64 channels: both residual blocks and the upsampling conv
-    (16, 64, 1, 3),   # the same at 8x8
-    (8, 64, 1, 3),    # and at 4x4 (models._WINOGRAD_MIN_SIZE)
+@pytest.mark.parametrize("size,width,stages,blocks,head,winograd_convs", [
+    (16, 4, 2, 1, "conv", 0),     # tiny: every conv below Winograd's 32 channels
+    (32, 64, 1, 1, "conv", 3),    # Winograd for the 16x16 convs of 64 channels: both residual blocks and the upsampling
+    (16, 64, 1, 1, "conv", 3),    # the same at 8x8
+    (8, 64, 1, 1, "conv", 3),     # and at 4x4 (models._WINOGRAD_MIN_SIZE)
+    (32, 16, 3, 0, "upsample", 2),  # the quick model: its upsampling convs of 64 and 32 channels, not the head's 16
 ])
-def test_default_model_gradient_matches_plain(monkeypatch, size, width, stages, winograd_convs):
-    """The whole default-architecture model: fast and plain parameter gradients agree."""
+def test_default_model_gradient_matches_plain(monkeypatch, size, width, stages, blocks, head, winograd_convs):
+    """The whole default-architecture model (and the quick preset's): fast and plain parameter gradients agree."""
     calls = []
     winograd = models.winograd_conv
     monkeypatch.setattr(models, "winograd_conv", lambda *a: calls.append(a[0].shape) or winograd(*a))
     x = jax.random.uniform(jax.random.PRNGKey(3), (2, size, size, 3))
-    model = models.Autoencoder(image_shape=(size, size, 3), width=width, stages=stages, blocks=1, hidden=8,
-                               mlp_layers=1)
+    model = models.Autoencoder(image_shape=(size, size, 3), width=width, stages=stages, blocks=blocks, hidden=8,
+                               mlp_layers=1, head=head)
     params = jax.jit(model.init)(jax.random.PRNGKey(4), x)
     assert len(calls) == winograd_convs  # in init's trace
 
@@ -198,11 +199,12 @@ def test_cpu_conv_takes_winograd_only_where_it_applies():
     ((1, 4, 4), 64, True),      # 4x4: one tile per image
     ((1, 3, 8), 64, False),     # smaller than a tile's output in one direction
     ((2, 16, 16), 64, True),
-    ((2, 4, 4), 32, False),     # too few channels
+    ((2, 4, 4), 32, True),      # the quick model's upsampling convs (twenty-seventh session)
+    ((2, 16, 16), 16, False),   # too few channels: its head conv
 ])
 def test_winograd_rule(shape, cin, winograd):
-    """cpu_conv takes Winograd's path for a stride-1 3x3 float32 conv of at least 64 channels on images of at least
-    4x4 (models._WINOGRAD_MIN_SIZE)."""
+    """cpu_conv takes Winograd's path for a stride-1 3x3 float32 conv of at least 32 input channels on images of at
+    least 4x4 (models._WINOGRAD_MIN_SIZE)."""
     x = jax.ShapeDtypeStruct((*shape, cin), jnp.float32)
     w = jax.ShapeDtypeStruct((3, 3, cin, 64), jnp.float32)
     assert models._winograd(x, w, (1, 1), ((1, 1), (1, 1))) is winograd

@@ -9,7 +9,8 @@ kept and programs inline, as in train.py (docs/performance.md, twenty-sixth sess
 A variant is the changes it turns on, joined by "+" ("none": none of them): im2col (models._IM2COL: strided convs as
 one matmul of their patches), bias (models._BIAS_LAST: the upsampling convs' bias gradient as the sum of an [N, C]
 view), onepass (models._WINO_ONE_PASS, tried and dropped: Winograd's tile transforms along both axes in one pass,
-which needs that flag restored in models.py); "all": all three. The flags are read when a variant's programs are
+which needs that flag restored in models.py); "all": all three. wino32 (twenty-seventh session): Winograd's convs
+from 32 input channels (models._WINOGRAD_MIN_CHANNELS), not 64. The flags are read when a variant's programs are
 traced (its first call); each variant's lowered passes program is checked to differ from the others'.
 """
 import hashlib
@@ -42,6 +43,7 @@ steps, digests = {}, {}
 for v in variants:
     on = {"im2col", "bias", "onepass"} if v == "all" else set(v.split("+")) - {"none"}
     models._IM2COL, models._BIAS_LAST = ("im2col" in on), ("bias" in on)
+    models._WINOGRAD_MIN_CHANNELS = 32 if "wino32" in on else 64
     if hasattr(models, "_WINO_ONE_PASS"):
         models._WINO_ONE_PASS = "onepass" in on
     elif "onepass" in on:
