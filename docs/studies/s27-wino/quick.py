@@ -1,10 +1,11 @@
-"""The quick preset's CPU step (train._PassSteps, batch B) with Winograd's convs from 64 input channels (as before the
-twenty-seventh session) and from MIN (default 32: the quick model's 8x8 upsampling conv too), interleaved in one
-process: K steps of each in turn per round, R rounds, the order alternating. Freed host memory kept and programs
-inline, as in train.py.
+"""The quick preset's CPU step (train._PassSteps, batch B) with Winograd's convs from BASE input channels (default 64,
+as before the twenty-seventh session) and from MIN (default 32: the quick model's 8x8 upsampling conv too; 16: its
+head conv as well), interleaved in one process: K steps of each in turn per round, R rounds, the order alternating.
+Freed host memory kept and programs inline, as in train.py.
 
     PYTHONPATH=. python docs/studies/s27-wino/quick.py            # B=128 K=20 R=10 MIN=32
     PRESET=default B=256 K=2 R=6 MIN=32 PYTHONPATH=. python docs/studies/s27-wino/quick.py
+    BASE=32 MIN=16 R=16 PYTHONPATH=. python docs/studies/s27-wino/quick.py
 """
 import os
 import time
@@ -24,13 +25,14 @@ from jaxae.config import with_preset  # noqa: E402
 
 B, K, R = (int(os.environ.get(k, d)) for k, d in (("B", 128), ("K", 20), ("R", 10)))
 PRESET, MIN = os.environ.get("PRESET", "quick"), int(os.environ.get("MIN", 32))
+BASE = int(os.environ.get("BASE", 64))
 cfg, spe = with_preset({"preset": PRESET, "batch_size": B}), 4
 mesh = Mesh(np.array(jax.local_devices()[:1]), (T.AXIS,))
 state = T.place_state(T.create_train_state(cfg, (32, 32, 3), 1000, spe), mesh)
 images = T.put_dataset(np.random.default_rng(0).integers(0, 256, (spe * B, 32, 32, 3), np.uint8), mesh)
 perm = T.device_epoch_order(cfg.seed, 0, spe * B, spe, B, mesh)
 n_micro = B // T.microbatch_size(cfg, B)
-variants = {64: None, MIN: None}
+variants, before = {BASE: None, MIN: None}, models._WINOGRAD_MIN_CHANNELS
 for v in variants:
     models._WINOGRAD_MIN_CHANNELS = v  # read when the variant's programs are traced (below)
     variants[v] = T._PassSteps(cfg, 1, spe, B, n_micro)
@@ -39,7 +41,7 @@ for v in variants:
     for _ in range(2):
         state, m = variants[v](state, images, perm)
     jax.block_until_ready(m)
-models._WINOGRAD_MIN_CHANNELS = 64
+models._WINOGRAD_MIN_CHANNELS = before
 times = {v: [] for v in variants}
 for r in range(R):
     for v in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
