@@ -48,10 +48,10 @@ def cpu_conv(inputs, kernel, strides, padding, lhs_dilation=None, rhs_dilation=N
 
 # Stride-1 3x3 convs of float32 images at least 4x4 with at least 32 input channels (the default model's residual
 # blocks at 16x16, 8x8 and 4x4 and its upsampling convs; the quick model's upsampling convs at 4x4 and 8x8) run as
-# Winograd's F(4x4, 3x3): a quarter of the multiplies,
-# as 36 matmuls over the tiles plus transforms of each tile that XLA fuses into adds. Fwd + both gradients of one
-# pass of 64 images (2 threads, freed memory kept; docs/studies/s23-winograd/convs.py), against the path before it:
-# 16x16 64->64 39.5 -> 24.1 ms, 16x16 64->256 101.4 -> 50.2, 8x8 128->128 23.4 -> 15.3.
+# Winograd's F(4x4, 3x3): a quarter of the multiplies, as 36 matmuls over the tiles plus transforms of each tile
+# that XLA fuses into adds. Fwd + both gradients of one pass of 64 images (2 threads, freed memory kept;
+# docs/studies/s23-winograd/convs.py), against the path before it: 16x16 64->64 39.5 -> 24.1 ms, 16x16 64->256
+# 101.4 -> 50.2, 8x8 128->128 23.4 -> 15.3.
 # - At 8x8 since the twenty-fourth session. Each transform compiles to fused loops of its own, and while a step's
 #   16 passes were one unrolled program there were 16 copies of them: with Winograd at 8x8 the program compiled in
 #   52 s instead of 33 and kept 300 MB more host memory, past 2 GB of RSS in a train.py run. The passes now run as
@@ -64,9 +64,11 @@ def cpu_conv(inputs, kernel, strides, padding, lhs_dilation=None, rhs_dilation=N
 #   (docs/studies/s25-split/kernel.py). 5x5 to 7x7 (28x28 images' third stage) were not measured.
 # - From 32 channels since the twenty-seventh session: the quick model's 8x8 32->64 upsampling conv, fwd + both
 #   gradients of a pass, 5.5 -> 2.3 ms (docs/studies/s23-winograd/convs.py), its step +4-8 % best and +6-16 % median
-#   img/s, interleaved (docs/studies/s27-wino/quick.py); the other presets' programs are unchanged. With 16 channels
-#   (its 16x16 head conv, 16 -> 12) the transforms' memory traffic outweighs the matmuls saved: 3.0 -> 3.7 ms. (An
-#   earlier note said 16 and 32 channels were no faster together, with 0.1-0.2 GB more RSS; measured apart, 32 is.)
+#   img/s, interleaved (docs/studies/s27-wino/quick.py); the other presets' programs are unchanged. From 16
+#   channels (its 16x16 head conv, 16 -> 12, too) the step gained nothing more (2,850 / 2,731 against 2,932 / 2,721
+#   img/s best / median), though that conv alone was faster (3.07 -> 2.19 ms; docs/studies/s27-wino/head.py). An
+#   earlier note had found 16 and 32 channels together no faster, with 0.1-0.2 GB more RSS; the quick preset's
+#   30-epoch run with 32 peaked at 0.95 GB, as before.
 # - float32 only: F(4x4)'s transforms multiply by up to 8 and divide by 24, which bfloat16's 8 bits of mantissa
 #   would not survive.
 _WINOGRAD_MIN_SIZE = 4
