@@ -24,21 +24,16 @@ hostmem.run_cpu_programs_inline()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import Mesh  # noqa: E402
 
+from docs.studies.steps import step_inputs  # noqa: E402
 from jaxae import models  # noqa: E402
 from jaxae import train as T  # noqa: E402
-from jaxae.config import with_preset  # noqa: E402
 
 B, R = int(os.environ.get("B", 1024)), int(os.environ.get("R", 6))
 variants = os.environ.get("VARIANTS", "none,im2col+bias").split(",")
 PRESET = os.environ.get("PRESET", "default")
-cfg, spe = with_preset({"preset": PRESET, "batch_size": B}), 4
-mesh = Mesh(np.array(jax.local_devices()[:1]), (T.AXIS,))
-state = T.place_state(T.create_train_state(cfg, (32, 32, 3), 1000, spe), mesh)
-images = T.put_dataset(np.random.default_rng(0).integers(0, 256, (spe * B, 32, 32, 3), np.uint8), mesh)
-perm = T.device_epoch_order(cfg.seed, 0, spe * B, spe, B, mesh)
-n_micro = B // T.microbatch_size(cfg, B)
+spe = 4
+cfg, state, images, perm, n_micro = step_inputs(PRESET, B, spe)
 steps, digests = {}, {}
 for v in variants:
     on = {"im2col", "bias", "onepass"} if v == "all" else set(v.split("+")) - {"none"}

@@ -17,21 +17,16 @@ hostmem.run_cpu_programs_inline()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import Mesh  # noqa: E402
 
+from docs.studies.steps import step_inputs  # noqa: E402
 from jaxae import models  # noqa: E402
 from jaxae import train as T  # noqa: E402
-from jaxae.config import with_preset  # noqa: E402
 
 B, K, R = (int(os.environ.get(k, d)) for k, d in (("B", 128), ("K", 20), ("R", 10)))
 PRESET, MIN = os.environ.get("PRESET", "quick"), int(os.environ.get("MIN", 32))
 BASE = int(os.environ.get("BASE", 64))
-cfg, spe = with_preset({"preset": PRESET, "batch_size": B}), 4
-mesh = Mesh(np.array(jax.local_devices()[:1]), (T.AXIS,))
-state = T.place_state(T.create_train_state(cfg, (32, 32, 3), 1000, spe), mesh)
-images = T.put_dataset(np.random.default_rng(0).integers(0, 256, (spe * B, 32, 32, 3), np.uint8), mesh)
-perm = T.device_epoch_order(cfg.seed, 0, spe * B, spe, B, mesh)
-n_micro = B // T.microbatch_size(cfg, B)
+spe = 4
+cfg, state, images, perm, n_micro = step_inputs(PRESET, B, spe)
 variants, before = {BASE: None, MIN: None}, models._WINOGRAD_MIN_CHANNELS
 for v in variants:
     models._WINOGRAD_MIN_CHANNELS = v  # read when the variant's programs are traced (below)

@@ -1,0 +1,20 @@
+"""What the step studies share (docs/studies/s26-encode/ab.py, s27-wino/quick.py): one device's train state, a
+synthetic epoch of CIFAR-shaped uint8 images and its order, set up as train.py sets them up. Import it after
+jaxae.hostmem's settings, which must come before JAX starts."""
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxae import train as T
+from jaxae.config import with_preset
+
+
+def step_inputs(preset: str, batch: int, spe: int = 4):
+    """(cfg, state, images, perm, passes per step): `spe` steps of `batch` images for the preset's model, to give
+    jaxae.train._PassSteps(cfg, 1, spe, batch, passes)."""
+    cfg = with_preset({"preset": preset, "batch_size": batch})
+    mesh = Mesh(np.array(jax.local_devices()[:1]), (T.AXIS,))
+    state = T.place_state(T.create_train_state(cfg, (32, 32, 3), 1000, spe), mesh)
+    images = T.put_dataset(np.random.default_rng(0).integers(0, 256, (spe * batch, 32, 32, 3), np.uint8), mesh)
+    perm = T.device_epoch_order(cfg.seed, 0, spe * batch, spe, batch, mesh)
+    return cfg, state, images, perm, batch // T.microbatch_size(cfg, batch)
