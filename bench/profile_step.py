@@ -86,11 +86,16 @@ def op_times(trace_dir: str) -> tuple[collections.Counter, collections.Counter, 
     return seconds, count, worked
 
 
+def kind(name: str) -> str:
+    """An operation's kind: its name without the numeric suffix (`ynn_fusion.76` -> `ynn_fusion`)."""
+    return re.sub(r"\.\d+$", "", name)
+
+
 def by_kind(per_name: collections.Counter) -> collections.Counter:
-    """Sums per operation kind: the name without its numeric suffix (`ynn_fusion.76` -> `ynn_fusion`)."""
+    """Sums per operation kind (kind)."""
     kinds = collections.Counter()
     for name, value in per_name.items():
-        kinds[re.sub(r"\.\d+$", "", name)] += value
+        kinds[kind(name)] += value
     return kinds
 
 
@@ -102,14 +107,24 @@ def _dims(shape: str) -> list[int]:
     return [int(d) for d in shape[:-1].split("[")[1].split(",") if d]
 
 
+def _fusion_calls(hlo: str) -> dict[str, str]:
+    """Fusion operation name -> the name of the computation it calls, in compiled HLO text."""
+    return dict(re.findall(r"%([\w.\-]+) = [^\n]*? fusion\([^\n]*calls=%([\w.\-]+)", hlo))
+
+
+def _computations(hlo: str) -> list[tuple[str | None, str]]:
+    """(name, text) of each computation in compiled HLO text: one per block, its parameters, then its body."""
+    return [(head.group(1) if head else None, block) for block in hlo.split("\n\n")
+            for head in [re.match(r"\s*(?:ENTRY )?%?([\w.\-]+)", block)]]
+
+
 def conv_shapes(hlo: str) -> dict[str, tuple[str, float]]:
     """Operation name -> (its convolution as 'input * kernel -> output (window)', FLOPs), from the compiled
     HLO text: convolutions that run as operations of their own, and fusions that hold one (XLA:CPU's
     ynn_fusions of the larger convolutions; fused dots are left out)."""
-    calls = dict(re.findall(r"%([\w.\-]+) = [^\n]*? fusion\([^\n]*calls=%([\w.\-]+)", hlo))
+    calls = _fusion_calls(hlo)
     convs, fused = {}, {}
-    for block in hlo.split("\n\n"):  # one computation per block: its parameters, then its body
-        head = re.match(r"\s*(?:ENTRY )?%?([\w.\-]+)", block)
+    for head, block in _computations(hlo):
         shape = dict(re.findall(r"%([\w.\-]+) = (\w+\[[\d,]*\])", block))
         for name, out, lhs, rhs, window in _CONV.findall(block):
             out_dims, kernel = _dims(out), _dims(shape.get(rhs, "?[]"))
@@ -120,7 +135,7 @@ def conv_shapes(hlo: str) -> dict[str, tuple[str, float]]:
             flops = 2.0 * math.prod(out_dims) * math.prod(kernel) / out_dims[-1] / zeros if kernel and out_dims else 0.0
             convs[name] = (f"{shape.get(lhs, '?')} * {shape.get(rhs, '?')} -> {out} ({window.strip()})", flops)
             if head:
-                fused[head.group(1)] = convs[name]
+                fused[head] = convs[name]
     return {**convs, **{fusion: fused[comp] for fusion, comp in calls.items() if comp in fused}}
 
 
@@ -131,14 +146,9 @@ def eigen_ops(hlo: str) -> set[str]:
     trace event times the hand-off and what the calling thread did meanwhile, not the whole work: a lower bound. The
     quick model's 16x16 convs (16 <-> 12 channels) read as 1.2-1.6 TFLOP/s by their events, 6-8x the matmul peak
     (twenty-seventh session). The threads' "worked" figure still counts the work."""
-    fused = set(re.findall(r"fusion\([^\n]*calls=%([\w.\-]+)", hlo))
-    names = set()
-    for block in hlo.split("\n\n"):  # one computation per block, as in conv_shapes
-        head = re.match(r"\s*(?:ENTRY )?%?([\w.\-]+)", block)
-        if head and head.group(1) in fused:
-            continue
-        names.update(re.findall(r"%([\w.\-]+) = \S+ (?:dot|convolution)\(", block))
-    return names
+    fused = set(_fusion_calls(hlo).values())
+    return {name for head, block in _computations(hlo) if head not in fused
+            for name in re.findall(r"%([\w.\-]+) = \S+ (?:dot|convolution)\(", block)}
 
 
 def main(argv=None) -> int:
@@ -196,11 +206,11 @@ def main(argv=None) -> int:
           f"{worked / (wall * threads):.0%} of {threads} cores busy")
     texts = [(c.as_text(), runs) for c, runs in programs]
     eigen = set().union(*(eigen_ops(hlo) for hlo, _ in texts))
-    eigen_kinds = set(by_kind(collections.Counter(dict.fromkeys(eigen, 1))))
+    eigen_kinds = {kind(name) for name in eigen}
     print(f"{'ms/step':>8} {'share':>6} {'ops/step':>8}  operation kind")
-    for kind, s in seconds.most_common(args.top):
-        mark = " *" if kind in eigen_kinds else ""
-        print(f"{s / args.steps * 1e3:8.2f} {s / args.steps / busy:6.1%} {count[kind] / args.steps:8.1f}  {kind}{mark}")
+    for k, s in seconds.most_common(args.top):
+        mark = " *" if k in eigen_kinds else ""
+        print(f"{s / args.steps * 1e3:8.2f} {s / args.steps / busy:6.1%} {count[k] / args.steps:8.1f}  {k}{mark}")
     if eigen_kinds & set(k for k, _ in seconds.most_common(args.top)):
         print("* XLA's own (Eigen) dots or convolutions: they return once their work is handed to the thread pool, "
               "so their ms are a lower bound")

@@ -1,6 +1,6 @@
-"""What the step studies share (docs/studies/s26-encode/ab.py, s27-wino/quick.py): one device's train state, a
-synthetic epoch of CIFAR-shaped uint8 images and its order, set up as train.py sets them up. Import it after
-jaxae.hostmem's settings, which must come before JAX starts."""
+"""What the step studies share (docs/studies/s26-encode/ab.py and rss.py, s27-wino/quick.py): one device's train
+state, a synthetic epoch of CIFAR-shaped uint8 images and its order, set up as train.py sets them up. Import it
+after jaxae.hostmem's settings, which must come before JAX starts."""
 import jax
 import numpy as np
 from jax.sharding import Mesh

@@ -12,21 +12,16 @@ hostmem.keep_freed_memory(large_steps=True)
 hostmem.run_cpu_programs_inline()
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import Mesh  # noqa: E402
 
+from docs.studies.steps import step_inputs  # noqa: E402
 from jaxae import models  # noqa: E402
 from jaxae import train as T  # noqa: E402
-from jaxae.config import with_preset  # noqa: E402
 
 B, N, v = int(os.environ.get("B", 1024)), int(os.environ.get("N", 6)), os.environ.get("VARIANT", "im2col+bias")
 on = set(v.split("+")) - {"none"}
 models._IM2COL, models._BIAS_LAST = "im2col" in on, "bias" in on
-cfg, spe = with_preset({"batch_size": B}), 4
-mesh = Mesh(np.array(jax.local_devices()[:1]), (T.AXIS,))
-state = T.place_state(T.create_train_state(cfg, (32, 32, 3), 1000, spe), mesh)
-images = T.put_dataset(np.random.default_rng(0).integers(0, 256, (spe * B, 32, 32, 3), np.uint8), mesh)
-perm = T.device_epoch_order(cfg.seed, 0, spe * B, spe, B, mesh)
+spe = 4
+cfg, state, images, perm, _ = step_inputs("default", B, spe)
 step = T.make_p_train_steps(cfg, 1, spe)
 with hostmem.release_after_compiles():
     state, m = step(state, images, perm)
