@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench/out/throughput.json", help="JSON results (default: %(default)s)")
     p.add_argument("--_worker", default="", help=argparse.SUPPRESS)
     p.add_argument("--_ndev", type=int, default=0, help=argparse.SUPPRESS)
-    model_fields = Config.MODEL_FIELDS + ("dtype", "preset", "loss", "noise", "corruption", "flip", "optimizer",
-                                          "learning_rate", "weight_decay", "grad_clip", "microbatch")
+    model_fields = Config.MODEL_FIELDS + ("dtype", "preset", "loss", "noise", "corruption", "noise_levels", "flip",
+                                          "optimizer", "learning_rate", "weight_decay", "grad_clip", "microbatch")
     add_flags(p, only=model_fields)
     return p
 

@@ -32,8 +32,23 @@ def salt_pepper(key: jax.Array, x: jax.Array, strength: float) -> jax.Array:
 CORRUPTIONS = {"gaussian": gaussian, "mask": mask, "salt_pepper": salt_pepper}
 
 
-def corrupt(kind: str, keys: jax.Array, x: jax.Array, strength: float) -> jax.Array:
-    """Corrupt a batch [B, ...] with one key per example (keys: [B] key array). strength 0 is the identity."""
+LEVELS = ("fixed", "uniform")
+
+
+def corrupt(kind: str, keys: jax.Array, x: jax.Array, strength: float, levels: str = "fixed") -> jax.Array:
+    """Corrupt a batch [B, ...] with one key per example (keys: [B] key array). strength 0 is the identity.
+
+    levels "fixed": every example at `strength`; "uniform": each example at its own strength, drawn uniformly
+    from [0, strength) with a key split from its own (so near-clean inputs are among those trained on)."""
     if strength == 0:
         return x
-    return jax.vmap(lambda k, xi: CORRUPTIONS[kind](k, xi, strength))(keys, x)
+    if levels not in LEVELS:
+        raise ValueError(f"levels must be one of {LEVELS}, not {levels!r}")
+    fn = CORRUPTIONS[kind]
+    if levels == "fixed":
+        return jax.vmap(lambda k, xi: fn(k, xi, strength))(keys, x)
+
+    def one(k, xi):
+        k_level, k_noise = jax.random.split(k)
+        return fn(k_noise, xi, strength * jax.random.uniform(k_level, dtype=xi.dtype))
+    return jax.vmap(one)(keys, x)

@@ -379,7 +379,9 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
             recon_rows.append((f"{c.name} of noisy", _u8(reconstruct(c, noisy))))
     files["reconstructions"] = figures.image_grid(
         np.stack([r for _, r in recon_rows]), os.path.join(out, "reconstructions.png"),
-        "Test images and their reconstructions" + (f" (inputs corrupted: {cfg.corruption}, strength {cfg.noise:g})"
+        "Test images and their reconstructions" + (f" (inputs corrupted: {cfg.corruption}, strength {cfg.noise:g}"
+                                                    + (", the top of the training's range)"
+                                                       if cfg.noise_levels == "uniform" else ")")
                                                     if cfg.noise > 0 else ""),
         [cls(i) for i in sel], [n for n, _ in recon_rows])
 

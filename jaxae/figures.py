@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
+from jaxae.config import BEFORE, strength_text  # noqa: E402
 from jaxae.monitor import metric_records  # noqa: E402
 
 
@@ -109,7 +110,8 @@ def _train_label(workdir: str) -> str:
         cfg = json.load(fh)
     loss = cfg.get("loss", "l2").upper()
     if cfg.get("noise", 0) > 0:
-        return f"train {loss} (input corrupted: {cfg.get('corruption', 'gaussian')} {cfg['noise']:g})"
+        strength = strength_text(cfg["noise"], cfg.get("noise_levels", BEFORE["noise_levels"]))
+        return f"train {loss} (input corrupted: {cfg.get('corruption', 'gaussian')} {strength})"
     return f"train {loss} (clean input)"
 
 

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from jaxae.config import strength_text
 from jaxae.figures import class_colours
 from jaxae.metrics import ssim_window
 
@@ -278,8 +279,9 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
     """WORKDIR/eval/index.html: the run's settings, the metrics table and every figure, with captions."""
     esc = html.escape
     done = metrics.get("epochs_done")  # from the run's metrics.jsonl: a run stopped early, or --step
-    noise = (f"{cfg.corruption} corruption, strength {cfg.noise:g} (denoising autoencoder)" if cfg.noise > 0
-             else "none (plain autoencoder)")
+    noise = (f"{cfg.corruption} corruption, strength {strength_text(cfg.noise, cfg.noise_levels)} ("
+             + ("drawn uniformly for each example; " if cfg.noise_levels == "uniform" else "")
+             + "denoising autoencoder)" if cfg.noise > 0 else "none (plain autoencoder)")
     settings = [("latent dimension", cfg.latent_dim), ("loss", cfg.loss.upper()), ("input noise", noise),
                 ("model", f"width {cfg.width}, {cfg.stages} stages, {cfg.blocks} res-block(s)/stage, "
                           f"MLP {cfg.mlp_layers} x {cfg.hidden}, norm {cfg.norm}, {cfg.activation}, {cfg.upsample}, "
@@ -297,6 +299,8 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
     shape = metrics.get("image_shape")  # not in an evaluation written before the eighteenth session
     win = ssim_window(*shape[:2]) if shape else 11
     small = f"; the standard 11x11 does not fit {shape[0]}x{shape[1]} images" if win < 11 else ""
+    as_trained = ("as in training" if cfg.noise_levels == "fixed" else
+                  f"at the top of the training's range (strength {cfg.noise:g})")
     captions = {
         **latent_captions(cfg.latent_dim),
         "interpolation": "Each row: test image A, decodings of points on the straight line from A's code to "
@@ -304,7 +308,7 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
         "reconstructions": "Test images (top row) and their reconstructions by the autoencoder "
                            + ("(then the decoder's drawing of each image's best code, --best-codes) "
                               if metrics.get("best_codes") else "") + "and by PCA "
-                           + ("(second row: the same images corrupted as in training; last two rows: both "
+                           + (f"(second row: the same images corrupted {as_trained}; last two rows: both "
                               "reconstructions of those) " if cfg.noise > 0 else "")
                            + ("with as many components as the code has dimensions." if pca_k == cfg.latent_dim else
                               f"with {pca_k} components, all that {metrics['n_train']:,} training images give "
@@ -343,14 +347,15 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
             f"test code by a vote of its {knn_k} nearest training codes"
             + (f" ({chance_text(metrics['chance_accuracy'], len(metrics['class_names']))})"
                if "chance_accuracy" in metrics else "") + ". PCA is fit on the training images."
-            + (" Noisy input: the test images corrupted as in training (fixed seed), compared with the clean "
+            + (f" Noisy input: the test images corrupted {as_trained} (fixed seed), compared with the clean "
                "image." if cfg.noise > 0 else "") + "</p>",
             *([f"<p>With --best-codes, {esc(best_codes_text(metrics['best_codes'], models['autoencoder']['test_mse']))}"
                ". This is encoding by search: it uses only the image and the decoder, as the encoder does. Where it "
                "finds a better code, that part of the error is the encoder's (it cannot compute the decoder's best "
                "code: an amortisation gap; a local search finds a lower bound of it), not the decoder's."
                + (" The search starts from clean test images, which this denoising encoder was not trained on, so "
-                  "the gap also holds what training on corrupted inputs costs on clean ones." if cfg.noise > 0 else "")
+                  "the gap also holds what training on corrupted inputs costs on clean ones."
+                  if cfg.noise > 0 and cfg.noise_levels == "fixed" else "")
                + " The best codes and each test image's MSE from them and from the encoder's codes are in "
                "latents.npz (best_codes, best_mse, encoder_mse); the reconstructions figure has a row of them; the "
                "latent plots show the encoder's codes.</p>"] if metrics.get("best_codes") else []),

@@ -80,6 +80,9 @@ def check_settings(cfg: Config, explicit: set[str], ds: Dataset | None = None) -
     if "corruption" in explicit and cfg.noise == 0:
         raise UsageError(f"--corruption {cfg.corruption} does nothing with --noise 0: give its strength, e.g. "
                          f"--noise {0.2 if cfg.corruption == 'gaussian' else 0.25}")
+    if "noise_levels" in explicit and cfg.noise == 0:
+        raise UsageError(f"--noise-levels {cfg.noise_levels} does nothing with --noise 0: give the largest "
+                         f"strength, e.g. --noise 0.2")
     if ds is None:
         return 0
     spe = steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)
@@ -182,7 +185,7 @@ def prepare_batch(key: jax.Array, images_u8: jax.Array, cfg: Config, axis_name: 
         x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
     if cfg.shift:  # keys folded from the flip keys: runs without --shift keep their random streams
         x = random_shift(jax.vmap(lambda k: jax.random.fold_in(k, 1))(flip_keys), x, cfg.shift)
-    return corruption.corrupt(cfg.corruption, noise_keys, x, cfg.noise), x
+    return corruption.corrupt(cfg.corruption, noise_keys, x, cfg.noise, cfg.noise_levels), x
 
 
 def random_shift(keys: jax.Array, x: jax.Array, n: int) -> jax.Array:

@@ -2,10 +2,12 @@
 
 import argparse
 import dataclasses
+import json
 import os
 
 import pytest
 
+from jaxae import checkpoints
 from jaxae.config import PRESETS, Config, UsageError, add_flags, config_path, from_args, load_config
 
 
@@ -120,3 +122,17 @@ def test_json_round_trip_and_load_config(tmp_path):
     os.makedirs(tmp_path / "empty")
     with pytest.raises(UsageError, match="no config.json"):
         load_config(str(tmp_path / "empty"))
+
+
+def test_a_config_saved_before_noise_levels_existed_reads_as_fixed_levels(tmp_path):
+    """--noise-levels came in the twenty-eighth session with the default 'uniform'; the runs before it corrupted
+    every example at --noise, so a config.json without the field is 'fixed', and such a run goes on as it was."""
+    cfg = Config(**PRESETS["tiny"], workdir=str(tmp_path), noise=0.2)
+    assert cfg.noise_levels == "uniform"
+    saved = json.loads(cfg.to_json())
+    del saved["noise_levels"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert load_config(str(tmp_path)) == cfg.replace(noise_levels="fixed")
+    # a run killed before its first save starts over with its own settings: still fixed levels
+    resolved, resuming = checkpoints.resolve_workdir(Config(workdir=str(tmp_path)), set())
+    assert not resuming and resolved.noise_levels == "fixed" and resolved.noise == 0.2

@@ -61,3 +61,27 @@ def test_deterministic_per_key_and_identity_at_zero(kind):
     np.testing.assert_array_equal(corruption.corrupt(kind, keys[2:3], x[2:3], 0.3), a[2:3])
     assert corruption.corrupt(kind, keys, x, 0.0) is x
     np.testing.assert_array_equal(corruption.CORRUPTIONS[kind](KEY, x, 0.0), x)
+
+
+@pytest.mark.parametrize("kind, top", [("gaussian", 0.1), ("mask", 0.4), ("salt_pepper", 0.4)])
+def test_uniform_levels_give_each_example_its_own_strength_up_to_the_given_one(kind, top):
+    n = 512
+    x = jnp.full((n, 16, 16, 3), 0.5)  # gaussian: clipping at 0 and 1 is 5 top sigmas away
+    keys = jax.random.split(KEY, n)
+    out = np.asarray(corruption.corrupt(kind, keys, x, top, "uniform"))
+    # per example, the noise's std (gaussian) or the fraction of changed pixels, over the top strength
+    level = ((out - 0.5).std(axis=(1, 2, 3)) if kind == "gaussian"
+             else (out[..., 0] != np.float32(0.5)).mean(axis=(1, 2))) / top
+    assert level.min() < 0.1 and level.max() > 0.85  # near-clean and near-full examples both occur
+    assert level.mean() == pytest.approx(0.5, abs=0.05)  # uniform on [0, top): mean top / 2
+    assert np.histogram(level, bins=4, range=(0, 1))[0].min() > n / 8  # spread over the range, not clumped
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0 and out.dtype == np.float32
+    # each example depends only on its own key, and the same keys give the same batch
+    np.testing.assert_array_equal(corruption.corrupt(kind, keys[5:7], x[5:7], top, "uniform"), out[5:7])
+    np.testing.assert_array_equal(corruption.corrupt(kind, keys, x, top, "uniform"), out)
+    # fixed levels are the default, and unchanged by the option: every example at the full strength
+    np.testing.assert_array_equal(corruption.corrupt(kind, keys, x, top, "fixed"),
+                                  corruption.corrupt(kind, keys, x, top))
+    assert corruption.corrupt(kind, keys, x, 0.0, "uniform") is x
+    with pytest.raises(ValueError, match="levels must be one of"):
+        corruption.corrupt(kind, keys, x, top, "gamma")

@@ -35,10 +35,10 @@ def test_image_grid_has_the_size_grid_size_promises(tmp_path):
         np.testing.assert_array_equal(tile, np.broadcast_to(images[0, 0], (h, w, 3)))
 
 
-def _write_run(workdir, noise):
+def _write_run(workdir, noise, **more):
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as fh:
-        json.dump({"loss": "l1", "noise": noise, "corruption": "mask"}, fh)
+        json.dump({"loss": "l1", "noise": noise, "corruption": "mask", **more}, fh)
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as fh:
         for e in (1, 2):
             fh.write(json.dumps({"epoch": e, "step": 10 * e, "train_loss": 0.1 / e, "test_mse": 0.05 / e}) + "\n")
@@ -48,7 +48,10 @@ def test_loss_curve_labels_the_train_input_from_the_config(tmp_path):
     _write_run(tmp_path / "plain", 0.0)
     _write_run(tmp_path / "denoising", 0.3)
     assert figures._train_label(str(tmp_path / "plain")) == "train L1 (clean input)"
+    # a config.json without noise_levels is a run from before the option: every example at --noise
     assert figures._train_label(str(tmp_path / "denoising")) == "train L1 (input corrupted: mask 0.3)"
+    _write_run(tmp_path / "uniform", 0.3, noise_levels="uniform")
+    assert figures._train_label(str(tmp_path / "uniform")) == "train L1 (input corrupted: mask 0-0.3)"
     out = figures.loss_curve(str(tmp_path / "plain"), pca_mse=0.03)
     assert Image.open(out).size == (840, 504)
     with_mean = figures.loss_curve(str(tmp_path / "plain"), str(tmp_path / "m.png"), pca_mse=0.03, mean_mse=0.06)
@@ -355,6 +358,19 @@ def test_index_says_what_the_latent_figures_show(tmp_path, tiny_config, dim, sho
                 ).read()
     assert shown in page and not_shown not in page
     assert ("rotatable 3-D view" in page) == (dim >= 3)
+
+
+@pytest.mark.parametrize("levels, strength, noisy", [
+    ("uniform", "strength 0-0.2 (drawn uniformly for each example; denoising autoencoder)",
+     "corrupted at the top of the training's range (strength 0.2) (fixed seed)"),
+    ("fixed", "strength 0.2 (denoising autoencoder)", "corrupted as in training (fixed seed)")])
+def test_index_says_how_the_inputs_were_corrupted(tmp_path, tiny_config, levels, strength, noisy):
+    cfg = tiny_config(tmp_path, noise=0.2, noise_levels=levels)
+    metrics = {"step": 4, "n_train": 16, "n_test": 8, "seconds": {"encode_test": 0.1, "total": 2.0},
+               "workdir": "run"}
+    files = {"latent_3d_html": "latent_3d.html"}
+    page = open(os.path.join(tmp_path, pages.index(str(tmp_path / "index.html"), cfg, metrics, "table", files))).read()
+    assert f"gaussian corruption, {strength}" in page and f"Noisy input: the test images {noisy}" in page
 
 
 def test_crowded_long_column_labels_are_shortened_and_the_grid_is_drawn(tmp_path):

@@ -124,6 +124,7 @@ def test_bad_data_is_one_line_exit_2_and_writes_no_checkpoint(tmp_path, kind, wo
     (["--norm", "group", "--width", "12", "--blocks", "1"],
      ["--norm group normalises 8 groups", "multiple of 8 (got 12)"]),
     (["--corruption", "mask"], ["--corruption mask does nothing with --noise 0", "--noise 0.25"]),
+    (["--noise-levels", "uniform"], ["--noise-levels uniform does nothing with --noise 0", "--noise 0.2"]),
 ])
 def test_invalid_flags_exit_2(tmp_path, flags, words):
     proc = script(*tiny_args(tmp_path / "nodata", tmp_path / "run", *flags))

@@ -259,3 +259,14 @@ def test_a_cut_run_resumes_from_its_checkpoint(sweep, tmp_path, capsys):
     assert "| 8 | " in sweep.table(str(tmp_path / "sweep.jsonl")) and " s from step 3 |" in sweep.table(
         str(tmp_path / "sweep.jsonl"))
     assert sweep.main(args) == 0 and "SKIP base" in capsys.readouterr().out
+
+
+def test_a_row_from_before_noise_levels_is_the_run_with_fixed_levels(sweep):
+    """A row written before --noise-levels existed holds no such setting: its run corrupted every example at
+    --noise, so it is the run of `--noise-levels fixed`, and not that of today's default (uniform)."""
+    import dataclasses
+    from jaxae.config import PRESETS, Config
+    new = dataclasses.asdict(Config(**PRESETS["tiny"], noise=0.2))
+    old = {k: v for k, v in new.items() if k != "noise_levels"}
+    assert sweep.same_run(old, {**new, "noise_levels": "fixed"})
+    assert not sweep.same_run(old, new) and new["noise_levels"] == "uniform"

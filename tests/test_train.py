@@ -41,8 +41,10 @@ def test_prepare_batch_clean_target_and_corrupted_input(setup):
     same = np.isclose(flipped, x, atol=1e-6).all(axis=(1, 2, 3))
     mirrored = np.isclose(flipped, x[:, :, ::-1], atol=1e-6).all(axis=(1, 2, 3))
     assert (same | mirrored).all() and same.any() and mirrored.any()
-    noise = np.asarray(inputs) - flipped
-    assert 0.1 < noise.std() < 0.25 and float(inputs.min()) >= 0 and float(inputs.max()) <= 1
+    # each input corrupted at its own strength, uniform in [0, 0.2) (--noise-levels uniform, the default)
+    per_example = (np.asarray(inputs) - flipped).std(axis=(1, 2, 3))
+    assert per_example.max() < 0.2 and per_example.max() - per_example.min() > 0.05
+    assert float(inputs.min()) >= 0 and float(inputs.max()) <= 1
 
 
 def test_random_shift_translates_each_image_within_n_and_reflects_the_border():
@@ -199,8 +201,10 @@ def test_pass_steps_on_two_devices_make_the_plain_steps_and_compile_once(setup):
     np.testing.assert_allclose(two_losses, one_losses, rtol=1e-5)
     assert max(np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in
                zip(jax.tree.leaves(one.params), jax.tree.leaves(state.params))) > 1e-3
+    # atol 5e-6: Adam divides by the root of the second moment, so an element whose gradients are near 0 carries a
+    # summation-order difference of the passes into its update (one of 256 weights: 2.0e-6 after 4 steps)
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=5e-6)
     for a, b in zip(jax.tree.leaves(one.opt_state), jax.tree.leaves(two.opt_state)):  # Adam's moments: the gradients
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
     # two passes at a time or fewer: the plain path (one program); one device of 5 passes, this one
