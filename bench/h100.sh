@@ -21,8 +21,9 @@
 #
 #   PART=variants OUT=/some/folder bash bench/h100.sh
 # instead runs step 0, then `train.py` (timed) and `evaluate.py` for each of $VARIANTS ("name:flags;..."; by
-# default the variants that the README's quality table quotes besides the plain model: --noise 0.2, where
-# evaluate.py also reports the reconstructions of noisy inputs, the denoising target, and --loss l1; about 2 x
+# default the variants that the README's quality table quotes besides the plain model: --noise 0.2 (uniform levels
+# since the twenty-eighth session, not yet measured on the default model), where evaluate.py also reports the
+# reconstructions of noisy inputs, the denoising target, and --loss l1; about 2 x
 # 100 s). $OUT gets log.txt and, per variant, train-NAME.out (train.py's whole output, each line stamped with the
 # seconds since it started: set JAX_LOG_COMPILES=1 to see each compile's time), metrics-NAME.jsonl and
 # eval-NAME.out (the device tool returns at most 8 files). TRAIN_FLAGS is appended to each train.py:
