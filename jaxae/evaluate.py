@@ -31,6 +31,9 @@ from jaxae.train import TrainState, steps_per_epoch, train_state_to_restore
 
 BATCH = 500          # images per scan step when encoding / reconstructing a split
 NOISE_SEED = 1234    # corrupted test inputs are the same in every evaluation of every run
+# The noise curve of a denoising run: the test split at these multiples of its --noise (those over a corruption's
+# largest strength dropped). 0 is the clean split, measured anyway; each other costs an encode and decode of it.
+NOISE_CURVE = (0.0, 0.5, 1.0, 2.0)
 MAX_INTERP_STEPS = 50  # columns of the interpolation and traversal grids: more are too small to see
 BEST_CANDIDATES = 4096  # decoded training codes each test image is compared with before its descent (--best-codes)
 BEST_RATE = 0.03       # that descent's Adam step per code axis, x the training codes' spread; cosine-decayed to 0
@@ -158,10 +161,59 @@ def _encode_args(codec: Codec, images_dev) -> tuple:
     return _Encode(codec.encode), codec.params, images_dev, batch_size_for(images_dev.shape[0])
 
 
+def _noise_keys(idx: jax.Array) -> jax.Array:
+    return jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(NOISE_SEED), i))(idx)
+
+
 def corrupt_fixed(kind: str, strength: float, x: jax.Array, idx: jax.Array) -> jax.Array:
     """The trained corruption with a fixed key per test example: every evaluation sees the same noisy set."""
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(NOISE_SEED), i))(idx)
-    return corruption.corrupt(kind, keys, x, strength)
+    return corruption.corrupt(kind, _noise_keys(idx), x, strength)
+
+
+@dataclasses.dataclass(frozen=True)
+class _NoisyErrors:
+    """Per-example squared error against x of decode(encode(x corrupted at a strength handed in beside the
+    parameters)), and of the corrupted x itself: one program for every strength of the noise curve. The noise is
+    corrupt_fixed's at each strength."""
+    encode: Callable
+    decode: Callable
+    kind: str
+
+    def __call__(self, p, x, idx):
+        p, strength = p
+        fn = corruption.CORRUPTIONS[self.kind]  # at strength 0 each corruption is the identity
+        noisy = jax.vmap(lambda k, xi: fn(k, xi, strength))(_noise_keys(idx), x)
+        r = self.decode(p, self.encode(p, noisy))
+        return (jnp.square(r - x).reshape(x.shape[0], -1).mean(1),
+                jnp.square(noisy - x).reshape(x.shape[0], -1).mean(1))
+
+
+def noise_curve(codecs, images_dev, mask: np.ndarray, kind: str, strengths, clean: dict[str, float]) -> dict:
+    """Test MSE against the clean images of each codec's reconstructions of the test images corrupted (as
+    corrupt_fixed) at each strength, and of the corrupted images themselves ("input"). Strength 0 is the codec's
+    clean test MSE, given in `clean` (by codec name)."""
+    curves: dict[str, list[float]] = {c.name: [] for c in codecs}
+    curves["input"] = []
+    for c in codecs:
+        fn = _NoisyErrors(c.encode, c.decode, kind)
+        for s in strengths:
+            if s == 0:
+                curves[c.name].append(clean[c.name])
+                se_in = np.zeros(1)
+            else:
+                se, se_in = (np.asarray(v)[mask > 0] for v in _map_batches(
+                    fn, (c.params, jnp.float32(s)), images_dev, batch_size_for(images_dev.shape[0])))
+                curves[c.name].append(float(se.mean()))
+            if c is codecs[0]:
+                curves["input"].append(float(se_in.mean()))
+    return {"strengths": [float(s) for s in strengths], **curves}
+
+
+def curve_strengths(kind: str, noise: float) -> list[float]:
+    """The noise curve's strengths for a run trained at --noise `noise`: NOISE_CURVE's multiples of it, those over
+    the corruption's largest (1 for mask and salt_pepper: every pixel) at that largest."""
+    top = 1.0 if kind in ("mask", "salt_pepper") else math.inf
+    return sorted({min(f * noise, top) for f in NOISE_CURVE})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -523,6 +575,8 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
         nn = np.asarray(nearest_neighbours(codes[f"{key}_test"], codes[f"{key}_train"], k=knn_k))
         m[f"knn{knn_k}_accuracy"] = knn_accuracy(nn, ds.train_labels, ds.test_labels, len(ds.class_names))
         results[codec.name] = m
+    noise = (noise_curve((ae, pca), test_x, test_mask, cfg.corruption, curve_strengths(cfg.corruption, cfg.noise),
+                         {c.name: results[c.name]["test_mse"] for c in (ae, pca)}) if cfg.noise > 0 else None)
     best = None
     if best_steps:
         print(f"searching the best code of each of the {n_test:,} test images ({best_steps} descent steps"
@@ -564,6 +618,11 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
                                        baseline, step=step_done)
             if curve:
                 files["loss_curve"] = os.path.basename(curve)
+            if noise:
+                files["noise_curve"] = os.path.basename(figures.noise_curve(
+                    noise["strengths"], {"autoencoder": noise[ae.name], pca.name: noise[pca.name],
+                                         "the corrupted input itself": noise["input"]},
+                    cfg.noise, cfg.noise_levels == "uniform", cfg.corruption, os.path.join(tmp, "noise_curve.png")))
             spe = figures.epoch_positions(figures.per_epoch(figures.read_metrics(workdir)))[1]
             metrics = {"workdir": os.path.abspath(workdir), "step": step_done,
                        "epochs_done": step_done / spe if spe else None, "data": cfg.data, "n_test": n_test,
@@ -573,6 +632,7 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
                        "chance_accuracy": chance_accuracy(ds.train_labels, ds.test_labels),
                        "class_names": list(ds.class_names),
                        **({"best_codes": best} if best else {}),
+                       **({"noise_curve": noise} if noise else {}),
                        "seconds": {"encode_test": t_encode, "pca_fit": t_pca, "total": time.perf_counter() - t_start},
                        "config": json.loads(cfg.to_json())}
             pages.index(os.path.join(tmp, "index.html"), cfg, metrics, table, files)
@@ -585,6 +645,8 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     print(table)
     if best:
         print(pages.best_codes_text(best, results[ae.name]["test_mse"]))
+    if noise:
+        print(pages.noise_curve_text(noise, cfg.corruption, ae.name, pca.name))
     print(f"for scale: the mean training image, one output for every input, has test MSE {baseline:.4f}; "
           f"{pages.chance_text(metrics['chance_accuracy'], len(ds.class_names))}")
     if pages.untrained(metrics):

@@ -101,6 +101,35 @@ def loss_curve(workdir: str, out: str | None = None, pca_mse: float | None = Non
     return out
 
 
+def noise_curve(strengths, curves: dict[str, list], trained: float, uniform: bool, kind: str, out: str) -> str:
+    """Test MSE against the clean images of reconstructions of inputs corrupted at each strength -> out: one line
+    per entry of `curves` (the autoencoder, PCA, the corrupted input itself), with the strengths the model was
+    trained at shaded (uniform levels: 0 to `trained`) or marked (fixed: `trained`)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    if uniform:
+        ax.axvspan(0, trained, color="tab:green", alpha=0.12, label=f"trained on strengths 0-{trained:g}")
+    else:
+        ax.axvline(trained, color="tab:green", ls="-.", lw=1, label=f"trained on strength {trained:g}")
+    for (name, values), style in zip(curves.items(), ("o-", "s--", "^:")):
+        keep = np.asarray(values) > 0  # a log axis has no 0: the clean input's own error
+        ax.plot(np.asarray(strengths)[keep], np.asarray(values)[keep], style, ms=5, label=name)
+    ax.set_xlabel(f"{kind} corruption strength of the test inputs")
+    ax.set_ylabel("test MSE to the clean images")
+    ax.set_yscale("log")
+    ticks = _log_ticks(*ax.get_ylim())
+    if ticks:
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title("Reconstruction error against input corruption")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def _train_label(workdir: str) -> str:
     """What the train curve measured: the loss, and whether the inputs were corrupted (from config.json)."""
     path = os.path.join(workdir, "config.json")

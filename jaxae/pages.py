@@ -275,6 +275,15 @@ def best_codes_text(best: dict, encoder_mse: float) -> str:
             f"gain more than 1 %")
 
 
+def noise_curve_text(curve: dict, kind: str, ae: str, pca: str) -> str:
+    """One line on evaluate.py's noise curve (a denoising run), for the terminal."""
+    def values(name):
+        return ", ".join(f"{v:.4f}" for v in curve[name])
+    return (f"noise curve, test MSE to the clean images of inputs corrupted ({kind}) at strength "
+            f"{', '.join(f'{s:g}' for s in curve['strengths'])}: {ae} {values(ae)}; {pca} {values(pca)}; the "
+            f"corrupted input itself {values('input')}")
+
+
 def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> str:
     """WORKDIR/eval/index.html: the run's settings, the metrics table and every figure, with captions."""
     esc = html.escape
@@ -328,6 +337,13 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
                         "the test image whose code is nearest the mean code. Where the decoded mean is sharper "
                         "than the pixel mean, the code space averages something other than pixels."),
         "neighbours": "Each row: a test image and its nearest training images by distance between codes.",
+        "noise_curve": ("reconstruction error against input corruption",
+                        f"Test MSE, against the clean images, of the reconstructions of the test images corrupted "
+                        f"({cfg.corruption}, evaluate.py's fixed seed) at each strength, by the autoencoder and by "
+                        f"PCA; and of the corrupted images themselves: where a reconstruction lies below that line, "
+                        f"it is nearer the clean image than its input was (at weak noise a {cfg.latent_dim}-number "
+                        f"code loses more detail than the noise does). The shaded band or line: the strengths the "
+                        f"model was trained on; past them it meets noise it never saw."),
         "loss_curve": "Training loss and test MSE per epoch; the dashed line is the PCA baseline, the dotted line "
                       "the mean training image's test MSE (what a model that learned nothing reaches).",
     }

@@ -15,7 +15,7 @@ import pytest
 from conftest import make_image_folder, tiny_config
 from PIL import Image
 
-from jaxae import checkpoints, evaluate, figures
+from jaxae import checkpoints, evaluate, figures, pages
 from jaxae.config import UsageError
 from jaxae.data import load
 from jaxae.metrics import mean_image_mse, pad_to_multiple
@@ -47,7 +47,7 @@ def test_every_output_file_is_written(run):
     names = ["index.html", "metrics.json", "latents.npz", "latents.csv", "latent_3d.html", "latent_3d.png",
              "latent_pairs.png", "interpolation.png", "reconstructions.png", "traversal.png", "decoder_map.png",
              "class_means.png", "neighbours.png",
-             "loss_curve.png"]
+             "loss_curve.png", "noise_curve.png"]
     for name in names:
         assert os.path.getsize(os.path.join(run["out"], name)) > 0, name
     index = open(os.path.join(run["out"], "index.html")).read()
@@ -113,6 +113,35 @@ def test_metrics_are_finite_and_agree_with_training(run):
     ds = load(run["cfg"].data, cache_dir=run["cfg"].cache_dir)
     assert m["mean_image_test_mse"] == pytest.approx(mean_image_mse(ds.train_images, ds.test_images))
     assert m["models"]["PCA-3"]["test_mse"] <= m["mean_image_test_mse"]
+
+
+def test_a_denoising_run_gets_a_noise_curve(run):
+    """The test split at 0, 0.5, 1 and 2 x the trained --noise: the points the table has agree with it, the
+    corrupted input's own error grows with the strength, and the terminal's line gives every value."""
+    m = json.load(open(os.path.join(run["out"], "metrics.json")))
+    curve, ae, pca = m["noise_curve"], m["models"]["autoencoder"], m["models"]["PCA-3"]
+    assert curve["strengths"] == [0.0, 0.1, 0.2, 0.4] and set(curve) == {"strengths", "autoencoder", "PCA-3", "input"}
+    assert curve["autoencoder"][0] == ae["test_mse"] and curve["PCA-3"][0] == pca["test_mse"]
+    # at the trained strength the curve's noise is corrupt_fixed's: the table's noisy-input error
+    assert curve["autoencoder"][2] == pytest.approx(ae["noisy_test_mse"], rel=1e-5)
+    assert curve["PCA-3"][2] == pytest.approx(pca["noisy_test_mse"], rel=1e-5)
+    assert curve["input"][0] == 0 and np.all(np.diff(curve["input"]) > 0)
+    assert curve["input"][1] == pytest.approx(0.01, rel=0.2)  # gaussian 0.1 (clipped at 0 and 1: a little less)
+    assert run["second"]["noise_curve"] == pytest.approx(curve)
+    page = open(os.path.join(run["out"], "index.html")).read()
+    assert "reconstruction error against input corruption" in page and "noise_curve.png" in page
+    line = pages.noise_curve_text(curve, "gaussian", "autoencoder", "PCA-3")
+    assert line.startswith("noise curve, test MSE to the clean images of inputs corrupted (gaussian) at strength "
+                           "0, 0.1, 0.2, 0.4: autoencoder ")
+    assert all(f"{v:.4f}" in line for k in ("autoencoder", "PCA-3", "input") for v in curve[k])
+
+
+@pytest.mark.parametrize("kind, noise, strengths", [
+    ("gaussian", 0.2, [0.0, 0.1, 0.2, 0.4]), ("gaussian", 3.0, [0.0, 1.5, 3.0, 6.0]),
+    ("mask", 0.25, [0.0, 0.125, 0.25, 0.5]), ("mask", 0.75, [0.0, 0.375, 0.75, 1.0]),
+    ("salt_pepper", 1.0, [0.0, 0.5, 1.0])])
+def test_noise_curve_strengths_stop_at_what_the_corruption_can_do(kind, noise, strengths):
+    assert evaluate.curve_strengths(kind, noise) == strengths
 
 
 def test_metrics_json_is_strict_json_even_for_a_model_that_diverged():
@@ -340,7 +369,6 @@ def test_out_where_nothing_can_be_written_is_refused_before_the_work(run, tmp_pa
 
 def test_a_model_no_better_than_the_mean_image_is_called_untrained(run, tmp_path):
     """A run evaluated after a few steps draws grey figures: the page says why, at the top of its metrics."""
-    from jaxae import pages
     metrics = json.load(open(os.path.join(run["out"], "metrics.json")))
     ae = metrics["models"]["autoencoder"]["test_mse"]
     for baseline, expected in ((ae * 1.01, False), (ae, True), (ae * 0.99, True)):

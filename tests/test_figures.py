@@ -59,6 +59,28 @@ def test_loss_curve_labels_the_train_input_from_the_config(tmp_path):
     assert figures.loss_curve(str(tmp_path / "empty")) is None
 
 
+@pytest.mark.parametrize("uniform", [True, False])
+def test_noise_curve_draws_every_positive_point_and_the_trained_strengths(tmp_path, monkeypatch, uniform):
+    calls = []
+
+    def recorder(name):
+        real = getattr(plt.Axes, name)
+
+        def record(ax, *args, **kw):  # the positional arguments (arrays as lists) and the label
+            calls.append((name, *[np.asarray(a).tolist() for a in args if not isinstance(a, str)], kw["label"]))
+            return real(ax, *args, **kw)
+        return record
+    for name in ("plot", "axvspan", "axvline"):
+        monkeypatch.setattr(plt.Axes, name, recorder(name))
+    curves = {"autoencoder": [0.03, 0.031, 0.035], "PCA-3": [0.032, 0.033, 0.036], "input": [0.0, 0.03, 0.1]}
+    out = figures.noise_curve([0.0, 0.2, 0.4], curves, 0.2, uniform, "gaussian", str(tmp_path / "n.png"))
+    assert Image.open(out).size == (840, 504)
+    # the clean input's error (0) has no place on the log axis: its curve starts at the first noisy point
+    mark = ("axvspan", 0, 0.2, "trained on strengths 0-0.2") if uniform else ("axvline", 0.2, "trained on strength 0.2")
+    assert calls == [mark, ("plot", [0.0, 0.2, 0.4], curves["autoencoder"], "autoencoder"),
+                     ("plot", [0.0, 0.2, 0.4], curves["PCA-3"], "PCA-3"), ("plot", [0.2, 0.4], [0.03, 0.1], "input")]
+
+
 def test_latent_scatter_figures_have_fixed_sizes(tmp_path):
     rng = np.random.default_rng(0)
     pts, labels = rng.normal(size=(60, 3)), np.repeat(np.arange(3), 20)
