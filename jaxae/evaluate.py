@@ -32,7 +32,8 @@ from jaxae.train import TrainState, steps_per_epoch, train_state_to_restore
 BATCH = 500          # images per scan step when encoding / reconstructing a split
 NOISE_SEED = 1234    # corrupted test inputs are the same in every evaluation of every run
 # The noise curve of a denoising run: the test split at these multiples of its --noise (those over a corruption's
-# largest strength dropped). 0 is the clean split, measured anyway; each other costs an encode and decode of it.
+# largest strength at that largest). 0 and 1 are the clean and noisy splits, measured anyway; each other costs an
+# encode and decode of the split.
 NOISE_CURVE = (0.0, 0.5, 1.0, 2.0)
 MAX_INTERP_STEPS = 50  # columns of the interpolation and traversal grids: more are too small to see
 BEST_CANDIDATES = 4096  # decoded training codes each test image is compared with before its descent (--best-codes)
@@ -173,39 +174,33 @@ def corrupt_fixed(kind: str, strength: float, x: jax.Array, idx: jax.Array) -> j
 @dataclasses.dataclass(frozen=True)
 class _NoisyErrors:
     """Per-example squared error against x of decode(encode(x corrupted at a strength handed in beside the
-    parameters)), and of the corrupted x itself: one program for every strength of the noise curve. The noise is
-    corrupt_fixed's at each strength."""
-    encode: Callable
-    decode: Callable
+    parameters)), or without encode of the corrupted x itself: one program for every strength of the noise curve.
+    The noise is corrupt_fixed's at each strength."""
     kind: str
+    encode: Callable | None = None
+    decode: Callable | None = None
 
     def __call__(self, p, x, idx):
         p, strength = p
         fn = corruption.CORRUPTIONS[self.kind]  # at strength 0 each corruption is the identity
-        noisy = jax.vmap(lambda k, xi: fn(k, xi, strength))(_noise_keys(idx), x)
-        r = self.decode(p, self.encode(p, noisy))
-        return (jnp.square(r - x).reshape(x.shape[0], -1).mean(1),
-                jnp.square(noisy - x).reshape(x.shape[0], -1).mean(1))
+        r = jax.vmap(lambda k, xi: fn(k, xi, strength))(_noise_keys(idx), x)
+        if self.encode is not None:
+            r = self.decode(p, self.encode(p, r))
+        return jnp.square(r - x).reshape(x.shape[0], -1).mean(1)
 
 
-def noise_curve(codecs, images_dev, mask: np.ndarray, kind: str, strengths, clean: dict[str, float]) -> dict:
+def noise_curve(codecs, images_dev, mask: np.ndarray, kind: str, strengths,
+                known: dict[float, dict[str, float]]) -> dict:
     """Test MSE against the clean images of each codec's reconstructions of the test images corrupted (as
-    corrupt_fixed) at each strength, and of the corrupted images themselves ("input"). Strength 0 is the codec's
-    clean test MSE, given in `clean` (by codec name)."""
-    curves: dict[str, list[float]] = {c.name: [] for c in codecs}
-    curves["input"] = []
-    for c in codecs:
-        fn = _NoisyErrors(c.encode, c.decode, kind)
-        for s in strengths:
-            if s == 0:
-                curves[c.name].append(clean[c.name])
-                se_in = np.zeros(1)
-            else:
-                se, se_in = (np.asarray(v)[mask > 0] for v in _map_batches(
-                    fn, (c.params, jnp.float32(s)), images_dev, batch_size_for(images_dev.shape[0])))
-                curves[c.name].append(float(se.mean()))
-            if c is codecs[0]:
-                curves["input"].append(float(se_in.mean()))
+    corrupt_fixed) at each strength, and of the corrupted images themselves ("input"). `known`: the codecs' MSE at
+    the strengths measured already ({strength: {codec name: MSE}}: 0, the clean split; the trained one, the noisy
+    inputs), which cost no pass here."""
+    def mse(fn, params, s):
+        se = _map_batches(fn, (params, jnp.float32(s)), images_dev, batch_size_for(images_dev.shape[0]))
+        return float(np.asarray(se)[mask > 0].mean())
+    curves = {c.name: [known[s][c.name] if s in known else mse(_NoisyErrors(kind, c.encode, c.decode), c.params, s)
+                       for s in strengths] for c in codecs}
+    curves["input"] = [mse(_NoisyErrors(kind), None, s) for s in strengths]
     return {"strengths": [float(s) for s in strengths], **curves}
 
 
@@ -576,7 +571,9 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
         m[f"knn{knn_k}_accuracy"] = knn_accuracy(nn, ds.train_labels, ds.test_labels, len(ds.class_names))
         results[codec.name] = m
     noise = (noise_curve((ae, pca), test_x, test_mask, cfg.corruption, curve_strengths(cfg.corruption, cfg.noise),
-                         {c.name: results[c.name]["test_mse"] for c in (ae, pca)}) if cfg.noise > 0 else None)
+                         {0.0: {c.name: results[c.name]["test_mse"] for c in (ae, pca)},
+                          cfg.noise: {c.name: results[c.name]["noisy_test_mse"] for c in (ae, pca)}})
+             if cfg.noise > 0 else None)
     best = None
     if best_steps:
         print(f"searching the best code of each of the {n_test:,} test images ({best_steps} descent steps"

@@ -116,15 +116,14 @@ def test_metrics_are_finite_and_agree_with_training(run):
 
 
 def test_a_denoising_run_gets_a_noise_curve(run):
-    """The test split at 0, 0.5, 1 and 2 x the trained --noise: the points the table has agree with it, the
-    corrupted input's own error grows with the strength, and the terminal's line gives every value."""
+    """The test split at 0, 0.5, 1 and 2 x the trained --noise (the table's clean and noisy errors at 0 and 1), the
+    corrupted input's own error growing with the strength, and the terminal's line giving every value."""
     m = json.load(open(os.path.join(run["out"], "metrics.json")))
     curve, ae, pca = m["noise_curve"], m["models"]["autoencoder"], m["models"]["PCA-3"]
     assert curve["strengths"] == [0.0, 0.1, 0.2, 0.4] and set(curve) == {"strengths", "autoencoder", "PCA-3", "input"}
-    assert curve["autoencoder"][0] == ae["test_mse"] and curve["PCA-3"][0] == pca["test_mse"]
-    # at the trained strength the curve's noise is corrupt_fixed's: the table's noisy-input error
-    assert curve["autoencoder"][2] == pytest.approx(ae["noisy_test_mse"], rel=1e-5)
-    assert curve["PCA-3"][2] == pytest.approx(pca["noisy_test_mse"], rel=1e-5)
+    for name, model in m["models"].items():
+        assert curve[name][0] == model["test_mse"] and curve[name][2] == model["noisy_test_mse"]
+        assert curve[name][1] != curve[name][3] and all(v > 0 for v in curve[name])
     assert curve["input"][0] == 0 and np.all(np.diff(curve["input"]) > 0)
     assert curve["input"][1] == pytest.approx(0.01, rel=0.2)  # gaussian 0.1 (clipped at 0 and 1: a little less)
     assert run["second"]["noise_curve"] == pytest.approx(curve)
@@ -134,6 +133,19 @@ def test_a_denoising_run_gets_a_noise_curve(run):
     assert line.startswith("noise curve, test MSE to the clean images of inputs corrupted (gaussian) at strength "
                            "0, 0.1, 0.2, 0.4: autoencoder ")
     assert all(f"{v:.4f}" in line for k in ("autoencoder", "PCA-3", "input") for v in curve[k])
+
+
+def test_the_noise_curves_own_passes_corrupt_as_the_noisy_metrics_do(run):
+    """A strength measured by the curve's own program, traced strength and all, gives the numbers of the table's
+    (corrupt_fixed's noise at a static strength; the clean split at 0)."""
+    from jaxae.metrics import pad_to_multiple
+    from jaxae.models import model_from_config
+    cfg, state, ds = evaluate.restore(run["cfg"].workdir)
+    codec = evaluate.autoencoder_codec(model_from_config(cfg, ds.image_shape), state.params)
+    x, mask = pad_to_multiple(ds.test_images, evaluate.batch_size_for(len(ds.test_images)))
+    curve = evaluate.noise_curve((codec,), jnp.asarray(x), mask, "gaussian", [0.0, 0.2], known={})
+    ae = run["first"]["models"]["autoencoder"]
+    assert curve["autoencoder"] == pytest.approx([ae["test_mse"], ae["noisy_test_mse"]], rel=1e-5)
 
 
 @pytest.mark.parametrize("kind, noise, strengths", [
