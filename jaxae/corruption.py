@@ -36,11 +36,12 @@ LEVELS = ("fixed", "uniform")
 
 
 def corrupt(kind: str, keys: jax.Array, x: jax.Array, strength: float, levels: str = "fixed") -> jax.Array:
-    """Corrupt a batch [B, ...] with one key per example (keys: [B] key array). strength 0 is the identity.
+    """Corrupt a batch [B, ...] with one key per example (keys: [B] key array). strength 0 is the identity; it
+    may be traced (evaluate.py's noise curve: one program for every strength).
 
     levels "fixed": every example at `strength`; "uniform": each example at its own strength, drawn uniformly
     from [0, strength) with a key split from its own (so near-clean inputs are among those trained on)."""
-    if strength == 0:
+    if not isinstance(strength, jax.core.Tracer) and strength == 0:  # a traced 0 corrupts nothing either
         return x
     if levels not in LEVELS:
         raise ValueError(f"levels must be one of {LEVELS}, not {levels!r}")

@@ -162,13 +162,10 @@ def _encode_args(codec: Codec, images_dev) -> tuple:
     return _Encode(codec.encode), codec.params, images_dev, batch_size_for(images_dev.shape[0])
 
 
-def _noise_keys(idx: jax.Array) -> jax.Array:
-    return jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(NOISE_SEED), i))(idx)
-
-
 def corrupt_fixed(kind: str, strength: float, x: jax.Array, idx: jax.Array) -> jax.Array:
     """The trained corruption with a fixed key per test example: every evaluation sees the same noisy set."""
-    return corruption.corrupt(kind, _noise_keys(idx), x, strength)
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(NOISE_SEED), i))(idx)
+    return corruption.corrupt(kind, keys, x, strength)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,8 +179,7 @@ class _NoisyErrors:
 
     def __call__(self, p, x, idx):
         p, strength = p
-        fn = corruption.CORRUPTIONS[self.kind]  # at strength 0 each corruption is the identity
-        r = jax.vmap(lambda k, xi: fn(k, xi, strength))(_noise_keys(idx), x)
+        r = corrupt_fixed(self.kind, strength, x, idx)
         if self.encode is not None:
             r = self.decode(p, self.encode(p, r))
         return jnp.square(r - x).reshape(x.shape[0], -1).mean(1)
