@@ -326,9 +326,12 @@ SAME_RUN_FIELDS = ("max_steps", "steps_per_call", "microbatch")
 def same_run(a: dict, b: dict, more: tuple[str, ...] = SAME_RUN_FIELDS) -> bool:
     """Whether two configs (as dicts) describe the same run: every setting that changes what a run computes, and
     `more`, and the same data (paths compared as absolute ones)."""
+    import dataclasses
     from jaxae.checkpoints import same_setting
     from jaxae.config import BEFORE, Config
-    a, b = {**BEFORE, **a}, {**BEFORE, **b}  # a row from before a setting existed ran with its value then
+    # a row from before a setting existed ran with its value then: BEFORE's, else the default (--encoder-heads 1)
+    before = {**dataclasses.asdict(Config()), **BEFORE}
+    a, b = {**before, **a}, {**before, **b}
     return all(k in a and k in b and same_setting(k, a[k], b[k]) for k in Config.RUN_FIELDS + more)
 
 

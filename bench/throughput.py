@@ -303,7 +303,7 @@ def torch_worker(args) -> dict:
                                   cfg.mlp_layers, cfg.norm, cfg.upsample, cfg.head, batch_size=bs, steps=max(args.steps, 20),
                                   repeats=max(args.repeats, 3), compile=comp, bf16=cfg.dtype == "bfloat16",
                                   learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                  grad_clip=cfg.grad_clip, activation=cfg.activation,
+                                  grad_clip=cfg.grad_clip, activation=cfg.activation, encoder_heads=cfg.encoder_heads,
                                   log=lambda m, prefix=f"{impl} batch {bs}": _progress(f"{prefix}: {m}"))
             except Exception as e:  # torch.compile needs a working compiler toolchain: report, go on
                 rows.append(_emit_row({"impl": impl, "batch": bs,

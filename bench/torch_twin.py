@@ -1,7 +1,7 @@
 """PyTorch twin of jaxae's Autoencoder, for side-by-side throughput (bench/throughput.py). Bench-only: jaxae
 never imports torch.
 
-Same layers, widths, activations, norms and upsampling as jaxae.models.Autoencoder; the same step (flip
+Same layers, widths, activations, norms, upsampling and encoder heads as jaxae.models.Autoencoder; the same step (flip
 augmentation, MSE, AdamW + global-norm clipping) on a uint8 dataset held on the device. Compute-identical,
 not bit-identical: stride-2 'SAME' convs pad (1, 1) here where XLA pads (0, 1), and PixelShuffle orders
 channels differently; neither changes the FLOPs or the memory traffic.
@@ -83,8 +83,10 @@ class Autoencoder(nn.Module):
     """jaxae.models.Autoencoder in PyTorch (NCHW)."""
 
     def __init__(self, image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blocks=1, hidden=256,
-                 mlp_layers=1, norm="layer", upsample="pixel_shuffle", head="conv", activation="gelu"):
+                 mlp_layers=1, norm="layer", upsample="pixel_shuffle", head="conv", activation="gelu",
+                 encoder_heads=1):
         super().__init__()
+        self.latent_dim, self.heads = latent_dim, encoder_heads
         act = ACTIVATIONS[activation]
         self.act = act()
         h, w, c = image_shape
@@ -101,7 +103,7 @@ class Autoencoder(nn.Module):
         for _ in range(mlp_layers):
             mlp += [nn.Linear(d, hidden), act()]
             d = hidden
-        self.encoder = nn.Sequential(*enc, nn.Flatten(), *mlp, nn.Linear(d, latent_dim))
+        self.encoder = nn.Sequential(*enc, nn.Flatten(), *mlp, nn.Linear(d, latent_dim * encoder_heads))
         mlp, d = [], latent_dim
         for _ in range(mlp_layers):
             mlp += [nn.Linear(d, hidden), act()]
@@ -119,9 +121,20 @@ class Autoencoder(nn.Module):
         self.out = nn.Conv2d(cin, c, 3, padding=1) if head == "conv" else nn.Identity()
 
     def forward(self, x):
-        z = self.encoder((x - 0.5) * 2.0)
+        """The drawing of x's code; with encoder_heads K, of the one of its K proposals drawn nearest x (chosen
+        without gradient, then drawn again: K decoder passes forward and one backward, as jaxae does)."""
+        b = x.shape[0]
+        z = self.encoder((x - 0.5) * 2.0).reshape(b, self.heads, self.latent_dim)
+        if self.heads > 1:
+            with torch.no_grad():
+                y = self.decode(z.reshape(b * self.heads, self.latent_dim)).reshape(b, self.heads, *x.shape[1:])
+                best = (y - x[:, None]).square().flatten(2).mean(2).argmin(1)
+            return self.decode(z[torch.arange(b, device=x.device), best])
+        return self.decode(z[:, 0])
+
+    def decode(self, z):
         h0, w0 = self.shapes[-1]
-        y = self.dec_mlp(z).reshape(x.shape[0], self.c0, h0, w0)
+        y = self.dec_mlp(z).reshape(z.shape[0], self.c0, h0, w0)
         for j, (blocks, up) in enumerate(zip(self.blocks, self.ups)):
             th, tw = self.shapes[len(self.shapes) - 2 - j]
             y = up(blocks(y))[:, :, :th, :tw]
@@ -133,7 +146,8 @@ class Autoencoder(nn.Module):
 def time_training(image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blocks=1, hidden=256, mlp_layers=1,
                   norm="layer", upsample="pixel_shuffle", head="conv", batch_size=256, steps=20, repeats=3, compile=False,
                   threads: int | None = None, device: str | None = None, bf16: bool = False, n_data=50000,
-                  learning_rate=2e-3, weight_decay=1e-4, grad_clip=1.0, seed=0, log=None, activation="gelu") -> dict:
+                  learning_rate=2e-3, weight_decay=1e-4, grad_clip=1.0, seed=0, log=None, activation="gelu",
+                  encoder_heads=1) -> dict:
     """Steady-state training img/s of the twin: a warm-up, then `repeats` timings of `steps` steps each.
     `log(message)`, when given, hears of the warm-up and of each timing as it ends."""
     log = log or (lambda message: None)
@@ -148,7 +162,7 @@ def time_training(image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blo
         torch.set_flush_denormal(True)
     torch.manual_seed(seed)
     model = Autoencoder(image_shape, latent_dim, width, stages, blocks, hidden, mlp_layers, norm, upsample, head,
-                        activation).to(device)
+                        activation, encoder_heads).to(device)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     h, w, c = image_shape

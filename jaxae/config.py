@@ -52,6 +52,10 @@ class Config:
     head: str = _f("conv", "decoder output: 'conv' (last upsampling to --width channels, then a 3x3 conv to the "
                    "image) or 'upsample' (the last upsampling emits the image: no full-resolution conv, cheaper on "
                    "CPUs)", ["conv", "upsample"])
+    encoder_heads: int = _f(1, "codes the encoder proposes for each image: the decoder draws each, and the one drawn "
+                            "nearest the input (by --loss) is the image's code. With 2 or more the encoder can send "
+                            "neighbouring images to distant codes, where the decoder's sheet of images folds; each "
+                            "costs a decoder pass per image, in training and when encoding")
     dtype: str = _f("float32", "compute dtype (parameters stay float32); bfloat16 is for GPUs/TPUs",
                     ["float32", "bfloat16"])
     # --- objective
@@ -99,7 +103,7 @@ class Config:
 
     # Settings that change what a checkpoint means: resuming with a different value is refused.
     MODEL_FIELDS = ("latent_dim", "width", "stages", "blocks", "hidden", "mlp_layers", "mlp", "fourier", "norm",
-                    "activation", "upsample", "head")
+                    "activation", "upsample", "head", "encoder_heads")
     RUN_FIELDS = MODEL_FIELDS + ("loss", "noise", "corruption", "noise_levels", "flip", "shift", "epochs",
                                  "batch_size", "optimizer", "learning_rate", "warmup_epochs", "weight_decay",
                                  "grad_clip", "seed", "data", "dataset", "dtype")
@@ -114,8 +118,8 @@ class Config:
             raise UsageError("--data is empty: give 'tfds' or a local folder, .tar or .tar.gz of the dataset")
         if not 0 <= self.seed < 2 ** 32:  # JAX keeps the low 32 bits: seed 2**32 was seed 0's run
             raise UsageError(f"--seed must be a whole number from 0 to {2 ** 32 - 1} (got {self.seed})")
-        for name in ("latent_dim", "width", "stages", "hidden", "mlp_layers", "epochs", "batch_size", "log_every",
-                     "save_every_epochs", "keep"):
+        for name in ("latent_dim", "width", "stages", "hidden", "mlp_layers", "encoder_heads", "epochs", "batch_size",
+                     "log_every", "save_every_epochs", "keep"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{_flag(name)} must be at least 1 (got {getattr(self, name)})")
         for name in ("blocks", "shift", "steps_per_call", "microbatch", "max_steps"):

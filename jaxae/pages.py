@@ -294,7 +294,9 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
     settings = [("latent dimension", cfg.latent_dim), ("loss", cfg.loss.upper()), ("input noise", noise),
                 ("model", f"width {cfg.width}, {cfg.stages} stages, {cfg.blocks} res-block(s)/stage, "
                           f"MLP {cfg.mlp_layers} x {cfg.hidden}, norm {cfg.norm}, {cfg.activation}, {cfg.upsample}, "
-                          f"{cfg.head} head"),
+                          f"{cfg.head} head"
+                          + (f"; the encoder proposes {cfg.encoder_heads} codes per image, and the one the decoder "
+                             f"draws nearest the image is its code" if cfg.encoder_heads > 1 else "")),
                 ("training", f"{cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr "
                              f"{cfg.learning_rate:g}, seed {cfg.seed}; checkpoint step {metrics['step']}"
                              + (f", epoch {math.floor(done * 100) / 100:g} of {cfg.epochs}"

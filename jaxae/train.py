@@ -420,16 +420,19 @@ def cpu_step_temporaries(cfg: Config, height: int = 32, width: int = 32) -> int:
 
     Per microbatch pass in flight, in full-resolution activations of `cfg.width` channels: 4.2, plus 4.0 per
     residual block, 5.2 for the conv output head, and 1.0 + 1.8 per block for a smooth activation (GELU, SiLU)
-    over ReLU. Fitted to XLA's memory_analysis of 18 steps (twenty-second session, docs/performance.md): within
-    15 % of it for the presets and their variants at batch 128-1024, and on the right side of LARGE_STEP for
-    all 18; it over-estimates a batch of one pass (quick at batch 64: 17.6 MB for 10.5). The dtype does not
-    enter: on CPU a bfloat16 step needs as much (the quick preset's: 35.8 MB). It decides the malloc arenas
-    (keep_host_memory), so it is read before JAX starts: one device, and microbatch_size's CPU choice of pass."""
+    over ReLU; and per encoder head past the first, 0.25, plus 0.6 with the conv head (its drawings are forward passes
+    only: twenty-ninth session). Fitted to XLA's memory_analysis of 18 steps (twenty-second session,
+    docs/performance.md): within 15 % of it for the presets and their variants at batch 128-1024, and on the right
+    side of LARGE_STEP for all 18; it over-estimates a batch of one pass (quick at batch 64: 17.6 MB for 10.5). The
+    dtype does not enter: on CPU a bfloat16 step needs as much (the quick preset's: 35.8 MB). It decides the malloc
+    arenas (keep_host_memory), so it is read before JAX starts: one device, and microbatch_size's CPU choice of
+    pass."""
     micro = cfg.microbatch or _cpu_microbatch(cfg.batch_size)
     in_flight = max(1, min(PASSES_IN_FLIGHT, cfg.batch_size // micro))
     per_pass = 4.2 + 4.0 * cfg.blocks + (5.2 if cfg.head == "conv" else 0.0)
     if cfg.activation != "relu":
         per_pass += 1.0 + 1.8 * cfg.blocks
+    per_pass += (cfg.encoder_heads - 1) * (0.25 + (0.6 if cfg.head == "conv" else 0.0))
     return int(micro * height * width * cfg.width * 4 * in_flight * per_pass)
 
 

@@ -600,3 +600,23 @@ def test_one_test_image_evaluates_without_a_decoder_map(run, tmp_path):
         evaluate.run(run["cfg"].workdir, out=str(tmp_path / "ev"), data=data, interp_steps=2)
     assert not os.path.exists(tmp_path / "ev" / "decoder_map.png")
     assert os.path.exists(tmp_path / "ev" / "class_means.png")
+
+
+def test_a_run_with_encoder_heads_trains_restores_and_evaluates_with_its_chosen_codes(tmp_path):
+    """--encoder-heads 2: config.json keeps it, so the restored model has the encoder's 2 x 3 outputs; the codes
+    in latents.npz are the chosen ones, the clean test MSE is the training loop's, and the page says how codes are
+    chosen."""
+    data = make_image_folder(tmp_path / "data", n_train=16, n_test=4)
+    cfg = tiny_config(tmp_path, data=data, max_steps=2, encoder_heads=2)
+    trained = train_and_evaluate(cfg, progress=False)
+    m = evaluate.run(cfg.workdir, out=str(tmp_path / "eval"), interp_steps=2)
+    _, state, ds = evaluate.restore(cfg.workdir)
+    assert json.load(open(os.path.join(cfg.workdir, "config.json")))["encoder_heads"] == 2
+    last = max((n for n in state.params["encoder"] if n.startswith("Dense_")), key=lambda n: int(n[6:]))
+    assert state.params["encoder"][last]["kernel"].shape[-1] == 6
+    model = evaluate.model_from_config(cfg, ds.image_shape)
+    codes = model.apply({"params": state.params}, ds.test_images / np.float32(255), method="encode")
+    np.testing.assert_allclose(np.load(tmp_path / "eval" / "latents.npz")["codes"], codes, rtol=1e-5, atol=1e-6)
+    assert m["models"]["autoencoder"]["test_mse"] == pytest.approx(trained["test_mse"], rel=1e-4)
+    assert "the encoder proposes 2 codes per image, and the one the decoder draws nearest the image is its code" in (
+        open(tmp_path / "eval" / "index.html").read())

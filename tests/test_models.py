@@ -163,3 +163,53 @@ def test_activation_is_a_choice_of_function_not_of_parameters(tiny_config, tmp_p
     for a, b in (("gelu", "relu"), ("gelu", "silu"), ("relu", "silu")):
         assert not np.allclose(codes[a], codes[b], rtol=1e-3), (a, b)
     assert model_from_config(tiny_config(tmp_path, activation="silu"), (16, 16, 3)).activation == "silu"
+
+
+@pytest.mark.parametrize("choose_by", ["l2", "l1"])
+def test_encoder_heads_keep_the_proposal_drawn_nearest_the_image(choose_by):
+    """--encoder-heads K: encode gives, for each image, the one of its K proposed codes whose drawing is nearest it
+    by the loss; __call__ is that drawing, which decode of the code gives too."""
+    k, d = 3, 2
+    net = Autoencoder(image_shape=(8, 8, 3), latent_dim=d, stages=2, encoder_heads=k, choose_by=choose_by, **SMALL)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (6, 8, 8, 3))
+
+    @jax.jit
+    def run(x):
+        p = {"params": net.init(jax.random.PRNGKey(1), x)["params"]}
+        proposals = net.apply(p, x, method=lambda m, x: m.encoder(x)).reshape(6, k, d)
+        drawings = net.apply(p, proposals.reshape(6 * k, d), method=Autoencoder.decode).reshape(6, k, 8, 8, 3)
+        z = net.apply(p, x, method=Autoencoder.encode)
+        return proposals, drawings, z, net.apply(p, x), net.apply(p, z, method=Autoencoder.decode)
+
+    proposals, drawings, z, recon, decoded = map(np.asarray, run(x))
+    diff = drawings - np.asarray(x)[:, None]
+    err = (np.abs(diff) if choose_by == "l1" else diff ** 2).mean(axis=(2, 3, 4))
+    best = err.argmin(1)
+    assert z.shape == (6, d) and recon.shape == (6, 8, 8, 3)
+    np.testing.assert_array_equal(z, proposals[np.arange(6), best])
+    np.testing.assert_allclose(recon, drawings[np.arange(6), best], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(decoded, recon, rtol=1e-5, atol=1e-6)
+    assert len(set(best)) > 1, "the test's images all chose one head: it would not tell a choice from head 0"
+
+
+def test_encoder_heads_train_only_the_chosen_proposal():
+    """Winner-take-all: the loss of each image reaches only the head it chose, so the encoder's last layer gets a
+    gradient on the outputs of the chosen heads and none on the others'."""
+    k, d = 4, 3
+    net = Autoencoder(image_shape=(8, 8, 3), latent_dim=d, stages=2, encoder_heads=k, **SMALL)
+    x = jax.random.uniform(jax.random.PRNGKey(2), (2, 8, 8, 3))
+
+    @jax.jit
+    def run(x):
+        params = net.init(jax.random.PRNGKey(3), x)["params"]
+        z = net.apply({"params": params}, x, method=lambda m, x: m.encoder(x)).reshape(2, k, d)
+        chosen = net.apply({"params": params}, x, method=Autoencoder.encode)
+        return z, chosen, jax.grad(lambda p: losses.l2(net.apply({"params": p}, x), x))(params)
+
+    z, chosen, grads = run(x)
+    won = {int(np.flatnonzero((np.asarray(z[i]) == np.asarray(chosen[i])).all(1))[0]) for i in range(2)}
+    last = max((n for n in grads["encoder"] if n.startswith("Dense_")), key=lambda n: int(n[6:]))  # the code's
+    kernel = np.asarray(grads["encoder"][last]["kernel"]).reshape(-1, k, d)  # [hidden, head, code axis]
+    assert kernel.shape[1:] == (k, d)
+    for head in range(k):
+        assert np.any(kernel[:, head] != 0) == (head in won), (head, won)

@@ -117,6 +117,7 @@ def test_bad_data_is_one_line_exit_2_and_writes_no_checkpoint(tmp_path, kind, wo
 @pytest.mark.parametrize("flags, words", [
     (["--noise", "-0.1"], ["--noise must be between 0 and 10", "-0.1"]),
     (["--batch-size", "0"], ["--batch-size must be at least 1"]),
+    (["--encoder-heads", "0"], ["--encoder-heads must be at least 1 (got 0)"]),
     (["--batch-size", "7"], ["--batch-size 7 does not split evenly over 2 devices", "multiple of 2"]),
     (["--microbatch", "3"], ["--microbatch 3 does not divide the per-device batch (4)", "a divisor of it"]),
     (["--loss", "l3"], ["--loss", "invalid choice", "l3"]),  # argparse's own one-line error

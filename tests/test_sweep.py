@@ -270,3 +270,13 @@ def test_a_row_from_before_noise_levels_is_the_run_with_fixed_levels(sweep):
     old = {k: v for k, v in new.items() if k != "noise_levels"}
     assert sweep.same_run(old, {**new, "noise_levels": "fixed"})
     assert not sweep.same_run(old, new) and new["noise_levels"] == "uniform"
+
+
+def test_a_row_from_before_encoder_heads_is_the_run_with_one_head(sweep):
+    """A setting that came with a default the older runs had: a row without it is the run of that default."""
+    import dataclasses
+    from jaxae.config import PRESETS, Config
+    new = dataclasses.asdict(Config(**PRESETS["tiny"]))
+    old = {k: v for k, v in new.items() if k != "encoder_heads"}
+    assert sweep.same_run(old, new) and new["encoder_heads"] == 1
+    assert not sweep.same_run(old, {**new, "encoder_heads": 2})

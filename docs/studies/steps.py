@@ -9,10 +9,10 @@ from jaxae import train as T
 from jaxae.config import with_preset
 
 
-def step_inputs(preset: str, batch: int, spe: int = 4):
-    """(cfg, state, images, perm, passes per step): `spe` steps of `batch` images for the preset's model, to give
-    jaxae.train._PassSteps(cfg, 1, spe, batch, passes)."""
-    cfg = with_preset({"preset": preset, "batch_size": batch})
+def step_inputs(preset: str, batch: int, spe: int = 4, **overrides):
+    """(cfg, state, images, perm, passes per step): `spe` steps of `batch` images for the preset's model (with
+    `overrides` of its settings), to give jaxae.train._PassSteps(cfg, 1, spe, batch, passes)."""
+    cfg = with_preset({"preset": preset, "batch_size": batch, **overrides})
     mesh = Mesh(np.array(jax.local_devices()[:1]), (T.AXIS,))
     state = T.place_state(T.create_train_state(cfg, (32, 32, 3), 1000, spe), mesh)
     images = T.put_dataset(np.random.default_rng(0).integers(0, 256, (spe * batch, 32, 32, 3), np.uint8), mesh)

@@ -1,0 +1,44 @@
+"""The quick preset's CPU step (train._PassSteps, batch B) at each of HEADS encoder heads, interleaved in one
+process: K steps of each in turn per round, R rounds, the order reversed every other round. Freed host memory kept
+and programs inline, as in train.py.
+
+    PYTHONPATH=. python docs/studies/s29-encoder/speed.py              # HEADS=1,2,4 B=128 K=20 R=6
+"""
+import os
+import time
+
+from jaxae import hostmem
+
+hostmem.keep_freed_memory(large_steps=False)
+hostmem.run_cpu_programs_inline()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from docs.studies.steps import step_inputs  # noqa: E402
+from jaxae import train as T  # noqa: E402
+
+B, K, R = (int(os.environ.get(k, d)) for k, d in (("B", 128), ("K", 20), ("R", 6)))
+PRESET, HEADS = os.environ.get("PRESET", "quick"), [int(h) for h in os.environ.get("HEADS", "1,2,4").split(",")]
+spe = 4
+runs = {}
+for h in HEADS:
+    cfg, state, images, perm, n_micro = step_inputs(PRESET, B, spe, encoder_heads=h)
+    fn = T._PassSteps(cfg, 1, spe, B, n_micro)
+    for _ in range(2):
+        state, m = fn(state, images, perm)
+    jax.block_until_ready(m)
+    runs[h] = [fn, state, images, perm]
+times = {h: [] for h in HEADS}
+for r in range(R):
+    for h in (HEADS if r % 2 == 0 else HEADS[::-1]):
+        fn, state, images, perm = runs[h]
+        t0 = time.perf_counter()
+        for _ in range(K):
+            state, m = fn(state, images, perm)
+        jax.block_until_ready(m)
+        times[h].append((time.perf_counter() - t0) / K)
+        runs[h][1] = state
+for h, ts in times.items():
+    print(f"{PRESET} batch {B}, {h} encoder head(s): {K} steps a timing, best {B / min(ts):,.0f} img/s, median "
+          f"{B / np.median(ts):,.0f}; x{min(times[HEADS[0]]) / min(ts):.2f} of {HEADS[0]} head(s)' best", flush=True)
