@@ -151,6 +151,14 @@ def encode_split(codec: Codec, images_dev) -> jax.Array:
     return _map_batches(*_encode_args(codec, images_dev))
 
 
+def chosen_heads(model: nn.Module, params, images_dev, codes) -> np.ndarray:
+    """For a model with encoder heads: the head each image's code came from, the proposal equal to it (one pass of
+    the encoder, none of the decoder). `codes` as encode_split gave them for the padded split `images_dev`."""
+    proposals = _map_batches(_Encode(_Method(model, "proposals")), params, images_dev,
+                             batch_size_for(images_dev.shape[0]))
+    return np.asarray(jnp.argmin(jnp.abs(proposals - codes[:, None]).sum(-1), axis=1))
+
+
 def compile_encode_split(codec: Codec, images_dev) -> None:
     """Compile encode_split's program for this codec and split without running it (a later encode_split call
     reuses it): timing the encode then leaves the compile out, and the 2-core box is spared a whole extra
@@ -543,9 +551,12 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     test_x, train_x = jax.device_put(test_x, dev), jax.device_put(train_x, dev)
     n_test, n_train = len(ds.test_images), len(ds.train_images)
 
-    ae = autoencoder_codec(model_from_config(cfg, ds.image_shape), state.params)
+    model = model_from_config(cfg, ds.image_shape)
+    ae = autoencoder_codec(model, state.params)
     compile_encode_split(ae, test_x)  # outside the timing
     ae_test, t_encode = _timed(encode_split, ae, test_x)
+    heads = chosen_heads(model, state.params, test_x, ae_test)[:n_test] if cfg.encoder_heads > 1 else None
+    wins = np.bincount(heads, minlength=cfg.encoder_heads) / n_test if heads is not None else None
     ae_train = encode_split(ae, train_x)
     pca, t_pca = _timed(fit_pca_codec, ds, cfg.latent_dim)
     test_codes = {"ae": ae_test, "pca": encode_split(pca, test_x)}  # pad rows included
@@ -605,7 +616,7 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     with sigterm_raises():  # armed first: a SIGTERM just after the partial folder is made must remove it too
         try:  # an error, Ctrl-C or SIGTERM (a batch scheduler's) leaves nothing half-written behind
             _start_output(tmp, out)
-            _save_latents(tmp, codes["ae_test"], ds, **found)
+            _save_latents(tmp, codes["ae_test"], ds, **found, **({"heads": heads} if heads is not None else {}))
             files = make_figures(cfg, ae, pca, ds, codes, tmp, interp_steps)
             curve = figures.loss_curve(workdir, os.path.join(tmp, "loss_curve.png"), results[pca.name]["test_mse"],
                                        baseline, step=step_done)
@@ -625,6 +636,7 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
                        "chance_accuracy": chance_accuracy(ds.train_labels, ds.test_labels),
                        "class_names": list(ds.class_names),
                        **({"best_codes": best} if best else {}),
+                       **({"encoder_heads": {"wins": wins.tolist()}} if wins is not None else {}),
                        **({"noise_curve": noise} if noise else {}),
                        "seconds": {"encode_test": t_encode, "pca_fit": t_pca, "total": time.perf_counter() - t_start},
                        "config": json.loads(cfg.to_json())}
@@ -636,6 +648,8 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
             _remove_output(tmp, made)
             raise
     print(table)
+    if wins is not None:
+        print(f"encoder heads: {pages.heads_text(wins)}")
     if best:
         print(pages.best_codes_text(best, results[ae.name]["test_mse"]))
     if noise:
@@ -681,7 +695,8 @@ def format_table(results: dict[str, dict]) -> str:
 
 def _save_latents(out: str, codes: np.ndarray, ds: Dataset, **more: np.ndarray) -> None:
     """latents.npz and latents.csv: the test codes; `more` goes into latents.npz too (with --best-codes, the best
-    codes found and each test image's MSE from them and from the encoder's)."""
+    codes found and each test image's MSE from them and from the encoder's; with encoder heads, the head each code
+    came from)."""
     np.savez(os.path.join(out, "latents.npz"), codes=codes, labels=ds.test_labels,
              class_names=np.array(ds.class_names), **more)
     with open(os.path.join(out, "latents.csv"), "w", newline="") as fh:

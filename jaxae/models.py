@@ -535,14 +535,17 @@ class Autoencoder(_Arch):
         self.decoder = Decoder(image_shape=tuple(self.image_shape), upsample=self.upsample, head=self.head,
                                **self.arch())
 
+    def proposals(self, x):
+        """[B, encoder_heads, latent_dim]: the codes the encoder proposes for each image (encode keeps one)."""
+        return self.encoder(x).reshape(x.shape[0], self.encoder_heads, self.latent_dim)
+
     def encode(self, x):
-        z = self.encoder(x)
         if self.encoder_heads == 1:
-            return z
+            return self.encoder(x)
         # The choice is an argmin: no gradient flows through these drawings, so their backward pass is never run
         # (__call__ draws the chosen code again for the gradient: K forward passes and one backward, not K of each)
         b, k = x.shape[0], self.encoder_heads
-        z = z.reshape(b, k, self.latent_dim)
+        z = self.proposals(x)
         y = self.decoder(z.reshape(b * k, self.latent_dim)).reshape(b, k, *x.shape[1:])
         d = y - x.astype(y.dtype)[:, None]
         err = (jnp.abs(d) if self.choose_by == "l1" else jnp.square(d)).mean(axis=tuple(range(2, d.ndim)))

@@ -266,6 +266,14 @@ def chance_text(chance: float, n_classes: int) -> str:
     return f"always guessing the commonest training class is right for {100 * chance:.1f} % of the test images"
 
 
+def heads_text(wins) -> str:
+    """The share of the test images whose code each encoder head gave (--encoder-heads), in one line."""
+    shares = [f"{w:.1%}".replace("%", " %") for w in wins]
+    return (f"head 1 gave the codes of {shares[0]} of the test images, " + ", ".join(
+        f"head {i + 2} {s}" for i, s in enumerate(shares[1:]))
+        + ("" if min(wins) > 0 else "; a head that gives no image its code learns nothing"))
+
+
 def best_codes_text(best: dict, encoder_mse: float) -> str:
     """One line on --best-codes' result, for the terminal and the page."""
     return (f"the best codes found (the encoder's or the nearest of {best['candidates']:,} decoded training codes, "
@@ -296,7 +304,8 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
                           f"MLP {cfg.mlp_layers} x {cfg.hidden}, norm {cfg.norm}, {cfg.activation}, {cfg.upsample}, "
                           f"{cfg.head} head"
                           + (f"; the encoder proposes {cfg.encoder_heads} codes per image, and the one the decoder "
-                             f"draws nearest the image is its code" if cfg.encoder_heads > 1 else "")),
+                             f"draws nearest the image is its code ({heads_text(metrics['encoder_heads']['wins'])})"
+                             if "encoder_heads" in metrics else "")),
                 ("training", f"{cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr "
                              f"{cfg.learning_rate:g}, seed {cfg.seed}; checkpoint step {metrics['step']}"
                              + (f", epoch {math.floor(done * 100) / 100:g} of {cfg.epochs}"

@@ -602,10 +602,10 @@ def test_one_test_image_evaluates_without_a_decoder_map(run, tmp_path):
     assert os.path.exists(tmp_path / "ev" / "class_means.png")
 
 
-def test_a_run_with_encoder_heads_trains_restores_and_evaluates_with_its_chosen_codes(tmp_path):
+def test_a_run_with_encoder_heads_trains_restores_and_evaluates_with_its_chosen_codes(tmp_path, capsys):
     """--encoder-heads 2: config.json keeps it, so the restored model has the encoder's 2 x 3 outputs; the codes
-    in latents.npz are the chosen ones, the clean test MSE is the training loop's, and the page says how codes are
-    chosen."""
+    in latents.npz are the chosen ones, with the head each came from; the clean test MSE is the training loop's;
+    metrics.json, the terminal and the page give each head's share of the test images."""
     data = make_image_folder(tmp_path / "data", n_train=16, n_test=4)
     cfg = tiny_config(tmp_path, data=data, max_steps=2, encoder_heads=2)
     trained = train_and_evaluate(cfg, progress=False)
@@ -615,8 +615,18 @@ def test_a_run_with_encoder_heads_trains_restores_and_evaluates_with_its_chosen_
     last = max((n for n in state.params["encoder"] if n.startswith("Dense_")), key=lambda n: int(n[6:]))
     assert state.params["encoder"][last]["kernel"].shape[-1] == 6
     model = evaluate.model_from_config(cfg, ds.image_shape)
-    codes = model.apply({"params": state.params}, ds.test_images / np.float32(255), method="encode")
-    np.testing.assert_allclose(np.load(tmp_path / "eval" / "latents.npz")["codes"], codes, rtol=1e-5, atol=1e-6)
+    x = ds.test_images / np.float32(255)
+    codes = model.apply({"params": state.params}, x, method="encode")
+    proposals = np.asarray(model.apply({"params": state.params}, x, method="proposals"))
+    drawn = model.apply({"params": state.params}, proposals.reshape(-1, 3), method="decode")
+    heads = ((np.asarray(drawn).reshape(len(x), 2, *x.shape[1:]) - x[:, None]) ** 2).mean(axis=(2, 3, 4)).argmin(1)
+    saved = np.load(tmp_path / "eval" / "latents.npz")
+    np.testing.assert_allclose(saved["codes"], codes, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(saved["heads"], heads)
+    assert m["encoder_heads"]["wins"] == pytest.approx(np.bincount(heads, minlength=2) / len(x))
     assert m["models"]["autoencoder"]["test_mse"] == pytest.approx(trained["test_mse"], rel=1e-4)
-    assert "the encoder proposes 2 codes per image, and the one the decoder draws nearest the image is its code" in (
-        open(tmp_path / "eval" / "index.html").read())
+    shares = f"head 1 gave the codes of {m['encoder_heads']['wins'][0]:.1%}".replace("%", " %")
+    assert f"encoder heads: {shares} of the test images, head 2 " in capsys.readouterr().out
+    page = html.unescape(open(tmp_path / "eval" / "index.html").read())
+    assert ("the encoder proposes 2 codes per image, and the one the decoder draws nearest the image is its code "
+            f"({shares} of the test images, head 2 ") in page
