@@ -129,7 +129,7 @@ def cpu_schedule_note(cfg: Config, image_shape, images_left: int) -> str | None:
     return (f"note: this run trains the default model on {images_left:,} images: about {fast:.0f}-{slow:.0f} h on a "
             f"2-core CPU ({CPU_DEFAULT_IMG_S[0]}-{CPU_DEFAULT_IMG_S[1]} images/s), fewer with more cores. The "
             f"default model is for GPUs and TPUs (its default schedule: under 2 minutes on an H200). `--preset quick` "
-            f"is the CPU model: about 10 minutes on 2 cores, test MSE 0.0285-0.0286 on CIFAR-10 against the "
+            f"is the CPU model: about 13 minutes on 2 cores, test MSE 0.0264-0.0266 on CIFAR-10 against the "
             f"default's 0.0281-0.0282")
 
 

@@ -161,34 +161,42 @@ def test_a_run_of_the_old_default_is_refused_under_the_presets_of_the_new_one(tm
     assert resuming and (cfg.epochs, cfg.batch_size, cfg.warmup_epochs) == (30, 256, 1.0)
 
 
-def test_a_run_of_the_old_quick_preset_resumes_without_the_flag(tmp_path):
-    """A quick-preset run saved before the twenty-seventh session has 14 epochs: `--preset quick` (now 30) is refused
-    with a line that says how to resume it; `--workdir W` alone resumes it as it was."""
+@pytest.mark.parametrize("epochs", [14, 30])
+def test_a_run_of_the_old_quick_preset_resumes_without_the_flag(tmp_path, epochs):
+    """A quick-preset run saved before the twenty-seventh session has 14 epochs, one before the twenty-ninth 30, and
+    neither has encoder heads (its config.json has no such field): `--preset quick` (now 20 epochs, 4 heads) is
+    refused with a line that says how to resume it; `--workdir W` alone resumes it as it was."""
     workdir = str(tmp_path / "run")
-    checkpoints.save_config(Config(**{**PRESETS["quick"], "epochs": 14}, preset="quick", workdir=workdir,
-                                   data="folder"))
+    old = {**PRESETS["quick"], "epochs": epochs, "preset": "quick", "workdir": workdir, "data": "folder"}
+    checkpoints.save_config(Config(**{k: v for k, v in old.items() if k != "encoder_heads"}))
+    with open(os.path.join(workdir, "config.json")) as fh:
+        saved = json.load(fh)
+    with open(os.path.join(workdir, "config.json"), "w") as fh:
+        json.dump({k: v for k, v in saved.items() if k != "encoder_heads"}, fh)
     os.makedirs(os.path.join(workdir, "checkpoints", "4"))
-    with pytest.raises(UsageError, match="holds a run with --epochs 14, --preset quick sets --epochs 30") as e:
+    with pytest.raises(UsageError, match="holds a run with --encoder-heads 1, --preset quick sets --encoder-heads 4") \
+            as e:
         checkpoints.resolve_workdir(Config(**PRESETS["quick"], preset="quick", workdir=workdir, data="folder"),
                                     {"workdir", "preset"})
     assert str(e.value).endswith(f"; `python train.py --workdir {workdir}` resumes it with its own settings")
     cfg, resuming = checkpoints.resolve_workdir(Config(workdir=workdir), {"workdir"})
-    assert resuming and (cfg.preset, cfg.epochs, cfg.width, cfg.warmup_epochs) == ("quick", 14, 16, 1.0)
+    assert resuming and (cfg.preset, cfg.epochs, cfg.width, cfg.warmup_epochs) == ("quick", epochs, 16, 1.0)
+    assert cfg.encoder_heads == 1
 
 
 def test_a_warm_up_that_follows_from_the_epochs_is_the_runs_own_on_resume(tmp_path):
     """`--preset quick --epochs 5` gave a 1-epoch warm-up before the twentieth session, 0.357 (5 of 14 epochs) until
-    the twenty-seventh and 0.167 (5 of 30) now: the same command resumes a run of any, at the warm-up it has; a
-    --warmup-epochs given is compared."""
+    the twenty-seventh, 0.167 (5 of 30) until the twenty-ninth and 0.25 (5 of 20) now: the same command resumes a run
+    of any, at the warm-up it has; a --warmup-epochs given is compared."""
     workdir = str(tmp_path / "run")
     checkpoints.save_config(Config(**{**PRESETS["quick"], "epochs": 5}, preset="quick", workdir=workdir,
                                    data="folder"))
     os.makedirs(os.path.join(workdir, "checkpoints", "4"))
-    now = Config(**{**PRESETS["quick"], "epochs": 5, "warmup_epochs": 0.167}, preset="quick", workdir=workdir,
+    now = Config(**{**PRESETS["quick"], "epochs": 5, "warmup_epochs": 0.25}, preset="quick", workdir=workdir,
                  data="folder")
     cfg, resuming = checkpoints.resolve_workdir(now, {"workdir", "preset", "epochs"})
     assert resuming and cfg.warmup_epochs == 1.0
-    with pytest.raises(UsageError, match="holds a run with --warmup-epochs 1.0, not 0.167"):
+    with pytest.raises(UsageError, match="holds a run with --warmup-epochs 1.0, not 0.25"):
         checkpoints.resolve_workdir(now, {"workdir", "preset", "epochs", "warmup_epochs"})
 
 

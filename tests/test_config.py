@@ -58,17 +58,18 @@ def test_the_default_is_the_schedule_docs_quality_measured():
     short, _ = parse("--preset", "short")
     assert (short.epochs, short.batch_size, short.learning_rate, short.warmup_epochs) == (30, 256, 2e-3, 1.0)
     assert {k: getattr(short, k) for k in Config.MODEL_FIELDS} == {k: getattr(cfg, k) for k in Config.MODEL_FIELDS}
-    # the CPU preset's schedule: 30 epochs at a peak rate of 1e-3 since the twenty-seventh session (14 at 2e-3 from
-    # the seventh)
+    # the CPU preset's schedule: 20 epochs of a model with 4 encoder heads at a peak rate of 1e-3 since the
+    # twenty-ninth session (30 epochs of one head at 1e-3 from the twenty-seventh, 14 at 2e-3 from the seventh)
     quick, _ = parse("--preset", "quick")
-    assert (quick.epochs, quick.batch_size, quick.learning_rate, quick.warmup_epochs) == (30, 128, 1e-3, 1.0)
+    assert (quick.epochs, quick.batch_size, quick.learning_rate, quick.warmup_epochs) == (20, 128, 1e-3, 1.0)
+    assert quick.encoder_heads == 4 and cfg.encoder_heads == short.encoder_heads == 1
 
 
 @pytest.mark.parametrize("argv,warmup", [
     (["--epochs", "10"], 0.3),  # 3 % of the run, as the default's 3 of 100 epochs
     (["--epochs", "200"], 3.0),  # more epochs than the preset's: its warm-up as it is
     (["--epochs", "10", "--warmup-epochs", "2"], 2.0),  # given: kept
-    (["--preset", "quick", "--epochs", "15"], 0.5),  # the quick preset's 1 of 30 epochs
+    (["--preset", "quick", "--epochs", "15"], 0.75),  # the quick preset's 1 of 20 epochs
     (["--preset", "tiny", "--epochs", "4"], 1.0),
     (["--warmup-epochs", "5"], 5.0),
 ])

@@ -58,7 +58,7 @@ def test_a_finished_run_is_fitted_to_the_budget_and_evaluated(quality, monkeypat
 
 
 @pytest.mark.parametrize("preset,flags,warmup", [
-    ("quick", [], 1.0 * 4 / 30),  # 4 of the preset's 30 epochs fit: its 1-epoch warm-up in proportion
+    ("quick", [], 1.0 * 4 / 20),  # 4 of the preset's 20 epochs fit: its 1-epoch warm-up in proportion
     ("default", [], 3.0 * 4 / 100),  # the default's 3 epochs would be the whole of these 4
     ("quick", ["--warmup-epochs", "2"], 2.0),  # given: kept
     ("tiny", [], 1.0),  # more epochs fit than the preset has (1): its warm-up as it is
@@ -76,7 +76,7 @@ def test_the_warm_up_shrinks_with_the_epochs_that_fit(quality, monkeypatch, tmp_
 
 
 def test_the_same_command_resumes_a_run_whose_warm_up_was_shortened(quality, monkeypatch, tmp_path, capsys):
-    """--preset quick sets a 1-epoch warm-up, which 4 fitted epochs of its 30 shorten to 0.133: the same command
+    """--preset quick sets a 1-epoch warm-up, which 4 fitted epochs of its 20 shorten to 0.2: the same command
     again was refused ("--preset quick sets --warmup-epochs 1.0")."""
     mod, ds, evaluated = quality
     workdir = str(tmp_path / "run")
@@ -84,7 +84,7 @@ def test_the_same_command_resumes_a_run_whose_warm_up_was_shortened(quality, mon
     argv = ["--minutes", "0.5", "--preset", "quick", "--batch-size", "8", "--stages", "2", "--width", "8",
             "--hidden", "16", "--workdir", workdir]
     assert mod.main(argv) == 0
-    assert json.load(open(os.path.join(workdir, "config.json")))["warmup_epochs"] == pytest.approx(4 / 30, abs=1e-3)
+    assert json.load(open(os.path.join(workdir, "config.json")))["warmup_epochs"] == pytest.approx(4 / 20, abs=1e-3)
     monkeypatch.setattr(mod, "calibrate", lambda cfg, ds: pytest.fail("calibrated again"))
     assert mod.main(argv) == 0
     assert "holds a run of 4 epochs: resuming it and evaluating it" in capsys.readouterr().out
