@@ -94,7 +94,7 @@ def test_fewer_epochs_shorten_the_warm_up_as_in_train_py(sweep, tmp_path):
     import argparse
     grid = '[{"epochs": 10}, {"epochs": 10, "warmup_epochs": 2}, {"preset": "quick", "epochs": 15}]'
     ns = argparse.Namespace(data="unused", root=str(tmp_path / "runs"), base='{"batch_size": 8}', grid=grid)
-    assert [cfg.warmup_epochs for _, _, cfg in sweep.configs(ns)] == [0.3, 2.0, 0.5]
+    assert [cfg.warmup_epochs for _, _, cfg in sweep.configs(ns)] == [0.3, 2.0, 0.75]  # quick: 1 of 20 epochs
 
 
 @pytest.mark.parametrize("base,grid,message", [
