@@ -328,11 +328,10 @@ def same_run(a: dict, b: dict, more: tuple[str, ...] = SAME_RUN_FIELDS) -> bool:
     `more`, and the same data (paths compared as absolute ones)."""
     import dataclasses
     from jaxae.checkpoints import same_setting
-    from jaxae.config import BEFORE, Config
-    # a row from before a setting existed ran with its value then: BEFORE's, else the default (--encoder-heads 1)
-    before = {**dataclasses.asdict(Config()), **BEFORE}
-    a, b = {**before, **a}, {**before, **b}
-    return all(k in a and k in b and same_setting(k, a[k], b[k]) for k in Config.RUN_FIELDS + more)
+    from jaxae.config import Config
+    # read as a saved config.json is: a row from before a setting existed ran with its value then
+    a, b = (dataclasses.asdict(Config.from_dict(d)) for d in (a, b))
+    return all(same_setting(k, a[k], b[k]) for k in Config.RUN_FIELDS + more)
 
 
 def cut_run(cfg, total: int) -> int | None:

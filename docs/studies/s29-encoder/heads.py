@@ -1,29 +1,26 @@
-"""How a choice.py run uses its heads: the share of test images each head wins, and the test MSE of each head
-alone (its codes for every image) beside that of the choice.
+"""How a run with encoder heads uses them: the share of test images each head wins, and the test MSE of each head
+alone (its codes for every image) beside that of the choice. A choice.py run needs encoder_heads in its config.json.
 
-    K=2 PYTHONPATH=. python docs/studies/s29-encoder/heads.py runs/s29/choice2
+    PYTHONPATH=. python docs/studies/s29-encoder/heads.py runs/s29/choice2
 """
-import os
 import sys
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(__file__))
-from choice import K  # noqa: E402  (importing it patches jaxae.models.Autoencoder)
-
-from jaxae import evaluate as ev  # noqa: E402
-from jaxae.models import model_from_config  # noqa: E402
+from jaxae import evaluate as ev
+from jaxae.models import model_from_config
 
 cfg, state, ds = ev.restore(sys.argv[1])
 model = model_from_config(cfg, ds.image_shape)
+K = cfg.encoder_heads
 
 
 @jax.jit
 def head_errors(p, x):
     """[B, K] squared error per image of each head's decoding."""
-    z = model.apply({"params": p}, x, method=lambda m, x: m.encoder(x)).reshape(x.shape[0] * K, -1)
-    y = model.apply({"params": p}, z, method=lambda m, z: m.decoder(z)).reshape(x.shape[0], K, *x.shape[1:])
+    z = model.apply({"params": p}, x, method="proposals").reshape(x.shape[0] * K, -1)
+    y = model.apply({"params": p}, z, method="decode").reshape(x.shape[0], K, *x.shape[1:])
     return ((y - x[:, None]) ** 2).mean(axis=(2, 3, 4))
 
 
