@@ -79,7 +79,7 @@ def _map_batches(fn: Callable, params, images, batch_size: int):
     return jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:]), out)
 
 
-# The functions handed to _map_batches / _roundtrip are static jit arguments: frozen dataclasses compare
+# The functions handed to _map_batches / _apply are static jit arguments: frozen dataclasses compare
 # by value, so a second evaluation of an equal model in the same process reuses the compiled code.
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +101,16 @@ class _PcaDecode:
         return pca_decode(p, z, self.shape)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Compose:
+    """decode(encode(x)) as one (params, x) function."""
+    encode: Callable
+    decode: Callable
+
+    def __call__(self, p, x):
+        return self.decode(p, self.encode(p, x))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Codec:
     """A model seen as encode / decode functions of (params, ...): the autoencoder or the PCA baseline."""
@@ -108,10 +118,18 @@ class Codec:
     encode: Callable  # (params, x [B, H, W, C] in [0, 1]) -> [B, k]
     decode: Callable  # (params, z [B, k]) -> [B, H, W, C]
     params: Any
+    # (params, x) -> decode(encode(x)); by default those two in turn. The autoencoder's draws a chosen code once
+    # where they draw it twice (encoder heads: 4 decoder passes per image, not 5)
+    roundtrip: Callable | None = None
+
+    def __post_init__(self):
+        if self.roundtrip is None:
+            object.__setattr__(self, "roundtrip", _Compose(self.encode, self.decode))
 
 
 def autoencoder_codec(model: nn.Module, params) -> Codec:
-    return Codec("autoencoder", _Method(model, "encode"), _Method(model, "decode"), params)
+    return Codec("autoencoder", _Method(model, "encode"), _Method(model, "decode"), params,
+                 _Method(model, "reconstruct"))
 
 
 def pca_codec(pca: dict, image_shape) -> Codec:
@@ -125,13 +143,13 @@ def fit_pca_codec(ds: Dataset, k: int) -> Codec:
     return pca_codec(fit_pca(ds.train_images.reshape(n, -1), max(1, min(k, n - 1)), 1 / 255), ds.image_shape)
 
 
-@functools.partial(jax.jit, static_argnames=("encode", "decode"))
-def _roundtrip(encode: Callable, decode: Callable, params, x):
-    return decode(params, encode(params, x))
+@functools.partial(jax.jit, static_argnames="fn")
+def _apply(fn: Callable, params, x):
+    return fn(params, x)
 
 
 def reconstruct(codec: Codec, x) -> jax.Array:
-    return _roundtrip(codec.encode, codec.decode, codec.params, x)
+    return _apply(codec.roundtrip, codec.params, x)
 
 
 def batch_size_for(n: int) -> int:
@@ -178,18 +196,17 @@ def corrupt_fixed(kind: str, strength: float, x: jax.Array, idx: jax.Array) -> j
 
 @dataclasses.dataclass(frozen=True)
 class _NoisyErrors:
-    """Per-example squared error against x of decode(encode(x corrupted at a strength handed in beside the
-    parameters)), or without encode of the corrupted x itself: one program for every strength of the noise curve.
+    """Per-example squared error against x of roundtrip(x corrupted at a strength handed in beside the
+    parameters), or without roundtrip of the corrupted x itself: one program for every strength of the noise curve.
     The noise is corrupt_fixed's at each strength."""
     kind: str
-    encode: Callable | None = None
-    decode: Callable | None = None
+    roundtrip: Callable | None = None
 
     def __call__(self, p, x, idx):
         p, strength = p
         r = corrupt_fixed(self.kind, strength, x, idx)
-        if self.encode is not None:
-            r = self.decode(p, self.encode(p, r))
+        if self.roundtrip is not None:
+            r = self.roundtrip(p, r)
         return jnp.square(r - x).reshape(x.shape[0], -1).mean(1)
 
 
@@ -202,7 +219,7 @@ def noise_curve(codecs, images_dev, mask: np.ndarray, kind: str, strengths,
     def mse(fn, params, s):
         se = _map_batches(fn, (params, jnp.float32(s)), images_dev, batch_size_for(images_dev.shape[0]))
         return float(np.asarray(se)[mask > 0].mean())
-    curves = {c.name: [known[s][c.name] if s in known else mse(_NoisyErrors(kind, c.encode, c.decode), c.params, s)
+    curves = {c.name: [known[s][c.name] if s in known else mse(_NoisyErrors(kind, c.roundtrip), c.params, s)
                        for s in strengths] for c in codecs}
     curves["input"] = [mse(_NoisyErrors(kind), None, s) for s in strengths]
     return {"strengths": [float(s) for s in strengths], **curves}
@@ -217,9 +234,9 @@ def curve_strengths(kind: str, noise: float) -> list[float]:
 
 @dataclasses.dataclass(frozen=True)
 class _Errors:
-    """Per-example squared error, absolute error and SSIM against x of decode(encode(corrupt(x))), or, with
+    """Per-example squared error, absolute error and SSIM against x of roundtrip(corrupt(x)), or, with
     from_codes, of decode(codes[i]) for the split's codes handed in beside the parameters."""
-    encode: Callable
+    roundtrip: Callable
     decode: Callable
     kind: str
     strength: float
@@ -228,10 +245,9 @@ class _Errors:
     def __call__(self, p, x, idx):
         if self.from_codes:
             p, codes = p
-            z = codes[idx]
+            r = self.decode(p, codes[idx])
         else:
-            z = self.encode(p, corrupt_fixed(self.kind, self.strength, x, idx))
-        r = self.decode(p, z)
+            r = self.roundtrip(p, corrupt_fixed(self.kind, self.strength, x, idx))
         d = (r - x).reshape(x.shape[0], -1)
         return jnp.square(d).mean(1), jnp.abs(d).mean(1), ssim(r, x)
 
@@ -244,7 +260,7 @@ def reconstruction_metrics(codec: Codec, images_dev, mask: np.ndarray, kind: str
     encoding the split again (one encode of the test split less: 7-9 s of a CPU evaluation of the default model)."""
     if codes is not None and strength:
         raise ValueError("codes are the clean inputs' codes: they cannot stand for corrupted inputs")
-    fn = _Errors(codec.encode, codec.decode, kind, strength, from_codes=codes is not None)
+    fn = _Errors(codec.roundtrip, codec.decode, kind, strength, from_codes=codes is not None)
     params = codec.params if codes is None else (codec.params, codes)
     out = _map_batches(fn, params, images_dev, batch_size_for(images_dev.shape[0]))
     se, ae, ss = (np.asarray(v)[mask > 0] for v in out)
@@ -301,7 +317,7 @@ def best_codes(codec: Codec, images_dev, codes: jax.Array, train_codes: np.ndarr
     pixels = int(np.prod(images_dev.shape[1:]))
     m = max(1, min(candidates, len(train_codes), 2 ** 24 // pixels))  # their decodings: at most 64 MB
     cand = jnp.asarray(train_codes[np.sort(np.random.default_rng(0).permutation(len(train_codes))[:m])])
-    cand_images = jnp.concatenate([_roundtrip(_identity, codec.decode, codec.params, cand[i:i + BATCH])
+    cand_images = jnp.concatenate([_apply(codec.decode, codec.params, cand[i:i + BATCH])
                                    for i in range(0, m, BATCH)]).reshape(m, pixels)
     spread = jnp.std(jnp.asarray(train_codes), axis=0)  # an axis the codes barely use still gets steps
     scale = jnp.maximum(spread, 1e-3 * spread.max())
@@ -374,10 +390,6 @@ def coordinate_labels(values: np.ndarray) -> list[str]:
     return [f"{round(float(v), decimals) + 0.0:.{decimals}f}" for v in values]
 
 
-def _identity(_, x):
-    return x
-
-
 def _u8(x) -> np.ndarray:
     return np.asarray(np.clip(np.asarray(x) * 255.0 + 0.5, 0, 255), np.uint8)
 
@@ -399,11 +411,11 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
     files["latent_3d_html"] = pages.scatter3d(os.path.join(out, "latent_3d.html"), pts, test_y, names,
                                               keep, ds.test_images[keep], title, axes)
 
-    dec = lambda z: np.asarray(_roundtrip(_identity, ae.decode, ae.params, jnp.asarray(z, jnp.float32)))
+    dec = lambda z: np.asarray(_apply(ae.decode, ae.params, jnp.asarray(z, jnp.float32)))
     x = lambda idx: ds.test_images[np.asarray(idx)].astype(np.float32) / 255.0
 
     pairs = pick_pairs(test_y, min(8, len(test_y)))
-    za, zb = (np.asarray(_roundtrip(ae.encode, _identity, ae.params, x([p[i] for p in pairs]))) for i in (0, 1))
+    za, zb = (np.asarray(_apply(ae.encode, ae.params, x([p[i] for p in pairs]))) for i in (0, 1))
     t = np.linspace(0.0, 1.0, interp_steps)
     z = za[:, None] * (1 - t[None, :, None]) + zb[:, None] * t[None, :, None]
     steps = _u8(dec(z.reshape(-1, z.shape[-1]))).reshape(len(pairs), interp_steps, *ds.image_shape)

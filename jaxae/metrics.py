@@ -23,7 +23,7 @@ def _recon_errors(apply_fn, params, images, mask, batch_size: int):
     def body(carry, i):
         x = lax.dynamic_slice_in_dim(images, i * batch_size, batch_size).astype(jnp.float32) / 255.0
         m = lax.dynamic_slice_in_dim(mask, i * batch_size, batch_size)
-        r = apply_fn({"params": params}, x)
+        r = apply_fn({"params": params}, x, method="reconstruct")  # no second drawing of a chosen code (heads)
         se = losses.per_example("l2", r, x) * m
         ae = losses.per_example("l1", r, x) * m
         return (carry[0] + se.sum(), carry[1] + ae.sum()), None

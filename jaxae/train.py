@@ -259,7 +259,7 @@ def _apply_gradients(state: TrainState, acc, n_micro: int, axis_name: str | None
 def eval_step(state: TrainState, batch: jax.Array) -> dict[str, jax.Array]:
     """Reconstruction errors of a clean uint8 batch: {"mse", "mae"}, means over pixels and channels in [0, 1]."""
     x = _unit_range(batch)
-    err = state.apply_fn({"params": state.params}, x) - x
+    err = state.apply_fn({"params": state.params}, x, method="reconstruct") - x
     return {"mse": jnp.mean(err * err), "mae": jnp.mean(jnp.abs(err))}
 
 

@@ -168,7 +168,8 @@ def test_activation_is_a_choice_of_function_not_of_parameters(tiny_config, tmp_p
 @pytest.mark.parametrize("choose_by", ["l2", "l1"])
 def test_encoder_heads_keep_the_proposal_drawn_nearest_the_image(choose_by):
     """--encoder-heads K: encode gives, for each image, the one of its K proposed codes whose drawing is nearest it
-    by the loss; __call__ is that drawing, which decode of the code gives too."""
+    by the loss; __call__ is that drawing, which decode of the code gives too, and reconstruct (the evaluation's
+    drawing, not drawn again) is it exactly."""
     k, d = 3, 2
     net = Autoencoder(image_shape=(8, 8, 3), latent_dim=d, stages=2, encoder_heads=k, choose_by=choose_by, **SMALL)
     x = jax.random.uniform(jax.random.PRNGKey(0), (6, 8, 8, 3))
@@ -179,9 +180,10 @@ def test_encoder_heads_keep_the_proposal_drawn_nearest_the_image(choose_by):
         proposals = net.apply(p, x, method=lambda m, x: m.encoder(x)).reshape(6, k, d)
         drawings = net.apply(p, proposals.reshape(6 * k, d), method=Autoencoder.decode).reshape(6, k, 8, 8, 3)
         z = net.apply(p, x, method=Autoencoder.encode)
-        return proposals, drawings, z, net.apply(p, x), net.apply(p, z, method=Autoencoder.decode)
+        return (proposals, drawings, z, net.apply(p, x), net.apply(p, z, method=Autoencoder.decode),
+                net.apply(p, x, method=Autoencoder.reconstruct))
 
-    proposals, drawings, z, recon, decoded = map(np.asarray, run(x))
+    proposals, drawings, z, recon, decoded, drawn = map(np.asarray, run(x))
     diff = drawings - np.asarray(x)[:, None]
     err = (np.abs(diff) if choose_by == "l1" else diff ** 2).mean(axis=(2, 3, 4))
     best = err.argmin(1)
@@ -189,7 +191,17 @@ def test_encoder_heads_keep_the_proposal_drawn_nearest_the_image(choose_by):
     np.testing.assert_array_equal(z, proposals[np.arange(6), best])
     np.testing.assert_allclose(recon, drawings[np.arange(6), best], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(decoded, recon, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(drawn, drawings[np.arange(6), best])
     assert len(set(best)) > 1, "the test's images all chose one head: it would not tell a choice from head 0"
+
+
+def test_reconstruct_of_a_plain_model_is_its_call():
+    """One head: reconstruct (the test pass's and eval_step's) is decode(encode(x)), as __call__."""
+    net = Autoencoder(image_shape=(8, 8, 3), latent_dim=3, stages=2, **SMALL)
+    x = jax.random.uniform(jax.random.PRNGKey(4), (3, 8, 8, 3))
+    p = {"params": net.init(jax.random.PRNGKey(5), x)["params"]}
+    np.testing.assert_array_equal(np.asarray(net.apply(p, x, method=Autoencoder.reconstruct)),
+                                  np.asarray(net.apply(p, x)))
 
 
 def test_encoder_heads_train_only_the_chosen_proposal():

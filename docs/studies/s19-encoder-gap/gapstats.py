@@ -24,7 +24,7 @@ x = jax.device_put(x)
 def per_image_mse(codes):
     padded = np.zeros((len(x), codes.shape[1]), np.float32)
     padded[:len(codes)] = codes
-    fn = ev._Errors(ae.encode, ae.decode, "gaussian", 0.0, from_codes=True)
+    fn = ev._Errors(ae.roundtrip, ae.decode, "gaussian", 0.0, from_codes=True)
     return np.asarray(ev._map_batches(fn, (ae.params, jax.numpy.asarray(padded)), x, 500)[0])[mask > 0]
 
 
