@@ -395,8 +395,9 @@ def _u8(x) -> np.ndarray:
 
 
 def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, out: str,
-                 interp_steps: int) -> dict[str, str]:
-    """Every figure of the evaluation -> {name: file name in `out`}."""
+                 interp_steps: int, heads: np.ndarray | None = None) -> dict[str, str]:
+    """Every figure of the evaluation -> {name: file name in `out`}. `heads`: of a model with encoder heads, the
+    head that gave each test image's code (chosen_heads)."""
     names = ds.class_names
     test_y = ds.test_labels
     cls = lambda i, y=test_y: names[int(y[i])]
@@ -407,6 +408,9 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
     files["latent_3d"] = figures.latent_views(pts, test_y, names, os.path.join(out, "latent_3d.png"), title, axes)
     files["latent_pairs"] = figures.latent_pairs(pts, test_y, names, os.path.join(out, "latent_pairs.png"),
                                                  title, axes)
+    if heads is not None:
+        files["latent_heads"] = figures.latent_heads(pts, heads, cfg.encoder_heads, test_y, names,
+                                                     os.path.join(out, "latent_heads.png"), title, axes)
     keep = np.random.default_rng(0).permutation(len(pts))[:2000]
     files["latent_3d_html"] = pages.scatter3d(os.path.join(out, "latent_3d.html"), pts, test_y, names,
                                               keep, ds.test_images[keep], title, axes)
@@ -629,7 +633,7 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
         try:  # an error, Ctrl-C or SIGTERM (a batch scheduler's) leaves nothing half-written behind
             _start_output(tmp, out)
             _save_latents(tmp, codes["ae_test"], ds, **found, **({"heads": heads} if heads is not None else {}))
-            files = make_figures(cfg, ae, pca, ds, codes, tmp, interp_steps)
+            files = make_figures(cfg, ae, pca, ds, codes, tmp, interp_steps, heads)
             curve = figures.loss_curve(workdir, os.path.join(tmp, "loss_curve.png"), results[pca.name]["test_mse"],
                                        baseline, step=step_done)
             if curve:

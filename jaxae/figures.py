@@ -159,20 +159,20 @@ def class_colours(n: int):
     return [c for name in names for c in plt.get_cmap(name).colors][:n]
 
 
-def _scatter(ax, points, labels, class_names, size: float):
-    colours = class_colours(len(class_names))
+def _scatter(ax, points, labels, class_names, size: float, colours=None):
+    colours = class_colours(len(class_names)) if colours is None else colours
     order = np.random.default_rng(0).permutation(len(points))  # no class is always drawn on top
     p, y = points[order], labels[order]
     ax.scatter(*p.T, c=[colours[i] for i in y], s=size, alpha=0.6, linewidths=0)
 
 
-def _legend(fig, class_names) -> float:
+def _legend(fig, class_names, colours=None, title: str = "class") -> float:
     """The class legend at the figure's right edge, in columns of at most 25 (40 classes ran off a 5-inch figure);
     returns the `right` the panels may reach beside it."""
-    handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=n)
-               for c, n in zip(class_colours(len(class_names)), class_names)]
+    colours = class_colours(len(class_names)) if colours is None else colours
+    handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=n) for c, n in zip(colours, class_names)]
     ncol = -(-len(class_names) // 25)
-    fig.legend(handles=handles, loc="center right", title="class", frameon=False, ncol=ncol,
+    fig.legend(handles=handles, loc="center right", title=title, frameon=False, ncol=ncol,
                fontsize="medium" if len(class_names) <= 20 else "small")
     longest = max((len(n) for n in class_names), default=5)
     return 1 - min(0.45, ncol * (0.35 + 0.08 * longest) / fig.get_figwidth())
@@ -310,6 +310,66 @@ def _latent_strip(values, labels, class_names, out: str, title: str, axis_name: 
     ax.grid(True, axis="x", alpha=0.3)
     _suptitle(fig, title)
     fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return os.path.basename(out)
+
+
+def head_colours(n: int):
+    """n colours for encoder heads, unlike the classes' (tab10): Dark2's 8, then class_colours' many."""
+    return list(plt.get_cmap("Dark2").colors[:n]) if n <= 8 else class_colours(n)
+
+
+def latent_heads(points, heads, n_heads: int, labels, class_names, out: str, title: str, axis_names) -> str:
+    """A model with encoder heads (--encoder-heads): the codes' 2-D projections coloured by the head that gave each
+    (a 1-D code: each head's histogram), over a bar per class of the share of its test images each head gave the
+    code of -> out (PNG). Does each head take a region of the space, or a kind of image?"""
+    heads, labels = np.asarray(heads), np.asarray(labels)
+    wins = np.bincount(heads, minlength=n_heads) / len(heads)
+    names = [f"head {h + 1} ({100 * w:.1f} %)" for h, w in enumerate(wins)]
+    colours = head_colours(n_heads)
+    shares = np.array([np.bincount(heads[labels == c], minlength=n_heads) / max(1, np.sum(labels == c))
+                       for c in range(len(class_names))])  # [class, head], every test image
+    points, heads_kept, title = _central(np.asarray(points), heads, title)
+    d = points.shape[1]
+    pairs = ((0, 1), (0, 2), (1, 2)) if d >= 3 else ((0, 1),) if d == 2 else ((0,),)
+    fig = plt.figure(figsize=(15, 9.5), dpi=100)
+    grid = fig.add_gridspec(2, len(pairs), height_ratios=(5, 3.2), hspace=0.45, wspace=0.3)
+    size = 1.5 if len(points) > 2000 else 8.0
+    for i, pair in enumerate(pairs):
+        ax = fig.add_subplot(grid[0, i])
+        if len(pair) == 2:
+            a, b = pair
+            _scatter(ax, points[:, [a, b]], heads_kept, names, size, colours)
+            ax.set_aspect("equal", adjustable="datalim")
+            ax.set_xlabel(axis_names[a])
+            ax.set_ylabel(axis_names[b])
+            ax.set_title(f"{axis_names[a]} vs {axis_names[b]}", fontsize=10)
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+        else:
+            ax.hist([points[heads_kept == h, 0] for h in range(n_heads)], bins=60, stacked=True, color=colours)
+            ax.set_xlabel(axis_names[0])
+            ax.set_ylabel("test images")
+            ax.set_title(f"{axis_names[0]}, stacked by head", fontsize=10)
+        ax.grid(True, alpha=0.3)
+    ax = fig.add_subplot(grid[1, :])
+    x = np.arange(len(class_names))
+    bottom = np.zeros(len(class_names))
+    for h in range(n_heads):
+        ax.bar(x, shares[:, h], bottom=bottom, color=colours[h], width=0.8)
+        bottom += shares[:, h]
+    ax.set_xticks(x, class_names, rotation=0 if len(class_names) <= 10 else 90, fontsize=9)
+    ax.set_xlim(-0.6, len(class_names) - 0.4)
+    ax.set_ylim(0, 1)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.0f} %"))
+    ax.set_ylabel("share of the class")
+    ax.set_title("which head gave the codes of each class's test images", fontsize=10)
+    right = _legend(fig, names, colours, "encoder head (share of the test images)")
+    top = _suptitle(fig, f"{title}\ncoloured by the encoder head whose proposal was drawn nearest each image"
+                    + (f"; {SAME_SCALE}" if d >= 2 else ""))
+    fig.subplots_adjust(left=0.06, right=min(0.82, right), bottom=0.06 if len(class_names) <= 10 else 0.16,
+                        top=min(0.86, top))
     fig.savefig(out)
     plt.close(fig)
     return os.path.basename(out)

@@ -323,6 +323,11 @@ def index(out: str, cfg, metrics: dict, table: str, files: dict[str, str]) -> st
                   f"at the top of the training's range (strength {cfg.noise:g})")
     captions = {
         **latent_captions(cfg.latent_dim),
+        "latent_heads": ("latent space by encoder head",
+                         f"The same codes, coloured by the encoder head whose proposal the decoder drew nearest "
+                         f"each image (of {cfg.encoder_heads}), and below, for each class, the share of its test "
+                         f"images each head gave the code of. Heads that hold regions of the space apart show as "
+                         f"patches of one colour; heads that split the images by kind show as unequal bars."),
         "interpolation": "Each row: test image A, decodings of points on the straight line from A's code to "
                          "B's code (t = 0 is A's reconstruction, t = 1 is B's), test image B.",
         "reconstructions": "Test images (top row) and their reconstructions by the autoencoder "

@@ -630,3 +630,4 @@ def test_a_run_with_encoder_heads_trains_restores_and_evaluates_with_its_chosen_
     page = html.unescape(open(tmp_path / "eval" / "index.html").read())
     assert ("the encoder proposes 2 codes per image, and the one the decoder draws nearest the image is its code "
             f"({shares} of the test images, head 2 ") in page
+    assert '<h2>latent space by encoder head</h2>' in page and 'src="latent_heads.png"' in page

@@ -283,6 +283,39 @@ def test_the_3d_page_of_a_1d_code_puts_each_class_on_a_row_of_its_own(tmp_path):
     assert "one row per class" in page
 
 
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_the_heads_figure_colours_each_code_by_its_head_and_stacks_each_class_by_head(tmp_path, drawn, dim):
+    """latent_heads: every drawn code in its head's colour (heads 2 and 3 swapped in the data, so a figure coloured
+    by class or by position would fail), and per class a bar per head whose heights are the shares of the class's
+    images that head gave the code of; the legend gives each head's share of all images."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    heads = np.where(labels == 0, 1, rng.integers(0, 3, 120))  # class "a": all head 2
+    pts = rng.normal(size=(120, dim))
+    name = figures.latent_heads(pts, heads, 3, labels, ["a", "b", "c"], str(tmp_path / "h.png"), "t",
+                                [f"latent {i + 1}" for i in range(dim)])
+    assert name == "h.png" and Image.open(tmp_path / "h.png").size == (1500, 950)
+    fig, = drawn
+    colours = np.array(figures.head_colours(3))
+    *top, bars = fig.axes
+    assert len(top) == (3 if dim == 3 else 1)
+    if dim > 1:  # the scatter draws the dots shuffled: each is matched to its code by its first coordinate
+        dots = top[0].collections[0]
+        head_of = {float(v): h for v, h in zip(pts[:, 0], heads)}
+        np.testing.assert_allclose(dots.get_facecolors()[:, :3],
+                                   colours[[head_of[float(v)] for v in dots.get_offsets()[:, 0]]], atol=1e-6)
+    else:  # a 1-D code: each head's histogram, stacked
+        assert [len(c) for c in top[0].containers] == [60] * 3
+        assert [sum(r.get_height() for r in c) for c in top[0].containers] == np.bincount(heads).tolist()
+        np.testing.assert_allclose([c[0].get_facecolor()[:3] for c in top[0].containers], colours)
+    heights = np.array([[r.get_height() for r in c] for c in bars.containers])  # [head, class]
+    want = np.array([[np.mean(heads[labels == c] == h) for c in range(3)] for h in range(3)])
+    np.testing.assert_allclose(heights, want)
+    assert heights[:, 0].tolist() == [0, 1, 0]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == [f"head {h + 1} ({100 * np.mean(heads == h):.1f} %)" for h in range(3)]
+
+
 def test_latent_scatters_draw_every_axis_to_one_scale(tmp_path, drawn):
     # latent 2 ten times narrower than the others: fitted to its own range it looked as wide as they do
     pts = np.random.default_rng(0).normal(size=(400, 3)) * [2.0, 0.2, 1.0]
