@@ -413,7 +413,7 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
                                                      os.path.join(out, "latent_heads.png"), title, axes)
     keep = np.random.default_rng(0).permutation(len(pts))[:2000]
     files["latent_3d_html"] = pages.scatter3d(os.path.join(out, "latent_3d.html"), pts, test_y, names,
-                                              keep, ds.test_images[keep], title, axes)
+                                              keep, ds.test_images[keep], title, axes, heads, cfg.encoder_heads)
 
     dec = lambda z: np.asarray(_apply(ae.decode, ae.params, jnp.asarray(z, jnp.float32)))
     x = lambda idx: ds.test_images[np.asarray(idx)].astype(np.float32) / 255.0

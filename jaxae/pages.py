@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from jaxae.config import strength_text
-from jaxae.figures import class_colours
+from jaxae.figures import class_colours, head_colours
 from jaxae.metrics import ssim_window
 
 
@@ -45,10 +45,12 @@ def _script_json(obj) -> str:
 
 
 def scatter3d(out: str, points: np.ndarray, labels: np.ndarray, class_names, thumb_index: np.ndarray,
-              thumbs: np.ndarray, title: str, axis_names) -> str:
+              thumbs: np.ndarray, title: str, axis_names, heads: np.ndarray | None = None,
+              n_heads: int = 1) -> str:
     """A rotatable 3-D scatter of `points` [N, <= 3] coloured by class -> out (HTML). Points whose index is in
     `thumb_index` carry the matching image of `thumbs`, shown on hover or click. A 1-D or 2-D code is drawn
-    face-on, flat, without a dummy axis."""
+    face-on, flat, without a dummy axis. `heads` (a model with `n_heads` encoder heads): the head of each point's
+    code, which its tooltip names; a box colours the points by head, and the legend hides heads as it does classes."""
     thumb_of = np.full(len(points), -1, np.int64)
     thumb_of[np.asarray(thumb_index)] = np.arange(len(thumb_index))
     sprite, cols = _sprite(np.asarray(thumbs))
@@ -61,6 +63,9 @@ def scatter3d(out: str, points: np.ndarray, labels: np.ndarray, class_names, thu
             "t": thumb_of.tolist(), "names": list(class_names),
             "colours": [_hex(c) for c in class_colours(len(class_names))], "axes": list(axis_names),
             "code_axes": code_axes, "cols": cols, "th": int(thumbs.shape[1]), "tw": int(thumbs.shape[2])}
+    if heads is not None:
+        data.update(h=np.asarray(heads).tolist(), head_colours=[_hex(c) for c in head_colours(n_heads)],
+                    head_names=[f"head {k + 1}" for k in range(n_heads)])
     showing = (f"Showing a random {len(thumb_index):,} of the {len(points):,} points, each with its image; "
                f'<label><input type="checkbox" id="all"> show all {len(points):,}</label> (the others have no '
                f"image)." if len(thumb_index) < len(points) else f"All {len(points):,} points carry their image.")
@@ -71,6 +76,9 @@ def scatter3d(out: str, points: np.ndarray, labels: np.ndarray, class_names, thu
         showing += (f" The code has {code_axes} dimension{'s' * (code_axes > 1)}: the view starts face-on, and "
                     f"turning it only shows the same flat plane" + (" (up and down: one row per class, the spread "
                     "within a row only separates the dots)." if code_axes == 1 else "."))
+    if heads is not None:
+        showing += (' <label><input type="checkbox" id="byhead"> colour by encoder head</label> (the head whose '
+                    'proposal the decoder drew nearest the image).')
     page = (_PAGE.replace("%TITLE%", html.escape(title)).replace("%DATA%", _script_json(data))
             .replace("%SPRITE%", sprite).replace("%SHOWING%", showing))
     with open(out, "w") as fh:
@@ -93,7 +101,7 @@ padding:6px;font-size:13px;pointer-events:none;box-shadow:2px 2px 6px #0003}
 </style></head><body>
 <header><h1>%TITLE%</h1><div id="help">Drag to rotate, wheel to zoom, hover a point for its class and image,
 click to pin it. %SHOWING%
-Click a class in the legend to hide or show it.</div></header>
+Click a class (or a head) in the legend to hide or show it.</div></header>
 <div id="wrap"><canvas id="c" width="900" height="700"></canvas><div id="legend"><b>class</b></div></div>
 <div id="tip"></div>
 <img id="sprite" style="display:none" src="data:image/png;base64,%SPRITE%">
@@ -126,7 +134,10 @@ function project(p) {
   return [cv.width / 2 + s * x, cv.height / 2 - s * y, z];
 }
 let screen = [];
-function visible(i) { return (showAll || D.t[i] >= 0) && !hidden.has(D.y[i]); }
+let byHead = false;
+const hiddenHeads = new Set();
+function visible(i) { return (showAll || D.t[i] >= 0) && !hidden.has(D.y[i]) && !(D.h && hiddenHeads.has(D.h[i])); }
+function colour(i) { return byHead ? D.head_colours[D.h[i]] : D.colours[D.y[i]]; }
 function draw() {
   ctx.clearRect(0, 0, cv.width, cv.height);
   ctx.strokeStyle = "#999"; ctx.fillStyle = "#333"; ctx.font = "13px sans-serif";
@@ -142,7 +153,7 @@ function draw() {
   order.sort((i, j) => screen[i][2] - screen[j][2]);              // far first: near points stay on top
   const r = showAll ? 2 : 3;
   for (const i of order) {
-    ctx.fillStyle = D.colours[D.y[i]];
+    ctx.fillStyle = colour(i);
     ctx.fillRect(screen[i][0] - r, screen[i][1] - r, 2 * r, 2 * r);
   }
   const sel = pinned >= 0 ? pinned : hover;
@@ -160,7 +171,8 @@ function nearest(mx, my) {
 function showTip(i, px, py) {
   if (i < 0) { tip.style.display = "none"; return; }
   const p = D.p[i];
-  tip.innerHTML = "<b>" + D.names[D.y[i]] + "</b> (test image " + i + ")<br>" +
+  tip.innerHTML = "<b>" + D.names[D.y[i]] + "</b> (test image " + i + (D.h ? ", " + D.head_names[D.h[i]] : "") +
+    ")<br>" +
     D.axes.slice(0, D.code_axes).map((a, k) => a + ": " + p[k].toFixed(3)).join("<br>");
   if (D.t[i] >= 0) {
     const c = document.createElement("canvas"), s = Math.max(1, Math.round(96 / D.tw));
@@ -194,13 +206,23 @@ cv.addEventListener("wheel", e => { e.preventDefault(); zoom *= Math.exp(-e.delt
                     {passive: false});
 document.getElementById("all")?.addEventListener("change", e => { showAll = e.target.checked; draw(); });
 document.getElementById("fit")?.addEventListener("change", e => { place(e.target.checked); draw(); });
+document.getElementById("byhead")?.addEventListener("change", e => { byHead = e.target.checked; draw(); });
 const legend = document.getElementById("legend");
-D.names.forEach((n, k) => {
-  const d = document.createElement("div");
-  d.innerHTML = '<span style="background:' + D.colours[k] + '"></span>' + n;
-  d.onclick = () => { hidden.has(k) ? hidden.delete(k) : hidden.add(k); d.classList.toggle("off"); draw(); };
-  legend.appendChild(d);
-});
+function entries(names, colours, off) {  // one clickable line per name: hides or shows its points
+  names.forEach((n, k) => {
+    const d = document.createElement("div");
+    d.innerHTML = '<span style="background:' + colours[k] + '"></span>' + n;
+    d.onclick = () => { off.has(k) ? off.delete(k) : off.add(k); d.classList.toggle("off"); draw(); };
+    legend.appendChild(d);
+  });
+}
+entries(D.names, D.colours, hidden);
+if (D.h) {
+  const b = document.createElement("div");
+  b.innerHTML = "<br><b>encoder head</b>";
+  legend.appendChild(b);
+  entries(D.head_names, D.head_colours, hiddenHeads);
+}
 draw();
 // #pin=I in the address pins point I at load (used by tools/screenshot.py to check the tooltip renders)
 const pin = /^#pin=(\d+)$/.exec(location.hash);

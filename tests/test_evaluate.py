@@ -7,6 +7,7 @@ import glob
 import html
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -631,3 +632,5 @@ def test_a_run_with_encoder_heads_trains_restores_and_evaluates_with_its_chosen_
     assert ("the encoder proposes 2 codes per image, and the one the decoder draws nearest the image is its code "
             f"({shares} of the test images, head 2 ") in page
     assert '<h2>latent space by encoder head</h2>' in page and 'src="latent_heads.png"' in page
+    view = open(tmp_path / "eval" / "latent_3d.html").read()
+    assert json.loads(re.search(r"const D = (\{.*?\});\n", view).group(1))["h"] == heads.tolist()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import collections
 import io
 import json
 import os
@@ -399,6 +400,60 @@ def test_the_3d_page_draws_code_axes_to_one_scale_unless_asked(tmp_path, dim):
     np.testing.assert_allclose(before.std(0) / before.std(0)[0], pts.std(0) / pts.std(0)[0], rtol=1e-3)
     assert np.abs(before).max() > 0.9  # the widest axis still fills the cube
     np.testing.assert_allclose(fit.std(0) / fit.std(0)[0], 1, rtol=0.2)  # each fitted to its own range
+
+
+_HEADS_HARNESS = r"""
+const vm = require("vm"), fs = require("fs");
+const script = fs.readFileSync(process.argv[2], "utf8").split("<script>")[1].split("</script>")[0];
+const noop = () => {}, handlers = {}, created = [];
+let drawn = [];
+const ctx = new Proxy({fillRect: () => drawn.push(ctx.fillStyle), clearRect: () => { drawn = []; }},
+  {get: (t, k) => (k in t ? t[k] : noop), set: (t, k, v) => { t[k] = v; return true; }});
+const node = id => ({id, style: {}, width: 900, height: 700, innerHTML: "", complete: true, classList: {toggle: noop},
+  getContext: () => ctx, appendChild: noop, getBoundingClientRect: () => ({left: 0, top: 0}),
+  addEventListener: (kind, f) => { handlers[id + ":" + kind] = f; }});
+const nodes = {};
+const sandbox = {document: {getElementById: id => (nodes[id] = nodes[id] || node(id)),
+                            createElement: () => { const n = node(""); created.push(n); return n; }},
+                 window: {addEventListener: noop, scrollX: 0, scrollY: 0}, location: {hash: ""}, console};
+vm.createContext(sandbox);
+vm.runInContext(script, sandbox);
+const out = {byClass: drawn};
+handlers["byhead:change"]({target: {checked: true}});
+out.byHead = drawn;
+created.find(n => n.innerHTML.endsWith("head 2")).onclick();  // the legend hides head 2
+out.head2Hidden = drawn;
+vm.runInContext("showTip(0, 0, 0)", sandbox);
+out.tip = nodes["tip"].innerHTML;
+console.log(JSON.stringify(out));
+"""
+
+
+@pytest.mark.skipif(NODE is None, reason="needs node 14 or later to run the page's script")
+def test_the_3d_page_of_a_model_with_heads_colours_by_head_on_request_and_names_each_points_head(tmp_path):
+    labels = np.repeat(np.arange(3), 10)
+    heads = np.array([0] * 5 + [1] * 10 + [2] * 15)  # not the classes' 10 / 10 / 10
+    pts = np.random.default_rng(0).normal(size=(30, 3))
+    out = tmp_path / "page.html"
+    pages.scatter3d(str(out), pts, labels, ["a", "b", "c"], np.arange(30), np.zeros((30, 8, 8, 3), np.uint8), "t",
+                    ["latent 1", "latent 2", "latent 3"], heads, 3)
+    page = out.read_text()
+    assert 'id="byhead"' in page and "colour by encoder head" in page
+    (tmp_path / "harness.js").write_text(_HEADS_HARNESS)
+    got = json.loads(subprocess.run([NODE, str(tmp_path / "harness.js"), str(out)], capture_output=True, text=True,
+                                    check=True).stdout)
+    count = lambda colours: sorted(collections.Counter(colours).items())  # noqa: E731
+    classes = [pages._hex(c) for c in figures.class_colours(3)]
+    by_head = [pages._hex(c) for c in figures.head_colours(3)]
+    assert count(got["byClass"]) == count([classes[y] for y in labels])
+    assert count(got["byHead"]) == count([by_head[h] for h in heads])
+    assert count(got["head2Hidden"]) == count([by_head[h] for h in heads if h != 1])
+    assert got["tip"].startswith("<b>a</b> (test image 0, head 1)")
+
+
+def test_the_3d_page_of_a_plain_model_has_no_head_box(tmp_path):
+    page, data = _scatter_page(tmp_path, *_codes(3, 20))
+    assert "byhead" not in page.split("<script>")[0] and "h" not in data
 
 
 @pytest.mark.parametrize("dim, shown, not_shown", [
