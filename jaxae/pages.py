@@ -220,6 +220,7 @@ entries(D.names, D.colours, hidden);
 if (D.h) {
   const b = document.createElement("div");
   b.innerHTML = "<br><b>encoder head</b>";
+  b.style.cursor = "default";  // a caption, not an entry to click
   legend.appendChild(b);
   entries(D.head_names, D.head_colours, hiddenHeads);
 }
