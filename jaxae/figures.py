@@ -264,6 +264,23 @@ def latent_marginals(points, labels, class_names, out: str, title: str, axis_nam
     return os.path.basename(out)
 
 
+def _plane_pairs(d: int) -> tuple[tuple[int, int], ...]:
+    """The coordinate pairs a d-D code (d >= 2) is drawn in: 1-2, 1-3 and 2-3 of 3 or more, its one plane of 2."""
+    return ((0, 1), (0, 2), (1, 2)) if d >= 3 else ((0, 1),)
+
+
+def _plane_panel(ax, points, a: int, b: int, labels, names, size: float, axis_names, colours=None):
+    """Coordinates a and b of the codes on ax, coloured by labels, both axes to one scale (SAME_SCALE)."""
+    _scatter(ax, points[:, [a, b]], labels, names, size, colours)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel(axis_names[a])
+    ax.set_ylabel(axis_names[b])
+    ax.set_title(f"{axis_names[a]} vs {axis_names[b]}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    for axis in (ax.xaxis, ax.yaxis):  # long tick labels ("-0.0125") ran together at matplotlib's default
+        axis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+
+
 def latent_pairs(points, labels, class_names, out: str, title: str, axis_names) -> str:
     """The codes' 2-D projections -> out (PNG): three (1-2, 1-3, 2-3) for a 3-D code, its one plane for a 2-D
     code, and for a 1-D code its values in one row per class."""
@@ -271,19 +288,12 @@ def latent_pairs(points, labels, class_names, out: str, title: str, axis_names) 
     d = points.shape[1]
     if d == 1:
         return _latent_strip(points[:, 0], labels, class_names, out, title, axis_names[0])
-    pairs = ((0, 1), (0, 2), (1, 2)) if d >= 3 else ((0, 1),)
+    pairs = _plane_pairs(d)
     fig, axs = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 5) if d >= 3 else (8, 6.5), dpi=100,
                             squeeze=False)
     size = 1.5 if len(points) > 2000 else 8.0
     for ax, (a, b) in zip(axs[0], pairs):
-        _scatter(ax, points[:, [a, b]], labels, class_names, size)
-        ax.set_aspect("equal", adjustable="datalim")
-        ax.set_xlabel(axis_names[a])
-        ax.set_ylabel(axis_names[b])
-        ax.set_title(f"{axis_names[a]} vs {axis_names[b]}", fontsize=10)
-        ax.grid(True, alpha=0.3)
-        for axis in (ax.xaxis, ax.yaxis):  # long tick labels ("-0.0125") ran together at matplotlib's default
-            axis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+        _plane_panel(ax, points, a, b, labels, class_names, size, axis_names)
     right = _legend(fig, class_names)
     top = _suptitle(fig, f"{title}\n{SAME_SCALE}")
     if d >= 3:  # left: room for the y label and its tick labels (they were cut at the edge)
@@ -332,26 +342,18 @@ def latent_heads(points, heads, n_heads: int, labels, class_names, out: str, tit
                        for c in range(len(class_names))])  # [class, head], every test image
     points, heads_kept, title = _central(np.asarray(points), heads, title)
     d = points.shape[1]
-    pairs = ((0, 1), (0, 2), (1, 2)) if d >= 3 else ((0, 1),) if d == 2 else ((0,),)
+    pairs = _plane_pairs(d) if d >= 2 else ()
     fig = plt.figure(figsize=(15, 9.5), dpi=100)
-    grid = fig.add_gridspec(2, len(pairs), height_ratios=(5, 3.2), hspace=0.45, wspace=0.3)
+    grid = fig.add_gridspec(2, max(1, len(pairs)), height_ratios=(5, 3.2), hspace=0.45, wspace=0.3)
     size = 1.5 if len(points) > 2000 else 8.0
-    for i, pair in enumerate(pairs):
-        ax = fig.add_subplot(grid[0, i])
-        if len(pair) == 2:
-            a, b = pair
-            _scatter(ax, points[:, [a, b]], heads_kept, names, size, colours)
-            ax.set_aspect("equal", adjustable="datalim")
-            ax.set_xlabel(axis_names[a])
-            ax.set_ylabel(axis_names[b])
-            ax.set_title(f"{axis_names[a]} vs {axis_names[b]}", fontsize=10)
-            for axis in (ax.xaxis, ax.yaxis):
-                axis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
-        else:
-            ax.hist([points[heads_kept == h, 0] for h in range(n_heads)], bins=60, stacked=True, color=colours)
-            ax.set_xlabel(axis_names[0])
-            ax.set_ylabel("test images")
-            ax.set_title(f"{axis_names[0]}, stacked by head", fontsize=10)
+    for i, (a, b) in enumerate(pairs):
+        _plane_panel(fig.add_subplot(grid[0, i]), points, a, b, heads_kept, names, size, axis_names, colours)
+    if not pairs:  # a 1-D code
+        ax = fig.add_subplot(grid[0, 0])
+        ax.hist([points[heads_kept == h, 0] for h in range(n_heads)], bins=60, stacked=True, color=colours)
+        ax.set_xlabel(axis_names[0])
+        ax.set_ylabel("test images")
+        ax.set_title(f"{axis_names[0]}, stacked by head", fontsize=10)
         ax.grid(True, alpha=0.3)
     ax = fig.add_subplot(grid[1, :])
     x = np.arange(len(class_names))

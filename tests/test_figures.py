@@ -349,21 +349,28 @@ def _node() -> str | None:
 
 
 NODE = _node()
-# the page's script run in node against stand-ins for the few browser objects it touches; prints its points in the
-# unit cube (P) as placed at load, then with "stretch each axis" ticked
-_PAGE_HARNESS = r"""
+# the page's script run in node against stand-ins for the few browser objects it touches. `drawn` holds the colour
+# of each point the last draw() drew, `created` the elements the script made (the legend's entries), `handlers` its
+# event handlers by "element id:event", `nodes` its elements by id
+_HARNESS_SETUP = r"""
 const vm = require("vm"), fs = require("fs");
 const script = fs.readFileSync(process.argv[2], "utf8").split("<script>")[1].split("</script>")[0];
-const noop = () => {}, handlers = {};
-const ctx = new Proxy({}, {get: (t, k) => (k in t ? t[k] : noop), set: (t, k, v) => { t[k] = v; return true; }});
+const noop = () => {}, handlers = {}, created = [];
+let drawn = [];
+const ctx = new Proxy({fillRect: () => drawn.push(ctx.fillStyle), clearRect: () => { drawn = []; }},
+  {get: (t, k) => (k in t ? t[k] : noop), set: (t, k, v) => { t[k] = v; return true; }});
 const node = id => ({id, style: {}, width: 900, height: 700, innerHTML: "", complete: true, classList: {toggle: noop},
   getContext: () => ctx, appendChild: noop, getBoundingClientRect: () => ({left: 0, top: 0}),
   addEventListener: (kind, f) => { handlers[id + ":" + kind] = f; }});
 const nodes = {};
-const sandbox = {document: {getElementById: id => (nodes[id] = nodes[id] || node(id)), createElement: () => node("")},
+const sandbox = {document: {getElementById: id => (nodes[id] = nodes[id] || node(id)),
+                            createElement: () => { const n = node(""); created.push(n); return n; }},
                  window: {addEventListener: noop, scrollX: 0, scrollY: 0}, location: {hash: ""}, console};
 vm.createContext(sandbox);
 vm.runInContext(script, sandbox);
+"""
+# prints the points in the unit cube (P) as placed at load, then with "stretch each axis" ticked
+_PAGE_HARNESS = _HARNESS_SETUP + r"""
 const placed = () => JSON.parse(vm.runInContext("JSON.stringify(P)", sandbox));
 const before = placed();
 handlers["fit:change"]({target: {checked: true}});
@@ -402,22 +409,8 @@ def test_the_3d_page_draws_code_axes_to_one_scale_unless_asked(tmp_path, dim):
     np.testing.assert_allclose(fit.std(0) / fit.std(0)[0], 1, rtol=0.2)  # each fitted to its own range
 
 
-_HEADS_HARNESS = r"""
-const vm = require("vm"), fs = require("fs");
-const script = fs.readFileSync(process.argv[2], "utf8").split("<script>")[1].split("</script>")[0];
-const noop = () => {}, handlers = {}, created = [];
-let drawn = [];
-const ctx = new Proxy({fillRect: () => drawn.push(ctx.fillStyle), clearRect: () => { drawn = []; }},
-  {get: (t, k) => (k in t ? t[k] : noop), set: (t, k, v) => { t[k] = v; return true; }});
-const node = id => ({id, style: {}, width: 900, height: 700, innerHTML: "", complete: true, classList: {toggle: noop},
-  getContext: () => ctx, appendChild: noop, getBoundingClientRect: () => ({left: 0, top: 0}),
-  addEventListener: (kind, f) => { handlers[id + ":" + kind] = f; }});
-const nodes = {};
-const sandbox = {document: {getElementById: id => (nodes[id] = nodes[id] || node(id)),
-                            createElement: () => { const n = node(""); created.push(n); return n; }},
-                 window: {addEventListener: noop, scrollX: 0, scrollY: 0}, location: {hash: ""}, console};
-vm.createContext(sandbox);
-vm.runInContext(script, sandbox);
+# prints the colours drawn by class, by head, by head with head 2 hidden, and point 0's tooltip
+_HEADS_HARNESS = _HARNESS_SETUP + r"""
 const out = {byClass: drawn};
 handlers["byhead:change"]({target: {checked: true}});
 out.byHead = drawn;
