@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import signal
 import sys
@@ -92,7 +93,8 @@ def use_compilation_cache(cache_dir: str = "") -> str | None:
     cached, 46 s of it compiling the epoch's steps, and 9 s with everything cached (docs/performance.md, fifteenth
     session); on an H200, 32 s and 10 s (twentieth session). JAX's key covers
     the program, the compiler flags, the devices and the jax version: a cached program is the one XLA compiled
-    for that key. $JAX_COMPILATION_CACHE_DIR, when set, is left to JAX (set and empty: no cache).
+    for that key. The folder is kept to CACHE_MAX_BYTES (bound_cache). $JAX_COMPILATION_CACHE_DIR, when set, is
+    left to JAX, its bound too (set and empty: no cache).
     Returns the folder in use, or None; a folder that cannot be written gets one note and no cache.
     Call it before the first compile: JAX opens its cache once per process.
     """
@@ -116,4 +118,42 @@ def use_compilation_cache(cache_dir: str = "") -> str | None:
               f"for the next run", file=sys.stderr)
         return None
     jax.config.update("jax_compilation_cache_dir", path)
+    bound_cache(path, CACHE_MAX_BYTES)
     return path
+
+
+# The most jaxae's folder of compiled programs keeps; past it the programs least recently used go first.
+CACHE_MAX_BYTES = 1 << 30
+
+
+def bound_cache(path: str, max_bytes: int) -> bool:
+    """Turn on JAX's eviction for the cache folder `path`, unless $JAX_COMPILATION_CACHE_MAX_SIZE chose: at most
+    `max_bytes`, the least recently used programs evicted first. With a bound JAX also takes a file lock around
+    every read and write of the folder. Without one, a process could read a program another was still writing
+    (two runs compiling the same program at once), which costs a warning and a compile: a reader racing a writer
+    of 40 entries got 40 cut short, and none with a bound (docs/performance.md, thirty-first session). Returns
+    whether it set one.
+
+    The bound needs the filelock package (requirements.txt). JAX's eviction reads each entry's last use from a
+    file beside it, which the entries written without a bound lack: those files are written first, from the
+    entries' modification times, or JAX would warn at every write. Without filelock, or with a JAX whose cache
+    is laid out otherwise, the folder stays unbounded as before."""
+    import jax
+    if "JAX_COMPILATION_CACHE_MAX_SIZE" in os.environ:
+        return False
+    if importlib.util.find_spec("filelock") is None:  # JAX imports it; a bound without it fails at the first compile
+        return False
+    try:
+        from jax._src.lru_cache import _ATIME_SUFFIX, _CACHE_SUFFIX
+    except ImportError:
+        return False
+    try:
+        for name in os.listdir(path):
+            atime = os.path.join(path, name.removesuffix(_CACHE_SUFFIX) + _ATIME_SUFFIX)
+            if name.endswith(_CACHE_SUFFIX) and not os.path.exists(atime):
+                with open(atime, "wb") as fh:
+                    fh.write(os.stat(os.path.join(path, name)).st_mtime_ns.to_bytes(8, "little"))
+    except OSError:
+        return False
+    jax.config.update("jax_compilation_cache_max_size", max_bytes)
+    return True

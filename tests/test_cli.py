@@ -89,9 +89,10 @@ def test_compiled_programs_are_kept_for_the_next_run(run):
 
 def test_the_cache_folder_follows_the_environment_and_cache_dir(tmp_path, monkeypatch, capsys):
     import jax
-    from jaxae.cli import use_compilation_cache
+    from jaxae.cli import CACHE_MAX_BYTES, use_compilation_cache
     from jaxae.data import cache_root
     before = jax.config.jax_compilation_cache_dir, jax.config.jax_enable_compilation_cache
+    bound = jax.config.jax_compilation_cache_max_size
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "theirs"))  # the user's choice wins
     assert use_compilation_cache(str(tmp_path)) == str(tmp_path / "theirs") and not os.listdir(tmp_path)
     try:
@@ -101,6 +102,10 @@ def test_the_cache_folder_follows_the_environment_and_cache_dir(tmp_path, monkey
         monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
         assert use_compilation_cache(str(tmp_path)) == str(tmp_path / "xla")
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla") and os.path.isdir(tmp_path / "xla")
+        assert jax.config.jax_compilation_cache_max_size == bound  # the bound the environment chose (conftest)
+        monkeypatch.delenv("JAX_COMPILATION_CACHE_MAX_SIZE")
+        assert use_compilation_cache(str(tmp_path)) == str(tmp_path / "xla")
+        assert jax.config.jax_compilation_cache_max_size == CACHE_MAX_BYTES == 1 << 30
         monkeypatch.setenv("JAXAE_CACHE", str(tmp_path / "env"))
         assert use_compilation_cache("") == str(tmp_path / "env" / "xla")
         monkeypatch.setenv("JAXAE_CACHE", "")  # set and empty: the default root, not the working directory
@@ -112,6 +117,47 @@ def test_the_cache_folder_follows_the_environment_and_cache_dir(tmp_path, monkey
     finally:
         jax.config.update("jax_compilation_cache_dir", before[0])
         jax.config.update("jax_enable_compilation_cache", before[1])
+        jax.config.update("jax_compilation_cache_max_size", bound)
+
+
+_COMPILE = """
+import sys, warnings
+import jax, jax.numpy as jnp
+warnings.simplefilter("error")  # a cache entry JAX cannot read or write is a warning: fail on it
+if sys.argv[1] == "bound":
+    import jaxae.cli
+    jaxae.cli.CACHE_MAX_BYTES = int(sys.argv[2])
+    jaxae.cli.use_compilation_cache(sys.argv[3])
+else:  # the folder as jaxae filled it before it had a bound
+    jax.config.update("jax_compilation_cache_dir", sys.argv[3])
+for k in range(int(sys.argv[4]), int(sys.argv[5])):
+    jax.jit(lambda x: jnp.sin(x) * k).lower(jax.ShapeDtypeStruct((3,), jnp.float32)).compile()
+"""
+
+
+def test_the_compiled_programs_kept_are_bounded_and_an_old_folder_joins_in(tmp_path):
+    """use_compilation_cache bounds the folder (JAX's least-recently-used eviction, which also locks each read and
+    write): an entry left by a run before the bound is evicted first, and the writes after it raise no warning."""
+    def compile_(*argv):
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+        for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_COMPILATION_CACHE_MAX_SIZE"):
+            env.pop(name, None)
+        proc = subprocess.run([sys.executable, "-c", _COMPILE, *map(str, argv)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def entries():
+        return {n: os.path.getsize(folder / n) for n in os.listdir(folder) if n.endswith("-cache")}
+
+    folder = tmp_path / "xla"
+    compile_("unbounded", 0, folder, 0, 1)
+    (old,) = entries()
+    assert not os.path.exists(folder / old.replace("-cache", "-atime"))
+    compile_("bound", 10 ** 9, tmp_path, 1, 3)  # room for all: the old entry stays and gets a time of last use
+    assert len(entries()) == 3 and all(os.path.exists(folder / n.replace("-cache", "-atime")) for n in entries())
+    room = int(3.5 * max(entries().values()))
+    compile_("bound", room, tmp_path, 3, 5)  # room for 3 of 5: the two least recently used go, the old one first
+    assert old not in entries() and len(entries()) == 3 and sum(entries().values()) <= room, entries()
 
 
 def test_loss_falls_and_the_run_writes_its_files(run):
