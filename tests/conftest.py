@@ -45,9 +45,10 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # default 1 s: most compiles here are less
-# A bound, as jaxae.cli.bound_cache gives a user's folder, for its file lock: the workers and their subprocesses
-# compile the same programs at once, and without the lock one could read an entry another is still writing.
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+# No bound (jaxae.cli.bound_cache gives a user's folder one): JAX's eviction reads the last use of every entry at
+# each write, and the suite writes about 2,500 small programs. With a bound the writes, in turn under its lock,
+# took 175 ms each at the end, and the suite 485 s instead of 277-320 s (docs/performance.md, thirty-first session).
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", "-1")
 
 import jax  # noqa: E402
 

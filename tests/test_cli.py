@@ -27,8 +27,9 @@ def run_train(args, env_extra=None, cache=None):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("JAX_NUM_CPU_DEVICES", None)  # 1 device unless a test asks for more
     env.update(env_extra or {})
-    if cache == "default":
+    if cache == "default":  # a user's environment: no cache folder, no bound (use_compilation_cache gives one)
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        env.pop("JAX_COMPILATION_CACHE_MAX_SIZE", None)
     elif cache:
         env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     return subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=REPO, env=env,
@@ -85,6 +86,10 @@ def test_compiled_programs_are_kept_for_the_next_run(run):
     added = programs(set(run["cached_after_resume"]) - set(run["cached_after_stop"]))
     assert "jit__fun" not in added and "jit__recon_errors" not in added, added
     assert "jit__checksum" not in before + added, (before, added)
+    # bounded (cli.bound_cache): JAX keeps each entry's last use beside it, and locks the folder
+    entries = [n.removesuffix("-cache") for n in run["cached_after_resume"] if n.endswith("-cache")]
+    assert entries and all(f"{e}-atime" in run["cached_after_resume"] for e in entries), run["cached_after_resume"]
+    assert ".lockfile" in run["cached_after_resume"]
 
 
 def test_the_cache_folder_follows_the_environment_and_cache_dir(tmp_path, monkeypatch, capsys):
@@ -102,7 +107,7 @@ def test_the_cache_folder_follows_the_environment_and_cache_dir(tmp_path, monkey
         monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
         assert use_compilation_cache(str(tmp_path)) == str(tmp_path / "xla")
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla") and os.path.isdir(tmp_path / "xla")
-        assert jax.config.jax_compilation_cache_max_size == bound  # the bound the environment chose (conftest)
+        assert jax.config.jax_compilation_cache_max_size == bound == -1  # the environment chose none (conftest)
         monkeypatch.delenv("JAX_COMPILATION_CACHE_MAX_SIZE")
         assert use_compilation_cache(str(tmp_path)) == str(tmp_path / "xla")
         assert jax.config.jax_compilation_cache_max_size == CACHE_MAX_BYTES == 1 << 30
