@@ -18,7 +18,8 @@ Run the same command again to go on: an entry whose run already has a row in --o
 budget, step layout, data and device) is skipped, and one whose run was cut off resumes from its last checkpoint
 (its row says from which step; its wall time is that part's). --again trains every entry anew.
 Each row holds the run's resolved config, the data, the workdir, jax's version and the device, and its test MSE
-next to PCA's with as many components as the code has dimensions, fit on the same data's training split.
+next to PCA's with as many components as the code has dimensions, fit on the same data's training split; of a model
+with encoder heads, each head's share of the test images too (a head near 0 % learned nothing it wins).
 """
 
 from __future__ import annotations
@@ -33,22 +34,29 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-def knn10(cfg, state, ds) -> float:
-    """10-NN class accuracy of the test codes against the training codes (jaxae.evaluate's functions)."""
+def code_stats(cfg, state, ds) -> dict:
+    """{"knn10": 10-NN class accuracy of the test codes against the training codes}, and of a model with encoder
+    heads "head_shares": the fraction of the test images whose code each head gave, in head order (a head near 0
+    is dead: docs/quality.md, thirty-first session). jaxae.evaluate's functions, as evaluate.py computes them."""
     import jax
     import numpy as np
-    from jaxae.evaluate import autoencoder_codec, batch_size_for, encode_split
-    from jaxae.metrics import knn_accuracy, nearest_neighbours
+    from jaxae.evaluate import autoencoder_codec, batch_size_for, chosen_heads, encode_split
+    from jaxae.metrics import knn_accuracy, nearest_neighbours, pad_to_multiple
     from jaxae.models import model_from_config
-    from jaxae.metrics import pad_to_multiple
 
-    codec = autoencoder_codec(model_from_config(cfg, ds.image_shape), state.params)
-    codes = []
+    model = model_from_config(cfg, ds.image_shape)
+    codec = autoencoder_codec(model, state.params)
+    stats, codes = {}, []
     for x in (ds.test_images, ds.train_images):
         padded, _ = pad_to_multiple(x, batch_size_for(len(x)))
-        codes.append(encode_split(codec, jax.device_put(padded, jax.local_devices()[0]))[:len(x)])
-    nn = np.asarray(nearest_neighbours(codes[0], codes[1], k=10))
-    return knn_accuracy(nn, ds.train_labels, ds.test_labels, len(ds.class_names))
+        dev = jax.device_put(padded, jax.local_devices()[0])
+        codes.append(encode_split(codec, dev))
+        if cfg.encoder_heads > 1 and len(codes) == 1:
+            heads = chosen_heads(model, state.params, dev, codes[0])[:len(x)]
+            stats["head_shares"] = (np.bincount(heads, minlength=cfg.encoder_heads) / len(x)).tolist()
+    nn = np.asarray(nearest_neighbours(codes[0][:len(ds.test_images)], codes[1][:len(ds.train_images)], k=10))
+    stats["knn10"] = knn_accuracy(nn, ds.train_labels, ds.test_labels, len(ds.class_names))
+    return stats
 
 
 def pca_mse(ds, k: int) -> float:
@@ -236,15 +244,16 @@ def main(argv=None) -> int:
                     return 128 + res["signal"] if res.get("signal") else (res["exit"] or 130)
                 if cfg.latent_dim not in pca:
                     pca[cfg.latent_dim] = pca_mse(ds, cfg.latent_dim)
-                knn = knn10(cfg, res["state"], ds)
+                stats = code_stats(cfg, res["state"], ds)
                 row = {**common, "test_mse": res["test_mse"], "pca_mse": pca[cfg.latent_dim],
-                       "x_pca": res["test_mse"] / pca[cfg.latent_dim], "knn10": knn, "train_loss": res["train_loss"],
+                       "x_pca": res["test_mse"] / pca[cfg.latent_dim], **stats, "train_loss": res["train_loss"],
                        "steps": res["step"], "wall_s": wall}
                 if resumed_from is not None:  # where it did resume (an unreadable checkpoint is set aside)
                     row["resumed_from"] = res.get("start", resumed_from)
                 _write_row(args.out, row)  # before the print: a closed stdout must not cost the row
+                shares = f"  heads' shares {_shares(row)} %" if "head_shares" in row else ""
                 print(f"RESULT {name:40s} mse {row['test_mse']:.5f} ({row['x_pca']:.3f} x PCA-{cfg.latent_dim})  "
-                      f"10-NN {knn:.1%}  {wall:6.1f} s", flush=True)
+                      f"10-NN {row['knn10']:.1%}  {wall:6.1f} s{shares}", flush=True)
             if stop.signum is not None:
                 print(f"STOPPED by {signal.Signals(stop.signum).name} after {name}: {len(runs) - 1 - i} run(s) of "
                       f"the grid did not run", flush=True)
@@ -252,11 +261,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def _shares(row: dict) -> str:
+    """'27/24/25/24': each head's share of the test images in %, for a row of a model with encoder heads; '' else."""
+    return "/".join(f"{100 * x:.0f}" for x in row.get("head_shares") or ())
+
+
 def table(path: str) -> str:
     """The rows of a sweep's JSON-lines file as a Markdown table, in the order they were written: the entry's
     settings (over the --base, given once above the table), test MSE against PCA's, 10-NN, the final train loss,
-    steps and wall time. A run that diverged or collapsed shows why. Rows of sweeps before the eighteenth session
-    (CIFAR-10's PCA-3 constant, no config) read as they were written."""
+    steps and wall time; where a row has encoder heads, a column of each head's share of the test images. A run that
+    diverged or collapsed shows why. Rows of sweeps before the eighteenth session (CIFAR-10's PCA-3 constant, no
+    config) read as they were written."""
     from jaxae.config import UsageError
     try:
         rows, bad = _read_rows(path)
@@ -265,17 +280,19 @@ def table(path: str) -> str:
     if not rows:
         raise UsageError(f"--table {path}: no sweep rows in it")
     skip = {"name", "base", "data", "workdir", "config", "jax", "device", "test_mse", "pca_mse", "x_pca", "x_pca3",
-            "knn10", "train_loss", "steps", "wall_s", "stopped", "resumed_from"}
+            "knn10", "head_shares", "train_loss", "steps", "wall_s", "stopped", "resumed_from"}
     bases = {json.dumps(r.get("base", {}), sort_keys=True) for r in rows}
+    heads = any(r.get("head_shares") for r in rows)
+    share_head, share_gap = (" heads' shares (%) |", " |") if heads else ("", "")
     lines = [f"base: {', '.join(sorted(bases))}; data: {', '.join(sorted({str(r.get('data', '?')) for r in rows}))}",
-             "", "| configuration | test MSE | x PCA | 10-NN | final train loss | steps | wall |",
-             "|---|---|---|---|---|---|---|"]
+             "", f"| configuration | test MSE | x PCA | 10-NN |{share_head} final train loss | steps | wall |",
+             "|---|---|---|---|---|---|---|" + ("---|" if heads else "")]
     for r in rows:
         over = ", ".join(f"{k}={v}" for k, v in r.items() if k not in skip) or "base"
         resumed = f" from step {r['resumed_from']}" if "resumed_from" in r else ""  # wall_s: the resumed part's
         if "stopped" in r:
             why = str(r["stopped"])[:80].replace("|", "/")
-            lines.append(f"| {over} | stopped: {why} | | | | | {r.get('wall_s', 0):.0f} s{resumed} |")
+            lines.append(f"| {over} | stopped: {why} | | |{share_gap} | | {r.get('wall_s', 0):.0f} s{resumed} |")
             continue
         ratio = r.get("x_pca", r.get("x_pca3"))
         k = r.get("config", {}).get("latent_dim", 3)
@@ -283,6 +300,7 @@ def table(path: str) -> str:
                                   if isinstance(r.get(key), (int, float)) else "")
         lines.append(f"| {over} | {cell('test_mse', '.5f')} | "
                      f"{f'{ratio:.3f} x PCA-{k}' if isinstance(ratio, float) else ''} | {cell('knn10', '.1%')} | "
+                     f"{_shares(r) + ' | ' if heads else ''}"
                      f"{cell('train_loss', '.5f')} | {cell('steps', 'd')} | {cell('wall_s', '.0f')} s{resumed} |")
     if bad:
         lines.append(f"\n({bad} line(s) of {path} are not rows: skipped)")

@@ -19,7 +19,9 @@ def sweep(monkeypatch):
     mod = load_bench("sweep")
     ds = tiny_dataset(n_train=32, n_test=16)
     monkeypatch.setattr(jaxae.data, "load", lambda *a, **k: ds)
-    monkeypatch.setattr(mod, "knn10", lambda cfg, state, ds: 0.5)
+    monkeypatch.setattr(mod, "code_stats", lambda cfg, state, ds: {"knn10": 0.5, **(
+        {"head_shares": [0.75] + [0.25 / (cfg.encoder_heads - 1)] * (cfg.encoder_heads - 1)}
+        if cfg.encoder_heads > 1 else {})})
     monkeypatch.setattr(mod, "pca_mse", lambda ds, k: 0.04)
     return mod
 
@@ -171,6 +173,40 @@ def test_table_prints_the_rows_as_markdown_old_and_new(sweep, monkeypatch, tmp_p
     assert lines[5].startswith("| latent_dim=2 | 0.03000 | 0.750 x PCA-2 | 50.0% | 0.03100 | 8 | ")
     with pytest.raises(UsageError, match="give --data and --grid to train a sweep"):
         sweep.main(["--grid", "[{}]"])
+
+
+def test_the_rows_of_models_with_heads_give_each_heads_share(sweep, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(jaxae.train, "train_and_evaluate", _fake_training())
+    out = tmp_path / "sweep.jsonl"
+    assert sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--out", str(out), "--base",
+                       json.dumps({"epochs": 2, "batch_size": 8}), "--grid", '[{}, {"encoder_heads": 3}]']) == 0
+    one, three = [json.loads(line) for line in out.read_text().splitlines()]
+    assert "head_shares" not in one and three["head_shares"] == [0.75, 0.125, 0.125]
+    text = capsys.readouterr().out
+    assert [line.endswith("heads' shares 75/12/12 %") for line in text.splitlines() if line.startswith("RESULT")] \
+        == [False, True], text
+    assert sweep.main(["--table", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == ("| configuration | test MSE | x PCA | 10-NN | heads' shares (%) | final train loss | steps "
+                        "| wall |") and lines[3].count("|") == lines[2].count("|")
+    assert lines[4].startswith("| base | 0.03000 | 0.750 x PCA-3 | 50.0% |  | 0.03100 | 8 | ")
+    assert lines[5].startswith("| encoder_heads=3 | 0.03000 | 0.750 x PCA-3 | 50.0% | 75/12/12 | 0.03100 | 8 | ")
+
+
+def test_code_stats_of_a_model_with_heads(tmp_path):
+    """bench/sweep.py's 10-NN and heads' shares, as evaluate.py computes them, on a tiny 2-head model (and none
+    for one head)."""
+    from conftest import tiny_config
+    code_stats = load_bench("sweep").code_stats
+    ds = tiny_dataset(n_train=32, n_test=16)
+    for heads in (2, 1):
+        cfg = tiny_config(tmp_path, encoder_heads=heads)
+        stats = code_stats(cfg, jaxae.train.create_train_state(cfg, ds.image_shape, total_steps=4, spe=4), ds)
+        assert set(stats) == ({"knn10", "head_shares"} if heads > 1 else {"knn10"}) and 0 <= stats["knn10"] <= 1
+        if heads > 1:
+            shares = stats["head_shares"]
+            assert len(shares) == 2 and abs(sum(shares) - 1) < 1e-9
+            assert all(x * 16 == round(x * 16) for x in shares), shares  # fractions of the 16 test images
 
 
 def test_a_worker_checks_the_whole_grid_before_training_its_share(sweep, monkeypatch, tmp_path):
