@@ -290,11 +290,21 @@ def chance_text(chance: float, n_classes: int) -> str:
 
 
 def heads_text(wins) -> str:
-    """The share of the test images whose code each encoder head gave (--encoder-heads), in one line."""
+    """The share of the test images whose code each encoder head gave (--encoder-heads), in one line, and which
+    heads won under a quarter of an even share: such a head learns from few images (training teaches a head only
+    those it wins) and may never win more, while it costs a decoder pass per image like the others. Of eight heads
+    on the quick model, one won 0.6 % (docs/quality.md, thirty-first session); of four, the fewest 17.6 %."""
     shares = [f"{w:.1%}".replace("%", " %") for w in wins]
-    return (f"head 1 gave the codes of {shares[0]} of the test images, " + ", ".join(
+    text = f"head 1 gave the codes of {shares[0]} of the test images, " + ", ".join(
         f"head {i + 2} {s}" for i, s in enumerate(shares[1:]))
-        + ("" if min(wins) > 0 else "; a head that gives no image its code learns nothing"))
+    starved = [i + 1 for i, w in enumerate(wins) if w < 0.25 / len(wins)]
+    if not starved:
+        return text
+    which = f"head {starved[0]}" if len(starved) == 1 else \
+        f"heads {', '.join(map(str, starved[:-1]))} and {starved[-1]}"
+    return (f"{text}; {which} gave almost none: a head learns only from the images whose code it gives, so one that "
+            f"falls behind may never catch up, and it still costs a decoder pass per image (fewer --encoder-heads "
+            f"cost less)")
 
 
 def best_codes_text(best: dict, encoder_mse: float) -> str:

@@ -634,3 +634,14 @@ def test_a_run_with_encoder_heads_trains_restores_and_evaluates_with_its_chosen_
     assert '<h2>latent space by encoder head</h2>' in page and 'src="latent_heads.png"' in page
     view = open(tmp_path / "eval" / "latent_3d.html").read()
     assert json.loads(re.search(r"const D = (\{.*?\});\n", view).group(1))["h"] == heads.tolist()
+
+
+def test_the_heads_line_names_the_heads_that_gave_almost_no_code():
+    even = pages.heads_text([0.25, 0.25, 0.3, 0.2])
+    assert even == ("head 1 gave the codes of 25.0 % of the test images, head 2 25.0 %, head 3 30.0 %, head 4 20.0 %")
+    # eight heads on seed 2 of the quick model (docs/quality.md, thirty-first session): head 7 at 0.6 %
+    eight = pages.heads_text([0.121, 0.135, 0.172, 0.132, 0.123, 0.146, 0.006, 0.165])
+    assert eight.endswith("head 8 16.5 %; head 7 gave almost none: a head learns only from the images whose code it "
+                          "gives, so one that falls behind may never catch up, and it still costs a decoder pass per "
+                          "image (fewer --encoder-heads cost less)")
+    assert "; heads 2 and 3 gave almost none:" in pages.heads_text([0.9, 0.0, 0.03, 0.07])  # 1/16: 0.0625
