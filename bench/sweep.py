@@ -19,7 +19,7 @@ budget, step layout, data and device) is skipped, and one whose run was cut off 
 (its row says from which step; its wall time is that part's). --again trains every entry anew.
 Each row holds the run's resolved config, the data, the workdir, jax's version and the device, and its test MSE
 next to PCA's with as many components as the code has dimensions, fit on the same data's training split; of a model
-with encoder heads, each head's share of the test images too (a head near 0 % learned nothing it wins).
+with encoder heads, each head's share of the test images too (a head near 0 % is one that training starved).
 """
 
 from __future__ import annotations
