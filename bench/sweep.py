@@ -41,21 +41,21 @@ def code_stats(cfg, state, ds) -> dict:
     import jax
     import numpy as np
     from jaxae.evaluate import autoencoder_codec, batch_size_for, chosen_heads, encode_split
+    from jaxae.figures import head_shares
     from jaxae.metrics import knn_accuracy, nearest_neighbours, pad_to_multiple
     from jaxae.models import model_from_config
 
     model = model_from_config(cfg, ds.image_shape)
     codec = autoencoder_codec(model, state.params)
-    stats, codes = {}, []
-    for x in (ds.test_images, ds.train_images):
-        padded, _ = pad_to_multiple(x, batch_size_for(len(x)))
-        dev = jax.device_put(padded, jax.local_devices()[0])
-        codes.append(encode_split(codec, dev))
-        if cfg.encoder_heads > 1 and len(codes) == 1:
-            heads = chosen_heads(model, state.params, dev, codes[0])[:len(x)]
-            stats["head_shares"] = (np.bincount(heads, minlength=cfg.encoder_heads) / len(x)).tolist()
-    nn = np.asarray(nearest_neighbours(codes[0][:len(ds.test_images)], codes[1][:len(ds.train_images)], k=10))
-    stats["knn10"] = knn_accuracy(nn, ds.train_labels, ds.test_labels, len(ds.class_names))
+    n_test, n_train = len(ds.test_images), len(ds.train_images)
+    test, train = (jax.device_put(pad_to_multiple(x, batch_size_for(len(x)))[0], jax.local_devices()[0])
+                   for x in (ds.test_images, ds.train_images))
+    test_codes = encode_split(codec, test)
+    nn = np.asarray(nearest_neighbours(test_codes[:n_test], encode_split(codec, train)[:n_train], k=10))
+    stats = {"knn10": knn_accuracy(nn, ds.train_labels, ds.test_labels, len(ds.class_names))}
+    if cfg.encoder_heads > 1:
+        heads = chosen_heads(model, state.params, test, test_codes)[:n_test]
+        stats["head_shares"] = head_shares(heads, cfg.encoder_heads).tolist()
     return stats
 
 

@@ -572,7 +572,7 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     compile_encode_split(ae, test_x)  # outside the timing
     ae_test, t_encode = _timed(encode_split, ae, test_x)
     heads = chosen_heads(model, state.params, test_x, ae_test)[:n_test] if cfg.encoder_heads > 1 else None
-    wins = np.bincount(heads, minlength=cfg.encoder_heads) / n_test if heads is not None else None
+    wins = figures.head_shares(heads, cfg.encoder_heads) if heads is not None else None
     ae_train = encode_split(ae, train_x)
     pca, t_pca = _timed(fit_pca_codec, ds, cfg.latent_dim)
     test_codes = {"ae": ae_test, "pca": encode_split(pca, test_x)}  # pad rows included

@@ -330,15 +330,21 @@ def head_colours(n: int):
     return list(plt.get_cmap("Dark2").colors[:n]) if n <= 8 else class_colours(n)
 
 
+def head_shares(heads, n_heads: int) -> np.ndarray:
+    """[n_heads]: the fraction of `heads` (each image's encoder head) that each head gave; zeros for no images."""
+    heads = np.asarray(heads)
+    return np.bincount(heads, minlength=n_heads) / max(1, len(heads))
+
+
 def latent_heads(points, heads, n_heads: int, labels, class_names, out: str, title: str, axis_names) -> str:
     """A model with encoder heads (--encoder-heads): the codes' 2-D projections coloured by the head that gave each
     (a 1-D code: each head's histogram), over a bar per class of the share of its test images each head gave the
     code of -> out (PNG). Does each head take a region of the space, or a kind of image?"""
     heads, labels = np.asarray(heads), np.asarray(labels)
-    wins = np.bincount(heads, minlength=n_heads) / len(heads)
+    wins = head_shares(heads, n_heads)
     names = [f"head {h + 1} ({100 * w:.1f} %)" for h, w in enumerate(wins)]
     colours = head_colours(n_heads)
-    shares = np.array([np.bincount(heads[labels == c], minlength=n_heads) / max(1, np.sum(labels == c))
+    shares = np.array([head_shares(heads[labels == c], n_heads)
                        for c in range(len(class_names))])  # [class, head], every test image
     points, heads_kept, title = _central(np.asarray(points), heads, title)
     d = points.shape[1]
