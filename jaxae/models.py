@@ -27,6 +27,13 @@ def depth_to_space(x: jax.Array, r: int = 2) -> jax.Array:
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * r, w * r, c // (r * r))
 
 
+def space_to_depth(x: jax.Array, r: int = 2) -> jax.Array:
+    """[B, r*H, r*W, C] -> [B, H, W, r*r*C], the inverse of depth_to_space."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // r, r, w // r, r, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // r, w // r, r * r * c)
+
+
 def cpu_conv(inputs, kernel, strides, padding, lhs_dilation=None, rhs_dilation=None,
              dimension_numbers=None, feature_group_count=1, precision=None, kernel_grad_taps: bool = False):
     """lax.conv_general_dilated for flax's NHWC/HWIO convs (nn.Conv's `conv_general_dilated`), computed on
@@ -391,13 +398,14 @@ class Upsample(nn.Module):
     fast_grad: bool = True  # the tap-matmul kernel gradient (_conv_dw_taps); False = XLA's own, for tests
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, shuffle: bool = True):
+        """shuffle False (pixel_shuffle only): the conv's output [B, H, W, 4 * features], before depth-to-space."""
         if self.kind == "pixel_shuffle":
             # Same parameters and forward pass as nn.Conv; only the kernel gradient is computed differently.
             # on CPU with the bias gradient of _bias_add, named as the nn.Conv it replaces (the same parameters)
             up = conv(4 * self.features, self.dtype, fast=self.fast_grad, kernel_grad_taps=True,
                       bias_last=_BIAS_LAST and jax.default_backend() == "cpu", name="Conv_0")
-            return depth_to_space(up(x))
+            return depth_to_space(up(x)) if shuffle else up(x)
         if self.kind == "conv_transpose":
             return nn.ConvTranspose(self.features, (3, 3), strides=(2, 2), dtype=self.dtype)(x)
         b, h, w, c = x.shape
@@ -486,9 +494,19 @@ class Decoder(_Arch):
     upsample: str = "pixel_shuffle"
     head: str = "conv"
 
+    def sub_pixel_output(self) -> bool:
+        """Whether __call__(z, shuffle=False) is allowed: the image is the last pixel-shuffle conv's output
+        depth-to-space, with nothing cropped (an even height and width)."""
+        height, width, _ = self.image_shape
+        return self.head == "upsample" and self.upsample == "pixel_shuffle" and height % 2 == 0 and width % 2 == 0
+
     @nn.compact
-    def __call__(self, z):
+    def __call__(self, z, shuffle: bool = True):
+        """shuffle False (sub_pixel_output only): the image as space_to_depth of it, [B, H/2, W/2, 4C], without
+        the last depth-to-space (a transpose): what an error to an image needs, summed in any order."""
         height, width, channels = self.image_shape
+        if not shuffle and not self.sub_pixel_output():
+            raise ValueError("shuffle=False needs head 'upsample', pixel_shuffle upsampling and an even image size")
         shapes = stage_shapes(height, width, self.stages)
         h0, w0 = shapes[-1]
         c0 = self.width * 2 ** (self.stages - 1)
@@ -500,7 +518,9 @@ class Decoder(_Arch):
                 x = ResBlock(self.norm, self.dtype, self.activation)(x)
             last = i == 0 and self.head == "upsample"
             features = channels if last else self.width * 2 ** max(i - 1, 0)
-            x = Upsample(features, self.upsample, self.dtype)(x)
+            x = Upsample(features, self.upsample, self.dtype)(x, shuffle=shuffle or not last)
+            if not shuffle and last:
+                break
             th, tw = shapes[i]
             x = x[:, :th, :tw, :]  # odd sizes (28 -> 14 -> 7 -> 4): crop back to the encoder's size
             if not last:
@@ -508,6 +528,9 @@ class Decoder(_Arch):
         if self.head == "conv":
             x = conv(channels, self.dtype)(x)
         return nn.sigmoid(x.astype(jnp.float32))
+
+
+_CHOOSE_IN_CELLS = True  # off: the heads' drawings compared as images (docs/studies/s32-heads and the tests)
 
 
 class Autoencoder(_Arch):
@@ -539,22 +562,31 @@ class Autoencoder(_Arch):
         """[B, encoder_heads, latent_dim]: the codes the encoder proposes for each image (encode keeps one)."""
         return self.encoder(x).reshape(x.shape[0], self.encoder_heads, self.latent_dim)
 
-    def _choose(self, x):
+    def _choose(self, x, cells: bool = False):
         """(code [B, latent_dim], its drawing [B, H, W, C]) of each image: of a model with encoder heads, the
-        proposal drawn nearest it."""
+        proposal drawn nearest it.
+
+        cells (a sub-pixel output head only): compare the drawings as they come out of the last pixel-shuffle
+        conv, with the B images rearranged to match (space_to_depth), not the B * K drawings depth-to-space: the
+        same errors, summed in another order. For encode: that transpose, which XLA:CPU wrote out before the
+        error's reduction, took a tenth of the quick preset's encode, which ran 5-9 % faster without it, with the
+        same codes. Not for reconstruct, whose drawing is written out anyway: from 5 % slower to 3 % faster over
+        four runs (docs/performance.md, thirty-second session)."""
         # The choice is an argmin: no gradient flows through these drawings, so their backward pass is never run
         # (__call__ draws the chosen code again for the gradient: K forward passes and one backward, not K of each)
         b, k = x.shape[0], self.encoder_heads
         z = self.proposals(x)
-        y = self.decoder(z.reshape(b * k, self.latent_dim)).reshape(b, k, *x.shape[1:])
-        d = y - x.astype(y.dtype)[:, None]
+        cells = cells and _CHOOSE_IN_CELLS and self.decoder.sub_pixel_output()
+        target = space_to_depth(x) if cells else x
+        y = self.decoder(z.reshape(b * k, self.latent_dim), shuffle=not cells).reshape(b, k, *target.shape[1:])
+        d = y - target.astype(y.dtype)[:, None]
         err = (jnp.abs(d) if self.choose_by == "l1" else jnp.square(d)).mean(axis=tuple(range(2, d.ndim)))
         best = jnp.argmin(err, axis=1)
         pick = lambda a: jnp.take_along_axis(a, best.reshape(b, 1, *(1,) * (a.ndim - 2)), axis=1)[:, 0]  # noqa: E731
-        return pick(z), pick(y)
+        return pick(z), depth_to_space(pick(y)) if cells else pick(y)
 
     def encode(self, x):
-        return self.encoder(x) if self.encoder_heads == 1 else self._choose(x)[0]
+        return self.encoder(x) if self.encoder_heads == 1 else self._choose(x, cells=True)[0]
 
     def decode(self, z):
         return self.decoder(z)

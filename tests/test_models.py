@@ -1,5 +1,7 @@
 """Encoder / Decoder / Autoencoder: shapes, output range, encode/decode, gradients."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,8 @@ from jax.test_util import check_grads
 
 from jaxae import losses
 from jaxae.config import UsageError
-from jaxae.models import Autoencoder, Decoder, Encoder, depth_to_space, model_from_config, stage_shapes
+from jaxae.models import (Autoencoder, Decoder, Encoder, depth_to_space, model_from_config, space_to_depth,
+                          stage_shapes)
 
 SMALL = dict(width=4, hidden=8)
 
@@ -155,39 +158,43 @@ def test_activation_is_a_choice_of_function_not_of_parameters(tiny_config, tmp_p
     # layers, and a model's parameter tree does not depend on it.
     x = jnp.linspace(0.0, 1.0, 2 * 8 * 8 * 3).reshape(2, 8, 8, 3)
     kw = dict(image_shape=(8, 8, 3), latent_dim=3, width=4, stages=2, blocks=1, hidden=8, mlp_layers=2)
-    params = Autoencoder(**kw).init(jax.random.PRNGKey(0), x)["params"]
-    relu_params = Autoencoder(**kw, activation="relu").init(jax.random.PRNGKey(0), x)["params"]
+    params = jax.jit(Autoencoder(**kw).init)(jax.random.PRNGKey(0), x)["params"]  # jitted: one compile, not one per op
+    relu_params = jax.eval_shape(Autoencoder(**kw, activation="relu").init, jax.random.PRNGKey(0), x)["params"]
     assert jax.tree.structure(relu_params) == jax.tree.structure(params)
-    codes = {a: np.asarray(Autoencoder(**kw, activation=a).apply({"params": params}, x, method=Autoencoder.encode))
-             for a in ("gelu", "relu", "silu")}
+    codes = {a: np.asarray(jax.jit(lambda p, x, a=a: Autoencoder(**kw, activation=a).apply(
+        {"params": p}, x, method=Autoencoder.encode))(params, x)) for a in ("gelu", "relu", "silu")}
     for a, b in (("gelu", "relu"), ("gelu", "silu"), ("relu", "silu")):
         assert not np.allclose(codes[a], codes[b], rtol=1e-3), (a, b)
     assert model_from_config(tiny_config(tmp_path, activation="silu"), (16, 16, 3)).activation == "silu"
 
 
-@pytest.mark.parametrize("choose_by", ["l2", "l1"])
-def test_encoder_heads_keep_the_proposal_drawn_nearest_the_image(choose_by):
+@pytest.mark.parametrize("choose_by,head,shape", [("l2", "conv", (8, 8, 3)), ("l1", "conv", (8, 8, 3)),
+                                                  ("l2", "upsample", (6, 10, 1)), ("l1", "upsample", (8, 8, 3))])
+def test_encoder_heads_keep_the_proposal_drawn_nearest_the_image(choose_by, head, shape):
     """--encoder-heads K: encode gives, for each image, the one of its K proposed codes whose drawing is nearest it
     by the loss; __call__ is that drawing, which decode of the code gives too, and reconstruct (the evaluation's
-    drawing, not drawn again) is it exactly."""
+    drawing, not drawn again) is it exactly. The sub-pixel output head ("upsample", an even image size) compares
+    the drawings before their last depth-to-space, with the image rearranged to match: the same choice."""
     k, d = 3, 2
-    net = Autoencoder(image_shape=(8, 8, 3), latent_dim=d, stages=2, encoder_heads=k, choose_by=choose_by, **SMALL)
-    x = jax.random.uniform(jax.random.PRNGKey(0), (6, 8, 8, 3))
+    net = Autoencoder(image_shape=shape, latent_dim=d, stages=2, encoder_heads=k, choose_by=choose_by, head=head,
+                      **SMALL)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (6, *shape))
 
     @jax.jit
     def run(x):
         p = {"params": net.init(jax.random.PRNGKey(1), x)["params"]}
         proposals = net.apply(p, x, method=lambda m, x: m.encoder(x)).reshape(6, k, d)
-        drawings = net.apply(p, proposals.reshape(6 * k, d), method=Autoencoder.decode).reshape(6, k, 8, 8, 3)
+        drawings = net.apply(p, proposals.reshape(6 * k, d), method=Autoencoder.decode).reshape(6, k, *shape)
         z = net.apply(p, x, method=Autoencoder.encode)
         return (proposals, drawings, z, net.apply(p, x), net.apply(p, z, method=Autoencoder.decode),
                 net.apply(p, x, method=Autoencoder.reconstruct))
 
+    assert Decoder(image_shape=shape, head=head).sub_pixel_output() == (head == "upsample" and shape[0] % 2 == 0)
     proposals, drawings, z, recon, decoded, drawn = map(np.asarray, run(x))
     diff = drawings - np.asarray(x)[:, None]
     err = (np.abs(diff) if choose_by == "l1" else diff ** 2).mean(axis=(2, 3, 4))
     best = err.argmin(1)
-    assert z.shape == (6, d) and recon.shape == (6, 8, 8, 3)
+    assert z.shape == (6, d) and recon.shape == (6, *shape)
     np.testing.assert_array_equal(z, proposals[np.arange(6), best])
     np.testing.assert_allclose(recon, drawings[np.arange(6), best], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(decoded, recon, rtol=1e-5, atol=1e-6)
@@ -195,13 +202,41 @@ def test_encoder_heads_keep_the_proposal_drawn_nearest_the_image(choose_by):
     assert len(set(best)) > 1, "the test's images all chose one head: it would not tell a choice from head 0"
 
 
+def test_a_sub_pixel_output_before_its_last_shuffle():
+    """Decoder(z, shuffle=False) is space_to_depth of the image decode draws (the inverse of depth_to_space), and
+    is refused where the image is not the last pixel shuffle's output as it is."""
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 6, 10, 3))
+    np.testing.assert_array_equal(np.asarray(depth_to_space(space_to_depth(x))), np.asarray(x))
+    z = jax.random.normal(jax.random.PRNGKey(1), (2, 3))
+    dec = Decoder(image_shape=(6, 10, 3), stages=2, head="upsample", **SMALL)
+
+    @jax.jit
+    def run(z):
+        p = dec.init(jax.random.PRNGKey(2), z)
+        return dec.apply(p, z, shuffle=False), space_to_depth(dec.apply(p, z))
+
+    cells, drawn = run(z)
+    assert cells.shape == (2, 3, 5, 12)
+    np.testing.assert_array_equal(np.asarray(cells), np.asarray(drawn))
+    for kw in ({"head": "conv"}, {"head": "upsample", "image_shape": (7, 7, 3)},
+               {"head": "upsample", "upsample": "conv_transpose"}):
+        other = Decoder(**{"image_shape": (8, 8, 3), "stages": 2, **SMALL, **kw})
+        with pytest.raises(ValueError, match="shuffle=False needs"):
+            jax.eval_shape(functools.partial(other.init, shuffle=False), jax.random.PRNGKey(2), z)
+
+
 def test_reconstruct_of_a_plain_model_is_its_call():
     """One head: reconstruct (the test pass's and eval_step's) is decode(encode(x)), as __call__."""
     net = Autoencoder(image_shape=(8, 8, 3), latent_dim=3, stages=2, **SMALL)
     x = jax.random.uniform(jax.random.PRNGKey(4), (3, 8, 8, 3))
-    p = {"params": net.init(jax.random.PRNGKey(5), x)["params"]}
-    np.testing.assert_array_equal(np.asarray(net.apply(p, x, method=Autoencoder.reconstruct)),
-                                  np.asarray(net.apply(p, x)))
+
+    @jax.jit
+    def run(x):
+        p = {"params": net.init(jax.random.PRNGKey(5), x)["params"]}
+        return net.apply(p, x, method=Autoencoder.reconstruct), net.apply(p, x)
+
+    drawn, called = run(x)
+    np.testing.assert_array_equal(np.asarray(drawn), np.asarray(called))
 
 
 def test_encoder_heads_train_only_the_chosen_proposal():
