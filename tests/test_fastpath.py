@@ -17,7 +17,7 @@ def _grads(conv_fn, x, w, strides, padding):
     def f(x, w):
         y = conv_fn(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return jnp.sum(jnp.sin(y))  # a non-trivial output gradient
-    return jax.grad(f, argnums=(0, 1))(x, w)
+    return jax.jit(jax.grad(f, argnums=(0, 1)))(x, w)  # one compile, not one per op (Winograd's are many)
 
 
 @pytest.mark.parametrize("taps", [False, True])
@@ -169,7 +169,7 @@ def test_winograd_conv_matches_lax(shape, cout, padding):
         assert got.shape == want.shape
         assert float(jnp.max(jnp.abs(got - want))) <= 3e-5 * float(jnp.max(jnp.abs(want)))
 
-    close(wino(x, w, (1, 1), padding, None),
+    close(jax.jit(lambda x, w: wino(x, w, (1, 1), padding, None))(x, w),
           lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")))
     for got, want in zip(_grads(wino, x, w, (1, 1), padding),
                          _grads(lax.conv_general_dilated, x, w, (1, 1), padding)):

@@ -284,7 +284,7 @@ def test_microbatch_passes_run_two_at_a_time(setup):
 
 
 def test_the_temporary_memory_of_a_step_does_not_grow_with_its_passes():
-    """16 passes need about the memory of 4: each pass waits for the gradients summed two passes before it. When
+    """8 passes need about the memory of 4: each pass waits for the gradients summed two passes before it. When
     it waited on one element of them, XLA moved the slice ahead of the sums, put every sum off to the step's end and
     kept each pass's gradients until then: the default model's CPU step at batch 1024 (16 passes of 64) held 918 MB
     of temporaries against 524 MB at batch 256; waiting on the sums' maxima, 483 MB at both (twentieth session)."""
