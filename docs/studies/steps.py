@@ -1,6 +1,8 @@
 """What the step studies share (docs/studies/s26-encode/ab.py and rss.py, s27-wino/quick.py): one device's train
 state, a synthetic epoch of CIFAR-shaped uint8 images and its order, set up as train.py sets them up. Import it
 after jaxae.hostmem's settings, which must come before JAX starts."""
+import time
+
 import jax
 import numpy as np
 from jax.sharding import Mesh
@@ -18,3 +20,20 @@ def step_inputs(preset: str, batch: int, spe: int = 4, **overrides):
     images = T.put_dataset(np.random.default_rng(0).integers(0, 256, (spe * batch, 32, 32, 3), np.uint8), mesh)
     perm = T.device_epoch_order(cfg.seed, 0, spe * batch, spe, batch, mesh)
     return cfg, state, images, perm, batch // T.microbatch_size(cfg, batch)
+
+
+def time_interleaved(runs: dict, steps: int, rounds: int) -> dict:
+    """Seconds per step of each of `runs` ({name: [fn, state, images, perm]}, fn a jaxae.train._PassSteps, each with
+    a state of its own: the update donates it), `steps` steps of one at a time, in turn, for `rounds` rounds, the
+    order reversed every other round. Each run's state is carried on in `runs`. {name: [seconds, one per round]}"""
+    times = {k: [] for k in runs}
+    for r in range(rounds):
+        for k in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            fn, state, images, perm = runs[k][:4]
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                state, m = fn(state, images, perm)
+            jax.block_until_ready(m)
+            times[k].append((time.perf_counter() - t0) / steps)
+            runs[k][1] = state
+    return times

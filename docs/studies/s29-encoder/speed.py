@@ -5,7 +5,6 @@ and programs inline, as in train.py.
     PYTHONPATH=. python docs/studies/s29-encoder/speed.py              # HEADS=1,2,4 B=128 K=20 R=6
 """
 import os
-import time
 
 from jaxae import hostmem
 
@@ -15,7 +14,7 @@ hostmem.run_cpu_programs_inline()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from docs.studies.steps import step_inputs  # noqa: E402
+from docs.studies.steps import step_inputs, time_interleaved  # noqa: E402
 from jaxae import train as T  # noqa: E402
 
 B, K, R = (int(os.environ.get(k, d)) for k, d in (("B", 128), ("K", 20), ("R", 6)))
@@ -29,16 +28,7 @@ for h in HEADS:
         state, m = fn(state, images, perm)
     jax.block_until_ready(m)
     runs[h] = [fn, state, images, perm]
-times = {h: [] for h in HEADS}
-for r in range(R):
-    for h in (HEADS if r % 2 == 0 else HEADS[::-1]):
-        fn, state, images, perm = runs[h]
-        t0 = time.perf_counter()
-        for _ in range(K):
-            state, m = fn(state, images, perm)
-        jax.block_until_ready(m)
-        times[h].append((time.perf_counter() - t0) / K)
-        runs[h][1] = state
+times = time_interleaved(runs, K, R)
 for h, ts in times.items():
     print(f"{PRESET} batch {B}, {h} encoder head(s): {K} steps a timing, best {B / min(ts):,.0f} img/s, median "
           f"{B / np.median(ts):,.0f}; x{min(times[HEADS[0]]) / min(ts):.2f} of {HEADS[0]} head(s)' best", flush=True)

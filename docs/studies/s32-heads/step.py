@@ -6,7 +6,6 @@ round, R rounds, the order reversed every other round. Freed host memory kept an
     PYTHONPATH=. python docs/studies/s32-heads/step.py              # B=128 K=20 R=6
 """
 import os
-import time
 
 from jaxae import hostmem
 
@@ -16,7 +15,7 @@ hostmem.run_cpu_programs_inline()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from docs.studies.steps import step_inputs  # noqa: E402
+from docs.studies.steps import step_inputs, time_interleaved  # noqa: E402
 from jaxae import models  # noqa: E402
 from jaxae import train as T  # noqa: E402
 
@@ -33,16 +32,7 @@ for cells in (False, True):
     runs[cells] = [fn, state, images, perm, float(m["loss"][0])]
 models._CHOOSE_IN_CELLS = True
 print(f"the loss of the second step: {runs[False][4]:.7f} as images, {runs[True][4]:.7f} as cells")
-times = {c: [] for c in runs}
-for r in range(R):
-    for c in ((False, True) if r % 2 == 0 else (True, False)):
-        fn, state, images, perm, _ = runs[c]
-        t0 = time.perf_counter()
-        for _ in range(K):
-            state, m = fn(state, images, perm)
-        jax.block_until_ready(m)
-        times[c].append((time.perf_counter() - t0) / K)
-        runs[c][1] = state
+times = time_interleaved(runs, K, R)
 for c, ts in times.items():
     print(f"quick batch {B}, compared as {'cells' if c else 'images'}: {K} steps a timing, best {B / min(ts):,.0f} "
           f"img/s, median {B / np.median(ts):,.0f}", flush=True)
