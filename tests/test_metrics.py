@@ -59,6 +59,30 @@ def test_ssim_is_one_for_identical_images_and_drops_with_noise():
     np.testing.assert_allclose(metrics.ssim(noisy[1], x), metrics.ssim(x, noisy[1]), rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(32, 32, 3), (12, 17, 1), (7, 9, 2)])
+def test_ssim_equals_a_plain_numpy_one(shape):
+    """Wang et al.'s SSIM, its Gaussian filter a numpy correlation along each axis in turn ('valid'), against
+    metrics.ssim's matmuls: the same to float32 rounding, for CIFAR's size, odd sizes and a window under 11."""
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0, 1, (3, *shape)).astype(np.float32)
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1).astype(np.float32)
+    size = metrics.ssim_window(*shape[:2])
+    g = np.exp(-0.5 * ((np.arange(size) - (size - 1) / 2) / (1.5 * size / 11)) ** 2)
+    g /= g.sum()
+
+    def blur(x):
+        for axis in (1, 2):
+            x = np.apply_along_axis(lambda v: np.correlate(v, g, "valid"), axis, x.astype(np.float64))
+        return x
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2, blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    want = (((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+            ).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(np.asarray(jax.jit(metrics.ssim)(a, b)), want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(8, 8), (7, 64), (2, 5)])
 def test_ssim_of_images_under_the_11x11_window_is_a_number(shape):
     # an 11x11 'valid' window left no position on an 8x8 image: SSIM was NaN, and metrics.json held NaN
