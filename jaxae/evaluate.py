@@ -30,6 +30,7 @@ from jaxae.models import model_from_config
 from jaxae.train import TrainState, steps_per_epoch, train_state_to_restore
 
 BATCH = 500          # images per scan step when encoding / reconstructing a split
+FIGURE_BATCH = 128   # codes per decoder call for the figures (decode_codes)
 NOISE_SEED = 1234    # corrupted test inputs are the same in every evaluation of every run
 # The noise curve of a denoising run: the test split at these multiples of its --noise (those over a corruption's
 # largest strength at that largest). 0 and 1 are the clean and noisy splits, measured anyway; each other costs an
@@ -150,6 +151,16 @@ def _apply(fn: Callable, params, x):
 
 def reconstruct(codec: Codec, x) -> jax.Array:
     return _apply(codec.roundtrip, codec.params, x)
+
+
+def decode_codes(codec: Codec, z) -> np.ndarray:
+    """codec.decode of codes z [N, k], FIGURE_BATCH at a time (the last call padded): the figures' drawings all come
+    from one compiled program, where each figure's own number of codes (80, 30, 100, 10) compiled one of its own,
+    0.8 s each for the quick model on 2 CPU cores (docs/performance.md, thirty-second session)."""
+    z = np.asarray(z, np.float32)
+    padded = np.concatenate([z, np.zeros((-len(z) % FIGURE_BATCH, z.shape[1]), np.float32)])
+    return np.concatenate([np.asarray(_apply(codec.decode, codec.params, jnp.asarray(padded[i:i + FIGURE_BATCH])))
+                           for i in range(0, len(padded), FIGURE_BATCH)])[:len(z)]
 
 
 def batch_size_for(n: int) -> int:
@@ -415,11 +426,11 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
     files["latent_3d_html"] = pages.scatter3d(os.path.join(out, "latent_3d.html"), pts, test_y, names,
                                               keep, ds.test_images[keep], title, axes, heads, cfg.encoder_heads)
 
-    dec = lambda z: np.asarray(_apply(ae.decode, ae.params, jnp.asarray(z, jnp.float32)))
+    dec = functools.partial(decode_codes, ae)
     x = lambda idx: ds.test_images[np.asarray(idx)].astype(np.float32) / 255.0
 
     pairs = pick_pairs(test_y, min(8, len(test_y)))
-    za, zb = (np.asarray(_apply(ae.encode, ae.params, x([p[i] for p in pairs]))) for i in (0, 1))
+    za, zb = (codes["ae_test"][[p[i] for p in pairs]] for i in (0, 1))
     t = np.linspace(0.0, 1.0, interp_steps)
     z = za[:, None] * (1 - t[None, :, None]) + zb[:, None] * t[None, :, None]
     steps = _u8(dec(z.reshape(-1, z.shape[-1]))).reshape(len(pairs), interp_steps, *ds.image_shape)
@@ -437,8 +448,8 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
     if cfg.noise > 0:
         noisy = np.asarray(corrupt_fixed(cfg.corruption, cfg.noise, jnp.asarray(inputs), jnp.asarray(sel)))
         recon_rows.append((f"{cfg.corruption} {cfg.noise:g}", _u8(noisy)))
-    for c in (ae, pca):
-        recon_rows.append((c.name, _u8(reconstruct(c, inputs))))
+    for c, key in ((ae, "ae_test"), (pca, "pca_test")):  # the drawings of the codes the split's encode gave
+        recon_rows.append((c.name, _u8(decode_codes(c, codes[key][sel]))))
     if "best_test" in codes:  # --best-codes: what the decoder draws from each image's best code
         recon_rows.insert(-1, ("best code", _u8(dec(codes["best_test"][sel]))))
     if cfg.noise > 0:

@@ -210,6 +210,26 @@ def test_clean_errors_from_the_codes_equal_those_from_encoding_again(run):
         evaluate.reconstruction_metrics(codec, x, mask, "gaussian", 0.2, codes=evaluate.encode_split(codec, x))
 
 
+def test_the_figures_decode_any_number_of_codes_with_one_program(run, monkeypatch):
+    """decode_codes: the decoder's drawings of 5, FIGURE_BATCH and FIGURE_BATCH + 3 codes (FIGURE_BATCH set to 8),
+    each what decoding them all at once gives, from calls of FIGURE_BATCH codes only: one compiled program (each
+    count compiled its own before)."""
+    from jaxae.models import model_from_config
+    cfg, state, ds = evaluate.restore(run["cfg"].workdir)
+    codec = evaluate.autoencoder_codec(model_from_config(cfg, ds.image_shape), state.params)
+    monkeypatch.setattr(evaluate, "FIGURE_BATCH", 8)
+    z = np.random.default_rng(0).normal(size=(11, cfg.latent_dim)).astype(np.float32)
+    want = np.asarray(codec.decode(codec.params, jnp.asarray(z)))
+    shapes = []
+    real = evaluate._apply
+    monkeypatch.setattr(evaluate, "_apply", lambda fn, p, x: shapes.append(x.shape) or real(fn, p, x))
+    for n in (5, 8, 11):
+        got = evaluate.decode_codes(codec, z[:n])
+        assert got.shape == (n, *ds.image_shape)
+        np.testing.assert_allclose(got, want[:n], rtol=1e-5, atol=1e-6)
+    assert set(shapes) == {(8, cfg.latent_dim)} and len(shapes) == 4  # 1 + 1 + 2 calls, all of 8 codes
+
+
 @dataclasses.dataclass(frozen=True)
 class _ToTheMean:
     """A poor encoder for the PCA decoder: every image to the code of the mean image."""
