@@ -530,7 +530,7 @@ class Decoder(_Arch):
         return nn.sigmoid(x.astype(jnp.float32))
 
 
-_CHOOSE_IN_CELLS = True  # off: the heads' drawings compared as images (docs/studies/s32-heads and the tests)
+_CHOOSE_IN_CELLS = True  # off: encode compares the heads' drawings as images (docs/studies/s32-heads/step.py)
 
 
 class Autoencoder(_Arch):
