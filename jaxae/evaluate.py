@@ -153,14 +153,16 @@ def reconstruct(codec: Codec, x) -> jax.Array:
     return _apply(codec.roundtrip, codec.params, x)
 
 
-def decode_codes(codec: Codec, z) -> np.ndarray:
-    """codec.decode of codes z [N, k], FIGURE_BATCH at a time (the last call padded): the figures' drawings all come
-    from one compiled program, where each figure's own number of codes (80, 30, 100, 10) compiled one of its own,
-    0.8 s each for the quick model on 2 CPU cores (docs/performance.md, thirty-second session)."""
+def decode_codes(codec: Codec, z, batch: int | None = None) -> np.ndarray:
+    """codec.decode of codes z [N, k], `batch` (by default FIGURE_BATCH) at a time, the last call padded, so that
+    one compiled program serves any N: the figures' drawings, where each figure's own number of codes (80, 30, 100,
+    10) compiled one of its own, 0.8 s each for the quick model on 2 CPU cores (docs/performance.md, thirty-second
+    session), and best_codes' candidates (in calls of BATCH)."""
+    batch = batch or FIGURE_BATCH
     z = np.asarray(z, np.float32)
-    padded = np.concatenate([z, np.zeros((-len(z) % FIGURE_BATCH, z.shape[1]), np.float32)])
-    return np.concatenate([np.asarray(_apply(codec.decode, codec.params, jnp.asarray(padded[i:i + FIGURE_BATCH])))
-                           for i in range(0, len(padded), FIGURE_BATCH)])[:len(z)]
+    padded = np.concatenate([z, np.zeros((-len(z) % batch, z.shape[1]), np.float32)])
+    return np.concatenate([np.asarray(_apply(codec.decode, codec.params, jnp.asarray(padded[i:i + batch])))
+                           for i in range(0, len(padded), batch)])[:len(z)]
 
 
 def batch_size_for(n: int) -> int:
@@ -328,8 +330,7 @@ def best_codes(codec: Codec, images_dev, codes: jax.Array, train_codes: np.ndarr
     pixels = int(np.prod(images_dev.shape[1:]))
     m = max(1, min(candidates, len(train_codes), 2 ** 24 // pixels))  # their decodings: at most 64 MB
     cand = jnp.asarray(train_codes[np.sort(np.random.default_rng(0).permutation(len(train_codes))[:m])])
-    cand_images = jnp.concatenate([_apply(codec.decode, codec.params, cand[i:i + BATCH])
-                                   for i in range(0, m, BATCH)]).reshape(m, pixels)
+    cand_images = jnp.asarray(decode_codes(codec, cand, BATCH)).reshape(m, pixels)
     spread = jnp.std(jnp.asarray(train_codes), axis=0)  # an axis the codes barely use still gets steps
     scale = jnp.maximum(spread, 1e-3 * spread.max())
     scale = jnp.where(scale > 0, scale, 1.0)  # codes that all coincide: an untrained model
