@@ -1,6 +1,7 @@
-"""What the step studies share (docs/studies/s26-encode/ab.py and rss.py, s27-wino/quick.py): one device's train
-state, a synthetic epoch of CIFAR-shaped uint8 images and its order, set up as train.py sets them up. Import it
-after jaxae.hostmem's settings, which must come before JAX starts."""
+"""What the step studies share (docs/studies/s26-encode/ab.py and rss.py, s27-wino/quick.py, s29-encoder/speed.py,
+s32-heads/step.py): one device's train state, a synthetic epoch of CIFAR-shaped uint8 images and its order, set up
+as train.py sets them up, and an interleaved timing of steps. Import it after jaxae.hostmem's settings, which must
+come before JAX starts."""
 import time
 
 import jax
