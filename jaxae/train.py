@@ -21,7 +21,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxae import checkpoints, corruption, hostmem, losses, monitor
-from jaxae.config import Config, UsageError, config_path, load_config
+from jaxae.config import PRESETS, Config, UsageError, config_path, load_config
 from jaxae.data import Dataset, load, local_path
 from jaxae.metrics import mean_image_mse, pad_to_multiple, reconstruction_error
 from jaxae.models import model_from_config
@@ -59,7 +59,7 @@ def init_params(model, key: jax.Array, image_shape):
     """model.init's parameters for images of image_shape, compiled as one program.
 
     On CPU that program is compiled at optimisation level 1 rather than XLA's default 3. It is mostly the
-    threefry random bits of each parameter array (54 in the default model), which level 3 took 10-25 s to
+    threefry random bits of each parameter array (54 in the old default model), which level 3 took 10-25 s to
     optimise on the 2-core box, the tiny test models longest; level 1 takes about 4 s and gives the same
     parameters bit for bit (docs/performance.md, twelfth session; tests/test_train.py). The program runs
     once, in 0.25 s either way. A level set in XLA_FLAGS is left to rule, and so is an enclosing trace
@@ -110,27 +110,39 @@ def _one_cpu_device() -> str:
             if os.environ.get("JAX_NUM_CPU_DEVICES") else "no jax_num_cpu_devices setting")
 
 
-# The default model's training images/s on the 2-core CPU box, one device, 32x32x3: 240 on an idle box (207 s per
-# epoch, test pass and checkpoint included, in a 35-minute train.py run of the twenty-sixth session; 231-239 in
-# bench/throughput.py), 80 over a whole 15-epoch train.py run that shared the box (thirteenth session;
-# docs/performance.md). cpu_schedule_note's estimate spans them.
-CPU_DEFAULT_IMG_S = (80, 240)
+# Training images/s on the 2-core CPU box, one device, 32x32x3, of the models of the default preset and of --preset
+# long (the default model until the thirty-third session), each as the low and high ends that cpu_schedule_note's
+# estimate spans:
+# - the default model at batch 1024: 1,340 over a whole train.py run of the default schedule (37.3 s per epoch,
+#   median, test pass and checkpoint included; thirty-third session), about 860 in its epochs that shared the box
+#   with a test run;
+# - the old one: 240 on an idle box (207 s per epoch, test pass and checkpoint included, in a 35-minute train.py run
+#   of the twenty-sixth session; 231-239 in bench/throughput.py), 80 over a whole 15-epoch run that shared the box
+#   (thirteenth session; docs/performance.md).
+CPU_IMG_S = {"default": (600, 1350), "long": (80, 240)}
+
+
+def _model(cfg: Config) -> dict:
+    return {k: getattr(cfg, k) for k in Config.MODEL_FIELDS}
 
 
 def cpu_schedule_note(cfg: Config, image_shape, images_left: int) -> str | None:
-    """A note for a CPU run of the default model that would take more than an hour at the 2-core box's speed: the
-    default schedule is for GPUs and TPUs, and `--preset quick` is the model for a CPU. None for any other run."""
-    default = Config()
-    if any(getattr(cfg, k) != getattr(default, k) for k in Config.MODEL_FIELDS):
+    """A note for a CPU run of the default model, or of --preset long's, that would take more than an hour at the
+    2-core box's speed: the default schedule is for GPUs and TPUs, and `--preset quick` trains the default model on
+    a CPU's schedule. None for any other run."""
+    preset = next((p for p in CPU_IMG_S if _model(cfg) == _model(Config(**PRESETS[p]))), None)
+    if preset is None:
         return None
-    slow, fast = (images_left * float(np.prod(image_shape)) / 3072 / rate / 3600 for rate in CPU_DEFAULT_IMG_S)
+    low, high = CPU_IMG_S[preset]
+    slow, fast = (images_left * float(np.prod(image_shape)) / 3072 / rate / 3600 for rate in (low, high))
     if fast < 1:
         return None
-    return (f"note: this run trains the default model on {images_left:,} images: about {fast:.0f}-{slow:.0f} h on a "
-            f"2-core CPU ({CPU_DEFAULT_IMG_S[0]}-{CPU_DEFAULT_IMG_S[1]} images/s), fewer with more cores. The "
-            f"default model is for GPUs and TPUs (its default schedule: under 2 minutes on an H200). `--preset quick` "
-            f"is the CPU model: about 13 minutes on 2 cores, test MSE 0.0264-0.0266 on CIFAR-10 against the "
-            f"default's 0.0281-0.0282")
+    model = "the default model" if preset == "default" else "the model of --preset long (the old default model)"
+    return (f"note: this run trains {model} on {images_left:,} images: about {fast:.0f}-{slow:.0f} h on a 2-core CPU "
+            f"({low}-{high} images/s), less with more cores. The default schedule is for GPUs and TPUs. "
+            f"`--preset quick` trains the default model on a CPU's schedule (20 epochs at batch 128): about 13 "
+            f"minutes on 2 cores, test MSE 0.0264-0.0266 on CIFAR-10, against 0.0261 for the default schedule "
+            f"(63 minutes on 2 cores) and 0.0281-0.0282 for --preset long's (on an H200)")
 
 
 def create_train_state(cfg: Config, image_shape, total_steps: int, spe: int) -> TrainState:
@@ -155,7 +167,7 @@ def place_state(state: TrainState, mesh: Mesh) -> TrainState:
 
     Handed a fresh state (arrays on one device, the step a Python int), the steps' first call compiled them
     and the second compiled them again for the state the first returned: 7 s of the tiny model's first
-    steps on the 2-core box, and 14-18 s of the default model's. The result may share buffers with `state`,
+    steps on the 2-core box, and 14-18 s of the old default model's. The result may share buffers with `state`,
     which the steps donate: pass a state that is not used afterwards (or a copy).
     """
     return jax.device_put(state.replace(step=jnp.asarray(state.step, jnp.int32)), NamedSharding(mesh, P()))
@@ -264,7 +276,7 @@ def eval_step(state: TrainState, batch: jax.Array) -> dict[str, jax.Array]:
 
 
 # Microbatch passes of a step that may run at once. Left alone, XLA interleaved all the unrolled passes op by
-# op, so every pass's activations were live together: the default model's CPU step held 1,025 MB of temp
+# op, so every pass's activations were live together: the old default model's CPU step held 1,025 MB of temp
 # buffers at 4 passes of 64, as much as one pass of 256. Two at a time: 605 MB, and as fast. One at a time:
 # 328 MB (187 MB at 8 passes of 32), but 12-30 % slower on 2 cores, which then lose the overlap of two
 # passes' ops (docs/performance.md, ninth session).
@@ -279,7 +291,7 @@ def _after(tree, x: jax.Array) -> jax.Array:
     remove does it: a pass's input reads the gradients summed so far. XLA does not fold 0 * y for floats (y
     may be inf or NaN), and x + 0 * y is x for finite y. A maximum needs the whole sum: with one element of each
     array instead, XLA took the element from the summands, put the sums off to the step's end and held every
-    pass's gradients until then (the default model at batch 1024, 16 passes: 918 MB of temporaries, 483 MB with
+    pass's gradients until then (the old default model at batch 1024, 16 passes: 918 MB of temporaries, 483 MB with
     the maxima, as fast; twentieth session).
     """
     dep = jnp.max(jnp.stack([jnp.max(leaf).astype(x.dtype) for leaf in jax.tree.leaves(tree)]))
@@ -326,7 +338,7 @@ class _PassSteps:
     """train_step on CPU as one program per PASSES_IN_FLIGHT microbatch passes, called from Python, rather than
     one program of all the passes unrolled: the passes in turn, then the update, each pmapped.
 
-    The default model's step at batch 1024 (16 passes of 64) compiled in 21 s instead of 47.5 in the bench and
+    The old default model's step at batch 1024 (16 passes of 64) compiled in 21 s instead of 47.5 in the bench and
     trained as fast (186 and 182 img/s; docs/performance.md, twenty-fourth session). The small programs are what
     let the 8x8 convs take Winograd too (models._WINOGRAD_MIN_SIZE): compiled 16 times over in one program, their
     transforms had cost 300 MB of RSS. A lax.scan over the passes is no substitute: it ran ~20x slower (_after).
@@ -449,7 +461,7 @@ def large_cpu_steps(cfg: Config) -> bool:
 def keep_host_memory(cfg: Config, explicit: set[str] = frozenset()) -> bool:
     """train.py's host allocator settings for the model this command will train (jaxae.hostmem): freed memory
     kept, in one malloc arena where its CPU step's temporaries come near a thread arena's heap or exceed it (the
-    default model), else two (the quick preset: one costs it 14-21 %); single-device CPU programs on the calling
+    long preset's model), else two (the default model: one costs it 14-21 %); single-device CPU programs on the calling
     thread. Call it before anything starts JAX or another thread: a later call cannot lower the arena count
     that the threads have taken. Returns whether one arena was asked for."""
     large = large_cpu_steps(_model_config(cfg, explicit))
@@ -482,7 +494,7 @@ def microbatch_size(cfg: Config, local_batch: int) -> int:
     batch), else on CPU the largest divisor of it from 32 to 64 (none: the whole batch) and elsewhere the whole
     batch.
 
-    Measured on the 2-core box (docs/performance.md): the default model's step at batch 256 ran 1.3-1.7x
+    Measured on the 2-core box (docs/performance.md): the old default model's step at batch 256 ran 1.3-1.7x
     faster as 4 passes of 64 (a 32x32x64 activation is 67 MB at 256, 17 MB at 64); the quick model (batch
     128, width 16) ran the same either way. On accelerators one pass keeps the device busiest.
     """
@@ -498,8 +510,8 @@ def test_pass_batch() -> int:
     """Test images per pass of the evaluation after each epoch: 64 on CPU, 500 on accelerators.
 
     Measured on the 2-core box (twenty-first session, docs/performance.md), with train.py's allocator settings: the
-    default model's pass over the 10k test images took 18.9 s at 500 and 18.3 s at 64, with 250 MB of XLA
-    temporaries against 32 MB; the quick model's 1.17 s either way. A 2-epoch default-model run peaked at 2.08 GB
+    old default model's pass over the 10k test images took 18.9 s at 500 and 18.3 s at 64, with 250 MB of XLA
+    temporaries against 32 MB; the quick model's 1.17 s either way. A 2-epoch old-default-model run peaked at 2.08 GB
     of RSS at 500, during its second test pass, and at 1.73 GB at 64; a 40-minute one at 2.08 GB at 500, about
     0.3 GB over its steps' at each epoch end.
     """
@@ -561,7 +573,7 @@ def train_and_evaluate(cfg: Config, explicit: set[str] = frozenset(), ds: Datase
     """Train (or resume) the run in cfg.workdir; returns the final metrics. Exit status in result['exit']."""
     # CPU: no page faults on each step's buffers (quick model 1.8x faster), from the main arena, which keeps them
     keep_host_memory(cfg, explicit)  # (as train.py and bench/quality.py have; no-op once JAX runs)
-    # what each compile left free: 0.3 GB of the default model's peak
+    # what each compile left free: 0.3 GB of the old default model's peak
     with hostmem.release_after_compiles(), checkpoints.WorkdirLock() as lock:
         return _train_and_evaluate(cfg, explicit, ds, progress, lock)
 
@@ -697,7 +709,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
                         if jax.default_backend() == "cpu":
                             # Let the async save finish first: its buffers, allocated while the next epoch's
                             # first steps ran, split the step's freed block of temporaries, and the heap grew
-                            # by a second one (default model: 1.66 -> 2.51 GB; docs/performance.md, tenth
+                            # by a second one (old default model: 1.66 -> 2.51 GB; docs/performance.md, tenth
                             # session). The wait: ~0.3 s for the default model's state; a CPU epoch: minutes.
                             checkpoints.wait(mngr)
                     hostmem.release_free_memory()  # what the test pass and the save left free, once an epoch

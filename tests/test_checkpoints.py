@@ -13,7 +13,7 @@ import pytest
 
 from conftest import tiny_config
 from jaxae import checkpoints, train
-from jaxae.config import PRESETS, Config, UsageError, load_config
+from jaxae.config import OLD_MODEL, PRESETS, Config, UsageError, load_config
 
 
 @pytest.fixture(scope="module")
@@ -147,18 +147,37 @@ def test_resuming_under_another_preset_is_refused_naming_a_field_either_sets(tmp
 
 
 def test_a_run_of_the_old_default_is_refused_under_the_presets_of_the_new_one(tmp_path):
-    """A 30-epoch batch-256 run saved as preset "default" before the twentieth session: `--preset default` or
-    `--preset long` (now 100 epochs at batch 1024) must not resume it at its old schedule; `--workdir W` alone does."""
+    """A 30-epoch batch-256 run saved as preset "default" before the twentieth session: `--preset default` (now
+    another model too) or `--preset long` (now 100 epochs at batch 1024) must not resume it; `--workdir W` alone
+    does."""
     workdir = str(tmp_path / "run")
-    old = Config(epochs=30, batch_size=256, warmup_epochs=1.0, preset="default", workdir=workdir, data="folder")
+    old = Config(**OLD_MODEL, epochs=30, batch_size=256, warmup_epochs=1.0, preset="default", workdir=workdir,
+                 data="folder")
     checkpoints.save_config(old)
     os.makedirs(os.path.join(workdir, "checkpoints", "4"))
-    for preset in ("default", "long"):
-        with pytest.raises(UsageError, match=f"holds a run with --epochs 30, --preset {preset} sets --epochs 100"):
+    for preset, refusal in (("default", "--width 64, --preset default sets --width 16"),
+                            ("long", "--epochs 30, --preset long sets --epochs 100")):
+        with pytest.raises(UsageError, match=f"holds a run with {refusal}"):
             checkpoints.resolve_workdir(Config(**PRESETS[preset], preset=preset, workdir=workdir, data="folder"),
                                         {"workdir", "preset"})
     cfg, resuming = checkpoints.resolve_workdir(Config(workdir=workdir), {"workdir"})
-    assert resuming and (cfg.epochs, cfg.batch_size, cfg.warmup_epochs) == (30, 256, 1.0)
+    assert resuming and (cfg.epochs, cfg.batch_size, cfg.warmup_epochs, cfg.width) == (30, 256, 1.0, 64)
+
+
+def test_a_run_of_the_default_model_before_the_thirty_third_session_resumes_as_it_was(tmp_path):
+    """The default's run of OLD_MODEL (width 64, a residual block per stage, GELU, one head), saved as preset
+    "default": the same command, `python train.py` (no run flags), resumes it with its own model; `--preset default`,
+    whose model is now another, is refused with a line that says how to resume it."""
+    workdir = str(tmp_path / "run")
+    checkpoints.save_config(Config(**PRESETS["long"], preset="default", workdir=workdir, data="folder"))
+    os.makedirs(os.path.join(workdir, "checkpoints", "4"))
+    cfg, resuming = checkpoints.resolve_workdir(Config(workdir=workdir), {"workdir"})
+    assert resuming and cfg.preset == "default"
+    assert {k: getattr(cfg, k) for k in OLD_MODEL} == OLD_MODEL
+    with pytest.raises(UsageError, match="holds a run with --width 64, --preset default sets --width 16") as e:
+        checkpoints.resolve_workdir(Config(**PRESETS["default"], preset="default", workdir=workdir, data="folder"),
+                                    {"workdir", "preset"})
+    assert str(e.value).endswith(f"; `python train.py --workdir {workdir}` resumes it with its own settings")
 
 
 @pytest.mark.parametrize("epochs", [14, 30])

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from jaxae import checkpoints
-from jaxae.config import PRESETS, Config, UsageError, add_flags, config_path, from_args, load_config
+from jaxae.config import OLD_MODEL, PRESETS, Config, UsageError, add_flags, config_path, from_args, load_config
 
 
 def parse(*argv):
@@ -49,20 +49,42 @@ def test_every_preset_parses_to_a_valid_config_of_its_own_values(name):
 
 
 def test_the_default_is_the_schedule_docs_quality_measured():
-    """docs/quality.md's fourteenth- and twentieth-session rows: the default model, 100 epochs, batch 1024, peak rate
-    2e-3 after a 3-epoch warm-up; --preset short is the default before them (30 epochs, batch 256, 1-epoch warm-up).
+    """docs/quality.md's rows: the default schedule, 100 epochs, batch 1024, peak rate 2e-3 after a 3-epoch warm-up,
+    of the default model since the thirty-third session (the quick preset's: width 16, no residual blocks, the
+    sub-pixel output head, ReLU, 4 encoder heads); --preset long is that schedule with the default model before
+    (OLD_MODEL: width 64, a residual block per stage, a conv head, GELU, one head; fourteenth and twentieth
+    sessions), --preset short OLD_MODEL before the twentieth (30 epochs, batch 256, 1-epoch warm-up).
     Changing a dataclass default must not change what those rows measured silently."""
     cfg, _ = parse()
     assert (cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.warmup_epochs) == (100, 1024, 2e-3, 3.0)
-    assert parse("--preset", "long")[0] == cfg.replace(preset="long")  # its name before it became the default
+    model = {k: getattr(cfg, k) for k in Config.MODEL_FIELDS}
+    assert model == {**model, "width": 16, "blocks": 0, "head": "upsample", "activation": "relu",
+                     "encoder_heads": 4, "hidden": 512, "mlp_layers": 3, "stages": 3, "latent_dim": 3}
+    assert parse("--preset", "default")[0] == cfg.replace(preset="default")
+    long, _ = parse("--preset", "long")
+    assert long == cfg.replace(preset="long", **OLD_MODEL)
+    assert (long.width, long.blocks, long.head, long.activation, long.encoder_heads) == (64, 1, "conv", "gelu", 1)
     short, _ = parse("--preset", "short")
     assert (short.epochs, short.batch_size, short.learning_rate, short.warmup_epochs) == (30, 256, 2e-3, 1.0)
-    assert {k: getattr(short, k) for k in Config.MODEL_FIELDS} == {k: getattr(cfg, k) for k in Config.MODEL_FIELDS}
-    # the CPU preset's schedule: 20 epochs of a model with 4 encoder heads at a peak rate of 1e-3 since the
-    # twenty-ninth session (30 epochs of one head at 1e-3 from the twenty-seventh, 14 at 2e-3 from the seventh)
+    assert {k: getattr(short, k) for k in Config.MODEL_FIELDS} == {k: getattr(long, k) for k in Config.MODEL_FIELDS}
+    # the CPU preset: the default model for 20 epochs at a peak rate of 1e-3 (its model since the twenty-ninth
+    # session; 30 epochs of one head at 1e-3 from the twenty-seventh, 14 at 2e-3 from the seventh)
     quick, _ = parse("--preset", "quick")
     assert (quick.epochs, quick.batch_size, quick.learning_rate, quick.warmup_epochs) == (20, 128, 1e-3, 1.0)
-    assert quick.encoder_heads == 4 and cfg.encoder_heads == short.encoder_heads == 1
+    assert {k: getattr(quick, k) for k in Config.MODEL_FIELDS} == model
+
+
+def test_a_config_saved_before_a_setting_existed_reads_as_its_version_trained():
+    """A config.json lacks the settings added after the version that wrote it: they read as that version's
+    behaviour (BEFORE), not today's defaults. Before the thirty-third session the default model was OLD_MODEL;
+    before the twenty-eighth, every example was corrupted at --noise."""
+    saved = {k: v for k, v in dataclasses.asdict(Config(**PRESETS["long"])).items()
+             if k not in ("head", "activation", "encoder_heads", "noise_levels")}
+    old = Config.from_dict(saved)
+    assert (old.head, old.activation, old.encoder_heads, old.noise_levels) == ("conv", "gelu", 1, "fixed")
+    assert {k: getattr(old, k) for k in Config.MODEL_FIELDS} == {
+        k: getattr(Config(**PRESETS["long"]), k) for k in Config.MODEL_FIELDS}
+    assert Config.from_dict(dataclasses.asdict(Config())) == Config()  # a config.json of today's: as it is
 
 
 @pytest.mark.parametrize("argv,warmup", [

@@ -235,18 +235,22 @@ def test_the_step_temporaries_estimate_that_picks_the_arenas(overrides):
         state, np.zeros((cfg.batch_size, 32, 32, 3), np.uint8), jax.random.PRNGKey(0), cfg=cfg).compile()
     measured = step.memory_analysis().temp_size_in_bytes  # 38, 109 and 74 MB with jax 0.10.2 (4 encoder heads)
     assert 0.8 * measured < train.cpu_step_temporaries(cfg) < 1.25 * measured  # 42, 100 and 75 MB
-    # and the choice it makes: two arenas for the quick model (one costs it 14-21 %), one for the default's steps
+    # and the choice it makes: two arenas for the default (and quick) model (one costs it 14-21 %), one for the
+    # long preset's steps (the default model before the thirty-third session)
     assert train.large_cpu_steps(cfg) == bool(overrides)
-    assert train.cpu_step_temporaries(Config(**PRESETS["default"])) > 4 * train.LARGE_STEP
+    assert train.cpu_step_temporaries(Config(**PRESETS["long"])) > 4 * train.LARGE_STEP
+    # the default model is the quick preset's: its batch of 1024 runs in the same passes of 64
+    assert train.cpu_step_temporaries(Config(**PRESETS["default"])) == train.cpu_step_temporaries(
+        Config(**PRESETS["quick"]))
 
 
 def test_a_resumed_run_gets_the_arenas_of_its_own_model(tmp_path):
     # `python train.py --workdir W` resumes W's run: the command's defaults (the default model) are not its model
     from jaxae import checkpoints, train
     from jaxae.config import Config, PRESETS
-    quick = Config(**{**PRESETS["quick"], "preset": "quick", "workdir": str(tmp_path / "run")})
-    checkpoints.save_config(quick)
-    command = Config(workdir=quick.workdir)
-    assert train._model_config(command, set()).width == 16
-    assert train._model_config(command, {"preset"}).width == 64  # a new run's flags: the command's own model
-    assert train._model_config(Config(workdir=str(tmp_path / "none")), set()).width == 64
+    long = Config(**{**PRESETS["long"], "preset": "long", "workdir": str(tmp_path / "run")})
+    checkpoints.save_config(long)
+    command = Config(workdir=long.workdir)
+    assert train._model_config(command, set()).width == 64
+    assert train._model_config(command, {"preset"}).width == 16  # a new run's flags: the command's own model
+    assert train._model_config(Config(workdir=str(tmp_path / "none")), set()).width == 16

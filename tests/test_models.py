@@ -143,14 +143,19 @@ def test_architecture_options(options):
         assert any("LayerNorm" in k and "decoder" in k for k in names(params))
 
 
-def test_default_model_parameters_unchanged_by_the_options():
-    """Checkpoints of the default model stay loadable: same tree, same initial values as before the options."""
-    model = model_from_config(__import__("jaxae.config", fromlist=["Config"]).Config(), (32, 32, 3))
+@pytest.mark.parametrize("preset, decoder, size", [
+    # the default model before the thirty-third session (OLD_MODEL)
+    ("long", ["Dense_0", "Dense_1", "Dense_2", "Dense_3", "ResBlock_0", "ResBlock_1", "ResBlock_2", "Upsample_0",
+              "Upsample_1", "Upsample_2", "Conv_0"], 8_799_686),
+    # the default model since (and the quick preset's since the twenty-ninth): 3 x 4 codes out of the encoder
+    ("default", ["Dense_0", "Dense_1", "Dense_2", "Dense_3", "Upsample_0", "Upsample_1", "Upsample_2"], 2_226_616)])
+def test_preset_model_parameters_unchanged_by_the_options(preset, decoder, size):
+    """Checkpoints of the presets' models stay loadable: same tree, same initial values as before the options."""
+    from jaxae.config import PRESETS, Config
+    model = model_from_config(Config(**PRESETS[preset]), (32, 32, 3))
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
-    dec = sorted(params["decoder"])
-    assert dec == sorted(["Dense_0", "Dense_1", "Dense_2", "Dense_3", "ResBlock_0", "ResBlock_1", "ResBlock_2",
-                          "Upsample_0", "Upsample_1", "Upsample_2", "Conv_0"])
-    assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) == 8_799_686
+    assert sorted(params["decoder"]) == sorted(decoder)
+    assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) == size
 
 
 def test_activation_is_a_choice_of_function_not_of_parameters(tiny_config, tmp_path):

@@ -76,7 +76,7 @@ def test_a_collapsed_run_is_a_row_with_the_reason_and_the_grid_goes_on(sweep, mo
 
 
 def test_a_preset_applies_its_values_and_each_row_holds_what_reproduces_it(sweep, monkeypatch, tmp_path, capsys):
-    # {"preset": "tiny"} trained the width-64 default model, and config.json said "tiny"
+    # {"preset": "tiny"} trained the default model (width 64 then), and config.json said "tiny"
     seen = []
     finish = _fake_training()
     monkeypatch.setattr(jaxae.train, "train_and_evaluate", lambda cfg, ds=None, progress=True:
@@ -163,11 +163,12 @@ def test_table_prints_the_rows_as_markdown_old_and_new(sweep, monkeypatch, tmp_p
     out.write_text(json.dumps({"name": "base", "test_mse": 0.02964, "x_pca3": 0.918, "knn10": 0.265,
                                "train_loss": 0.02942, "wall_s": 45.0, "base": {"epochs": 15}}) + "\n")  # 2026-11-23
     assert sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--out", str(out),
-                       "--base", json.dumps({"epochs": 2, "batch_size": 8}), "--grid", '[{"latent_dim": 2}]']) == 0
+                       "--base", json.dumps({"epochs": 2, "batch_size": 8, "encoder_heads": 1}), "--grid",
+                       '[{"latent_dim": 2}]']) == 0
     capsys.readouterr()
     assert sweep.main(["--table", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == 'base: {"batch_size": 8, "epochs": 2}, {"epochs": 15}; data: ?, unused'
+    assert lines[0] == 'base: {"batch_size": 8, "encoder_heads": 1, "epochs": 2}, {"epochs": 15}; data: ?, unused'
     assert lines[2] == "| configuration | test MSE | x PCA | 10-NN | final train loss | steps | wall |"
     assert lines[4] == "| base | 0.02964 | 0.918 x PCA-3 | 26.5% | 0.02942 |  | 45 s |"
     assert lines[5].startswith("| latent_dim=2 | 0.03000 | 0.750 x PCA-2 | 50.0% | 0.03100 | 8 | ")
@@ -179,7 +180,8 @@ def test_the_rows_of_models_with_heads_give_each_heads_share(sweep, monkeypatch,
     monkeypatch.setattr(jaxae.train, "train_and_evaluate", _fake_training())
     out = tmp_path / "sweep.jsonl"
     assert sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--out", str(out), "--base",
-                       json.dumps({"epochs": 2, "batch_size": 8}), "--grid", '[{}, {"encoder_heads": 3}]']) == 0
+                       json.dumps({"epochs": 2, "batch_size": 8, "encoder_heads": 1}), "--grid",
+                       '[{}, {"encoder_heads": 3}]']) == 0
     one, three = [json.loads(line) for line in out.read_text().splitlines()]
     assert "head_shares" not in one and three["head_shares"] == [0.75, 0.125, 0.125]
     text = capsys.readouterr().out
@@ -246,15 +248,15 @@ def test_the_same_command_again_skips_the_runs_with_rows_and_again_trains_them(s
     def main(grid, data="unused", *more):
         return sweep.main(["--data", data, "--root", str(tmp_path / "runs"), "--out", str(out), "--base",
                            json.dumps({"epochs": 2, "batch_size": 8}), "--grid", json.dumps(grid), *more])
-    assert main([{}, {"width": 4, "learning_rate": 0.1}]) == 0 and seen == [64, 4]
+    assert main([{}, {"width": 4, "learning_rate": 0.1}]) == 0 and seen == [16, 4]
     with open(out, "a") as fh:
         fh.write('{"name": "cut sh')  # a line cut short by a kill: skipped
     capsys.readouterr()
-    assert main([{}, {"width": 4, "learning_rate": 0.1}, {"width": 8}]) == 0 and seen == [64, 4, 8]
+    assert main([{}, {"width": 4, "learning_rate": 0.1}, {"width": 8}]) == 0 and seen == [16, 4, 8]
     text = capsys.readouterr().out
     assert f"SKIP base: its run has a row in {out} already (test MSE 0.03000); --again trains it anew" in text
     assert "SKIP width4-learning_rate0.1: its run has a row in" in text and "(stopped: epoch 4: collapsed)" in text
-    assert main([{}], "other-data") == 0 and seen[-1] == 64  # another dataset: not the same run
+    assert main([{}], "other-data") == 0 and seen[-1] == 16  # another dataset: not the same run
     assert main([{"width": 8}], "unused", "--again") == 0 and seen[-1] == 8
     assert len([line for line in out.read_text().splitlines() if line.startswith("{\"name\": \"width8\"")]) == 2
     # the step budget and the way steps are cut up (a speed sweep's settings) make another run too
@@ -262,7 +264,7 @@ def test_the_same_command_again_skips_the_runs_with_rows_and_again_trains_them(s
     rows = sweep.finished_rows(str(out))  # the cut line left out
     out.write_text("".join(json.dumps({**r, "device": "TPU v9 x8"}) + "\n" for r in rows))
     capsys.readouterr()
-    assert main([{}]) == 0 and seen[-1] == 64  # the rows came from another device: trained here, and said so
+    assert main([{}]) == 0 and seen[-1] == 16  # the rows came from another device: trained here, and said so
     assert "note: base has a row in" in capsys.readouterr().out
     monkeypatch.chdir(tmp_path)  # the same --data from another folder names another path: other data
     assert sweep.main(["--data", "unused", "--root", str(tmp_path / "runs"), "--out", str(out), "--base",

@@ -313,16 +313,23 @@ def test_microbatch_size_defaults_and_errors(setup):
             train.microbatch_size(cfg.replace(microbatch=bad), 256)
 
 
-def test_cpu_schedule_note_is_for_long_cpu_runs_of_the_default_model_only():
+def test_cpu_schedule_note_is_for_long_cpu_runs_of_the_presets_models_only():
     from jaxae.config import PRESETS, Config
     cfg = Config()
     per_epoch = train.steps_per_epoch(50_000, cfg.batch_size) * cfg.batch_size  # CIFAR-10: 48 steps of 1024
     note = train.cpu_schedule_note(cfg, (32, 32, 3), cfg.epochs * per_epoch)
-    assert note.startswith("note: this run trains the default model on 4,915,200 images: about 6-17 h on a 2-core CPU")
-    assert "`--preset quick` is the CPU model" in note
-    assert "about 23-68 h" in train.cpu_schedule_note(cfg, (64, 64, 3), cfg.epochs * per_epoch)  # 4x the pixels
-    assert train.cpu_schedule_note(cfg, (32, 32, 3), 2 * per_epoch) is None  # 10 minutes: no note
-    assert train.cpu_schedule_note(Config(**PRESETS["quick"]), (32, 32, 3), cfg.epochs * per_epoch) is None
+    assert note.startswith("note: this run trains the default model on 4,915,200 images: about 1-2 h on a 2-core CPU")
+    assert "`--preset quick` trains the default model on a CPU's schedule" in note
+    assert "about 4-9 h" in train.cpu_schedule_note(cfg, (64, 64, 3), cfg.epochs * per_epoch)  # 4x the pixels
+    assert train.cpu_schedule_note(cfg, (32, 32, 3), 20 * per_epoch) is None  # 20 epochs: well under an hour
+    # the same model on the quick preset's schedule (20 epochs of batch 128): no note; another model: none either
+    quick = Config(**PRESETS["quick"])
+    assert train.cpu_schedule_note(quick, (32, 32, 3), quick.epochs * 50_000) is None
+    # the old default model (--preset long's): its own, slower rates
+    long = train.cpu_schedule_note(Config(**PRESETS["long"]), (32, 32, 3), cfg.epochs * per_epoch)
+    assert long.startswith("note: this run trains the model of --preset long (the old default model) on 4,915,200 "
+                           "images: about 6-17 h on a 2-core CPU (80-240 images/s)")
+    assert train.cpu_schedule_note(Config(**PRESETS["long"]).replace(width=32), (32, 32, 3), 10 ** 8) is None
 
 
 def test_train_and_evaluate_on_two_devices(setup, tmp_path, monkeypatch, capsys):
