@@ -259,7 +259,7 @@ def _checksum(tree) -> jax.Array:
 def checksum_host(tree) -> int:
     """The checksum, computed by NumPy from host copies of the tree's arrays.
 
-    No program to compile: for the default model's state (166 arrays, 26 M words) it took 20-45 ms on the 2-core
+    No program to compile: for the old default model's state (166 arrays, 26 M words) it took 20-45 ms on the 2-core
     box, where compiling _checksum took about 2 s (4.5-5.1 s in the fourteenth session; 12.3 s on an H100 in the
     fifteenth). Every restore paid that compile, since a restored state is placed otherwise than the training's,
     and so did every training process at its first save.

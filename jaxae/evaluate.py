@@ -39,7 +39,7 @@ NOISE_CURVE = (0.0, 0.5, 1.0, 2.0)
 MAX_INTERP_STEPS = 50  # columns of the interpolation and traversal grids: more are too small to see
 BEST_CANDIDATES = 4096  # decoded training codes each test image is compared with before its descent (--best-codes)
 BEST_RATE = 0.03       # that descent's Adam step per code axis, x the training codes' spread; cosine-decayed to 0
-BEST_REPORT_EVERY = 30.0  # seconds between the progress lines of that search (an hour on CPU for the default model)
+BEST_REPORT_EVERY = 30.0  # seconds between the progress lines of that search (an hour on CPU for the old default model)
 
 
 # ------------------------------------------------------------------------------------ restore
@@ -193,7 +193,7 @@ def chosen_heads(model: nn.Module, params, images_dev, codes) -> np.ndarray:
 def compile_encode_split(codec: Codec, images_dev) -> None:
     """Compile encode_split's program for this codec and split without running it (a later encode_split call
     reuses it): timing the encode then leaves the compile out, and the 2-core box is spared a whole extra
-    encode of the test split (10-14 s for the default model, fifteenth session)."""
+    encode of the test split (10-14 s for the old default model, fifteenth session)."""
     _map_batches.lower(*_encode_args(codec, images_dev)).compile()
 
 
@@ -270,7 +270,7 @@ def reconstruction_metrics(codec: Codec, images_dev, mask: np.ndarray, kind: str
     """MSE, MAE, global PSNR and SSIM of the reconstructions of x (corrupted by kind, strength) against x.
 
     `codes`: the clean split's codes as encode_split gave them (pad rows included), to decode instead of
-    encoding the split again (one encode of the test split less: 7-9 s of a CPU evaluation of the default model)."""
+    encoding the split again (one encode of the test split less: 7-9 s of a CPU evaluation of the old default model)."""
     if codes is not None and strength:
         raise ValueError("codes are the clean inputs' codes: they cannot stand for corrupted inputs")
     fn = _Errors(codec.roundtrip, codec.decode, kind, strength, from_codes=codes is not None)

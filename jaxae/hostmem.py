@@ -12,18 +12,18 @@ buffers in once).
 
 Which thread allocates matters too. By default JAX hands each CPU program to a dispatch thread, so the
 step's buffers come from that thread's malloc arena, and glibc serves any block larger than a thread
-arena's 64 MB heap with its own mmap whatever the settings: the default model's 1.1 GB block of temporaries
+arena's 64 MB heap with its own mmap whatever the settings: the old default model's 1.1 GB block of temporaries
 was mapped and unmapped on every step (344k page faults). `run_cpu_programs_inline()` runs single-device
 CPU programs on the calling thread instead, whose main arena keeps them (docs/performance.md, fifth
 session).
 
 Which arena, too. glibc gives each new thread a malloc arena of its own, up to 8 per core (16 here); XLA's
 worker threads, orbax's save threads and the rest each grew theirs to its own high-water mark and kept it. The
-default model on 2,560 training images (an epoch end every 10 steps): over 8 epochs the 15 thread arenas grew
+old default model on 2,560 training images (an epoch end every 10 steps): over 8 epochs the 15 thread arenas grew
 from 520 to 834 MB of heap for 100-180 MB in use, and the process's heap from 1.44 to 1.82 GB, the creep seen
 at epoch ends of full CPU runs. `keep_freed_memory()` also limits the process to 2 arenas, the main thread's and
 one that every other thread shares: the heap then stayed at 1.36-1.39 GB over 7 epoch ends. One arena did the
-same for the heap, and left the default model's step as fast, but slowed the quick model's by 14-29 % (lock
+same for the heap, and left the old default model's step as fast, but slowed the quick model's by 14-29 % (lock
 contention, as the fifth session had found); with two it runs as fast as before (docs/performance.md, twelfth
 session).
 
@@ -42,7 +42,7 @@ allocates the temporaries. Half of those workers share the second arena, which s
 mapping of its own, mapped and unmapped at every step. A 31-minute default-model run on the 2-core box (twenty-
 second session) ran its whole second epoch that way: VmRSS went 1.96 <-> 2.54 GB (a 580 MB mapping by one worker,
 strace), against 1.89-1.96 GB in the first and third epochs (on the main thread, judging by their flat RSS). One
-arena: every thread's blocks come from the main arena, which keeps them. It costs the default model little (166
+arena: every thread's blocks come from the main arena, which keeps them. It costs the old default model little (166
 and 171 img/s against 172 and 174 with two, one run each, alternating) and the quick model, whose step needs 35 MB,
 14-21 % (2,334 and 2,131 img/s against 2,780 and 2,702), so it keeps two. `jaxae.train.keep_host_memory` makes
 the choice from an estimate of the step (`keep_freed_memory(large_steps=...)`).
@@ -176,7 +176,7 @@ def release_after_compiles():
     program, before that program first runs.
 
     A compile frees hundreds of MB in small pieces that `keep_freed_memory()` keeps, and the program's first
-    run then allocates its temporaries as one block that those pieces cannot serve: the default model's CPU
+    run then allocates its temporaries as one block that those pieces cannot serve: the old default model's CPU
     run peaked at its first step, 0.3 GB above every later step (docs/performance.md, tenth session).
     """
     import jax

@@ -53,7 +53,7 @@ def cpu_conv(inputs, kernel, strides, padding, lhs_dilation=None, rhs_dilation=N
     return _conv_cpu(inputs, kernel, strides, padding, precision, kernel_grad_taps)
 
 
-# Stride-1 3x3 convs of float32 images at least 4x4 with at least 32 input channels (the default model's residual
+# Stride-1 3x3 convs of float32 images at least 4x4 with at least 32 input channels (the old default model's residual
 # blocks at 16x16, 8x8 and 4x4 and its upsampling convs; the quick model's upsampling convs at 4x4 and 8x8) run as
 # Winograd's F(4x4, 3x3): a quarter of the multiplies, as 36 matmuls over the tiles plus transforms of each tile
 # that XLA fuses into adds. Fwd + both gradients of one pass of 64 images (2 threads, freed memory kept;
