@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device-machine call that measures what needs a GPU (issues 5 and 6) in under 10 minutes:
 #   0. decode the JPEG archive into the .npz cache (9.5 s on the H100 box, eighth session);
-#   1. `python train.py` with default settings: wall time (target <= 2 min; 103 s on an H200 with nothing compiled,
-#      twentieth session) and test MSE (target <= 0.0275);
+#   1. `python train.py` with default settings: wall time (target <= 2 min; not measured on a GPU yet for the default
+#      model of the thirty-third session; `--preset long`, the model before, took 103 s on an H200 with nothing
+#      compiled, twentieth session) and test MSE (target <= 0.0275);
 #   2. `python evaluate.py` on that run (30-50 s);
 #   3. bench/throughput.py: jaxae vs the PyTorch twin, eager and compiled, by batch size (torch.compile took
 #      43 s to compile at B = 256 and more than 90 s at B = 1024: the step's limit may cut the last rows; the
@@ -27,12 +28,12 @@
 # 100 s). $OUT gets log.txt and, per variant, train-NAME.out (train.py's whole output, each line stamped with the
 # seconds since it started: set JAX_LOG_COMPILES=1 to see each compile's time), metrics-NAME.jsonl and
 # eval-NAME.out (the device tool returns at most 8 files). TRAIN_FLAGS is appended to each train.py:
-# TRAIN_FLAGS="--preset short" measures the default before the twentieth session. A default train.py takes about
-# 103 s alone with nothing compiled, evaluate.py about 50 s. PARALLEL=1 trains all variants at once, then evaluates them
-# at once, each process with 0.9 / n of the GPU's memory: quality figures in one call, wall times of a shared GPU
-# (three default runs at once on an H200: 1.45 s per epoch against 0.63 s alone, 206 s each). A training that the
-# limit cuts is evaluated at its last checkpoint and reported INCOMPLETE, as is one that failed or never started; the
-# script then exits 1. (PART=sweep and perf exit with bench/sweep.py's status, 3 when BUDGET cut the sweep, and print
+# TRAIN_FLAGS="--preset long" measures the default before the thirty-third session, which took about 103 s alone
+# with nothing compiled, evaluate.py about 50 s (twentieth session). PARALLEL=1 trains all variants at once, then
+# evaluates them at once, each process with 0.9 / n of the GPU's memory: quality figures in one call, wall times of
+# a shared GPU (three `--preset long` runs at once on an H200: 1.45 s per epoch against 0.63 s alone, 206 s each).
+# A training that the limit cuts is evaluated at its last checkpoint and reported INCOMPLETE, as is one that failed
+# or never started; the script then exits 1. (PART=sweep and perf exit with bench/sweep.py's status, 3 when BUDGET cut the sweep, and print
 # its rows as a table.) EVAL_FLAGS is appended to each evaluate.py (e.g. "--interp-steps 20"); its time limit is
 # 120 s, so run an untimed `--best-codes` as an evaluate.py of its own after this script. With DATA, a dry run on CPU:
 #   PART=variants DATA=some/image/folder TRAIN_FLAGS="--preset tiny --max-steps 4" OUT=/tmp/o bash bench/h100.sh
@@ -48,15 +49,13 @@ TRAIN_FLAGS=${TRAIN_FLAGS:-}
 EVAL_FLAGS=${EVAL_FLAGS:-}
 RUNS=${RUNS:-/tmp/runs}   # the runs themselves (not returned by the device tool)
 BUDGET=${BUDGET:-580}          # seconds this script may use in all
-# the default (100 epochs, batch 1024, rate 0.002, 3-epoch warm-up) gives 0.0281-0.0282 over three seeds. First
-# what the twenty-ninth and thirtieth sessions found on the quick model and could not measure on this one: 2, 4
-# and 8 encoder heads (quick model: 5.0, 7.6 and 8.5 % lower test MSE, the 8 in 20 epochs against 30; 8 heads:
-# 10-NN 31.2 %; docs/quality.md). Then what the twentieth session's sweep left open:
-# an MLP 4 layers deep gave 0.02797 on seed 0; does that hold on another seed, and does real weight decay against
-# the 3 % train/test gap help? (Three such variants sharing the H200 took 136-165 s.)
-GRID=${GRID:-'[{"encoder_heads": 2}, {"encoder_heads": 4}, {"encoder_heads": 8}, {"encoder_heads": 4, "seed": 1},
-               {"encoder_heads": 2, "seed": 1}, {"encoder_heads": 8, "seed": 1}, {"mlp_layers": 4, "seed": 1},
-               {"weight_decay": 0.05}]'}
+# the default (the quick preset's model, 4 encoder heads; 100 epochs, batch 1024, rate 0.002, 3-epoch warm-up) gave
+# 0.0261 and 10-NN 31.2 % on the 2-core CPU box, seed 0 (thirty-third session; `--preset long`, one head of the width-64 model
+# before, 0.0281-0.0282 over three seeds on an H200). What it does on other seeds, and what the CPU could not afford
+# to try: 8 heads (the quick model's 20 epochs: 0.0261 and 10-NN 31.2 % against 4 heads' 0.0264, thirtieth session),
+# 2 heads, GELU (the quick preset has ReLU for the CPU's sake), twice the width, batch 256, rate 0.004.
+GRID=${GRID:-'[{"seed": 1}, {"seed": 2}, {"encoder_heads": 8}, {"encoder_heads": 2}, {"activation": "gelu"},
+               {"width": 32}, {"batch_size": 256}, {"learning_rate": 0.004}]'}
 BASE=${BASE:-'{}'}
 # everything checked before the machine does any work: a typo must not cost device time
 case ${1:-} in
