@@ -7,7 +7,7 @@ alternately (docs/performance.md, twentieth session). Arguments: batch size, ste
 """
 import sys, time, jax, numpy as np
 from jaxae import train, hostmem
-from jaxae.config import Config
+from jaxae.config import OLD_MODEL, Config
 hostmem.keep_freed_memory(); hostmem.run_cpu_programs_inline()
 
 def after_old(tree, x):
@@ -15,7 +15,7 @@ def after_old(tree, x):
     return x + 0.0 * dep
 after_new = train._after
 b, n, rounds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-cfg = Config(batch_size=b)
+cfg = Config(**OLD_MODEL, batch_size=b)
 state0 = train.create_train_state(cfg, (32, 32, 3), 4800, 48)
 rng = np.random.default_rng(0)
 batches = [rng.integers(0, 256, (b, 32, 32, 3), dtype=np.uint8) for _ in range(2)]

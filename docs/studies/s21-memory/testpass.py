@@ -12,7 +12,7 @@ hostmem.keep_freed_memory(); hostmem.run_cpu_programs_inline()
 from jaxae.models import model_from_config
 from jaxae.metrics import _recon_errors
 from jaxae.train import init_params
-cfg = Config(**PRESETS[sys.argv[3]]) if len(sys.argv) > 3 else Config()
+cfg = Config(**PRESETS[sys.argv[3]]) if len(sys.argv) > 3 else Config(**PRESETS["long"])
 model = model_from_config(cfg, (32, 32, 3))
 params = init_params(model, jax.random.PRNGKey(0), (32, 32, 3))
 imgs = jnp.asarray(np.random.default_rng(0).integers(0, 256, (10000, 32, 32, 3), np.uint8)); mask = jnp.ones(10000)

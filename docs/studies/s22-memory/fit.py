@@ -8,7 +8,7 @@ import jax, numpy as np
 from jaxae import train
 from jaxae.config import Config, PRESETS
 
-Q, D = PRESETS["quick"], PRESETS["default"]
+Q, D = PRESETS["quick"], PRESETS["long"]
 CASES = [("quick", {}), ("quick conv", {"head": "conv"}), ("quick gelu", {"activation": "gelu"}),
          ("quick conv gelu", {"head": "conv", "activation": "gelu"}), ("quick w24 conv", {"width": 24, "head": "conv"}),
          ("quick w32", {"width": 32}), ("quick b1", {"blocks": 1}), ("quick w32 b1", {"width": 32, "blocks": 1}),

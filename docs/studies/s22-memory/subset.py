@@ -16,7 +16,7 @@ full = load("data/cifar10-jpeg.tar.gz")
 ds = Dataset(full.train_images[:n], full.train_labels[:n], full.test_images[:m], full.test_labels[:m],
              full.class_names)
 del full
-cfg = Config(**{**PRESETS["default"], "workdir": workdir, "data": "data/cifar10-jpeg.tar.gz", "fresh": True,
+cfg = Config(**{**PRESETS["long"], "workdir": workdir, "data": "data/cifar10-jpeg.tar.gz", "fresh": True,
                 "max_steps": max_steps, **extra})
 r = train_and_evaluate(cfg, ds=ds, progress=False)
 print({k: r[k] for k in ("step", "test_mse", "seconds") if k in r}, flush=True)

@@ -58,7 +58,7 @@ def rss_mb() -> int:
     return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) // 1024
 
 
-cfg = Config(**{**PRESETS["default"], "batch_size": int(os.environ.get("B", "1024"))})
+cfg = Config(**{**PRESETS["long"], "batch_size": int(os.environ.get("B", "1024"))})
 state = train.create_train_state(cfg, (32, 32, 3), 10, 10)
 batch, key = jnp.zeros((cfg.batch_size, 32, 32, 3), jnp.uint8), jax.random.PRNGKey(0)
 t0 = time.time()

@@ -38,7 +38,7 @@ def rss_mb() -> int:
     return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) // 1024
 
 
-cfg = Config(**{**PRESETS["default"], "batch_size": int(os.environ.get("B", "1024"))})
+cfg = Config(**{**PRESETS["long"], "batch_size": int(os.environ.get("B", "1024"))})
 spe = 4
 mesh = Mesh(np.array(jax.local_devices()[:1]), (train.AXIS,))
 state = train.place_state(train.create_train_state(cfg, (32, 32, 3), 10 * spe, spe), mesh)

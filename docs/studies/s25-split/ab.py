@@ -25,11 +25,11 @@ from jax.sharding import Mesh  # noqa: E402
 
 from jaxae import models  # noqa: E402
 from jaxae import train as T  # noqa: E402
-from jaxae.config import Config  # noqa: E402
+from jaxae.config import OLD_MODEL, Config  # noqa: E402
 
 B, R = int(os.environ.get("B", 1024)), int(os.environ.get("R", 6))
 variants = os.environ.get("VARIANTS", "256,plain").split(",")
-cfg, spe = Config(batch_size=B), 4
+cfg, spe = Config(**OLD_MODEL, batch_size=B), 4
 mesh = Mesh(np.array(jax.local_devices()[:1]), (T.AXIS,))
 state = T.place_state(T.create_train_state(cfg, (32, 32, 3), 1000, spe), mesh)
 images = T.put_dataset(np.random.default_rng(0).integers(0, 256, (spe * B, 32, 32, 3), np.uint8), mesh)

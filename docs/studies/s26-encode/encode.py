@@ -16,11 +16,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxae import models  # noqa: E402
-from jaxae.config import Config  # noqa: E402
+from jaxae.config import OLD_MODEL, Config  # noqa: E402
 from jaxae.train import init_params  # noqa: E402
 
 R = int(os.environ.get("R", 5))
-model = models.model_from_config(Config(), (32, 32, 3))
+model = models.model_from_config(Config(**OLD_MODEL), (32, 32, 3))
 params = init_params(model, jax.random.PRNGKey(0), (32, 32, 3))
 x = jax.device_put(np.random.default_rng(0).integers(0, 256, (10000, 32, 32, 3), np.uint8))
 chunks = [x[i:i + 1000] for i in range(0, 10000, 1000)]

@@ -43,11 +43,11 @@ def main():
     import numpy as np
     from profile_step import by_kind, op_times
 
-    from jaxae.config import Config
+    from jaxae.config import OLD_MODEL, Config
     from jaxae.models import model_from_config
     from jaxae.train import init_params
 
-    model = model_from_config(Config(), (32, 32, 3))
+    model = model_from_config(Config(**OLD_MODEL), (32, 32, 3))
     params = init_params(model, jax.random.PRNGKey(0), (32, 32, 3))
     enc = jax.jit(lambda p, x: model.apply({"params": p}, x.astype(jnp.float32) / 255.0, method="encode"))
     x = jax.device_put(np.random.default_rng(0).integers(0, 256, (args.images, 32, 32, 3), np.uint8))

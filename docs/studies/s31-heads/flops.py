@@ -6,6 +6,10 @@ With GPU, the step is lowered as on a GPU (jax.default_backend() made to say "gp
 pass over the whole batch), not with this CPU's Winograd and im2col convolutions and microbatches.
 
     PYTHONPATH=. python docs/studies/s31-heads/flops.py [PRESET] [GPU]
+
+The thirty-first session's figures (0.759 GFLOP per image for one head) are of the default model of the time, now
+`--preset long`'s: `flops.py long GPU` gives them since the thirty-third session, `flops.py default GPU` the new
+default model's (the quick preset's).
 """
 import sys
 
