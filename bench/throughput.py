@@ -300,14 +300,15 @@ def torch_worker(args) -> dict:
             impl = "torch.compile" if comp else "torch eager"
             try:
                 r = time_training(IMAGE_SHAPE, cfg.latent_dim, cfg.width, cfg.stages, cfg.blocks, cfg.hidden,
-                                  cfg.mlp_layers, cfg.norm, cfg.upsample, cfg.head, batch_size=bs, steps=max(args.steps, 20),
-                                  repeats=max(args.repeats, 3), compile=comp, bf16=cfg.dtype == "bfloat16",
+                                  cfg.mlp_layers, cfg.norm, cfg.upsample, cfg.head, batch_size=bs,
+                                  steps=max(args.steps, 20), repeats=max(args.repeats, 3), compile=comp,
+                                  bf16=cfg.dtype == "bfloat16",
                                   learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   grad_clip=cfg.grad_clip, activation=cfg.activation, encoder_heads=cfg.encoder_heads,
                                   log=lambda m, prefix=f"{impl} batch {bs}": _progress(f"{prefix}: {m}"))
             except Exception as e:  # torch.compile needs a working compiler toolchain: report, go on
-                rows.append(_emit_row({"impl": impl, "batch": bs,
-                                       "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}))
+                first = str(e).splitlines()[0][:200] if str(e) else ""
+                rows.append(_emit_row({"impl": impl, "batch": bs, "error": f"{type(e).__name__}: {first}"}))
                 continue
             rows.append(_emit_row({"impl": impl, "backend": r["device"],
                                    "devices": 1, "threads": threads or None, "batch": bs, "steps_per_call": 1,

@@ -144,8 +144,9 @@ class Autoencoder(nn.Module):
 
 
 def time_training(image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blocks=1, hidden=256, mlp_layers=1,
-                  norm="layer", upsample="pixel_shuffle", head="conv", batch_size=256, steps=20, repeats=3, compile=False,
-                  threads: int | None = None, device: str | None = None, bf16: bool = False, n_data=50000,
+                  norm="layer", upsample="pixel_shuffle", head="conv", batch_size=256, steps=20, repeats=3,
+                  compile=False, threads: int | None = None, device: str | None = None, bf16: bool = False,
+                  n_data=50000,
                   learning_rate=2e-3, weight_decay=1e-4, grad_clip=1.0, seed=0, log=None, activation="gelu",
                   encoder_heads=1) -> dict:
     """Steady-state training img/s of the twin: a warm-up, then `repeats` timings of `steps` steps each.
