@@ -153,16 +153,16 @@ def reconstruct(codec: Codec, x) -> jax.Array:
     return _apply(codec.roundtrip, codec.params, x)
 
 
-def decode_codes(codec: Codec, z, batch: int | None = None) -> np.ndarray:
+def decode_codes(codec: Codec, z, batch: int | None = None) -> jax.Array:
     """codec.decode of codes z [N, k], `batch` (by default FIGURE_BATCH) at a time, the last call padded, so that
     one compiled program serves any N: the figures' drawings, where each figure's own number of codes (80, 30, 100,
     10) compiled one of its own, 0.8 s each for the quick model on 2 CPU cores (docs/performance.md, thirty-second
-    session), and best_codes' candidates (in calls of BATCH)."""
+    session), and best_codes' candidates (in calls of BATCH), which stay on the device."""
     batch = batch or FIGURE_BATCH
     z = np.asarray(z, np.float32)
     padded = np.concatenate([z, np.zeros((-len(z) % batch, z.shape[1]), np.float32)])
-    return np.concatenate([np.asarray(_apply(codec.decode, codec.params, jnp.asarray(padded[i:i + batch])))
-                           for i in range(0, len(padded), batch)])[:len(z)]
+    return jnp.concatenate([_apply(codec.decode, codec.params, jnp.asarray(padded[i:i + batch]))
+                            for i in range(0, len(padded), batch)])[:len(z)]
 
 
 def batch_size_for(n: int) -> int:
@@ -330,7 +330,7 @@ def best_codes(codec: Codec, images_dev, codes: jax.Array, train_codes: np.ndarr
     pixels = int(np.prod(images_dev.shape[1:]))
     m = max(1, min(candidates, len(train_codes), 2 ** 24 // pixels))  # their decodings: at most 64 MB
     cand = jnp.asarray(train_codes[np.sort(np.random.default_rng(0).permutation(len(train_codes))[:m])])
-    cand_images = jnp.asarray(decode_codes(codec, cand, BATCH)).reshape(m, pixels)
+    cand_images = decode_codes(codec, cand, BATCH).reshape(m, pixels)
     spread = jnp.std(jnp.asarray(train_codes), axis=0)  # an axis the codes barely use still gets steps
     scale = jnp.maximum(spread, 1e-3 * spread.max())
     scale = jnp.where(scale > 0, scale, 1.0)  # codes that all coincide: an untrained model
@@ -428,7 +428,6 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
                                               keep, ds.test_images[keep], title, axes, heads, cfg.encoder_heads)
 
     dec = functools.partial(decode_codes, ae)
-    x = lambda idx: ds.test_images[np.asarray(idx)].astype(np.float32) / 255.0
 
     pairs = pick_pairs(test_y, min(8, len(test_y)))
     za, zb = (codes["ae_test"][[p[i] for p in pairs]] for i in (0, 1))
@@ -444,9 +443,9 @@ def make_figures(cfg: Config, ae: Codec, pca: Codec, ds: Dataset, codes: dict, o
 
     idx = pick_pairs(test_y, min(12, len(test_y)))
     sel = np.array([a for a, _ in idx])
-    inputs = x(sel)
     recon_rows = [("original", ds.test_images[sel])]
     if cfg.noise > 0:
+        inputs = ds.test_images[sel].astype(np.float32) / 255.0
         noisy = np.asarray(corrupt_fixed(cfg.corruption, cfg.noise, jnp.asarray(inputs), jnp.asarray(sel)))
         recon_rows.append((f"{cfg.corruption} {cfg.noise:g}", _u8(noisy)))
     for c, key in ((ae, "ae_test"), (pca, "pca_test")):  # the drawings of the codes the split's encode gave
