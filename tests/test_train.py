@@ -371,6 +371,32 @@ def test_train_and_evaluate_on_two_devices(setup, tmp_path, monkeypatch, capsys)
     assert max(saved) == 4 * spe
 
 
+def test_several_steps_per_call_train_as_one_step_per_call(tmp_path):
+    """--steps-per-call K: K steps in one pmapped call (a lax.scan), the accelerators' default (a whole epoch a call,
+    train.default_steps_per_call), make the very run that one step a call makes, on 2 devices, for a model with the
+    default model's parts (encoder heads choosing among the sub-pixel cells, the upsample head, ReLU) and noise and
+    flips on. 4 steps an epoch in calls of 3 and the epoch's last 1, then --max-steps 6 ends the run inside a call of
+    2 of the second epoch: the same metrics at both epoch ends and the same parameters and optimiser state. No GPU ran
+    the default model of the thirty-third session; this is the path it takes there."""
+    ds = tiny_dataset(n_train=32, n_test=16)
+    runs = {}
+    for k in (1, 3):
+        cfg = tiny_config(tmp_path / f"k{k}", head="upsample", activation="relu", encoder_heads=2, noise=0.2, flip=True,
+                          epochs=2, max_steps=6, learning_rate=1e-2, steps_per_call=k)
+        result = train.train_and_evaluate(cfg, ds=ds, progress=False)
+        with open(os.path.join(cfg.workdir, "metrics.jsonl")) as fh:
+            runs[k] = result, [json.loads(line) for line in fh]
+    (one, one_records), (three, three_records) = runs[1], runs[3]
+    assert three["exit"] == 0 and three["step"] == int(three["state"].step) == 6
+    assert [r["step"] for r in three_records] == [r["step"] for r in one_records] == [4, 6]
+    for key in ("train_loss", "test_mse", "test_mae"):
+        np.testing.assert_allclose([r[key] for r in three_records], [r[key] for r in one_records], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(one["state"].params), jax.tree.leaves(three["state"].params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=5e-6)
+    for a, b in zip(jax.tree.leaves(one["state"].opt_state), jax.tree.leaves(three["state"].opt_state)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+
+
 def test_the_readme_python_example_runs_and_learns(capsys):
     """README's "Use from Python" block, as printed there: it trains, and its shapes are what it says."""
     readme = open(os.path.join(REPO, "README.md")).read()
