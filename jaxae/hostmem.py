@@ -39,9 +39,9 @@ whatever the backend (0: glibc's default).
 One arena, not two, where a step's temporaries are larger than a thread arena's heap (`THREAD_HEAP`). XLA:CPU runs
 a program on the calling thread only when its inputs are ready; otherwise on a worker thread of its own, which
 allocates the temporaries. Half of those workers share the second arena, which serves such a block with a
-mapping of its own, mapped and unmapped at every step. A 31-minute default-model run on the 2-core box (twenty-
-second session) ran its whole second epoch that way: VmRSS went 1.96 <-> 2.54 GB (a 580 MB mapping by one worker,
-strace), against 1.89-1.96 GB in the first and third epochs (on the main thread, judging by their flat RSS). One
+mapping of its own, mapped and unmapped at every step. A 31-minute old-default-model run on the 2-core box
+(twenty-second session) ran its whole second epoch that way: VmRSS went 1.96 <-> 2.54 GB (a 580 MB mapping by one
+worker, strace), against 1.89-1.96 GB in the first and third epochs (on the main thread, judging by their flat RSS). One
 arena: every thread's blocks come from the main arena, which keeps them. It costs the old default model little (166
 and 171 img/s against 172 and 174 with two, one run each, alternating) and the quick model, whose step needs 35 MB,
 14-21 % (2,334 and 2,131 img/s against 2,780 and 2,702), so it keeps two. `jaxae.train.keep_host_memory` makes

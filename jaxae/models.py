@@ -188,7 +188,7 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 # Convs with at most this many output channels (the 3x3 conv to RGB at full resolution) run their forward
 # pass as output shifts and their kernel gradient as gradient shifts. XLA:CPU (jax 0.10, YNNPACK) ran them at
 # a quarter of its matmul speed or less; measured at 64 images of 32x32, 64 -> 3 channels, 2 threads: forward
-# 9.3 ms (XLA) vs 4.4 (shifts), kernel gradient 28 ms (XLA) vs 7 (shifts) vs 100 (taps). In the default model's
+# 9.3 ms (XLA) vs 4.4 (shifts), kernel gradient 28 ms (XLA) vs 7 (shifts) vs 100 (taps). In the old default model's
 # whole CPU step: +6 % img/s and +30 MB of XLA temp buffer (docs/performance.md, tenth session).
 _FEW_CHANNELS = 4
 

@@ -710,7 +710,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
                             # Let the async save finish first: its buffers, allocated while the next epoch's
                             # first steps ran, split the step's freed block of temporaries, and the heap grew
                             # by a second one (old default model: 1.66 -> 2.51 GB; docs/performance.md, tenth
-                            # session). The wait: ~0.3 s for the default model's state; a CPU epoch: minutes.
+                            # session). The wait: ~0.3 s for the old default model's state; a CPU epoch: minutes.
                             checkpoints.wait(mngr)
                     hostmem.release_free_memory()  # what the test pass and the save left free, once an epoch
             if step < total:  # stopped by a signal: keep what was done
