@@ -17,6 +17,15 @@ from jaxae import train
 from jaxae.config import UsageError
 
 
+def assert_same_state(one, two, atol: float = 1e-6) -> None:
+    """Two train states agree: the parameters to rtol 1e-5 and `atol`, the optimiser state (Adam's moments: the
+    gradients) to rtol 1e-4 and atol 1e-7."""
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=atol)
+    for a, b in zip(jax.tree.leaves(one.opt_state), jax.tree.leaves(two.opt_state)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     # Noise and flips on: prepare_batch's per-example keys must make them independent of the device split.
@@ -153,10 +162,7 @@ def test_pmap_on_two_devices_equals_one_device(setup):
     # The steps really moved the parameters (by far more than the tolerance below).
     assert max(np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in
                zip(jax.tree.leaves(one.params), jax.tree.leaves(state.params))) > 1e-3
-    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(one.opt_state), jax.tree.leaves(two.opt_state)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    assert_same_state(one, two)
 
 
 def test_pass_steps_on_two_devices_make_the_plain_steps_and_compile_once(setup):
@@ -203,10 +209,7 @@ def test_pass_steps_on_two_devices_make_the_plain_steps_and_compile_once(setup):
                zip(jax.tree.leaves(one.params), jax.tree.leaves(state.params))) > 1e-3
     # atol 5e-6: Adam divides by the root of the second moment, so an element whose gradients are near 0 carries a
     # summation-order difference of the passes into its update (one of 256 weights: 2.0e-6 after 4 steps)
-    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=5e-6)
-    for a, b in zip(jax.tree.leaves(one.opt_state), jax.tree.leaves(two.opt_state)):  # Adam's moments: the gradients
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    assert_same_state(one, two, atol=5e-6)
     # two passes at a time or fewer: the plain path (one program); one device of 5 passes, this one
     assert not isinstance(train.make_p_train_steps(cfg.replace(batch_size=4), 1, spe), train._PassSteps)
 
@@ -391,10 +394,7 @@ def test_several_steps_per_call_train_as_one_step_per_call(tmp_path):
     assert [r["step"] for r in three_records] == [r["step"] for r in one_records] == [4, 6]
     for key in ("train_loss", "test_mse", "test_mae"):
         np.testing.assert_allclose([r[key] for r in three_records], [r[key] for r in one_records], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(one["state"].params), jax.tree.leaves(three["state"].params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=5e-6)
-    for a, b in zip(jax.tree.leaves(one["state"].opt_state), jax.tree.leaves(three["state"].opt_state)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    assert_same_state(one["state"], three["state"], atol=5e-6)  # atol: as for the pass steps above
 
 
 def test_the_readme_python_example_runs_and_learns(capsys):
