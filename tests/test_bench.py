@@ -16,7 +16,7 @@ SCRIPT = os.path.join(REPO, "bench", "throughput.py")
 def test_tiny_run_prints_rows_as_they_finish_and_writes_json(tmp_path):
     out = tmp_path / "tp.json"
     # 4 passes of 2: the CPU step as programs (jaxae.train._PassSteps), its FLOPs summed over them
-    proc = subprocess.run([sys.executable, SCRIPT, "--preset", "tiny", "--width", "64", "--stages", "1", "--microbatch",
+    proc = subprocess.run([sys.executable, SCRIPT, "--preset", "tiny", "--width", "32", "--stages", "1", "--microbatch",
                            "2", "--batch-sizes", "8", "--devices", "1", "--no-torch", "--out", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -32,7 +32,7 @@ def test_tiny_run_prints_rows_as_they_finish_and_writes_json(tmp_path):
     assert row["impl"] == "jaxae" and row["batch"] == 8 and row["devices"] == 1 and row["microbatch"] == 2
     assert row["img_s_best"] >= row["img_s_median"] > 0
     assert row["flops_per_img"] > 0 and 0 < row["pct_matmul_peak"]
-    # width 64, one stage: the convs at 16x16 run as Winograd's, with fewer FLOPs than lax's direct convs
+    # width 32, one stage: the convs at 16x16 run as Winograd's, with fewer FLOPs than lax's direct convs
     assert row["direct_flops_per_img"] > 1.2 * row["flops_per_img"]
     assert row["pct_matmul_peak_direct"] == pytest.approx(
         row["pct_matmul_peak"] * row["direct_flops_per_img"] / row["flops_per_img"])
