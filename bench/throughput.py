@@ -427,7 +427,7 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"model: {json.dumps({k: getattr(cfg, k) for k in cfg.MODEL_FIELDS + ('dtype',)})}", flush=True)
+    print(f"model: {json.dumps({**cfg.model_settings(), 'dtype': cfg.dtype})}", flush=True)
     result = {"config": cfg.__dict__, "argv": argv, "jax_workers": [], "rows": [], "time": time.time()}
 
     def on_row(row):  # a finished measurement: show it and save it now, so a stopped run keeps it

@@ -108,6 +108,10 @@ class Config:
                                  "batch_size", "optimizer", "learning_rate", "warmup_epochs", "weight_decay",
                                  "grad_clip", "seed", "data", "dataset", "dtype")
 
+    def model_settings(self) -> dict[str, Any]:
+        """The settings that define the network (MODEL_FIELDS), by name: equal ones build the same architecture."""
+        return {k: getattr(self, k) for k in self.MODEL_FIELDS}
+
     def validate(self) -> "Config":
         """Raise UsageError for values no run can use."""
         for f in dataclasses.fields(self):  # NaN passes every comparison below; inf passes most

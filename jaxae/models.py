@@ -607,7 +607,7 @@ def model_from_config(cfg, image_shape: Sequence[int]) -> Autoencoder:
     here too (from Python, latent_dim=0 was a ZeroDivisionError deep in flax's initialisers); not the training
     ones, so that a model is built for any run's config."""
     from jaxae.config import Config, UsageError
-    Config(**{f: getattr(cfg, f) for f in Config.MODEL_FIELDS + ("dtype",)}).validate()
+    Config(**cfg.model_settings(), dtype=cfg.dtype).validate()
     if len(image_shape) != 3:
         raise UsageError(f"image_shape {tuple(image_shape)} is not (height, width, channels): grayscale images "
                          f"need a channel axis of 1 (images[..., None])")

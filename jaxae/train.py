@@ -122,15 +122,11 @@ def _one_cpu_device() -> str:
 CPU_IMG_S = {"default": (600, 1350), "long": (80, 240)}
 
 
-def _model(cfg: Config) -> dict:
-    return {k: getattr(cfg, k) for k in Config.MODEL_FIELDS}
-
-
 def cpu_schedule_note(cfg: Config, image_shape, images_left: int) -> str | None:
     """A note for a CPU run of the default model, or of --preset long's, that would take more than an hour at the
     2-core box's speed: the default schedule is for GPUs and TPUs, and `--preset quick` trains the default model on
     a CPU's schedule. None for any other run."""
-    preset = next((p for p in CPU_IMG_S if _model(cfg) == _model(Config(**PRESETS[p]))), None)
+    preset = next((p for p in CPU_IMG_S if cfg.model_settings() == Config(**PRESETS[p]).model_settings()), None)
     if preset is None:
         return None
     low, high = CPU_IMG_S[preset]

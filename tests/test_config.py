@@ -57,7 +57,7 @@ def test_the_default_is_the_schedule_docs_quality_measured():
     Changing a dataclass default must not change what those rows measured silently."""
     cfg, _ = parse()
     assert (cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.warmup_epochs) == (100, 1024, 2e-3, 3.0)
-    model = {k: getattr(cfg, k) for k in Config.MODEL_FIELDS}
+    model = cfg.model_settings()
     assert model == {**model, "width": 16, "blocks": 0, "head": "upsample", "activation": "relu",
                      "encoder_heads": 4, "hidden": 512, "mlp_layers": 3, "stages": 3, "latent_dim": 3}
     assert parse("--preset", "default")[0] == cfg.replace(preset="default")
@@ -66,12 +66,12 @@ def test_the_default_is_the_schedule_docs_quality_measured():
     assert (long.width, long.blocks, long.head, long.activation, long.encoder_heads) == (64, 1, "conv", "gelu", 1)
     short, _ = parse("--preset", "short")
     assert (short.epochs, short.batch_size, short.learning_rate, short.warmup_epochs) == (30, 256, 2e-3, 1.0)
-    assert {k: getattr(short, k) for k in Config.MODEL_FIELDS} == {k: getattr(long, k) for k in Config.MODEL_FIELDS}
+    assert short.model_settings() == long.model_settings()
     # the CPU preset: the default model for 20 epochs at a peak rate of 1e-3 (its model since the twenty-ninth
     # session; 30 epochs of one head at 1e-3 from the twenty-seventh, 14 at 2e-3 from the seventh)
     quick, _ = parse("--preset", "quick")
     assert (quick.epochs, quick.batch_size, quick.learning_rate, quick.warmup_epochs) == (20, 128, 1e-3, 1.0)
-    assert {k: getattr(quick, k) for k in Config.MODEL_FIELDS} == model
+    assert quick.model_settings() == model
 
 
 def test_a_config_saved_before_a_setting_existed_reads_as_its_version_trained():
@@ -82,8 +82,7 @@ def test_a_config_saved_before_a_setting_existed_reads_as_its_version_trained():
              if k not in ("head", "activation", "encoder_heads", "noise_levels")}
     old = Config.from_dict(saved)
     assert (old.head, old.activation, old.encoder_heads, old.noise_levels) == ("conv", "gelu", 1, "fixed")
-    assert {k: getattr(old, k) for k in Config.MODEL_FIELDS} == {
-        k: getattr(Config(**PRESETS["long"]), k) for k in Config.MODEL_FIELDS}
+    assert old.model_settings() == Config(**PRESETS["long"]).model_settings()
     assert Config.from_dict(dataclasses.asdict(Config())) == Config()  # a config.json of today's: as it is
 
 
