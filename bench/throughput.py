@@ -5,18 +5,17 @@
     python bench/throughput.py --batch-sizes 256,1024 --steps-per-call 1,10,epoch   # on a GPU
 
 For each device count (one subprocess each: the CPU device count must be set before JAX starts) and batch
-size it times jaxae's own pmapped step (`jaxae.train.make_p_train_steps`, what `train.py` runs) on synthetic
-uint8 data of CIFAR shape held on the device: compile excluded, >= --steps steps per timing, best and median
-of --repeats timings. It also reports FLOPs per image (XLA cost analysis of one train step), the achieved
-FLOP/s as a percentage of a 2048^2 f32 matmul measured in the same process ("direct %": counting the FLOPs of
-the same step with direct convolutions, which the CPU's Winograd convs do with fewer), encode img/s over 10k test
-images, and peak RSS. Every worker keeps freed host memory in the process as train.py does, and jaxae's run
-their single-device CPU programs on the calling thread and give back what each compile left free before the
-program first runs (jaxae.hostmem); --no-keep-freed-memory times glibc's
-defaults and JAX's asynchronous CPU dispatch: up to 1.8x slower steps on CPU. The PyTorch twin
-(bench/torch_twin.py: same layers, batch, flips, AdamW + clipping) runs in its own subprocess, eager and
-with torch.compile, on CUDA when there is one. Needs jax, flax, optax (and torch for the twin); not
-tensorflow, tfds or tensorboardX.
+size it times jaxae's own pmapped step (`jaxae.train.make_p_train_steps`, what `train.py` runs) on synthetic uint8
+data of CIFAR shape held on the device: compile excluded, >= --steps steps per timing, best and median of --repeats
+timings. It also reports FLOPs per image (XLA cost analysis of one train step), the achieved FLOP/s as a percentage
+of a 2048^2 f32 matmul measured in the same process ("direct %": counting the FLOPs of the same step with direct
+convolutions, which the CPU's Winograd convs do with fewer), encode img/s over 10k test images (evaluate.py's pass:
+evaluate.encode_split), and peak RSS. Every worker keeps freed host memory in the process as train.py does, and
+jaxae's run their single-device CPU programs on the calling thread and give back what each compile left free before
+the program first runs (jaxae.hostmem); --no-keep-freed-memory times glibc's defaults and JAX's asynchronous CPU
+dispatch: up to 1.8x slower steps on CPU. The PyTorch twin (bench/torch_twin.py: same layers, batch, flips, AdamW +
+clipping) runs in its own subprocess, eager and with torch.compile, on CUDA when there is one. Needs jax, flax,
+optax, orbax and matplotlib (and torch for the twin); not tensorflow, tfds or tensorboardX.
 
 Each measurement is printed, and written to --out, as soon as it is taken, with the workers' progress (compile
 time, each timing of the twin) in between; a run stopped by Ctrl-C or `timeout` prints the table of what it
@@ -249,20 +248,22 @@ def _step_flops(cfg, state, batch) -> float:
 
 
 def _encode_rate(cfg, test_u8, repeats: int) -> dict:
-    """Seconds to encode the 10k test images (batches of 1000, one jitted call each), after compile."""
+    """Seconds to encode the 10k test images as evaluate.py does (evaluate.encode_split: one program scanning
+    batches of evaluate.split_batch() images), after compile."""
     import jax
-    import jax.numpy as jnp
+    from jaxae import evaluate
+    from jaxae.metrics import pad_to_multiple
     from jaxae.models import model_from_config
     from jaxae.train import init_params
 
     model = model_from_config(cfg, IMAGE_SHAPE)
-    params = init_params(model, jax.random.PRNGKey(0), IMAGE_SHAPE)
-    enc = jax.jit(lambda p, x: model.apply({"params": p}, x.astype(jnp.float32) / 255.0, method="encode"))
-    x = jax.device_put(test_u8)
-    chunks = [x[i:i + 1000] for i in range(0, len(test_u8), 1000)]
-    jax.block_until_ready(enc(params, chunks[0]))
-    times = _time_calls(lambda: [enc(params, c) for c in chunks], 1, max(repeats, 3))
-    return {"images": len(test_u8), "seconds_best": min(times), "img_s_best": len(test_u8) / min(times)}
+    codec = evaluate.autoencoder_codec(model, init_params(model, jax.random.PRNGKey(0), IMAGE_SHAPE))
+    batch = evaluate.batch_size_for(len(test_u8))
+    x = jax.device_put(pad_to_multiple(test_u8, batch)[0])
+    evaluate.compile_encode_split(codec, x)
+    times = _time_calls(lambda: evaluate.encode_split(codec, x), 1, max(repeats, 3))
+    return {"images": len(test_u8), "batch": batch, "seconds_best": min(times),
+            "img_s_best": len(test_u8) / min(times)}
 
 
 def _batch_sizes(args, backend: str) -> list[str]:
@@ -393,7 +394,8 @@ def print_table(result: dict) -> None:
         if "rows" in w:
             print(f"jaxae {w['devices']} {w['backend']} device(s) ({w['device_kind']}): matmul peak "
                   f"{w['matmul_peak_flops'] / 1e9:,.0f} GFLOP/s; encode {w['encode']['images']} images "
-                  f"{w['encode']['seconds_best']:.3f} s ({w['encode']['img_s_best']:,.0f} img/s); "
+                  f"{w['encode']['seconds_best']:.3f} s ({w['encode']['img_s_best']:,.0f} img/s, "
+                  f"{w['encode'].get('batch', 1000)} a scan step); "
                   f"peak RSS {w['peak_rss_mb']:,.0f} MB; {_freed(w)}")
         else:
             print(f"jaxae worker: {w.get('skipped') or w.get('error')}")

@@ -29,7 +29,11 @@ from jaxae.data import Dataset, load, local_path
 from jaxae.models import model_from_config
 from jaxae.train import TrainState, steps_per_epoch, train_state_to_restore
 
-BATCH = 500          # images per scan step when encoding / reconstructing a split
+BATCH = 500          # images per scan step when encoding / reconstructing a split, on an accelerator (split_batch)
+# On CPU: 10k test images of the default model encoded in 2.19 s, not 2.38 (best of 3, interleaved), the noisy
+# split's metrics 2.67 s, not 2.95; the old default model's 3.88 and 11.5 s, not 4.28 and 12.3 (2 cores; 125 and 200
+# images were within 4 % of 250 either way; docs/studies/s35-encode-batch). 250 divides CIFAR-10's splits.
+CPU_BATCH = 250
 FIGURE_BATCH = 128   # codes per decoder call for the figures (decode_codes)
 NOISE_SEED = 1234    # corrupted test inputs are the same in every evaluation of every run
 # The noise curve of a denoising run: the test split at these multiples of its --noise (those over a corruption's
@@ -157,7 +161,7 @@ def decode_codes(codec: Codec, z, batch: int | None = None) -> jax.Array:
     """codec.decode of codes z [N, k], `batch` (by default FIGURE_BATCH) at a time, the last call padded, so that
     one compiled program serves any N: the figures' drawings, where each figure's own number of codes (80, 30, 100,
     10) compiled one of its own, 0.8 s each for the quick model on 2 CPU cores (docs/performance.md, thirty-second
-    session), and best_codes' candidates (in calls of BATCH), which stay on the device."""
+    session), and best_codes' candidates (in calls of split_batch()), which stay on the device."""
     batch = batch or FIGURE_BATCH
     z = np.asarray(z, np.float32)
     padded = np.concatenate([z, np.zeros((-len(z) % batch, z.shape[1]), np.float32)])
@@ -165,8 +169,13 @@ def decode_codes(codec: Codec, z, batch: int | None = None) -> jax.Array:
                             for i in range(0, len(padded), batch)])[:len(z)]
 
 
+def split_batch() -> int:
+    """Images per scan step over a split, on this backend."""
+    return CPU_BATCH if jax.default_backend() == "cpu" else BATCH
+
+
 def batch_size_for(n: int) -> int:
-    return min(BATCH, n)
+    return min(split_batch(), n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,7 +339,7 @@ def best_codes(codec: Codec, images_dev, codes: jax.Array, train_codes: np.ndarr
     pixels = int(np.prod(images_dev.shape[1:]))
     m = max(1, min(candidates, len(train_codes), 2 ** 24 // pixels))  # their decodings: at most 64 MB
     cand = jnp.asarray(train_codes[np.sort(np.random.default_rng(0).permutation(len(train_codes))[:m])])
-    cand_images = decode_codes(codec, cand, BATCH).reshape(m, pixels)
+    cand_images = decode_codes(codec, cand, split_batch()).reshape(m, pixels)
     spread = jnp.std(jnp.asarray(train_codes), axis=0)  # an axis the codes barely use still gets steps
     scale = jnp.maximum(spread, 1e-3 * spread.max())
     scale = jnp.where(scale > 0, scale, 1.0)  # codes that all coincide: an untrained model

@@ -269,7 +269,7 @@ def test_best_codes_find_the_best_code_a_poor_encoder_missed(pca_splits, monkeyp
     training codes alone does better, the descent reaches PCA's own (least-squares) codes' error whatever the
     codes' scale (its steps follow the codes' spread), the errors reported are those of decoding the codes
     returned, and a code is replaced only by a better one. Two batches of 16, pad rows included."""
-    monkeypatch.setattr(evaluate, "BATCH", 16)
+    monkeypatch.setattr(evaluate, "split_batch", lambda: 16)
     pca, x, mask, train_codes = pca_splits
     poor = _poor(pca, factor)
     enc = evaluate.encode_split(poor, x)
@@ -303,7 +303,7 @@ def test_a_descent_that_makes_codes_worse_is_not_kept(pca_splits, monkeypatch):
 
 def test_best_codes_refuse_a_split_not_padded_to_whole_batches(pca_splits, monkeypatch):
     pca, x, _, train_codes = pca_splits
-    monkeypatch.setattr(evaluate, "BATCH", 16)
+    monkeypatch.setattr(evaluate, "split_batch", lambda: 16)
     with pytest.raises(ValueError, match="padded to a multiple of 16 rows"):
         evaluate.best_codes(pca, x[:20], evaluate.encode_split(pca, x)[:20], train_codes, 1)
 
@@ -335,7 +335,7 @@ def test_best_codes_in_an_evaluation(run, tmp_path, capsys, monkeypatch):
     """evaluate.py --best-codes: its MSE beside the encoder's in metrics.json, the terminal and the page, the
     codes in latents.npz, and a row of the reconstructions figure."""
     out = tmp_path / "ev"
-    monkeypatch.setattr(evaluate, "BATCH", 8)  # three batches of the 24 test images: the pace is taken after the
+    monkeypatch.setattr(evaluate, "split_batch", lambda: 8)  # three batches of the 24 test images: the pace is taken after the
     monkeypatch.setattr(evaluate, "BEST_REPORT_EVERY", 0.0)  # first, a line after the second, none after the last
     m = evaluate.run(run["cfg"].workdir, out=str(out), interp_steps=STEPS, best_steps=10)
     best = m["best_codes"]

@@ -67,7 +67,7 @@ def main():
         t = time.perf_counter()
         jax.block_until_ready([enc(params, c) for c in chunks])
         wall = time.perf_counter() - t
-    by_name, count = op_times(trace_dir)
+    by_name, count, _ = op_times(trace_dir)  # and the threads' busy seconds
     kinds = by_kind(by_name)
     busy = sum(by_name.values())
     print(f"traced: wall {wall:.3f} s, ops {busy:.3f} s summed over threads")
