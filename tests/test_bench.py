@@ -38,6 +38,8 @@ def test_tiny_run_prints_rows_as_they_finish_and_writes_json(tmp_path):
         row["pct_matmul_peak"] * row["direct_flops_per_img"] / row["flops_per_img"])
     (worker,) = result["jax_workers"]
     assert worker["encode"]["images"] == 10000 and worker["peak_rss_mb"] > 0
+    from jaxae import evaluate
+    assert worker["encode"]["batch"] == evaluate.split_batch()  # evaluate.py's own pass over the test split
 
 
 def test_a_stopped_run_prints_and_saves_the_rows_measured_so_far(tmp_path, monkeypatch, capsys):
