@@ -113,32 +113,33 @@ def _one_cpu_device() -> str:
 # Training images/s on the 2-core CPU box, one device, 32x32x3, of the models of the default preset and of --preset
 # long (the default model until the thirty-third session), each as the low and high ends that cpu_schedule_note's
 # estimate spans:
-# - the default model at batch 1024: 1,340 over a whole train.py run of the default schedule (37.3 s per epoch,
-#   median, test pass and checkpoint included; thirty-third session), about 860 in its epochs that shared the box
-#   with a test run;
+# - the default model at batch 1024: 1,680 over a whole train.py run of the default schedule alone on the box (48:43,
+#   28.85 s per epoch, median, test pass and checkpoint included; thirty-fifth session, seed 2), 1,340 over the
+#   thirty-third session's (37.3 s per epoch; the box's speed varies between days), about 860 in its epochs that
+#   shared the box with a test run;
 # - the old one: 240 on an idle box (207 s per epoch, test pass and checkpoint included, in a 35-minute train.py run
 #   of the twenty-sixth session; 231-239 in bench/throughput.py), 80 over a whole 15-epoch run that shared the box
 #   (thirteenth session; docs/performance.md).
-CPU_IMG_S = {"default": (600, 1350), "long": (80, 240)}
+CPU_IMG_S = {"default": (600, 1680), "long": (80, 240)}
 
 
 def cpu_schedule_note(cfg: Config, image_shape, images_left: int) -> str | None:
-    """A note for a CPU run of the default model, or of --preset long's, that would take more than an hour at the
-    2-core box's speed: the default schedule is for GPUs and TPUs, and `--preset quick` trains the default model on
-    a CPU's schedule. None for any other run."""
+    """A note for a CPU run of the default model, or of --preset long's, that may take more than an hour at the
+    2-core box's speed (at the low end of CPU_IMG_S): the default schedule is for GPUs and TPUs, and `--preset quick`
+    trains the default model on a CPU's schedule. None for any other run."""
     preset = next((p for p in CPU_IMG_S if cfg.model_settings() == Config(**PRESETS[p]).model_settings()), None)
     if preset is None:
         return None
     low, high = CPU_IMG_S[preset]
     slow, fast = (images_left * float(np.prod(image_shape)) / 3072 / rate / 3600 for rate in (low, high))
-    if fast < 1:
+    if slow < 1:
         return None
     model = "the default model" if preset == "default" else "the model of --preset long (the old default model)"
-    return (f"note: this run trains {model} on {images_left:,} images: about {fast:.0f}-{slow:.0f} h on a 2-core CPU "
+    return (f"note: this run trains {model} on {images_left:,} images: about {fast:.1f}-{slow:.1f} h on a 2-core CPU "
             f"({low}-{high} images/s), less with more cores. The default schedule is for GPUs and TPUs. "
             f"`--preset quick` trains the default model on a CPU's schedule (20 epochs at batch 128): about 13 "
             f"minutes on 2 cores, test MSE 0.0264-0.0266 on CIFAR-10, against 0.0261 for the default schedule "
-            f"(63 minutes on 2 cores) and 0.0281-0.0282 for --preset long's (on an H200)")
+            f"(49-63 minutes on 2 cores) and 0.0281-0.0282 for --preset long's (on an H200)")
 
 
 def create_train_state(cfg: Config, image_shape, total_steps: int, spe: int) -> TrainState:

@@ -335,8 +335,10 @@ def test_best_codes_in_an_evaluation(run, tmp_path, capsys, monkeypatch):
     """evaluate.py --best-codes: its MSE beside the encoder's in metrics.json, the terminal and the page, the
     codes in latents.npz, and a row of the reconstructions figure."""
     out = tmp_path / "ev"
-    monkeypatch.setattr(evaluate, "split_batch", lambda: 8)  # three batches of the 24 test images: the pace is taken after the
-    monkeypatch.setattr(evaluate, "BEST_REPORT_EVERY", 0.0)  # first, a line after the second, none after the last
+    # three batches of the 24 test images: the pace is taken after the first, a line after the second, none after
+    # the last
+    monkeypatch.setattr(evaluate, "split_batch", lambda: 8)
+    monkeypatch.setattr(evaluate, "BEST_REPORT_EVERY", 0.0)
     m = evaluate.run(run["cfg"].workdir, out=str(out), interp_steps=STEPS, best_steps=10)
     best = m["best_codes"]
     assert best["steps"] == 10 and best["candidates"] == 32 and 0 <= best["improved"] <= 1
