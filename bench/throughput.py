@@ -395,7 +395,7 @@ def print_table(result: dict) -> None:
             print(f"jaxae {w['devices']} {w['backend']} device(s) ({w['device_kind']}): matmul peak "
                   f"{w['matmul_peak_flops'] / 1e9:,.0f} GFLOP/s; encode {w['encode']['images']} images "
                   f"{w['encode']['seconds_best']:.3f} s ({w['encode']['img_s_best']:,.0f} img/s, "
-                  f"{w['encode'].get('batch', 1000)} a scan step); "
+                  f"{w['encode']['batch']} a scan step); "
                   f"peak RSS {w['peak_rss_mb']:,.0f} MB; {_freed(w)}")
         else:
             print(f"jaxae worker: {w.get('skipped') or w.get('error')}")

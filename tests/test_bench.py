@@ -54,7 +54,8 @@ def test_a_stopped_run_prints_and_saves_the_rows_measured_so_far(tmp_path, monke
         if ndev == 2:  # `timeout` (SIGTERM) or Ctrl-C while the second worker runs
             raise KeyboardInterrupt
         return {"backend": "cpu", "devices": ndev, "rows": [dict(row, devices=ndev)], "device_kind": "cpu",
-                "matmul_peak_flops": 1e11, "encode": {"images": 10000, "seconds_best": 1.0, "img_s_best": 1e4},
+                "matmul_peak_flops": 1e11,
+                "encode": {"images": 10000, "batch": 250, "seconds_best": 1.0, "img_s_best": 1e4},
                 "peak_rss_mb": 100.0, "keep_freed_memory": True, "cpu_programs_inline": True}
 
     monkeypatch.setattr(bench, "_run_worker", fake_worker)
@@ -74,7 +75,8 @@ def test_on_an_accelerator_one_jax_worker_covers_every_device(tmp_path, monkeypa
     calls = []
 
     gpu_worker = {"backend": "gpu", "devices": 8, "rows": [], "device_kind": "gpu", "matmul_peak_flops": 1e14,
-                  "encode": {"images": 10000, "seconds_best": 0.01, "img_s_best": 1e6}, "peak_rss_mb": 100.0}
+                  "encode": {"images": 10000, "batch": 500, "seconds_best": 0.01, "img_s_best": 1e6},
+                  "peak_rss_mb": 100.0}
 
     def fake_worker(kind, argv, ndev=0, on_row=None):
         calls.append((kind, ndev))

@@ -1,8 +1,9 @@
-"""evaluate.py's passes over the 10k-image test split at several images per scan step (evaluate.BATCH), interleaved:
-the encode (encode_split, what bench/throughput.py's encode target is about), the clean split's metrics from its
-codes (decode, MSE, MAE, SSIM) and the noisy split's (encode and decode of corrupted inputs). Random uint8 images,
-freshly initialised parameters (the time does not depend on them); freed host memory kept and programs inline, as in
-evaluate.py. Arguments: the preset (default "default"), the batch sizes (default 500,250,200,125), rounds (3).
+"""evaluate.py's passes over the 10k-image test split at several images per scan step (evaluate.split_batch),
+interleaved: the encode (encode_split, what bench/throughput.py's encode target is about), the clean split's metrics
+from its codes (decode, MSE, MAE, SSIM) and the noisy split's (encode and decode of corrupted inputs). Random uint8
+images, freshly initialised parameters (the time does not depend on them); freed host memory kept and programs
+inline, as in evaluate.py. Arguments: the preset (default "default"), the batch sizes (default 500,250,200,125),
+rounds (3).
 
     PYTHONPATH=. python docs/studies/s35-encode-batch/batch.py
     PYTHONPATH=. python docs/studies/s35-encode-batch/batch.py long 500,250
@@ -33,15 +34,16 @@ u8 = np.random.default_rng(0).integers(0, 256, (10000, 32, 32, 3), dtype=np.uint
 
 
 def passes(b):
-    """The three passes at b images per scan step, each as a function of no arguments that waits for its result."""
-    E.BATCH = b
+    """The three passes at b images per scan step, each as a function of no arguments that waits for its result.
+    The step size is evaluate.split_batch(), read at each call (CPU_BATCH on CPU, BATCH elsewhere): set for each."""
+    E.split_batch = lambda: b
     x, mask = pad_to_multiple(u8, E.batch_size_for(len(u8)))
     x = jax.device_put(x)
     codes = jax.block_until_ready(E.encode_split(codec, x))  # compiles it
 
-    def at_b(f):  # E.BATCH is read at each call
+    def at_b(f):
         def call():
-            E.BATCH = b
+            E.split_batch = lambda: b
             return f()
         return call
     return {"encode": at_b(lambda: jax.block_until_ready(E.encode_split(codec, x))),

@@ -6,6 +6,7 @@ evaluate.py. The time under the tracer is longer than without it.
     PYTHONPATH=. python docs/studies/s35-encode-batch/profile.py [--preset default] [--top 25]
 """
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -49,20 +50,21 @@ def main():
           f"over threads")
     print(f"{'ms':>8} {'share':>6} {'count':>5}  operation (top {args.top}): output, the ops it fuses")
     for name, s in by_name.most_common(args.top):
-        print(f"{s * 1e3:8.1f} {s / busy:6.1%} {count[name]:5d}  {name} {describe(hlo, name)}")
+        print(f"{s * 1e3:8.1f} {s / busy:6.1%} {count[name]:5d}  {name} {_s26_profile().describe(hlo, name)}")
     print("by kind:")
     for kind, s in by_kind(by_name).most_common(10):
         print(f"{s * 1e3:8.1f} {s / busy:6.1%}  {kind}")
 
 
-def describe(hlo: str, name: str) -> str:
-    """The twenty-sixth session's study's description of an operation of the compiled HLO text."""
+@functools.cache
+def _s26_profile():
+    """The twenty-sixth session's study, for its description of an operation of the compiled HLO text (describe)."""
     import importlib.util
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "s26-encode", "profile.py")
     spec = importlib.util.spec_from_file_location("s26_profile", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.describe(hlo, name)
+    return module
 
 
 def _timed(fn) -> float:
