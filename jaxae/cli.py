@@ -19,7 +19,14 @@ from jaxae.config import TrainingStopped, UsageError
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser, whose mistakes (an unknown flag, a bad choice, a missing value) are one line and exit
-    status 2, as every other mistake is: argparse printed its whole usage first (17 lines for train.py)."""
+    status 2, as every other mistake is: argparse printed its whole usage first (17 lines for train.py).
+
+    A shortened flag is refused as unknown, not completed: argparse took `train.py --steps 100` (meant as a budget of
+    100 steps, which is --max-steps) for --steps-per-call 100, and trained the whole run."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (`{self.prog} --help` lists every flag)\n")

@@ -225,6 +225,8 @@ def test_batch_size_not_divisible_by_devices_is_one_line_exit_2(tmp_path):
 @pytest.mark.parametrize("script, argv, words", [
     ("train.py", ["--loss", "L2"], ["argument --loss: invalid choice: 'L2'", "`train.py --help`"]),
     ("train.py", ["--lateent-dim", "4"], ["unrecognized arguments: --lateent-dim 4"]),
+    ("train.py", ["--steps", "100"], ["unrecognized arguments: --steps 100"]),  # not --steps-per-call 100
+    ("evaluate.py", ["--workdir", "w", "--best", "100"], ["unrecognized arguments: --best 100"]),
     ("evaluate.py", [], ["the following arguments are required: --workdir", "`evaluate.py --help`"]),
 ])
 def test_a_flag_mistake_is_one_line_and_exit_2(script, argv, words, capsys, monkeypatch):
