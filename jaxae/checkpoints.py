@@ -356,7 +356,7 @@ def restore(mngr: ocp.CheckpointManager, state, step: int | None = None, set_asi
     steps = sorted(mngr.all_steps(), reverse=True)
     if not steps:
         raise UsageError(f"no checkpoint in {mngr.directory}: train first with `python train.py --workdir "
-                         f"{os.path.dirname(str(mngr.directory))}`")
+                         f"{shlex.quote(os.path.dirname(str(mngr.directory)))}`")
     if step is not None:
         if step not in steps:
             raise UsageError(f"no checkpoint at step {step} in {mngr.directory}; saved steps: "
@@ -627,7 +627,7 @@ def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
                    ": drop the flag to resume it, or start over")
             # a preset's settings change between versions (the quick preset's epochs: 14, then 30): its older
             # runs resume under their own settings without the flag
-            own = (f"; `python train.py --workdir {cfg.workdir}` resumes it with its own settings"
+            own = (f"; `python train.py --workdir {shlex.quote(cfg.workdir)}` resumes it with its own settings"
                    if name in via_preset else "")
             raise UsageError(f"{cfg.workdir} holds a run with --{name.replace('_', '-')} {getattr(saved, name)}, "
                              f"{given}{why} with --fresh (old checkpoints are moved aside), or use another "

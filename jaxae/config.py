@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 from typing import Any
 
 
@@ -126,6 +127,9 @@ class Config:
                      "log_every", "save_every_epochs", "keep"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{_flag(name)} must be at least 1 (got {getattr(self, name)})")
+        for name in ("latent_dim", "width", "stages", "blocks", "hidden", "mlp_layers", "fourier", "encoder_heads"):
+            if getattr(self, name) > _MAX_SIZE:  # an array's dimension: larger ones failed deep in XLA or MLIR
+                raise UsageError(f"--{_flag(name)} must be at most {_MAX_SIZE:,} (got {getattr(self, name)})")
         for name in ("blocks", "shift", "steps_per_call", "microbatch", "max_steps"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{_flag(name)} must be 0 or more (got {getattr(self, name)})")
@@ -156,9 +160,18 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
-        """A saved config (config.json); the settings it lacks are those of the version that wrote it (BEFORE)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{**BEFORE, **{k: v for k, v in d.items() if k in known}})
+        """A saved config (config.json); the settings it lacks are those of the version that wrote it (BEFORE).
+        A value of the wrong kind (a hand-edited "latent_dim": "3", or "epochs": 3.5) is a TypeError naming it:
+        "3" reached validate's comparisons as a traceback, and 3.5 epochs trained, as "epoch 4/3.5"."""
+        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in d.items() if k in kinds}
+        for name, value in values.items():
+            kind = kinds[name]
+            if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+                values[name] = value = float(value)  # JSON's 1 for 1.0
+            if type(value).__name__ != kind:  # bool is an int subclass: compared by name, "epochs": true is wrong
+                raise TypeError(f"{name} is {json.dumps(value)}, not {_KIND_WORDS[kind]}")
+        return cls(**{**BEFORE, **values})
 
     def replace(self, **kw) -> "Config":
         return dataclasses.replace(self, **kw)
@@ -204,10 +217,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+_KIND_WORDS = {"int": "a whole number", "float": "a number", "str": "a string in quotes", "bool": "true or false"}
+
+
 def strength_text(strength: float, levels: str = "fixed") -> str:
     """A training corruption's strength in words: '0.2', or '0-0.2' where each example drew its own (--noise-levels
     uniform)."""
     return f"0-{strength:g}" if levels == "uniform" else f"{strength:g}"
+
+
+_MAX_SIZE = 2 ** 31 - 1  # the largest dimension an XLA array has
 
 
 def _flag(name: str) -> str:
@@ -225,14 +244,14 @@ def load_config(workdir: str) -> Config:
                          f"give the folder a training run wrote (it holds config.json and checkpoints/)")
     if not os.path.exists(path):
         raise UsageError(f"{workdir} holds no config.json: is it a jaxae workdir? Train into it with "
-                         f"`python train.py --workdir {workdir}` first")
+                         f"`python train.py --workdir {shlex.quote(workdir)}` first")
     try:
         with open(path) as fh:
             return Config.from_dict(json.load(fh))
     except (ValueError, TypeError, OSError) as e:  # not JSON, not an object of settings, unreadable
         raise UsageError(f"{path} cannot be read as a run's config ({type(e).__name__}: {e}): restore it, or train "
-                         f"again: `python train.py --workdir {workdir} --fresh` moves what the workdir holds aside, "
-                         f"or give another --workdir") from None
+                         f"again: `python train.py --workdir {shlex.quote(workdir)} --fresh` moves what the workdir "
+                         f"holds aside, or give another --workdir") from None
 
 
 def add_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:

@@ -8,6 +8,7 @@ import functools
 import json
 import math
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -54,7 +55,7 @@ def restore(workdir: str, step: int | None = None, data: str | None = None,
     cfg = load_config(workdir)
     if not checkpoints.has_checkpoints(workdir):
         raise UsageError(f"{workdir} holds no checkpoint yet: train it first (`python train.py --workdir "
-                         f"{workdir}`) or point --workdir at a run that has a checkpoints/ folder")
+                         f"{shlex.quote(workdir)}`) or point --workdir at a run that has a checkpoints/ folder")
     if data is None and cfg.data != "tfds" and not os.path.exists(local_path(cfg.data)):
         where = "" if os.path.isabs(os.path.expanduser(cfg.data)) else f" from {os.getcwd()} (a relative path)"
         raise UsageError(f"{workdir} was trained on --data {cfg.data}, which is not there{where}: pass --data "

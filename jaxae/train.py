@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -44,10 +45,16 @@ def steps_to_run(cfg: Config, spe: int) -> int:
     return min(cfg.max_steps, cfg.epochs * spe) if cfg.max_steps else cfg.epochs * spe
 
 
+def learning_rate_schedule(cfg: Config, total_steps: int, spe: int) -> optax.Schedule:
+    """Linear warm-up over --warmup-epochs (at most all but the run's last step), then cosine decay to 1 % of the
+    peak at the run's end."""
+    warmup = int(min(cfg.warmup_epochs * spe, max(total_steps - 1, 0)))  # int(1e308 * spe) was an OverflowError
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(total_steps, warmup + 1),
+                                              end_value=cfg.learning_rate * 0.01)
+
+
 def make_optimizer(cfg: Config, total_steps: int, spe: int) -> optax.GradientTransformation:
-    warmup = min(int(cfg.warmup_epochs * spe), max(total_steps - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(total_steps, warmup + 1),
-                                                  end_value=cfg.learning_rate * 0.01)
+    schedule = learning_rate_schedule(cfg, total_steps, spe)
     if cfg.optimizer == "adamw":
         opt = optax.adamw(schedule, weight_decay=cfg.weight_decay)
     else:
@@ -605,7 +612,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
             checkpoints.finish(mngr)
             if int(state.step) >= cfg.epochs * spe:
                 ends = f"{cfg.epochs} epochs end" if cfg.epochs != 1 else "1 epoch ends"
-                why = f"its {ends}; `python evaluate.py --workdir {cfg.workdir}` shows it"
+                why = f"its {ends}; `python evaluate.py --workdir {shlex.quote(cfg.workdir)}` shows it"
             else:
                 why = f"--max-steps {cfg.max_steps} ends it; pass a larger --max-steps, or none, to train on"
             monitor.log(f"nothing to train: the run is at step {int(state.step)}, where {why}")

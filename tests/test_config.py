@@ -120,6 +120,9 @@ def test_fewer_epochs_shorten_the_presets_warm_up_in_proportion(argv, warmup):
     # numpy's generator took neither (a traceback after the run's folder was made)
     (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295"),
     (["--seed", str(2 ** 64)], "--seed must be"),
+    # an array dimension past XLA's: a TypeError from MLIR
+    (["--latent-dim", str(10 ** 20)], "--latent-dim must be at most 2,147,483,647"),
+    (["--hidden", str(2 ** 31)], "--hidden must be at most"),
 ])
 def test_invalid_values_are_usage_errors_naming_the_flag(argv, flag):
     with pytest.raises(UsageError, match=flag):
@@ -144,6 +147,25 @@ def test_json_round_trip_and_load_config(tmp_path):
     os.makedirs(tmp_path / "empty")
     with pytest.raises(UsageError, match="no config.json"):
         load_config(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("latent_dim", "3", 'latent_dim is "3", not a whole number'),
+    ("epochs", 3.5, "epochs is 3.5, not a whole number"),  # trained, as "epoch 4/3.5"
+    ("flip", 1, "flip is 1, not true or false"),
+    ("noise", "0.2", 'noise is "0.2", not a number'),
+])
+def test_a_hand_edited_config_json_of_the_wrong_kind_is_one_clear_error(tmp_path, name, value, words):
+    """A value of the wrong kind in config.json names the setting (a "3" for latent_dim was a traceback from
+    validate's comparisons); a whole number where a number goes is that number."""
+    cfg = Config(**PRESETS["tiny"], workdir=str(tmp_path))
+    saved = json.loads(cfg.to_json())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, name: value}))
+    with pytest.raises(UsageError, match=f"config.json cannot be read as a run's config \\(TypeError: {words}\\)"):
+        load_config(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "noise": 0, "learning_rate": 1}))
+    loaded = load_config(str(tmp_path))
+    assert loaded == cfg.replace(learning_rate=1.0) and type(loaded.noise) is float
 
 
 def test_a_config_saved_before_noise_levels_existed_reads_as_fixed_levels(tmp_path):

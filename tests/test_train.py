@@ -305,6 +305,18 @@ def test_the_temporary_memory_of_a_step_does_not_grow_with_its_passes():
     assert eight < 1.5 * four, (eight, four)
 
 
+def test_a_warm_up_longer_than_the_run_warms_up_over_all_but_its_last_step():
+    """--warmup-epochs past the run's end warms up to the peak at its last step; 1e308 epochs of warm-up was an
+    OverflowError (int of an infinite number of steps)."""
+    cfg = tiny_config("unused", learning_rate=1.0)
+    for warmup in (1e308, 50.0, 4.5):  # 4.5 epochs of 2 steps: 9 of the run's 10
+        lr = train.learning_rate_schedule(cfg.replace(warmup_epochs=warmup), 10, 2)
+        assert [round(float(lr(i)), 6) for i in (0, 3, 9)] == [0.0, round(3 / 9, 6), 1.0]
+    lr = train.learning_rate_schedule(cfg.replace(warmup_epochs=1.0), 10, 2)
+    assert float(lr(2)) == 1.0 and float(lr(10)) == pytest.approx(0.01)
+    train.make_optimizer(cfg.replace(warmup_epochs=1e308), 10, 2)
+
+
 def test_microbatch_size_defaults_and_errors(setup):
     cfg, *_ = setup
     assert jax.default_backend() == "cpu"
