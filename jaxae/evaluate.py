@@ -575,8 +575,9 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
         raise UsageError(f"--interp-steps must be between 2 and {MAX_INTERP_STEPS} (got {interp_steps})")
     if best_steps < 0:
         raise UsageError(f"--best-codes must be 0 (off) or a number of descent steps, about 100 (got {best_steps})")
+    saved = load_config(workdir)  # first: a --workdir that is a file was blamed on the --out made from it
     out = _check_out(out, workdir)
-    use_compilation_cache(load_config(workdir).cache_dir if cache_dir is None else cache_dir)
+    use_compilation_cache(saved.cache_dir if cache_dir is None else cache_dir)
     cfg, state, ds = restore(workdir, step, data, cache_dir)
     step_done = int(jax.device_get(state.step))
     print(f"evaluating {workdir} at step {step_done}: {ds.test_images.shape[0]} test images, "

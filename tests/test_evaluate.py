@@ -378,6 +378,9 @@ def test_a_workdir_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert err.startswith("error:") and "no checkpoint" in err and "\n" not in err
     with pytest.raises(UsageError, match="nothing: no such folder"):
         evaluate.run(str(tmp_path / "nothing"))
+    # a file given as the workdir is named as such, not blamed on the --out made from it (FILE/eval)
+    with pytest.raises(UsageError, match=r"^--workdir .*config.json: not a folder; give the folder a training run"):
+        evaluate.run(os.path.join(cfg.workdir, "config.json"))
 
 
 def test_out_naming_a_file_is_refused_and_the_file_kept(run, tmp_path):
