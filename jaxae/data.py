@@ -79,7 +79,7 @@ def _load_path(path: str) -> Dataset:
                 names = tar.getnames()
                 _check_end(tar, path)
                 if any(n.rstrip("/").endswith("cifar-10-batches-py/data_batch_1") for n in names):
-                    return _cifar_python_tar(tar)
+                    return _cifar_python_tar(tar, path)
                 return _image_folder(_TarReader(tar, path), path)
         except _ARCHIVE_ERRORS as e:  # a download or copy cut short, or bytes changed on the way
             if isinstance(e, OSError) and e.errno is not None:  # the system's (a disk error), not the stream's
@@ -390,12 +390,30 @@ def _decode(reader, name: str, converted: dict, rotated: list):
 
 # ---------------------------------------------------------------------- official CIFAR-10 (python)
 
-def _cifar_batches(read) -> Dataset:
-    meta = pickle.loads(read("batches.meta"), encoding="latin1")
+def _cifar_batches(read, where: str) -> Dataset:
+    """The official python batches; read(name) gives a member's bytes, or None where it is missing. A member
+    missing, cut short or damaged is one line naming it (a pickle cut short was a traceback)."""
+    def load(name):
+        data = read(name)
+        if data is None:
+            raise UsageError(f"--data {where}: incomplete CIFAR-10 python data, {name} is missing; copy or download "
+                             f"it again")
+        try:
+            return pickle.loads(data, encoding="latin1")
+        except Exception as e:  # a pickle cut short or changed raises any of several kinds
+            raise UsageError(f"--data {where}: {name} of the CIFAR-10 python data is truncated or damaged "
+                             f"({type(e).__name__}); copy or download it again") from None
+
     def batch(name):
-        d = pickle.loads(read(name), encoding="latin1")
-        x = np.asarray(d["data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        return x, np.asarray(d["labels"], np.int32)
+        d = load(name)
+        try:
+            x = np.asarray(d["data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            y = np.asarray(d["labels"], np.int32)
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"--data {where}: {name} is not a CIFAR-10 python batch ({type(e).__name__}: {e}); "
+                             f"copy or download it again") from None
+        return x, y
+    meta = load("batches.meta")
     train = [batch(f"data_batch_{i}") for i in range(1, 6)]
     tx, ty = batch("test_batch")
     return Dataset(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), tx, ty,
@@ -405,22 +423,26 @@ def _cifar_batches(read) -> Dataset:
 def _cifar_python_dir(path: str) -> Dataset:
     if os.path.isdir(os.path.join(path, "cifar-10-batches-py")):
         path = os.path.join(path, "cifar-10-batches-py")
+
     def read(name):
-        with open(os.path.join(path, name), "rb") as fh:
-            return fh.read()
-    try:
-        return _cifar_batches(read)
-    except FileNotFoundError as e:
-        raise UsageError(f"--data {path}: incomplete CIFAR-10 python folder ({e.filename} missing)") from None
+        try:
+            with open(os.path.join(path, name), "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+    return _cifar_batches(read, path)
 
 
-def _cifar_python_tar(tar: tarfile.TarFile) -> Dataset:
+def _cifar_python_tar(tar: tarfile.TarFile, path: str) -> Dataset:
     prefix = next(n for n in tar.getnames() if n.rstrip("/").endswith("cifar-10-batches-py/data_batch_1"))
     prefix = prefix[: -len("data_batch_1")]
-    try:
-        return _cifar_batches(lambda name: tar.extractfile(prefix + name).read())
-    except KeyError as e:
-        raise UsageError(f"incomplete CIFAR-10 python archive: {e} missing") from None
+
+    def read(name):
+        try:
+            return tar.extractfile(prefix + name).read()
+        except KeyError:
+            return None
+    return _cifar_batches(read, path)
 
 
 # ------------------------------------------------------------------------------------------ cache

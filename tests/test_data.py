@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -132,6 +133,31 @@ def test_official_cifar_python_archive_and_folder(tmp_path):
         np.testing.assert_array_equal(ds.test_images, te_x)
         np.testing.assert_array_equal(ds.test_labels, te_y)
         assert ds.class_names == [f"name{c}" for c in range(10)] and ds.image_shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("harm, words", [
+    ("cut", "data_batch_3 of the CIFAR-10 python data is truncated or damaged (UnpicklingError)"),
+    ("remove", "incomplete CIFAR-10 python data, test_batch is missing; copy or download it again"),
+    ("replace", "data_batch_3 is not a CIFAR-10 python batch (KeyError"),
+])
+def test_a_damaged_official_cifar_python_batch_is_one_line_naming_it(tmp_path, harm, words):
+    """A batch cut short (a pickle error was a traceback), missing (its message was garbled, with no fix), or of
+    other contents, in the folder and in an archive of it."""
+    write_cifar_python(tmp_path / "extracted")
+    folder = tmp_path / "extracted" / "cifar-10-batches-py"
+    if harm == "cut":
+        os.truncate(folder / "data_batch_3", os.path.getsize(folder / "data_batch_3") // 2)
+    elif harm == "remove":
+        os.remove(folder / "test_batch")
+    else:
+        with open(folder / "data_batch_3", "wb") as fh:
+            pickle.dump({"rows": []}, fh)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    for path in (folder, archive):
+        with pytest.raises(UsageError, match=f"^--data {re.escape(str(path))}: .*{re.escape(words)}"):
+            data.load(str(path), cache_dir=str(tmp_path / "cache"))
 
 
 def test_second_load_reads_the_npz_cache(folder, tmp_path, monkeypatch):
