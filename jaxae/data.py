@@ -177,6 +177,16 @@ def local_path(data: str) -> str:
     return data if data == "tfds" else os.path.abspath(os.path.expanduser(data))
 
 
+def inside_folder(path: str, data: str) -> bool:
+    """Whether `path` is the local dataset folder `data` or lies inside it: a run's or an evaluation's files written
+    there are read as images of a class of their own (a loss_curve.png of 504x840 made every later load fail)."""
+    if data == "tfds" or not os.path.isdir(local_path(data)):
+        return False
+    root = os.path.realpath(local_path(data))
+    real = os.path.realpath(os.path.abspath(os.path.expanduser(path)))
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def _walk(root: str):
     """(folder, sorted file names) under root, symlinked folders followed (a class folder linked in from
     elsewhere is common), each real folder once (a link cycle ends)."""

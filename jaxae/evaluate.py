@@ -26,7 +26,7 @@ from jaxae.metrics import (KNN_K, chance_accuracy, fit_pca, knn_accuracy, mean_i
                            pad_to_multiple, pca_decode, pca_encode, psnr, ssim)
 from jaxae.cli import sigterm_raises, use_compilation_cache
 from jaxae.config import Config, UsageError, load_config
-from jaxae.data import Dataset, load, local_path
+from jaxae.data import Dataset, inside_folder, load, local_path
 from jaxae.models import model_from_config
 from jaxae.train import TrainState, steps_per_epoch, train_state_to_restore
 
@@ -576,7 +576,7 @@ def run(workdir: str, step: int | None = None, out: str | None = None, data: str
     if best_steps < 0:
         raise UsageError(f"--best-codes must be 0 (off) or a number of descent steps, about 100 (got {best_steps})")
     saved = load_config(workdir)  # first: a --workdir that is a file was blamed on the --out made from it
-    out = _check_out(out, workdir)
+    out = _check_out(out, workdir, data or saved.data)
     use_compilation_cache(saved.cache_dir if cache_dir is None else cache_dir)
     cfg, state, ds = restore(workdir, step, data, cache_dir)
     step_done = int(jax.device_get(state.step))
@@ -744,11 +744,15 @@ def _save_latents(out: str, codes: np.ndarray, ds: Dataset, **more: np.ndarray) 
             w.writerow([i, int(y), ds.class_names[int(y)]] + [f"{v:.6g}" for v in z])
 
 
-def _check_out(out: str | None, workdir: str) -> str:
+def _check_out(out: str | None, workdir: str, data: str = "tfds") -> str:
     """The output folder (default WORKDIR/eval), refused when replacing it would lose something: a file, the run
-    itself or a folder holding it, the current folder, or a folder of other things than an earlier evaluation."""
+    itself or a folder holding it, the current folder, or a folder of other things than an earlier evaluation; or
+    when it lies inside the dataset's folder `data`, whose images its figures would join."""
     path = out or os.path.join(workdir, "eval")
     flag = f"--out {out}" if out else path
+    if inside_folder(path, data):
+        raise UsageError(f"{flag} is inside the dataset's folder {data}: its figures would be read as images of a "
+                         f"class of their own; give --out a folder outside it")
     real = os.path.realpath(path)
     inside = lambda p: p == real or p.startswith(real.rstrip(os.sep) + os.sep)
     if os.path.exists(path) and not os.path.isdir(path):

@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxae import checkpoints, corruption, hostmem, losses, monitor
 from jaxae.config import PRESETS, Config, UsageError, config_path, load_config
-from jaxae.data import Dataset, load, local_path
+from jaxae.data import Dataset, inside_folder, load, local_path
 from jaxae.metrics import mean_image_mse, pad_to_multiple, reconstruction_error
 from jaxae.models import model_from_config
 
@@ -90,6 +90,19 @@ def check_settings(cfg: Config, explicit: set[str], ds: Dataset | None = None) -
     if "noise_levels" in explicit and cfg.noise == 0:
         raise UsageError(f"--noise-levels {cfg.noise_levels} does nothing with --noise 0: give the largest "
                          f"strength, e.g. --noise 0.2")
+    # flags that would be saved in config.json as if they had shaped the run
+    if "weight_decay" in explicit and cfg.optimizer != "adamw":
+        raise UsageError(f"--weight-decay does nothing with --optimizer {cfg.optimizer} (it is adamw's decoupled "
+                         f"weight decay): drop it, or use --optimizer adamw")
+    if "norm" in explicit and cfg.blocks == 0:
+        raise UsageError(f"--norm {cfg.norm} does nothing with --blocks 0 (it normalises inside the residual "
+                         f"blocks): drop it, or add residual blocks, e.g. --blocks 1")
+    if "dataset" in explicit and cfg.data != "tfds":
+        raise UsageError(f"--dataset {cfg.dataset} names a tensorflow-datasets dataset, for --data tfds; a local "
+                         f"--data is read as it is: drop --dataset")
+    if inside_folder(cfg.workdir, cfg.data):
+        raise UsageError(f"--workdir {cfg.workdir} is inside --data {cfg.data}: the run's files would be read as "
+                         f"images of a class of their own; give a workdir outside the dataset's folder")
     if ds is None:
         return 0
     spe = steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)

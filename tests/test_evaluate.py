@@ -391,6 +391,17 @@ def test_out_naming_a_file_is_refused_and_the_file_kept(run, tmp_path):
     assert log.read_text() == "a log the user keeps" and os.listdir(tmp_path) == ["q30.out"]
 
 
+def test_out_inside_the_dataset_folder_is_refused_before_the_work(run, monkeypatch):
+    """Its figures would join the dataset as images of a class of their own (and break its next load)."""
+    data = run["cfg"].data
+    before = sorted(os.listdir(os.path.join(data, "train")))
+    monkeypatch.setattr(evaluate, "restore", lambda *a, **k: pytest.fail("restored before --out was checked"))
+    out = os.path.join(data, "train", "eval")
+    with pytest.raises(UsageError, match=f"--out {out} is inside the dataset's folder {data}: its figures"):
+        evaluate.run(run["cfg"].workdir, out=out)
+    assert sorted(os.listdir(os.path.join(data, "train"))) == before
+
+
 @pytest.mark.parametrize("under", ["a file", "proc"])
 def test_out_where_nothing_can_be_written_is_refused_before_the_work(run, tmp_path, monkeypatch, under):
     # found only when the results were written, minutes later, and as "cannot write there (File exists)"

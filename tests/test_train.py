@@ -317,6 +317,31 @@ def test_a_warm_up_longer_than_the_run_warms_up_over_all_but_its_last_step():
     train.make_optimizer(cfg.replace(warmup_epochs=1e308), 10, 2)
 
 
+@pytest.mark.parametrize("settings, explicit, words", [
+    ({"optimizer": "adam", "weight_decay": 0.5}, {"optimizer", "weight_decay"},
+     "--weight-decay does nothing with --optimizer adam"),
+    ({"norm": "group", "blocks": 0}, {"norm"}, "--norm group does nothing with --blocks 0"),
+    ({"dataset": "mnist"}, {"dataset"}, "--dataset mnist names a tensorflow-datasets dataset, for --data tfds"),
+])
+def test_flags_that_would_do_nothing_are_refused_where_given(tmp_path, settings, explicit, words):
+    """Each was accepted and saved in config.json as if it had shaped the run; the same settings not given on the
+    command line (a preset's, a saved run's) pass."""
+    cfg = tiny_config(tmp_path, data=str(tmp_path / "images"), **settings)
+    with pytest.raises(UsageError, match=words):
+        train.check_settings(cfg, explicit)
+    train.check_settings(cfg, set())
+
+
+def test_a_workdir_inside_the_dataset_folder_is_refused(tmp_path, make_image_folder):
+    """Its files were read as images of a class of their own: the run's loss_curve.png broke every later load."""
+    folder = make_image_folder(tmp_path / "img", n_train=2, n_test=1)
+    for workdir in (os.path.join(folder, "train", "run"), folder):
+        with pytest.raises(UsageError, match=f"--workdir {workdir} is inside --data {folder}"):
+            train.check_settings(tiny_config(tmp_path, data=folder, workdir=workdir), set())
+    train.check_settings(tiny_config(tmp_path, data=folder, workdir=str(tmp_path / "img2" / "run")), set())
+    train.check_settings(tiny_config(tmp_path, workdir=folder), set())  # --data tfds: no folder of its own
+
+
 def test_microbatch_size_defaults_and_errors(setup):
     cfg, *_ = setup
     assert jax.default_backend() == "cpu"
