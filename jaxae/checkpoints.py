@@ -378,9 +378,10 @@ def restore(mngr: ocp.CheckpointManager, state, step: int | None = None, set_asi
                              f"one{' (' + built_for + ')' if built_for else ''}: {mismatch}. {was} It needs the "
                              f"data it was trained on; its checkpoints are left as they are")
         got, error = _read(mngr, s, target)
-        if error and not os.path.isdir(os.path.join(str(mngr.directory), str(s))) and _retries:
-            # gone while read: the training running there keeps only its --keep newest (evaluate.py during a
-            # --keep 1 run said "no readable checkpoint ... start over with --fresh"); read its newest again
+        if error and _retries and (live or not os.path.isdir(os.path.join(str(mngr.directory), str(s)))):
+            # gone while read, or being removed: the training running there keeps only its --keep newest
+            # (evaluate.py during a --keep 1 run said "no readable checkpoint ... start over with --fresh"); read its
+            # newest again
             _drop_abandoned_reads()
             mngr.reload()
             return restore(mngr, state, step, set_aside, built_for, _retries - 1)
@@ -395,6 +396,10 @@ def restore(mngr: ocp.CheckpointManager, state, step: int | None = None, set_asi
         if s != steps[0]:
             print(f"warning: restored the previous good checkpoint, step {s}", file=sys.stderr)
         return state.replace(step=got["step"], params=got["params"], opt_state=got["opt_state"], key=got["key"])
+    if live:  # not a damaged run: its checkpoints changed while they were read
+        raise UsageError(f"no checkpoint in {mngr.directory} could be read while the training there saves and "
+                         f"removes them (see the warnings above; none was deleted): run evaluate.py again, or when "
+                         f"the training ends")
     raise UsageError(f"no readable checkpoint in {mngr.directory} (see the warnings above; none was deleted): "
                      f"start over with --fresh or another --workdir")
 

@@ -637,6 +637,23 @@ def test_an_unreadable_config_json_is_one_clear_error(tmp_path):
         checkpoints.resolve_workdir(tiny_config(tmp_path), {"workdir"})
 
 
+def test_no_readable_checkpoint_of_a_run_training_now_is_not_called_damaged(three_epochs, tmp_path, monkeypatch,
+                                                                             capsys):
+    """evaluate.py beside a running train.py read checkpoints as they were saved and removed, and was told to start
+    the healthy run over with --fresh: it reads the newest again, then says to run again."""
+    cfg = copy_of(three_epochs, tmp_path)
+    ckdir = checkpoints.checkpoint_dir(cfg.workdir)
+    for step in ("4", "8", "12"):
+        os.truncate(max(glob.glob(os.path.join(ckdir, step, "**", "d", "*"), recursive=True), key=os.path.getsize), 10)
+    monkeypatch.setattr(checkpoints, "training_now", lambda workdir: True)
+    with checkpoints.manager(cfg.workdir) as mngr:
+        with pytest.raises(UsageError, match="could be read while the training there saves and removes them .*run "
+                                             "evaluate.py again, or when the training ends$"):
+            checkpoints.restore(mngr, train_state_to_restore(cfg, (16, 16, 3), 1, 1))
+    assert "--fresh" not in capsys.readouterr().err
+    assert sorted(os.listdir(ckdir)) == ["12", "4", "8"]  # none moved or deleted
+
+
 def test_truncated_checkpoint_falls_back(three_epochs, tmp_path, capsys):
     cfg = copy_of(three_epochs, tmp_path)
     ckdir = checkpoints.checkpoint_dir(cfg.workdir)
