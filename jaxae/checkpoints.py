@@ -624,6 +624,10 @@ def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
     via_preset = (set(PRESETS.get(cfg.preset, {})) | set(PRESETS.get(saved.preset, {}))) - explicit \
         - {"warmup_epochs"} if "preset" in explicit else set()
     for name in Config.RUN_FIELDS:
+        if name == "data" and "data" in explicit and _moved(saved.data, cfg.data):
+            print(f"note: the run's --data {saved.data} is not there any more: resuming it on --data {cfg.data}, "
+                  f"which its config.json names from now on")
+            continue
         if name in explicit | via_preset and not same_setting(name, getattr(saved, name), getattr(cfg, name)):
             given = (f"--preset {cfg.preset} sets --{name.replace('_', '-')} {getattr(cfg, name)}"
                      if name in via_preset else f"not {getattr(cfg, name)}")
@@ -658,6 +662,24 @@ def _say_fresh_takes_the_default_data(cfg: Config) -> None:
     if not same_setting("data", before, cfg.data):
         print(f"note: --fresh with run flags starts from the defaults, so --data {cfg.data}, not the earlier run's "
               f"{before}; pass --data to keep it")
+
+
+def _moved(saved: str, given: str) -> bool:
+    """Whether a run's local dataset is gone from its saved path and `given` names a local copy that is there: the
+    run then resumes on it (the images' shape and the steps per epoch are checked against the run's). It was
+    refused by name, while the message for the missing path said to pass --data: no way forward but --fresh."""
+    return "tfds" not in (saved, given) and not os.path.exists(local_path(saved)) and os.path.exists(local_path(given))
+
+
+def record_data_path(cfg: Config) -> None:
+    """A run resumed on a moved dataset (_moved): its config.json names the new path, so that the next resume and
+    evaluate.py find it without --data. The rest of config.json is left as it was."""
+    path = config_path(cfg.workdir)
+    with open(path) as fh:
+        shape = json.load(fh).get("image_shape")
+    saved = load_config(cfg.workdir)
+    if not same_setting("data", saved.data, cfg.data):
+        save_config(saved.replace(data=cfg.data), shape)
 
 
 def same_setting(name: str, saved, given) -> bool:

@@ -126,6 +126,12 @@ def best_test_mse(path: str, step: int) -> float:
                default=float("inf"))
 
 
+def recorded_steps_per_epoch(path: str) -> int | None:
+    """The steps per epoch a run's metrics.jsonl last recorded (None before its first epoch's record, or for a run
+    older than the field)."""
+    return next((r["steps_per_epoch"] for _, r in reversed(metric_records(path)) if "steps_per_epoch" in r), None)
+
+
 def metric_records(path: str) -> list[tuple[str, dict]]:
     """Each line of a metrics.jsonl with its record ([] before the file exists). A line that is not a whole
     record (a kill or a full disk cut the last write short: resume and evaluate.py were a JSONDecodeError) is

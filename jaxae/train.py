@@ -607,9 +607,19 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     earlier_run = not resuming and bool(checkpoints.earlier_results(cfg.workdir))
     local_batch, micro = check_devices(cfg)
     checkpoints.check_workdir(cfg.workdir)  # before the data: a typo in --workdir should not cost a decode
+    if resuming and ds is None and "data" not in explicit and cfg.data != "tfds" and not os.path.exists(cfg.data):
+        raise UsageError(f"{cfg.workdir} holds a run trained on --data {cfg.data}, which is not there any more: pass "
+                         f"--data PATH to where it is now, or to a copy of it")
     ds = ds if ds is not None else load(cfg.data, cfg.dataset, cfg.cache_dir)
     n_train = ds.train_images.shape[0]
     spe = check_settings(cfg, explicit, ds)
+    if resuming:  # training images added or removed at the run's --data: its schedule's steps would change
+        was = monitor.recorded_steps_per_epoch(os.path.join(cfg.workdir, "metrics.jsonl"))
+        if was and was != spe:
+            raise UsageError(f"{cfg.workdir} holds a run of {was} steps per epoch, and --data {cfg.data} gives {spe} "
+                             f"now ({n_train} training images at batch {cfg.batch_size}): its training images "
+                             f"changed since the run started. Put them back as they were to resume it, or start "
+                             f"over with --fresh")
     total = steps_to_run(cfg, spe)
     k = default_steps_per_call(cfg, spe)
 
@@ -632,6 +642,8 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
             return {"exit": 0, "step": int(state.step), "total": total, "state": state,
                     "seconds": time.perf_counter() - started}
         monitor.log(f"resuming {cfg.workdir} from step {int(state.step)} (epoch {int(state.step) // spe + 1})")
+        if jax.process_index() == 0:
+            checkpoints.record_data_path(cfg)
     elif jax.process_index() == 0:
         checkpoints.save_config(cfg, ds.image_shape)
     monitor.log("config: " + json.dumps(dataclasses.asdict(cfg), sort_keys=True))

@@ -25,7 +25,7 @@ import pytest
 from conftest import (REFERENCE_FLAGS, REFERENCE_STEPS, REPO, damage_archive, make_image_folder, tiny_config,
                       tiny_dataset)
 from jaxae import checkpoints, data
-from jaxae.config import Config, TrainingStopped, UsageError
+from jaxae.config import Config, TrainingStopped, UsageError, load_config
 from jaxae import train as train_module
 from jaxae.metrics import mean_image_mse
 from jaxae.monitor import collapsed
@@ -448,6 +448,34 @@ def test_a_second_training_in_a_workdir_in_use_is_refused(tmp_path, capsys):
     assert not checkpoints.training_now(cfg.workdir)
     assert train_and_evaluate(cfg.replace(max_steps=2), ds=tiny_dataset(), progress=False)["step"] == 2
     assert not checkpoints.training_now(cfg.workdir)  # released at the end of the run
+
+
+def test_a_run_whose_dataset_moved_resumes_on_its_new_path_and_one_whose_images_changed_is_refused(tmp_path,
+                                                                                                      capsys):
+    """A moved --data: the resume without --data says where to point it (it said "no such file or folder"), and
+    with it the run goes on (it was refused as another run's data, with no way forward but --fresh). Images added at
+    the run's path: refused (the run went on silently, with twice the steps per epoch)."""
+    folder = make_image_folder(tmp_path / "img", n_train=8, n_test=2)  # 16 training images: 2 steps of 8 an epoch
+    cfg = tiny_config(tmp_path, data=folder, epochs=3, max_steps=2)
+    assert train_and_evaluate(cfg, ds=None, progress=False)["step"] == 2
+    moved = str(tmp_path / "moved")
+    os.rename(folder, moved)
+    again = cfg.replace(max_steps=4)
+    with pytest.raises(UsageError, match=f"holds a run trained on --data {folder}, which is not there any more: "
+                                         f"pass --data PATH to where it is now"):
+        train_and_evaluate(again, set(), progress=False)
+    capsys.readouterr()
+    assert train_and_evaluate(again.replace(data=moved), {"data"}, progress=False)["step"] == 4
+    assert f"note: the run's --data {folder} is not there any more: resuming it on --data {moved}" in \
+        capsys.readouterr().out
+    assert load_config(cfg.workdir).data == moved  # the next resume and evaluate.py find it
+    make_image_folder(tmp_path / "more", n_train=8, n_test=2)
+    for name in ("cat", "dog"):
+        for f in os.listdir(tmp_path / "more" / "train" / name):
+            shutil.copy(tmp_path / "more" / "train" / name / f, os.path.join(moved, "train", name, "more-" + f))
+    with pytest.raises(UsageError, match="holds a run of 2 steps per epoch, and --data .* gives 4 now \\(32 training "
+                                         "images at batch 8\\): its training images changed since the run started"):
+        train_and_evaluate(again.replace(data=moved, max_steps=6), set(), progress=False)
 
 
 def test_a_refused_run_in_an_existing_folder_leaves_no_lock_behind(tmp_path):
