@@ -78,8 +78,8 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     except TrainingStopped as e:
         print(f"error: {e}", file=sys.stderr)
         code = 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)  # what a run lost, where it says
         code = 130
     except Terminated:
         print("terminated", file=sys.stderr)

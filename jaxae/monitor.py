@@ -19,10 +19,14 @@ from jaxae.config import Config, TrainingStopped
 
 
 class Stop:
-    """SIGTERM / Ctrl-C: finish the call in flight, save, exit (0 for SIGTERM, 130 for Ctrl-C)."""
+    """SIGTERM / Ctrl-C: finish the call in flight, save, exit (0 for SIGTERM, 130 for Ctrl-C). A second Ctrl-C
+    stops at once, except while that save runs (`saving`): a double press lands there, and lost every step since
+    the last epoch's checkpoint (the whole run, in a first epoch). There it says so, and a third stops at once."""
 
     def __init__(self):
         self.signum = None
+        self.saving = False
+        self._told = False
         self._old = {}
         self._outer = None
 
@@ -40,6 +44,10 @@ class Stop:
 
     def _handle(self, signum, frame):
         if self.signum is not None:
+            if signum == signal.SIGINT and self.saving and not self._told:
+                self._told = True  # os.write: a print here could land inside one of the main thread's
+                os.write(sys.stderr.fileno(), b"saving the checkpoint: a moment (Ctrl-C again quits without it)\n")
+                return
             if signum == signal.SIGINT:  # a second Ctrl-C: the user insists, stop now
                 raise KeyboardInterrupt
             return  # SIGTERM again (a job scheduler's and its launcher's both): already stopping and saving

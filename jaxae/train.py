@@ -679,6 +679,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     epoch_ends: list[float] = []  # seconds since `started` at each epoch end of this process
     step = start = int(state.step)
     bar = None
+    cut = False  # by a second Ctrl-C, before a save
     with monitor.Stop() as stop:
         try:
             while step < total and stop.signum is None:
@@ -743,12 +744,15 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
                             checkpoints.wait(mngr)
                     hostmem.release_free_memory()  # what the test pass and the save left free, once an epoch
             if step < total:  # stopped by a signal: keep what was done
+                stop.saving = True  # through the wait in finish below
                 monitor.save_finite(mngr, state, cfg)
                 result["exit"] = 0 if stop.signum == signal.SIGTERM else 130
                 monitor.log(f"stopped by {signal.Signals(stop.signum).name} at step {step}: checkpoint saved; "
                             f"`{checkpoints.resume_command(cfg)}` resumes it")
             else:
                 monitor.save_finite(mngr, state, cfg)
+        except KeyboardInterrupt:
+            cut = True
         finally:
             if bar is not None:
                 bar.close()
@@ -756,6 +760,11 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
             checkpoints.finish(mngr)
     if writer is not None:
         writer.close()
+    if cut:  # said after the save in flight is complete, so that its step counts
+        last = checkpoints.latest_step(cfg.workdir)
+        raise KeyboardInterrupt("a second Ctrl-C stopped the run without saving its steps since the last checkpoint"
+                                + (f", step {last}: `{checkpoints.resume_command(cfg)}` resumes from it"
+                                   if last is not None else ": none was saved, and the same command starts over"))
     result["step"] = step
     result["start"] = start  # a resume's first step (a checkpoint that cannot be read is set aside for an earlier)
     result["signal"] = stop.signum  # the signal that stopped it (or came during its last epoch), else None

@@ -136,6 +136,19 @@ def test_a_log_file_gets_progress_lines_not_carriage_return_frames(monkeypatch, 
                                 "epoch 3/30: step 300/390 (77 %), loss 0.0301, 1,950 img/s"]
 
 
+def test_a_second_ctrl_c_during_the_stop_save_is_told_and_a_third_stops_at_once(capfd):
+    """A double press of Ctrl-C landed in the save the first one asked for, and the run lost every step since its
+    last epoch's checkpoint."""
+    import signal
+    with monitor.Stop() as stop:
+        stop._handle(signal.SIGINT, None)
+        stop.saving = True
+        stop._handle(signal.SIGINT, None)
+        assert capfd.readouterr().err == "saving the checkpoint: a moment (Ctrl-C again quits without it)\n"
+        with pytest.raises(KeyboardInterrupt):
+            stop._handle(signal.SIGINT, None)
+
+
 def test_a_second_sigterm_does_not_cut_the_save_short_but_a_second_ctrl_c_does():
     # two SIGTERMs 0.1 s apart (scheduler and launcher) gave a bare "interrupted" and exit 130, no checkpoint
     import signal

@@ -478,6 +478,23 @@ def test_a_run_whose_dataset_moved_resumes_on_its_new_path_and_one_whose_images_
         train_and_evaluate(again.replace(data=moved, max_steps=6), set(), progress=False)
 
 
+def test_a_run_cut_by_a_second_ctrl_c_says_what_it_kept(tmp_path, monkeypatch):
+    """A second Ctrl-C stops at once, without the save: the bare "interrupted" it printed did not say that the steps
+    since the last checkpoint were lost, nor where the run resumes."""
+    cfg = tiny_config(tmp_path, epochs=3)
+    order = train_module.device_epoch_order
+
+    def cut_in_epoch_2(seed, epoch, *args):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return order(seed, epoch, *args)
+    monkeypatch.setattr(train_module, "device_epoch_order", cut_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt, match="without saving its steps since the last checkpoint, step 4: "
+                                                f"`python train.py --workdir {cfg.workdir}` resumes from it"):
+        train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+    assert checkpoints.latest_step(cfg.workdir) == 4  # the first epoch's (32 images, batch 8)
+
+
 def test_a_refused_run_in_an_existing_folder_leaves_no_lock_behind(tmp_path):
     cfg = tiny_config(tmp_path, batch_size=10000)
     os.makedirs(cfg.workdir)
