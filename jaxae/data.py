@@ -10,9 +10,11 @@ import contextlib
 import dataclasses
 import hashlib
 import io
+import logging
 import lzma
 import os
 import pickle
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -103,7 +105,7 @@ def load_tfds(name: str) -> Dataset:
         raise UsageError(f"--data tfds needs tensorflow-datasets and tensorflow ({e}): `pip install -r "
                          f"requirements.txt`, or pass --data PATH to a local copy") from None
     try:
-        with _few_download_retries(), _own_temp_folder():
+        with _few_download_retries(), _own_temp_folder(), _tidy_download(name):
             splits, info = tfds.load(name, split=list(SPLITS), as_supervised=True, with_info=True)
     except tfds.core.registered.DatasetNotFoundError:
         raise UsageError(f"--dataset {name}: tfds knows no dataset of that name (try cifar10, mnist, "
@@ -161,6 +163,43 @@ def _few_download_retries(retries: int = 3):
         yield
     finally:
         downloader.MAX_RETRIES = before
+
+
+class _DropTfdsNoise(logging.Filter):
+    """tfds's log lines before a download that tell a user nothing: urllib3's retries of a request (the one-line
+    error after them says the download failed), and absl's note that the dataset's folder is new."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (record.name == "urllib3.connectionpool" and message.startswith("Retrying")
+                    or record.name == "absl" and message.endswith("has no dataset_info.json"))
+
+
+@contextlib.contextmanager
+def _tidy_download(name: str):
+    """Around tfds.load: without the log lines of _DropTfdsNoise, and with the partial downloads of a failed
+    download removed (each offline attempt left a DATA_DIR/downloads/NAME/*.tmp.* folder behind)."""
+    try:
+        from tensorflow_datasets.core import constants
+        downloads = os.path.join(constants.DATA_DIR, "downloads", name)
+    except (ImportError, AttributeError):  # another tfds layout: nothing to tidy
+        downloads = None
+    listed = lambda: set(os.listdir(downloads)) if downloads and os.path.isdir(downloads) else set()  # noqa: E731
+    before = listed()
+    noise = _DropTfdsNoise()
+    loggers = [logging.getLogger(n) for n in ("urllib3.connectionpool", "absl")]
+    for logger in loggers:
+        logger.addFilter(noise)
+    try:
+        yield
+    except BaseException:
+        for entry in listed() - before:
+            if ".tmp." in entry:
+                shutil.rmtree(os.path.join(downloads, entry), ignore_errors=True)
+        raise
+    finally:
+        for logger in loggers:
+            logger.removeFilter(noise)
 
 
 def _as_uint8(x: np.ndarray) -> np.ndarray:

@@ -354,7 +354,7 @@ def test_hidden_nested_and_empty_folders_are_no_classes_and_are_reported(tmp_pat
         "<split>/<class>/<image> is read"]
 
 
-def test_unknown_tfds_dataset_and_no_network(monkeypatch):
+def test_unknown_tfds_dataset_and_no_network(monkeypatch, tmp_path, caplog):
     tfds = pytest.importorskip("tensorflow_datasets")
     with pytest.raises(UsageError, match="--dataset no_such_set: tfds knows no dataset of that name"):
         data.load("tfds", "no_such_set")
@@ -362,11 +362,23 @@ def test_unknown_tfds_dataset_and_no_network(monkeypatch):
     class DownloadError(Exception):  # what tfds raises when it cannot reach the network
         pass
 
+    # what an offline attempt leaves and logs: a partial download, urllib3's retries, absl's note of a new folder
+    from tensorflow_datasets.core import constants
+    monkeypatch.setattr(constants, "DATA_DIR", str(tmp_path / "tfds"))
+    downloads = tmp_path / "tfds" / "downloads" / "cifar10"
+    os.makedirs(downloads / "kept.tmp.earlier")  # not this attempt's: left alone
+
     def offline(*a, **k):
+        os.makedirs(downloads / "cs.toronto.edu_kriz_cifar-10-binary.tar.gz.tmp.b976b0")
+        logging.getLogger("absl").warning("Variant folder %s has no dataset_info.json", tmp_path / "tfds")
+        logging.getLogger("urllib3.connectionpool").warning("Retrying (Retry(total=2)) after connection broken")
+        logging.getLogger("urllib3.connectionpool").warning("Connection pool is full")
         raise DownloadError("Failed to get url https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
     monkeypatch.setattr(tfds, "load", offline)
     with pytest.raises(UsageError, match="could not download cifar10.*pass --data PATH"):
         data.load("tfds", "cifar10")
+    assert os.listdir(downloads) == ["kept.tmp.earlier"]
+    assert [r.getMessage() for r in caplog.records] == ["Connection pool is full"]
 
 
 # ----------------------------------------------------------------- checkpoints: disk, corruption
