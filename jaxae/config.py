@@ -121,6 +121,8 @@ class Config:
                 raise UsageError(f"--{_flag(f.name)} must be a finite number (got {value})")
         if not self.data.strip():  # "" is the current folder to os.path: it was read as one, and blamed
             raise UsageError("--data is empty: give 'tfds' or a local folder, .tar or .tar.gz of the dataset")
+        if not self.workdir.strip():  # it was "--workdir  is not writable (No such file or directory)"
+            raise UsageError("--workdir is empty: give the folder for the run's checkpoints, metrics and figures")
         if not 0 <= self.seed < 2 ** 32:  # JAX keeps the low 32 bits: seed 2**32 was seed 0's run
             raise UsageError(f"--seed must be a whole number from 0 to {2 ** 32 - 1} (got {self.seed})")
         for name in ("latent_dim", "width", "stages", "hidden", "mlp_layers", "encoder_heads", "epochs", "batch_size",

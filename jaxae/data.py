@@ -89,6 +89,9 @@ def _load_path(path: str) -> Dataset:
             raise UsageError(_damaged(path, str(e) or type(e).__name__)) from None
     with open(path, "rb") as fh:
         head = fh.read(6)
+    if not head:
+        raise UsageError(f"--data {path} is empty (0 bytes): a download or copy that did not happen; copy or "
+                         f"download it again")
     if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")):  # gzip, bzip2, xz: a cut one reads as no tar
         raise UsageError(_damaged(path, "compressed, but no tar can be read from it"))
     raise UsageError(f"--data {path}: not a folder or a tar archive. Give a folder with train/<class>/ and "
@@ -314,6 +317,9 @@ class _TarReader:
                 if m.isdir() and os.path.dirname(m.name.rstrip("/")) == under]
 
 
+_ARCHIVE_NAMES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
 def _image_folder(reader, where: str) -> Dataset:
     """Decode <prefix>/{train,test}/<class>/<image> from a folder or tar; classes sorted by name."""
     files = reader.files()
@@ -334,6 +340,10 @@ def _image_folder(reader, where: str) -> Dataset:
     if not by_split["train"] and not by_split["test"]:
         if not files:
             raise UsageError(f"--data {where} is empty: it needs train/<class>/ and test/<class>/ image folders")
+        archives = sorted(f for f in files if "/" not in f and f.lower().endswith(_ARCHIVE_NAMES))
+        if archives and os.path.isdir(where):  # the folder that holds the dataset's archive (data/, not data/X.tar.gz)
+            raise UsageError(f"--data {where} has no train/<class>/<image> files, but holds {archives[0]}: give "
+                             f"the archive itself, --data {os.path.join(where, archives[0])}")
         raise UsageError(f"--data {where} has no train/<class>/<image> files: put each split's images in one "
                          f"sub-folder per class (train/cat/0001.png, test/cat/0002.png, ...)")
     for split in SPLITS:

@@ -120,6 +120,7 @@ def test_fewer_epochs_shorten_the_presets_warm_up_in_proportion(argv, warmup):
     # numpy's generator took neither (a traceback after the run's folder was made)
     (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295"),
     (["--seed", str(2 ** 64)], "--seed must be"),
+    (["--workdir", ""], "--workdir is empty: give the folder"),  # "--workdir  is not writable (No such file ...)"
     # an array dimension past XLA's: a TypeError from MLIR
     (["--latent-dim", str(10 ** 20)], "--latent-dim must be at most 2,147,483,647"),
     (["--hidden", str(2 ** 31)], "--hidden must be at most"),

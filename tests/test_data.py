@@ -160,6 +160,24 @@ def test_a_damaged_official_cifar_python_batch_is_one_line_naming_it(tmp_path, h
             data.load(str(path), cache_dir=str(tmp_path / "cache"))
 
 
+def test_the_folder_that_holds_an_archive_and_an_empty_archive_are_named_as_such(folder, tmp_path):
+    """--data data/ for data/cifar10-jpeg.tar.gz was told to put each split's images in class folders; an empty
+    (0-byte) archive was "not a folder or a tar archive"."""
+    holder = tmp_path / "data"
+    holder.mkdir()
+    with tarfile.open(holder / "images.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname="images")
+    (holder / "README.md").write_text("where the data came from")
+    with pytest.raises(UsageError, match=f"--data {holder} has no train/<class>/<image> files, but holds "
+                                         f"images.tar.gz: give the archive itself, --data {holder}/images.tar.gz$"):
+        data.load(str(holder), cache_dir=str(tmp_path / "cache"))
+    assert data.load(str(holder / "images.tar.gz"), cache_dir=str(tmp_path / "cache")).image_shape == (16, 16, 3)
+    (tmp_path / "empty.tar.gz").write_bytes(b"")
+    with pytest.raises(UsageError, match="empty.tar.gz is empty \\(0 bytes\\): a download or copy that did not "
+                                         "happen; copy or download it again"):
+        data.load(str(tmp_path / "empty.tar.gz"), cache_dir=str(tmp_path / "cache"))
+
+
 def test_second_load_reads_the_npz_cache(folder, tmp_path, monkeypatch):
     cache_dir = tmp_path / "cache"
     first = data.load(folder, cache_dir=str(cache_dir))
