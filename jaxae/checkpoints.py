@@ -387,7 +387,8 @@ def restore(mngr: ocp.CheckpointManager, state, step: int | None = None, set_asi
             return restore(mngr, state, step, set_aside, built_for, _retries - 1)
         if error:  # a truncated, garbled or foreign step: say so, keep it on disk, fall back
             _drop_abandoned_reads()
-            where = _set_aside(mngr, s) if set_aside else "left on disk for inspection; trying the previous one"
+            where = (_set_aside(mngr, s) if set_aside else "left on disk for inspection"
+                     + ("; trying the previous one" if step is None else ""))  # a --step asked for is not replaced
             print(f"warning: checkpoint step {s} in {mngr.directory} cannot be read ({error}); {where}.",
                   file=sys.stderr)
             if step is not None:

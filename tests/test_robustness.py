@@ -721,6 +721,11 @@ def test_truncated_checkpoint_falls_back(three_epochs, tmp_path, capsys):
     assert int(state.step) == 8
     assert "checkpoint step 12" in capsys.readouterr().err
     assert os.path.isdir(os.path.join(ckdir, "12"))  # without set_aside (evaluate): left where it was
+    with checkpoints.manager(cfg.workdir) as mngr:  # evaluate.py --step 12: that step or none
+        with pytest.raises(UsageError, match="checkpoint step 12 cannot be read; pick another --step"):
+            checkpoints.restore(mngr, train_state_to_restore(cfg, (16, 16, 3), 1, 1), step=12)
+    err = capsys.readouterr().err
+    assert "left on disk for inspection." in err and "trying the previous one" not in err
 
 
 # ------------------------------------------------------------------------------------- NaN
