@@ -241,6 +241,7 @@ def test_the_same_data_by_another_path_resumes_and_other_data_does_not(tmp_path)
     # --data through a symlink to the run's dataset was refused as other data
     cfg = tiny_config(tmp_path, data=str(tmp_path / "img"), max_steps=1)
     train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+    os.makedirs(tmp_path / "img")  # the run's data is there: other data is not a moved copy of it
     os.symlink(tmp_path / "img", tmp_path / "link")
     resumed, resuming = checkpoints.resolve_workdir(cfg.replace(data=str(tmp_path / "link")), {"data"})
     assert resuming and resumed.data == str(tmp_path / "link")
