@@ -631,6 +631,8 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     mngr = checkpoints.manager(cfg.workdir, cfg.keep)
     if resuming:
         state = checkpoints.restore(mngr, state, set_aside=True, built_for=ds.described(cfg.data))
+        if jax.process_index() == 0:  # a run resumed on its moved dataset: config.json names the new path
+            checkpoints.record_data_path(cfg)
         if int(state.step) >= total:
             checkpoints.finish(mngr)
             if int(state.step) >= cfg.epochs * spe:
@@ -642,8 +644,6 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
             return {"exit": 0, "step": int(state.step), "total": total, "state": state,
                     "seconds": time.perf_counter() - started}
         monitor.log(f"resuming {cfg.workdir} from step {int(state.step)} (epoch {int(state.step) // spe + 1})")
-        if jax.process_index() == 0:
-            checkpoints.record_data_path(cfg)
     elif jax.process_index() == 0:
         checkpoints.save_config(cfg, ds.image_shape)
     monitor.log("config: " + json.dumps(dataclasses.asdict(cfg), sort_keys=True))
