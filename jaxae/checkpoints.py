@@ -530,8 +530,16 @@ def run_files(workdir: str) -> list[str]:
     """The names in `workdir` that an earlier run left there."""
     if not os.path.isdir(workdir):
         return []
-    evals = sorted(n for n in os.listdir(workdir) if n == "eval" or n.startswith("eval-"))
+    # evaluations: evaluate.py's own eval/ and eval-*, and any --out in the workdir (index.html and metrics.json):
+    # one named otherwise stayed beside a --fresh run, and still said it evaluated the workdir
+    evals = sorted(n for n in os.listdir(workdir) if n == "eval" or n.startswith("eval-")
+                   or n not in RUN_FILES and is_evaluation(os.path.join(workdir, n)))
     return [n for n in RUN_FILES if os.path.exists(os.path.join(workdir, n))] + evals
+
+
+def is_evaluation(path: str) -> bool:
+    """Whether `path` is a folder evaluate.py wrote (it holds index.html and metrics.json)."""
+    return os.path.isdir(path) and {"index.html", "metrics.json"} <= set(os.listdir(path))
 
 
 def earlier_results(workdir: str) -> list[str]:

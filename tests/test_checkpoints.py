@@ -114,11 +114,20 @@ def test_move_aside_deletes_nothing_and_config_is_saved(fresh_state, tmp_path):
     with open(os.path.join(cfg.workdir, "metrics.jsonl"), "w") as fh:
         fh.write(json.dumps({"epoch": 1, "step": 4}) + "\n")
 
+    # evaluations: evaluate.py's eval/, and an --out of another name inside the workdir (it stayed beside the new run,
+    # still titled as the workdir's evaluation); a folder of the user's own stays
+    for name, files in (("eval", ("index.html", "metrics.json")), ("results", ("index.html", "metrics.json")),
+                        ("notes", ("index.html",))):
+        os.makedirs(os.path.join(cfg.workdir, name))
+        for f in files:
+            open(os.path.join(cfg.workdir, name, f), "w").close()
     moved = checkpoints.move_aside(cfg.workdir)
     assert not checkpoints.has_checkpoints(cfg.workdir)
     assert os.path.isdir(os.path.join(moved, "checkpoints", "4"))
     assert os.path.exists(os.path.join(moved, "metrics.jsonl")) and os.path.exists(os.path.join(moved, "config.json"))
     assert os.path.dirname(moved) == cfg.workdir
+    assert sorted(os.listdir(moved)) == ["checkpoints", "config.json", "eval", "metrics.jsonl", "results"]
+    assert sorted(os.listdir(cfg.workdir)) == ["notes", os.path.basename(moved)]
 
 
 def test_resuming_keeps_what_the_runs_preset_set(tmp_path):
