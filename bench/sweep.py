@@ -110,7 +110,9 @@ def configs(args) -> list:
         try:  # with_preset refuses an unknown preset
             cfg = with_preset({**given, "data": local_path(args.data),  # a rerun from elsewhere
                                "workdir": os.path.join(args.root, name), "fresh": True}).validate()
-            check_settings(cfg, set(given))
+            # a --base key is every entry's: what a setting does beside another (--weight-decay beside one entry's
+            # adam, --norm beside blocks 0) is checked for the keys the entry sets
+            check_settings(cfg, set(over))
         except UsageError as e:
             raise UsageError(f"{where}: {e}") from None
         out.append((name, over, cfg))

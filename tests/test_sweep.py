@@ -126,6 +126,17 @@ def test_every_entry_is_checked_before_anything_trains(sweep, monkeypatch, tmp_p
                     "--base", base, "--grid", grid])
 
 
+def test_a_base_setting_that_one_entry_makes_idle_is_no_refusal(sweep, tmp_path):
+    """--base is every entry's: a weight decay beside an entry's adam (an optimiser comparison) is not refused, as
+    the same two in one entry are."""
+    import argparse
+    args = argparse.Namespace(data="unused", root=str(tmp_path / "runs"), base='{"weight_decay": 0}',
+                              grid='[{}, {"optimizer": "adam"}]')
+    assert [cfg.optimizer for _, _, cfg in sweep.configs(args)] == ["adamw", "adam"]
+    with pytest.raises(UsageError, match="grid entry 0 .*--weight-decay does nothing with --optimizer adam"):
+        sweep.configs(argparse.Namespace(**{**vars(args), "grid": '[{"optimizer": "adam", "weight_decay": 0.1}]'}))
+
+
 @pytest.mark.parametrize("inside_run", [False, True])
 def test_a_signal_at_a_runs_end_stops_the_sweep_after_its_row(sweep, monkeypatch, tmp_path, capsys, inside_run):
     # between runs it was swallowed, or killed the sweep before the finished run's row; in a run's last epoch
