@@ -18,10 +18,14 @@ from jaxae import checkpoints
 from jaxae.config import Config, TrainingStopped
 
 
+_SAVING = b"saving a checkpoint before stopping: a moment (Ctrl-C again quits without it)\n"
+
+
 class Stop:
     """SIGTERM / Ctrl-C: finish the call in flight, save, exit (0 for SIGTERM, 130 for Ctrl-C). A second Ctrl-C
-    stops at once, except while that save runs (`saving`): a double press lands there, and lost every step since
-    the last epoch's checkpoint (the whole run, in a first epoch). There it says so, and a third stops at once."""
+    stops at once, except once the loop has seen the first and is saving (`saving`: an epoch's end it came at, then
+    the save): a double press lands there, and lost every step since the last epoch's checkpoint (the whole run, in
+    a first epoch). There it says so, and a third stops at once."""
 
     def __init__(self):
         self.signum = None
@@ -46,7 +50,7 @@ class Stop:
         if self.signum is not None:
             if signum == signal.SIGINT and self.saving and not self._told:
                 self._told = True  # os.write: a print here could land inside one of the main thread's
-                os.write(sys.stderr.fileno(), b"saving the checkpoint: a moment (Ctrl-C again quits without it)\n")
+                os.write(sys.stderr.fileno(), _SAVING)
                 return
             if signum == signal.SIGINT:  # a second Ctrl-C: the user insists, stop now
                 raise KeyboardInterrupt

@@ -715,6 +715,8 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
                     losses_epoch += monitor.check_finite(pending, cfg, mngr)
                 if bar is not None:
                     bar.close()
+                # stopping: what is left (an epoch's end that the signal came at, then the save) is the save's
+                stop.saving = stop.signum is not None
                 epoch_done = step == end and (step % spe == 0 or step == total)
                 if epoch_done:
                     # the steps this process ran of the epoch: all of it, or a piece of an epoch that --max-steps
@@ -747,24 +749,28 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
                 stop.saving = True  # through the wait in finish below
                 monitor.save_finite(mngr, state, cfg)
                 result["exit"] = 0 if stop.signum == signal.SIGTERM else 130
-                monitor.log(f"stopped by {signal.Signals(stop.signum).name} at step {step}: checkpoint saved; "
-                            f"`{checkpoints.resume_command(cfg)}` resumes it")
             else:
                 monitor.save_finite(mngr, state, cfg)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a second Ctrl-C before the save, or one more after the one told to wait
             cut = True
         finally:
             if bar is not None:
                 bar.close()
             # Even when the run stops with an error, the save in flight (a good checkpoint) is completed.
-            checkpoints.finish(mngr)
+            try:
+                checkpoints.finish(mngr)
+            except KeyboardInterrupt:  # ... in that wait
+                cut = True
     if writer is not None:
         writer.close()
-    if cut:  # said after the save in flight is complete, so that its step counts
+    if cut:  # said after the wait, so that a save it completed counts
         last = checkpoints.latest_step(cfg.workdir)
-        raise KeyboardInterrupt("a second Ctrl-C stopped the run without saving its steps since the last checkpoint"
+        raise KeyboardInterrupt("Ctrl-C stopped the run at once, without saving its steps since the last checkpoint"
                                 + (f", step {last}: `{checkpoints.resume_command(cfg)}` resumes from it"
                                    if last is not None else ": none was saved, and the same command starts over"))
+    if step < total:  # once the save is complete
+        monitor.log(f"stopped by {signal.Signals(stop.signum).name} at step {step}: checkpoint saved; "
+                    f"`{checkpoints.resume_command(cfg)}` resumes it")
     result["step"] = step
     result["start"] = start  # a resume's first step (a checkpoint that cannot be read is set aside for an earlier)
     result["signal"] = stop.signum  # the signal that stopped it (or came during its last epoch), else None

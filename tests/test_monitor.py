@@ -144,7 +144,8 @@ def test_a_second_ctrl_c_during_the_stop_save_is_told_and_a_third_stops_at_once(
         stop._handle(signal.SIGINT, None)
         stop.saving = True
         stop._handle(signal.SIGINT, None)
-        assert capfd.readouterr().err == "saving the checkpoint: a moment (Ctrl-C again quits without it)\n"
+        assert capfd.readouterr().err == ("saving a checkpoint before stopping: a moment (Ctrl-C again quits without "
+                                          "it)\n")
         with pytest.raises(KeyboardInterrupt):
             stop._handle(signal.SIGINT, None)
 

@@ -508,6 +508,30 @@ def test_a_run_cut_by_a_second_ctrl_c_says_what_it_kept(tmp_path, monkeypatch):
     assert checkpoints.latest_step(cfg.workdir) == 4  # the first epoch's (32 images, batch 8)
 
 
+def test_a_second_ctrl_c_while_the_run_saves_to_stop_waits_for_the_save(tmp_path, monkeypatch, capfd):
+    """Ctrl-C at the start of the second epoch, and again during the save it asked for: the save completes, and
+    the run says so after it (it said "checkpoint saved" before the wait)."""
+    cfg = tiny_config(tmp_path, epochs=3)
+    order, finish = train_module.device_epoch_order, checkpoints.finish
+
+    def ctrl_c_in_epoch_2(seed, epoch, *args):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return order(seed, epoch, *args)
+
+    def ctrl_c_in_the_wait(mngr):
+        os.kill(os.getpid(), signal.SIGINT)
+        finish(mngr)
+    monkeypatch.setattr(train_module, "device_epoch_order", ctrl_c_in_epoch_2)
+    monkeypatch.setattr(checkpoints, "finish", ctrl_c_in_the_wait)
+    result = train_and_evaluate(cfg, ds=tiny_dataset(), progress=False)
+    out, err = capfd.readouterr()
+    assert result["exit"] == 130 and result["step"] == 4 and checkpoints.latest_step(cfg.workdir) == 4
+    assert "saving a checkpoint before stopping: a moment (Ctrl-C again quits without it)" in err
+    assert out.rstrip().endswith(f"stopped by SIGINT at step 4: checkpoint saved; `python train.py --workdir "
+                                 f"{cfg.workdir}` resumes it")
+
+
 def test_a_refused_run_in_an_existing_folder_leaves_no_lock_behind(tmp_path):
     cfg = tiny_config(tmp_path, batch_size=10000)
     os.makedirs(cfg.workdir)
