@@ -633,10 +633,13 @@ def resolve_workdir(cfg: Config, explicit: set[str]) -> tuple[Config, bool]:
     via_preset = (set(PRESETS.get(cfg.preset, {})) | set(PRESETS.get(saved.preset, {}))) - explicit \
         - {"warmup_epochs"} if "preset" in explicit else set()
     for name in Config.RUN_FIELDS:
-        if name == "data" and "data" in explicit and _moved(saved.data, cfg.data):
-            print(f"note: the run's --data {saved.data} is not there any more: resuming it on --data {cfg.data}, "
-                  f"which its config.json names from now on")
-            continue
+        gone = (name == "data" and "data" in explicit and cfg.data != "tfds"
+                and not same_setting(name, saved.data, cfg.data) and missing_data(cfg.workdir, saved.data))
+        if gone:
+            if not os.path.exists(local_path(cfg.data)):  # refused as the run's data, then told to pass --data
+                raise UsageError(f"--data {cfg.data}: no such file or folder, and {gone}: give the path of the "
+                                 f"dataset's copy")
+            continue  # a moved dataset (record_data_path): checked by its images' shape and steps per epoch
         if name in explicit | via_preset and not same_setting(name, getattr(saved, name), getattr(cfg, name)):
             given = (f"--preset {cfg.preset} sets --{name.replace('_', '-')} {getattr(cfg, name)}"
                      if name in via_preset else f"not {getattr(cfg, name)}")
@@ -673,21 +676,27 @@ def _say_fresh_takes_the_default_data(cfg: Config) -> None:
               f"{before}; pass --data to keep it")
 
 
-def _moved(saved: str, given: str) -> bool:
-    """Whether a run's local dataset is gone from its saved path and `given` names a local copy that is there: the
-    run then resumes on it (the images' shape and the steps per epoch are checked against the run's). It was
-    refused by name, while the message for the missing path said to pass --data: no way forward but --fresh."""
-    return "tfds" not in (saved, given) and not os.path.exists(local_path(saved)) and os.path.exists(local_path(given))
+def missing_data(workdir: str, data: str) -> str | None:
+    """"W was trained on --data D, which is not there" (from this folder, for a relative D: runs saved before --data
+    was stored absolute) when the run's local dataset is not where it says; else None."""
+    if data == "tfds" or os.path.exists(local_path(data)):
+        return None
+    where = "" if os.path.isabs(os.path.expanduser(data)) else f" from {os.getcwd()} (a relative path)"
+    return f"{workdir} was trained on --data {data}, which is not there{where}"
 
 
 def record_data_path(cfg: Config) -> None:
-    """A run resumed on a moved dataset (_moved): its config.json names the new path, so that the next resume and
-    evaluate.py find it without --data. The rest of config.json is left as it was."""
+    """A run resumed on a copy of its dataset at another path, its own being gone (resolve_workdir lets --data
+    name it; it was refused as other data while the message for the missing path said to pass --data): config.json
+    names the new path, so that the next resume and evaluate.py find it without --data. The rest of config.json is
+    left as it was."""
     path = config_path(cfg.workdir)
     with open(path) as fh:
         shape = json.load(fh).get("image_shape")
     saved = load_config(cfg.workdir)
     if not same_setting("data", saved.data, cfg.data):
+        print(f"note: {missing_data(cfg.workdir, saved.data) or f'{cfg.workdir} was trained on --data {saved.data}'}"
+              f"; resumed on --data {cfg.data}, which its config.json names from now on")
         save_config(saved.replace(data=cfg.data), shape)
 
 

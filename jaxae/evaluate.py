@@ -26,7 +26,7 @@ from jaxae.metrics import (KNN_K, chance_accuracy, fit_pca, knn_accuracy, mean_i
                            pad_to_multiple, pca_decode, pca_encode, psnr, ssim)
 from jaxae.cli import sigterm_raises, use_compilation_cache
 from jaxae.config import Config, UsageError, load_config
-from jaxae.data import Dataset, inside_folder, load, local_path
+from jaxae.data import Dataset, inside_folder, load
 from jaxae.models import model_from_config
 from jaxae.train import TrainState, steps_per_epoch, train_state_to_restore
 
@@ -56,10 +56,9 @@ def restore(workdir: str, step: int | None = None, data: str | None = None,
     if not checkpoints.has_checkpoints(workdir):
         raise UsageError(f"{workdir} holds no checkpoint yet: train it first (`python train.py --workdir "
                          f"{shlex.quote(workdir)}`) or point --workdir at a run that has a checkpoints/ folder")
-    if data is None and cfg.data != "tfds" and not os.path.exists(local_path(cfg.data)):
-        where = "" if os.path.isabs(os.path.expanduser(cfg.data)) else f" from {os.getcwd()} (a relative path)"
-        raise UsageError(f"{workdir} was trained on --data {cfg.data}, which is not there{where}: pass --data "
-                         f"PATH to a copy of that dataset")
+    gone = data is None and checkpoints.missing_data(workdir, cfg.data)
+    if gone:
+        raise UsageError(f"{gone}: pass --data PATH to a copy of that dataset")
     if data and not checkpoints.same_setting("data", cfg.data, data):
         print(f"note: evaluating on --data {data}, not on the data the run was trained on ({cfg.data})")
     cfg = cfg.replace(data=data or cfg.data, cache_dir=cfg.cache_dir if cache_dir is None else cache_dir)

@@ -607,9 +607,9 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     earlier_run = not resuming and bool(checkpoints.earlier_results(cfg.workdir))
     local_batch, micro = check_devices(cfg)
     checkpoints.check_workdir(cfg.workdir)  # before the data: a typo in --workdir should not cost a decode
-    if resuming and ds is None and "data" not in explicit and cfg.data != "tfds" and not os.path.exists(cfg.data):
-        raise UsageError(f"{cfg.workdir} holds a run trained on --data {cfg.data}, which is not there any more: pass "
-                         f"--data PATH to where it is now, or to a copy of it")
+    gone = resuming and ds is None and "data" not in explicit and checkpoints.missing_data(cfg.workdir, cfg.data)
+    if gone:  # "--data D: no such file or folder" said nothing of the run
+        raise UsageError(f"{gone}: pass --data PATH to where it is now, or to a copy of it")
     ds = ds if ds is not None else load(cfg.data, cfg.dataset, cfg.cache_dir)
     n_train = ds.train_images.shape[0]
     spe = check_settings(cfg, explicit, ds)
@@ -617,9 +617,9 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
         was = monitor.recorded_steps_per_epoch(os.path.join(cfg.workdir, "metrics.jsonl"))
         if was and was != spe:
             raise UsageError(f"{cfg.workdir} holds a run of {was} steps per epoch, and --data {cfg.data} gives {spe} "
-                             f"now ({n_train} training images at batch {cfg.batch_size}): its training images "
-                             f"changed since the run started. Put them back as they were to resume it, or start "
-                             f"over with --fresh")
+                             f"now ({n_train} training images at batch {cfg.batch_size}): these are not the training "
+                             f"images the run started with. Give --data those to resume it, or start over with "
+                             f"--fresh")
     total = steps_to_run(cfg, spe)
     k = default_steps_per_call(cfg, spe)
 

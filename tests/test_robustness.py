@@ -233,6 +233,7 @@ def test_data_is_saved_as_an_absolute_path_and_an_older_relative_one_still_resum
     resumed, resuming = checkpoints.resolve_workdir(cfg.replace(data=str(tmp_path / "img")), {"data"})
     assert resuming and resumed.data == str(tmp_path / "img")  # accepted, and saved absolute from now on
     assert checkpoints.resolve_workdir(cfg.replace(data=str(tmp_path / "img")), set())[0].data == "img"
+    os.makedirs(tmp_path / "img")  # there: other data is not taken for a moved copy of it
     proc = script(os.path.join(REPO, "train.py"), *tiny_args("other", cfg.workdir)[1:], cwd=tmp_path)
     assert_one_line_error(proc, f"--data img, not {tmp_path / 'other'}")
 
@@ -474,20 +475,23 @@ def test_a_run_whose_dataset_moved_resumes_on_its_new_path_and_one_whose_images_
     moved = str(tmp_path / "moved")
     os.rename(folder, moved)
     again = cfg.replace(max_steps=4)
-    with pytest.raises(UsageError, match=f"holds a run trained on --data {folder}, which is not there any more: "
-                                         f"pass --data PATH to where it is now"):
+    with pytest.raises(UsageError, match=f"run was trained on --data {folder}, which is not there: pass --data "
+                                         f"PATH to where it is now"):
         train_and_evaluate(again, set(), progress=False)
+    with pytest.raises(UsageError, match=f"--data {tmp_path / 'typo'}: no such file or folder, and .* was trained "
+                                         f"on --data {folder}, which is not there: give the path of the dataset's"):
+        train_and_evaluate(again.replace(data=str(tmp_path / "typo")), {"data"}, progress=False)  # not "drop it"
     capsys.readouterr()
     assert train_and_evaluate(again.replace(data=moved), {"data"}, progress=False)["step"] == 4
-    assert f"note: the run's --data {folder} is not there any more: resuming it on --data {moved}" in \
-        capsys.readouterr().out
+    assert f"was trained on --data {folder}, which is not there; resumed on --data {moved}, which its config.json " \
+           f"names from now on" in capsys.readouterr().out
     assert load_config(cfg.workdir).data == moved  # the next resume and evaluate.py find it
     make_image_folder(tmp_path / "more", n_train=8, n_test=2)
     for name in ("cat", "dog"):
         for f in os.listdir(tmp_path / "more" / "train" / name):
             shutil.copy(tmp_path / "more" / "train" / name / f, os.path.join(moved, "train", name, "more-" + f))
     with pytest.raises(UsageError, match="holds a run of 2 steps per epoch, and --data .* gives 4 now \\(32 training "
-                                         "images at batch 8\\): its training images changed since the run started"):
+                                         "images at batch 8\\): these are not the training images the run"):
         train_and_evaluate(again.replace(data=moved, max_steps=6), set(), progress=False)
 
 
