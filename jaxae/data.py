@@ -220,8 +220,9 @@ def local_path(data: str) -> str:
 
 
 def inside_folder(path: str, data: str) -> bool:
-    """Whether `path` is the local dataset folder `data` or lies inside it: a run's or an evaluation's files written
-    there are read as images of a class of their own (a loss_curve.png of 504x840 made every later load fail)."""
+    """Whether `path` is the local dataset folder `data` or lies inside it. A run's or an evaluation's files written
+    there change the dataset: under train/ or test/ they are images of a class of their own (a loss_curve.png of
+    504x840 made every later load fail); anywhere in it they change the listing that keys the decoded cache."""
     if data == "tfds" or not os.path.isdir(local_path(data)):
         return False
     root = os.path.realpath(local_path(data))

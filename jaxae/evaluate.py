@@ -750,8 +750,9 @@ def _check_out(out: str | None, workdir: str, data: str = "tfds") -> str:
     path = out or os.path.join(workdir, "eval")
     flag = f"--out {out}" if out else path
     if inside_folder(path, data):
-        raise UsageError(f"{flag} is inside the dataset's folder {data}: its figures would be read as images of a "
-                         f"class of their own; give --out a folder outside it")
+        raise UsageError(f"{flag} is inside the dataset's folder {data}: its files would change the dataset (under "
+                         f"train/ or test/ they are read as images of a class of their own; anywhere in it they make "
+                         f"each run decode the images again); give --out a folder outside it")
     real = os.path.realpath(path)
     inside = lambda p: p == real or p.startswith(real.rstrip(os.sep) + os.sep)
     if os.path.exists(path) and not os.path.isdir(path):

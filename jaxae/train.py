@@ -101,8 +101,9 @@ def check_settings(cfg: Config, explicit: set[str], ds: Dataset | None = None) -
         raise UsageError(f"--dataset {cfg.dataset} names a tensorflow-datasets dataset, for --data tfds; a local "
                          f"--data is read as it is: drop --dataset")
     if inside_folder(cfg.workdir, cfg.data):
-        raise UsageError(f"--workdir {cfg.workdir} is inside --data {cfg.data}: the run's files would be read as "
-                         f"images of a class of their own; give a workdir outside the dataset's folder")
+        raise UsageError(f"--workdir {cfg.workdir} is inside --data {cfg.data}: the run's files would change the "
+                         f"dataset (under train/ or test/ they are read as images of a class of their own; anywhere "
+                         f"in it they make each run decode the images again); give a workdir outside it")
     if ds is None:
         return 0
     spe = steps_per_epoch(ds.train_images.shape[0], cfg.batch_size)

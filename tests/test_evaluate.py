@@ -397,7 +397,8 @@ def test_out_inside_the_dataset_folder_is_refused_before_the_work(run, monkeypat
     before = sorted(os.listdir(os.path.join(data, "train")))
     monkeypatch.setattr(evaluate, "restore", lambda *a, **k: pytest.fail("restored before --out was checked"))
     out = os.path.join(data, "train", "eval")
-    with pytest.raises(UsageError, match=f"--out {out} is inside the dataset's folder {data}: its figures"):
+    with pytest.raises(UsageError, match=f"--out {out} is inside the dataset's folder {data}: its files would "
+                                         f"change the dataset"):
         evaluate.run(run["cfg"].workdir, out=out)
     assert sorted(os.listdir(os.path.join(data, "train"))) == before
 
