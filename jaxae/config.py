@@ -131,7 +131,8 @@ class Config:
                 raise UsageError(f"--{_flag(name)} must be at least 1 (got {getattr(self, name)})")
         for name in ("latent_dim", "width", "stages", "blocks", "hidden", "mlp_layers", "fourier", "encoder_heads"):
             if getattr(self, name) > _MAX_SIZE:  # an array's dimension: larger ones failed deep in XLA or MLIR
-                raise UsageError(f"--{_flag(name)} must be at most {_MAX_SIZE:,} (got {getattr(self, name)})")
+                raise UsageError(f"--{_flag(name)} must be at most {_MAX_SIZE:,}, the most an array axis holds (got "
+                                 f"{getattr(self, name)})")
         for name in ("blocks", "shift", "steps_per_call", "microbatch", "max_steps"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{_flag(name)} must be 0 or more (got {getattr(self, name)})")
@@ -165,12 +166,17 @@ class Config:
         """A saved config (config.json); the settings it lacks are those of the version that wrote it (BEFORE).
         A value of the wrong kind (a hand-edited "latent_dim": "3", or "epochs": 3.5) is a TypeError naming it:
         "3" reached validate's comparisons as a traceback, and 3.5 epochs trained, as "epoch 4/3.5"."""
+        if not isinstance(d, dict):  # a JSON list or number: an AttributeError traceback
+            raise TypeError(f"it holds a JSON {type(d).__name__}, not an object of settings")
         kinds = {f.name: f.type for f in dataclasses.fields(cls)}
         values = {k: v for k, v in d.items() if k in kinds}
         for name, value in values.items():
             kind = kinds[name]
             if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
-                values[name] = value = float(value)  # JSON's 1 for 1.0
+                try:
+                    values[name] = value = float(value)  # JSON's 1 for 1.0
+                except OverflowError:
+                    raise TypeError(f"{name} is a whole number of {len(str(value))} digits, too large") from None
             if type(value).__name__ != kind:  # bool is an int subclass: compared by name, "epochs": true is wrong
                 raise TypeError(f"{name} is {json.dumps(value)}, not {_KIND_WORDS[kind]}")
         return cls(**{**BEFORE, **values})

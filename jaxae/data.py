@@ -14,7 +14,6 @@ import logging
 import lzma
 import os
 import pickle
-import shutil
 import sys
 import tarfile
 import tempfile
@@ -180,7 +179,7 @@ class _DropTfdsNoise(logging.Filter):
 
 @contextlib.contextmanager
 def _tidy_download(name: str):
-    """Around tfds.load: without the log lines of _DropTfdsNoise, and with the partial downloads of a failed
+    """Around tfds.load: without the log lines of _DropTfdsNoise, and with the empty download folders of a failed
     download removed (each offline attempt left a DATA_DIR/downloads/NAME/*.tmp.* folder behind)."""
     try:
         from tensorflow_datasets.core import constants
@@ -196,9 +195,10 @@ def _tidy_download(name: str):
     try:
         yield
     except BaseException:
-        for entry in listed() - before:
-            if ".tmp." in entry:
-                shutil.rmtree(os.path.join(downloads, entry), ignore_errors=True)
+        for entry in listed() - before:  # empty ones: a download that never began, not another process's under way
+            folder = os.path.join(downloads, entry)
+            if ".tmp." in entry and os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
         raise
     finally:
         for logger in loggers:

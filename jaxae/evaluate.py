@@ -764,7 +764,7 @@ def _check_out(out: str | None, workdir: str, data: str = "tfds") -> str:
     if inside(os.path.realpath(os.getcwd())):
         raise UsageError(f"{flag} is the current folder or holds it: give a folder of its own, e.g. eval-2")
     entries = set(os.listdir(path)) if os.path.isdir(path) else set()
-    if entries and not ({"index.html", "metrics.json"} <= entries and not {"config.json", "checkpoints"} & entries):
+    if entries and not (checkpoints.is_evaluation(path) and not {"config.json", "checkpoints"} & entries):
         raise UsageError(f"{flag} holds files that are not an evaluation (no index.html and metrics.json): give a "
                          f"new or empty folder, or an earlier evaluation's (it is moved aside, not deleted)")
     parent = os.path.dirname(os.path.abspath(path))

@@ -155,6 +155,7 @@ def test_json_round_trip_and_load_config(tmp_path):
     ("epochs", 3.5, "epochs is 3.5, not a whole number"),  # trained, as "epoch 4/3.5"
     ("flip", 1, "flip is 1, not true or false"),
     ("noise", "0.2", 'noise is "0.2", not a number'),
+    ("learning_rate", 10 ** 400, "learning_rate is a whole number of 401 digits, too large"),  # an OverflowError
 ])
 def test_a_hand_edited_config_json_of_the_wrong_kind_is_one_clear_error(tmp_path, name, value, words):
     """A value of the wrong kind in config.json names the setting (a "3" for latent_dim was a traceback from
@@ -163,6 +164,9 @@ def test_a_hand_edited_config_json_of_the_wrong_kind_is_one_clear_error(tmp_path
     saved = json.loads(cfg.to_json())
     (tmp_path / "config.json").write_text(json.dumps({**saved, name: value}))
     with pytest.raises(UsageError, match=f"config.json cannot be read as a run's config \\(TypeError: {words}\\)"):
+        load_config(str(tmp_path))
+    (tmp_path / "config.json").write_text("[1, 2]")  # an AttributeError traceback
+    with pytest.raises(UsageError, match="TypeError: it holds a JSON list, not an object of settings"):
         load_config(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({**saved, "noise": 0, "learning_rate": 1}))
     loaded = load_config(str(tmp_path))
