@@ -84,22 +84,23 @@ def check_settings(cfg: Config, explicit: set[str], ds: Dataset | None = None) -
     """The checks of a run's settings that Config.validate cannot make alone: against the flags given, and,
     with `ds`, against the data. Returns the steps per epoch (0 without `ds`). bench/quality.py makes them
     before its calibration, train_and_evaluate before its first write."""
-    if "corruption" in explicit and cfg.noise == 0:
-        raise UsageError(f"--corruption {cfg.corruption} does nothing with --noise 0: give its strength, e.g. "
-                         f"--noise {0.2 if cfg.corruption == 'gaussian' else 0.25}")
-    if "noise_levels" in explicit and cfg.noise == 0:
-        raise UsageError(f"--noise-levels {cfg.noise_levels} does nothing with --noise 0: give the largest "
-                         f"strength, e.g. --noise 0.2")
-    # flags that would be saved in config.json as if they had shaped the run
-    if "weight_decay" in explicit and cfg.optimizer != "adamw":
-        raise UsageError(f"--weight-decay does nothing with --optimizer {cfg.optimizer} (it is adamw's decoupled "
-                         f"weight decay): drop it, or use --optimizer adamw")
-    if "norm" in explicit and cfg.blocks == 0:
-        raise UsageError(f"--norm {cfg.norm} does nothing with --blocks 0 (it normalises inside the residual "
-                         f"blocks): drop it, or add residual blocks, e.g. --blocks 1")
-    if "dataset" in explicit and cfg.data != "tfds":
-        raise UsageError(f"--dataset {cfg.dataset} names a tensorflow-datasets dataset, for --data tfds; a local "
-                         f"--data is read as it is: drop --dataset")
+    # flags given that do nothing beside the run's other settings, which config.json would save as the run's
+    idle = [
+        ("corruption", cfg.noise == 0, f"--corruption {cfg.corruption} does nothing with --noise 0: give its strength, "
+                                       f"e.g. --noise {0.2 if cfg.corruption == 'gaussian' else 0.25}"),
+        ("noise_levels", cfg.noise == 0, f"--noise-levels {cfg.noise_levels} does nothing with --noise 0: give the "
+                                         f"largest strength, e.g. --noise 0.2"),
+        ("weight_decay", cfg.optimizer != "adamw", f"--weight-decay does nothing with --optimizer {cfg.optimizer} (it "
+                                                   f"is adamw's decoupled weight decay): drop it, or use --optimizer "
+                                                   f"adamw"),
+        ("norm", cfg.blocks == 0, f"--norm {cfg.norm} does nothing with --blocks 0 (it normalises inside the residual "
+                                  f"blocks): drop it, or add residual blocks, e.g. --blocks 1"),
+        ("dataset", cfg.data != "tfds", f"--dataset {cfg.dataset} names a tensorflow-datasets dataset, for --data "
+                                        f"tfds; a local --data is read as it is: drop --dataset"),
+    ]
+    for name, does_nothing, message in idle:
+        if name in explicit and does_nothing:
+            raise UsageError(message)
     if inside_folder(cfg.workdir, cfg.data):
         raise UsageError(f"--workdir {cfg.workdir} is inside --data {cfg.data}: the run's files would change the "
                          f"dataset (under train/ or test/ they are read as images of a class of their own; anywhere "
