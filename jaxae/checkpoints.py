@@ -495,16 +495,18 @@ def _set_aside(mngr: ocp.CheckpointManager, step: int) -> str:
     return f"moved it to {dest} (not deleted); trying the previous one"
 
 
-def save_config(cfg: Config, image_shape=None) -> None:
-    """Write WORKDIR/config.json atomically: the Config, and the shape of the images the run trains on (not a
-    flag: Config.from_dict skips it), which a restore on other data names (trained_image_shape)."""
+def save_config(cfg: Config, image_shape=None, train_images: int | None = None) -> None:
+    """Write WORKDIR/config.json atomically: the Config, and what the run's data was (not flags: Config.from_dict
+    skips them): the shape of its images, which a restore on other data names (trained_image_shape), and the number
+    of its training images, which a resume compares (train.py; since the thirty-sixth session)."""
     os.makedirs(cfg.workdir, exist_ok=True)
     path = config_path(cfg.workdir)
     tmp = path + ".tmp"
     # --fresh is what one command did, not a setting of the run: saved true, it read (in config.json and in
     # evaluate.py's metrics.json) as if every resume had started over
     saved = {**dataclasses.asdict(cfg.replace(fresh=False)),
-             **({"image_shape": list(image_shape)} if image_shape else {})}
+             **({"image_shape": list(image_shape)} if image_shape else {}),
+             **({"train_images": int(train_images)} if train_images is not None else {})}
     with open(tmp, "w") as fh:
         fh.write(json.dumps(saved, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
@@ -513,12 +515,8 @@ def save_config(cfg: Config, image_shape=None) -> None:
 def trained_image_shape(workdir: str) -> str:
     """"HxWxC" of the images the run in `workdir` was trained on, from its config.json; "" when not saved (a run
     of before the eighteenth session) or unreadable."""
-    try:
-        with open(config_path(workdir)) as fh:
-            shape = json.load(fh).get("image_shape")
-    except (OSError, ValueError, AttributeError):
-        return ""
-    return "x".join(map(str, shape)) if isinstance(shape, list) else ""
+    shape = trained_on(workdir)[0]
+    return "x".join(map(str, shape)) if shape else ""
 
 
 # What a run leaves in its workdir (evaluate.py's eval/, and eval-* folders from --out and from the evaluations
@@ -690,14 +688,25 @@ def record_data_path(cfg: Config) -> None:
     name it; it was refused as other data while the message for the missing path said to pass --data): config.json
     names the new path, so that the next resume and evaluate.py find it without --data. The rest of config.json is
     left as it was."""
-    path = config_path(cfg.workdir)
-    with open(path) as fh:
-        shape = json.load(fh).get("image_shape")
     saved = load_config(cfg.workdir)
     if not same_setting("data", saved.data, cfg.data):
         print(f"note: {missing_data(cfg.workdir, saved.data) or f'{cfg.workdir} was trained on --data {saved.data}'}"
               f"; resumed on --data {cfg.data}, which its config.json names from now on")
-        save_config(saved.replace(data=cfg.data), shape)
+        save_config(saved.replace(data=cfg.data), *trained_on(cfg.workdir))
+
+
+def trained_on(workdir: str) -> tuple[list | None, int | None]:
+    """(image shape, number of training images) of the run's data as its config.json saved them; None for what a
+    run of an older version did not save, or an unreadable file."""
+    try:
+        with open(config_path(workdir)) as fh:
+            saved = json.load(fh)
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(saved, dict):
+        return None, None
+    shape, n = saved.get("image_shape"), saved.get("train_images")
+    return (shape if isinstance(shape, list) else None), (n if type(n) is int else None)
 
 
 def same_setting(name: str, saved, given) -> bool:

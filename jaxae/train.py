@@ -615,9 +615,15 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     ds = ds if ds is not None else load(cfg.data, cfg.dataset, cfg.cache_dir)
     n_train = ds.train_images.shape[0]
     spe = check_settings(cfg, explicit, ds)
-    if resuming:  # training images added or removed at the run's --data: its schedule's steps would change
+    if resuming:  # training images added or removed at the run's --data, or other data at a moved one's path
+        count = checkpoints.trained_on(cfg.workdir)[1]
+        if count is not None and count != n_train:
+            raise UsageError(f"{cfg.workdir} holds a run trained on {count:,} training images, and --data {cfg.data} "
+                             f"has {n_train:,}: these are not the training images the run started with. Give "
+                             f"--data those to resume it, or start over with --fresh")
+        # a run saved before the count was: its steps per epoch, as metrics.jsonl recorded them
         was = monitor.recorded_steps_per_epoch(os.path.join(cfg.workdir, "metrics.jsonl"))
-        if was and was != spe:
+        if count is None and was and was != spe:
             raise UsageError(f"{cfg.workdir} holds a run of {was} steps per epoch, and --data {cfg.data} gives {spe} "
                              f"now ({n_train} training images at batch {cfg.batch_size}): these are not the training "
                              f"images the run started with. Give --data those to resume it, or start over with "
@@ -647,7 +653,7 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
                     "seconds": time.perf_counter() - started}
         monitor.log(f"resuming {cfg.workdir} from step {int(state.step)} (epoch {int(state.step) // spe + 1})")
     elif jax.process_index() == 0:
-        checkpoints.save_config(cfg, ds.image_shape)
+        checkpoints.save_config(cfg, ds.image_shape, n_train)
     monitor.log("config: " + json.dumps(dataclasses.asdict(cfg), sort_keys=True))
     monitor.log(f"data: {n_train} train / {ds.test_images.shape[0]} test images of {ds.image_shape}, "
                 f"{len(ds.class_names)} classes; {jax.device_count()} {jax.default_backend()} device(s), "

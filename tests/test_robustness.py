@@ -486,13 +486,22 @@ def test_a_run_whose_dataset_moved_resumes_on_its_new_path_and_one_whose_images_
     assert f"was trained on --data {folder}, which is not there; resumed on --data {moved}, which its config.json " \
            f"names from now on" in capsys.readouterr().out
     assert load_config(cfg.workdir).data == moved  # the next resume and evaluate.py find it
+    shutil.copy(os.path.join(moved, "train", "cat", "0000.png"), os.path.join(moved, "train", "cat", "more.png"))
+    with pytest.raises(UsageError, match="holds a run trained on 16 training images, and --data .* has 17: these are "
+                                         "not the training images the run started with"):  # the same steps per epoch
+        train_and_evaluate(again.replace(data=moved, max_steps=6), set(), progress=False)
+    # a run saved before the count was: its steps per epoch, as metrics.jsonl recorded them
+    saved = json.load(open(checkpoints.config_path(cfg.workdir)))
+    del saved["train_images"]
+    json.dump(saved, open(checkpoints.config_path(cfg.workdir), "w"))
+    assert train_and_evaluate(again.replace(data=moved, max_steps=6), set(), progress=False)["step"] == 6
     make_image_folder(tmp_path / "more", n_train=8, n_test=2)
     for name in ("cat", "dog"):
         for f in os.listdir(tmp_path / "more" / "train" / name):
             shutil.copy(tmp_path / "more" / "train" / name / f, os.path.join(moved, "train", name, "more-" + f))
-    with pytest.raises(UsageError, match="holds a run of 2 steps per epoch, and --data .* gives 4 now \\(32 training "
+    with pytest.raises(UsageError, match="holds a run of 2 steps per epoch, and --data .* gives 4 now \\(33 training "
                                          "images at batch 8\\): these are not the training images the run"):
-        train_and_evaluate(again.replace(data=moved, max_steps=6), set(), progress=False)
+        train_and_evaluate(again, set(), progress=False)  # the saved --data: moved
 
 
 def test_a_run_cut_by_a_second_ctrl_c_says_what_it_kept(tmp_path, monkeypatch):
