@@ -71,7 +71,7 @@ def pca_mse(ds, k: int) -> float:
 
 def configs(args) -> list:
     """(name, overrides, Config) of every grid entry, all checked: preset < --base < entry."""
-    from jaxae.config import Config, UsageError, with_preset
+    from jaxae.config import Config, UsageError, of_kind, with_preset
     from jaxae.data import local_path
     from jaxae.train import check_settings
     try:
@@ -95,10 +95,9 @@ def configs(args) -> list:
             if key in shared:
                 raise UsageError(f"{where}: {key!r} is the sweep's, not a run's" +
                                  (f" (sweep.py {shared[key]})" if shared[key] else ""))
-            want = type(getattr(defaults, key))  # a float 8.0 width was a JAX traceback, 1.5 epochs trained
-            if not (type(value) is want or (want is float and type(value) is int)):
-                raise UsageError(f"{where}: {key} must be a{'n' * (want is int)} {want.__name__} "
-                                 f"(got {json.dumps(value)})")
+            if not of_kind(key, value):  # a float 8.0 width was a JAX traceback, 1.5 epochs trained
+                want = type(getattr(defaults, key)).__name__
+                raise UsageError(f"{where}: {key} must be a{'n' * (want == 'int')} {want} (got {json.dumps(value)})")
 
     check("--base", base)
     out = []

@@ -168,17 +168,15 @@ class Config:
         "3" reached validate's comparisons as a traceback, and 3.5 epochs trained, as "epoch 4/3.5"."""
         if not isinstance(d, dict):  # a JSON list or number: an AttributeError traceback
             raise TypeError(f"it holds a JSON {type(d).__name__}, not an object of settings")
-        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in d.items() if k in kinds}
+        values = {k: v for k, v in d.items() if k in _KINDS}
         for name, value in values.items():
-            kind = kinds[name]
-            if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+            if not of_kind(name, value):
+                raise TypeError(f"{name} is {json.dumps(value)}, not {_KIND_WORDS[_KINDS[name]]}")
+            if _KINDS[name] == "float" and type(value) is int:
                 try:
-                    values[name] = value = float(value)  # JSON's 1 for 1.0
+                    values[name] = float(value)  # JSON's 1 for 1.0
                 except OverflowError:
                     raise TypeError(f"{name} is a whole number of {len(str(value))} digits, too large") from None
-            if type(value).__name__ != kind:  # bool is an int subclass: compared by name, "epochs": true is wrong
-                raise TypeError(f"{name} is {json.dumps(value)}, not {_KIND_WORDS[kind]}")
         return cls(**{**BEFORE, **values})
 
     def replace(self, **kw) -> "Config":
@@ -225,7 +223,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+_KINDS = {f.name: f.type for f in dataclasses.fields(Config)}  # each setting's type, by name: "int", "float", ...
 _KIND_WORDS = {"int": "a whole number", "float": "a number", "str": "a string in quotes", "bool": "true or false"}
+
+
+def of_kind(name: str, value) -> bool:
+    """Whether a setting's value read from JSON (config.json, bench/sweep.py's grid) is of the setting's type: by
+    type name, so that a bool (an int subclass) is no whole number; a whole number is a number too."""
+    return type(value).__name__ == _KINDS[name] or (_KINDS[name] == "float" and type(value) is int)
 
 
 def strength_text(strength: float, levels: str = "fixed") -> str:

@@ -223,10 +223,12 @@ def inside_folder(path: str, data: str) -> bool:
     """Whether `path` is the local dataset folder `data` or lies inside it. A run's or an evaluation's files written
     there change the dataset: under train/ or test/ they are images of a class of their own (a loss_curve.png of
     504x840 made every later load fail); anywhere in it they change the listing that keys the decoded cache."""
-    if data == "tfds" or not os.path.isdir(local_path(data)):
-        return False
-    root = os.path.realpath(local_path(data))
-    real = os.path.realpath(os.path.abspath(os.path.expanduser(path)))
+    return data != "tfds" and os.path.isdir(local_path(data)) and within(local_path(path), local_path(data))
+
+
+def within(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies inside it, both as they resolve (symlinks followed)."""
+    real, root = os.path.realpath(path), os.path.realpath(folder)
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 

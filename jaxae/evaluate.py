@@ -26,7 +26,7 @@ from jaxae.metrics import (KNN_K, chance_accuracy, fit_pca, knn_accuracy, mean_i
                            pad_to_multiple, pca_decode, pca_encode, psnr, ssim)
 from jaxae.cli import sigterm_raises, use_compilation_cache
 from jaxae.config import Config, UsageError, load_config
-from jaxae.data import Dataset, inside_folder, load
+from jaxae.data import Dataset, inside_folder, load, within
 from jaxae.models import model_from_config
 from jaxae.train import TrainState, steps_per_epoch, train_state_to_restore
 
@@ -753,15 +753,13 @@ def _check_out(out: str | None, workdir: str, data: str = "tfds") -> str:
         raise UsageError(f"{flag} is inside the dataset's folder {data}: its files would change the dataset (under "
                          f"train/ or test/ they are read as images of a class of their own; anywhere in it they make "
                          f"each run decode the images again); give --out a folder outside it")
-    real = os.path.realpath(path)
-    inside = lambda p: p == real or p.startswith(real.rstrip(os.sep) + os.sep)
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"{flag} is a file: give {'a folder' if out else '--out FOLDER'} (evaluate.py writes "
                          f"index.html, the figures and metrics.json into it)")
-    if inside(os.path.realpath(workdir)):
+    if within(workdir, path):
         raise UsageError(f"{flag} is or holds the run's workdir {workdir}: give a folder of its own, e.g. "
                          f"{os.path.join(workdir, 'eval-2')}")
-    if inside(os.path.realpath(os.getcwd())):
+    if within(os.getcwd(), path):
         raise UsageError(f"{flag} is the current folder or holds it: give a folder of its own, e.g. eval-2")
     entries = set(os.listdir(path)) if os.path.isdir(path) else set()
     if entries and not (checkpoints.is_evaluation(path) and not {"config.json", "checkpoints"} & entries):

@@ -617,17 +617,17 @@ def _train_and_evaluate(cfg: Config, explicit: set[str], ds: Dataset | None, pro
     spe = check_settings(cfg, explicit, ds)
     if resuming:  # training images added or removed at the run's --data, or other data at a moved one's path
         count = checkpoints.trained_on(cfg.workdir)[1]
-        if count is not None and count != n_train:
-            raise UsageError(f"{cfg.workdir} holds a run trained on {count:,} training images, and --data {cfg.data} "
-                             f"has {n_train:,}: these are not the training images the run started with. Give "
-                             f"--data those to resume it, or start over with --fresh")
-        # a run saved before the count was: its steps per epoch, as metrics.jsonl recorded them
-        was = monitor.recorded_steps_per_epoch(os.path.join(cfg.workdir, "metrics.jsonl"))
-        if count is None and was and was != spe:
-            raise UsageError(f"{cfg.workdir} holds a run of {was} steps per epoch, and --data {cfg.data} gives {spe} "
-                             f"now ({n_train} training images at batch {cfg.batch_size}): these are not the training "
-                             f"images the run started with. Give --data those to resume it, or start over with "
-                             f"--fresh")
+        if count is not None:
+            differs = count != n_train and (f"holds a run trained on {count:,} training images, and --data "
+                                             f"{cfg.data} has {n_train:,}")
+        else:  # a run saved before the count was: its steps per epoch, as metrics.jsonl recorded them
+            was = monitor.recorded_steps_per_epoch(os.path.join(cfg.workdir, "metrics.jsonl"))
+            differs = bool(was) and was != spe and (f"holds a run of {was} steps per epoch, and --data {cfg.data} "
+                                                    f"gives {spe} now ({n_train} training images at batch "
+                                                    f"{cfg.batch_size})")
+        if differs:
+            raise UsageError(f"{cfg.workdir} {differs}: these are not the training images the run started with. "
+                             f"Give --data those to resume it, or start over with --fresh")
     total = steps_to_run(cfg, spe)
     k = default_steps_per_call(cfg, spe)
 
