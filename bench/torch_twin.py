@@ -51,13 +51,59 @@ def _norm(kind: str, c: int) -> nn.Module:
 ACTIVATIONS = {"gelu": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU, "silu": nn.SiLU}
 
 
+def _call(layer, x):
+    return layer(x)
+
+
+class _Replayed(torch.autograd.Function):
+    """A Linear or stride-1 Conv2d layer's output for x given as `value`, computed before (its rows in the pass
+    over all K proposals), with the layer's own gradient at x: jaxae.models._replayed, where XLA drops the unused
+    forward pass; here the backward pass is the layer's, written out (aten.convolution_backward, as autograd's)."""
+
+    @staticmethod
+    def forward(ctx, x, value, weight, bias, conv):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = conv
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        conv = ctx.conv
+        if conv is None:
+            return g @ weight, None, g.t() @ x, g.sum(0), None
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            g, x, weight, [weight.shape[0]], conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
+            [True, True, True])
+        return gx, None, gw, gb, None
+
+
+class _Tape:
+    """How decode runs its Linear and Conv2d layers: plainly, recording each one's output, or replaying outputs
+    recorded before, in the order recorded (jaxae.models._Tape). Other layers (a transposed conv) run plainly."""
+
+    def __init__(self, replay=None):
+        self.replay, self.outputs = replay, []
+
+    def __call__(self, layer, x):
+        if self.replay is None:
+            y = layer(x)
+        elif isinstance(layer, nn.Linear) or (type(layer) is nn.Conv2d and layer.stride == (1, 1)):
+            y = _Replayed.apply(x, self.replay[len(self.outputs)], layer.weight, layer.bias,
+                                None if isinstance(layer, nn.Linear) else layer)
+        else:
+            y = layer(x)
+        self.outputs.append(y)
+        return y
+
+
 class ResBlock(nn.Module):
     def __init__(self, c: int, norm: str, activation: str = "gelu"):
         super().__init__()
         self.norm, self.act, self.conv = _norm(norm, c), ACTIVATIONS[activation](), nn.Conv2d(c, c, 3, padding=1)
 
-    def forward(self, x):
-        return x + self.conv(self.act(self.norm(x)))
+    def forward(self, x, layer=None):
+        return x + (layer or _call)(self.conv, self.act(self.norm(x)))
 
 
 class Upsample(nn.Module):
@@ -71,12 +117,13 @@ class Upsample(nn.Module):
         else:
             self.conv = nn.Conv2d(cin, cout, 3, padding=1)
 
-    def forward(self, x):
+    def forward(self, x, layer=None):
+        layer = layer or _call
         if self.kind == "pixel_shuffle":
-            return F.pixel_shuffle(self.conv(x), 2)
+            return F.pixel_shuffle(layer(self.conv, x), 2)
         if self.kind == "conv_transpose":
-            return self.conv(x)
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+            return layer(self.conv, x)
+        return layer(self.conv, F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 class Autoencoder(nn.Module):
@@ -84,9 +131,9 @@ class Autoencoder(nn.Module):
 
     def __init__(self, image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blocks=1, hidden=256,
                  mlp_layers=1, norm="layer", upsample="pixel_shuffle", head="conv", activation="gelu",
-                 encoder_heads=1):
+                 encoder_heads=1, replay=True):
         super().__init__()
-        self.latent_dim, self.heads = latent_dim, encoder_heads
+        self.latent_dim, self.heads, self.replay = latent_dim, encoder_heads, replay
         act = ACTIVATIONS[activation]
         self.act = act()
         h, w, c = image_shape
@@ -121,26 +168,36 @@ class Autoencoder(nn.Module):
         self.out = nn.Conv2d(cin, c, 3, padding=1) if head == "conv" else nn.Identity()
 
     def forward(self, x):
-        """The drawing of x's code; with encoder_heads K, of the one of its K proposals drawn nearest x (chosen
-        without gradient, then drawn again: K decoder passes forward and one backward, as jaxae does)."""
+        """The drawing of x's code; with encoder_heads K, of the one of its K proposals drawn nearest x, chosen
+        without gradient over K decoder passes that record each layer's output; the chosen code's drawing replays
+        its rows (replay False: draws it again), as jaxae does: K decoder passes forward and one backward."""
         b = x.shape[0]
         z = self.encoder((x - 0.5) * 2.0).reshape(b, self.heads, self.latent_dim)
         if self.heads > 1:
+            tape = _Tape()
             with torch.no_grad():
-                y = self.decode(z.reshape(b * self.heads, self.latent_dim)).reshape(b, self.heads, *x.shape[1:])
-                best = (y - x[:, None]).square().flatten(2).mean(2).argmin(1)
-            return self.decode(z[torch.arange(b, device=x.device), best])
+                y = self.decode(z.reshape(b * self.heads, self.latent_dim), tape)
+                best = (y.reshape(b, self.heads, *x.shape[1:]) - x[:, None]).square().flatten(2).mean(2).argmin(1)
+            rows = torch.arange(b, device=x.device)
+            replay = [o.reshape(b, self.heads, *o.shape[1:])[rows, best] for o in tape.outputs]
+            return self.decode(z[rows, best], _Tape(replay) if self.replay else None)
         return self.decode(z[:, 0])
 
-    def decode(self, z):
+    def decode(self, z, tape=None):
+        layer = tape or _call
         h0, w0 = self.shapes[-1]
-        y = self.dec_mlp(z).reshape(z.shape[0], self.c0, h0, w0)
+        y = z
+        for m in self.dec_mlp:
+            y = layer(m, y) if isinstance(m, nn.Linear) else m(y)
+        y = y.reshape(z.shape[0], self.c0, h0, w0)
         for j, (blocks, up) in enumerate(zip(self.blocks, self.ups)):
             th, tw = self.shapes[len(self.shapes) - 2 - j]
-            y = up(blocks(y))[:, :, :th, :tw]
+            for block in blocks:
+                y = block(y, layer)
+            y = up(y, layer)[:, :, :th, :tw]
             if j < len(self.ups) - 1 or self.head == "conv":
                 y = self.act(y)
-        return torch.sigmoid(self.out(y))
+        return torch.sigmoid(layer(self.out, y) if self.head == "conv" else y)
 
 
 def time_training(image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blocks=1, hidden=256, mlp_layers=1,
@@ -148,7 +205,7 @@ def time_training(image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blo
                   compile=False, threads: int | None = None, device: str | None = None, bf16: bool = False,
                   n_data=50000,
                   learning_rate=2e-3, weight_decay=1e-4, grad_clip=1.0, seed=0, log=None, activation="gelu",
-                  encoder_heads=1) -> dict:
+                  encoder_heads=1, replay=True) -> dict:
     """Steady-state training img/s of the twin: a warm-up, then `repeats` timings of `steps` steps each.
     `log(message)`, when given, hears of the warm-up and of each timing as it ends."""
     log = log or (lambda message: None)
@@ -163,7 +220,7 @@ def time_training(image_shape=(32, 32, 3), latent_dim=3, width=64, stages=3, blo
         torch.set_flush_denormal(True)
     torch.manual_seed(seed)
     model = Autoencoder(image_shape, latent_dim, width, stages, blocks, hidden, mlp_layers, norm, upsample, head,
-                        activation, encoder_heads).to(device)
+                        activation, encoder_heads, replay).to(device)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     h, w, c = image_shape

@@ -436,20 +436,56 @@ class _Arch(nn.Module):
 _ARCH_FIELDS = ("width", "stages", "blocks", "hidden", "mlp_layers", "mlp", "fourier", "norm", "activation", "dtype")
 
 
-def mlp(x, hidden: int, layers: int, kind: str = "plain", dtype=jnp.float32, act=nn.gelu):
+def _call(mdl, x, **kwargs):
+    return mdl(x, **kwargs)
+
+
+def mlp(x, hidden: int, layers: int, kind: str = "plain", dtype=jnp.float32, act=nn.gelu, layer=_call):
     """`layers` hidden layers of `hidden` units with the non-linearity `act`, inside the caller's compact scope
     (so the plain MLP's parameters keep the names Dense_0.. of the module that calls it, as before this option
-    existed).
+    existed). layer(module, x): how each layer is called (the Decoder's records or replays them).
 
     plain: Dense -> act, repeated. residual: one Dense -> act to `hidden`, then pre-norm residual blocks
     h + Dense(act(LayerNorm(h))), which keep training stable when the stack is deep.
     """
     for i in range(layers):
         if kind == "residual" and i > 0:
-            x = x + nn.Dense(hidden, dtype=dtype)(act(nn.LayerNorm(dtype=dtype)(x)))
+            x = x + layer(nn.Dense(hidden, dtype=dtype), act(layer(nn.LayerNorm(dtype=dtype), x)))
         else:
-            x = act(nn.Dense(hidden, dtype=dtype)(x))
+            x = act(layer(nn.Dense(hidden, dtype=dtype), x))
     return x
+
+
+def _replayed(mdl, x, value, **kwargs):
+    """mdl(x, **kwargs) whose output is `value`, computed before (the rows of the same layer's output for these
+    inputs in a larger batch), and whose gradient is the layer's own at x. Differentiated, the layer's forward
+    pass is not run again: its output is unused, and XLA drops it; what the gradient needs of it (a linear
+    layer's input and kernel) is kept."""
+    def fwd(m, x, v):
+        _, vjp = nn.vjp(lambda m, x: m(x, **kwargs), m, x)
+        return v, vjp
+
+    def bwd(vjp, ct):
+        params_t, x_t = vjp(ct)
+        return params_t, x_t, jnp.zeros_like(ct)
+
+    return nn.custom_vjp(lambda m, x, v: v, forward_fn=fwd, backward_fn=bwd)(mdl, x, value)
+
+
+class _Tape:
+    """How a Decoder call runs its layers: plainly, recording each layer's output (record), or replaying the
+    outputs recorded for these codes (replay, in the order recorded): see Autoencoder.__call__."""
+
+    def __init__(self, replay: Sequence[jax.Array] | None = None):
+        self.replay, self.outputs = replay, []
+
+    def __call__(self, mdl, x, **kwargs):
+        if self.replay is None:
+            y = mdl(x, **kwargs)
+        else:
+            y = _replayed(mdl, x, self.replay[len(self.outputs)], **kwargs)
+        self.outputs.append(y)
+        return y
 
 
 class FourierFeatures(nn.Module):
@@ -501,24 +537,26 @@ class Decoder(_Arch):
         return self.head == "upsample" and self.upsample == "pixel_shuffle" and height % 2 == 0 and width % 2 == 0
 
     @nn.compact
-    def __call__(self, z, shuffle: bool = True):
+    def __call__(self, z, shuffle: bool = True, tape: _Tape | None = None):
         """shuffle False (sub_pixel_output only): the image as space_to_depth of it, [B, H/2, W/2, 4C], without
-        the last depth-to-space (a transpose): what an error to an image needs, summed in any order."""
+        the last depth-to-space (a transpose): what an error to an image needs, summed in any order.
+        tape: runs each layer (a module call) through it, to record the layers' outputs or to replay them."""
         height, width, channels = self.image_shape
         if not shuffle and not self.sub_pixel_output():
             raise ValueError("shuffle=False needs head 'upsample', pixel_shuffle upsampling and an even image size")
+        layer = tape or _call
         shapes = stage_shapes(height, width, self.stages)
         h0, w0 = shapes[-1]
         c0 = self.width * 2 ** (self.stages - 1)
-        x = FourierFeatures(self.fourier)(z) if self.fourier else z
-        x = mlp(x.astype(self.dtype), self.hidden, self.mlp_layers, self.mlp, self.dtype, self.act)
-        x = self.act(nn.Dense(h0 * w0 * c0, dtype=self.dtype)(x)).reshape(z.shape[0], h0, w0, c0)
+        x = layer(FourierFeatures(self.fourier), z) if self.fourier else z
+        x = mlp(x.astype(self.dtype), self.hidden, self.mlp_layers, self.mlp, self.dtype, self.act, layer)
+        x = self.act(layer(nn.Dense(h0 * w0 * c0, dtype=self.dtype), x)).reshape(z.shape[0], h0, w0, c0)
         for i in reversed(range(self.stages)):
             for _ in range(self.blocks):
-                x = ResBlock(self.norm, self.dtype, self.activation)(x)
+                x = layer(ResBlock(self.norm, self.dtype, self.activation), x)
             last = i == 0 and self.head == "upsample"
             features = channels if last else self.width * 2 ** max(i - 1, 0)
-            x = Upsample(features, self.upsample, self.dtype)(x, shuffle=shuffle or not last)
+            x = layer(Upsample(features, self.upsample, self.dtype), x, shuffle=shuffle or not last)
             if not shuffle and last:
                 break
             th, tw = shapes[i]
@@ -526,7 +564,7 @@ class Decoder(_Arch):
             if not last:
                 x = self.act(x)
         if self.head == "conv":
-            x = conv(channels, self.dtype)(x)
+            x = layer(conv(channels, self.dtype), x)
         return nn.sigmoid(x.astype(jnp.float32))
 
 
@@ -562,9 +600,10 @@ class Autoencoder(_Arch):
         """[B, encoder_heads, latent_dim]: the codes the encoder proposes for each image (encode keeps one)."""
         return self.encoder(x).reshape(x.shape[0], self.encoder_heads, self.latent_dim)
 
-    def _choose(self, x, cells: bool = False):
-        """(code [B, latent_dim], its drawing [B, H, W, C]) of each image: of a model with encoder heads, the
-        proposal drawn nearest it.
+    def _choose(self, x, cells: bool = False, tape: _Tape | None = None):
+        """(code [B, latent_dim], its drawing [B, H, W, C], the chosen head [B]) of each image: of a model with
+        encoder heads, the proposal drawn nearest it. tape: the decoder's pass over the B * K proposals runs
+        through it.
 
         cells (a sub-pixel output head only): compare the drawings as they come out of the last pixel-shuffle
         conv, with the B images rearranged to match (space_to_depth), not the B * K drawings depth-to-space: the
@@ -572,18 +611,16 @@ class Autoencoder(_Arch):
         error's reduction, took a tenth of the quick preset's encode, which ran 5-9 % faster without it, with the
         same codes. Not for reconstruct, whose drawing is written out anyway: from 5 % slower to 3 % faster over
         four runs (docs/performance.md, thirty-second session)."""
-        # The choice is an argmin: no gradient flows through these drawings, so their backward pass is never run
-        # (__call__ draws the chosen code again for the gradient: K forward passes and one backward, not K of each)
         b, k = x.shape[0], self.encoder_heads
         z = self.proposals(x)
         cells = cells and _CHOOSE_IN_CELLS and self.decoder.sub_pixel_output()
         target = space_to_depth(x) if cells else x
-        y = self.decoder(z.reshape(b * k, self.latent_dim), shuffle=not cells).reshape(b, k, *target.shape[1:])
+        y = self.decoder(z.reshape(b * k, self.latent_dim), shuffle=not cells, tape=tape)
+        y = y.reshape(b, k, *target.shape[1:])
         d = y - target.astype(y.dtype)[:, None]
         err = (jnp.abs(d) if self.choose_by == "l1" else jnp.square(d)).mean(axis=tuple(range(2, d.ndim)))
         best = jnp.argmin(err, axis=1)
-        pick = lambda a: jnp.take_along_axis(a, best.reshape(b, 1, *(1,) * (a.ndim - 2)), axis=1)[:, 0]  # noqa: E731
-        return pick(z), depth_to_space(pick(y)) if cells else pick(y)
+        return _pick(z, best), depth_to_space(_pick(y, best)) if cells else _pick(y, best), best
 
     def encode(self, x):
         return self.encoder(x) if self.encoder_heads == 1 else self._choose(x, cells=True)[0]
@@ -592,14 +629,34 @@ class Autoencoder(_Arch):
         return self.decoder(z)
 
     def reconstruct(self, x):
-        """decode(encode(x)), without differentiating it: with encoder heads, the drawing made while choosing, so
-        K decoder passes per image where __call__ runs K + 1 (the test pass after each epoch: 2.87 -> 2.28 s for the
-        quick preset on 2 CPU cores). Training goes through __call__, which draws the chosen code again so
-        that the backward pass runs through one drawing, not through K."""
+        """decode(encode(x)), without differentiating it: with encoder heads, the drawing made while choosing (the
+        test pass after each epoch: 2.87 -> 2.28 s for the quick preset on 2 CPU cores, thirtieth session, when
+        __call__ drew the chosen code again)."""
         return self(x) if self.encoder_heads == 1 else self._choose(x)[1]
 
     def __call__(self, x):
-        return self.decode(self.encode(x))
+        """decode(encode(x)). With encoder heads, what training differentiates: the choice is an argmin, so no
+        gradient flows through the K drawings it compares, and the gradient is the chosen drawing's alone
+        (winner-take-all). The decoder's pass over the B * K proposals records each layer's output; the chosen
+        code is then drawn by replaying its rows (_replayed), so the backward pass runs through one drawing per
+        image, at the forward pass's values, and no layer's forward pass runs a (K + 1)-th time."""
+        if self.encoder_heads == 1 or not _REPLAY:
+            return self.decode(self.encode(x))
+        b, k = x.shape[0], self.encoder_heads
+        cells = _CHOOSE_IN_CELLS and self.decoder.sub_pixel_output()
+        tape = _Tape()
+        z, _, best = self._choose(x, cells=cells, tape=tape)
+        rows = [lax.stop_gradient(_pick(y.reshape(b, k, *y.shape[1:]), best)) for y in tape.outputs]
+        y = self.decoder(z, shuffle=not cells, tape=_Tape(rows))
+        return depth_to_space(y) if cells else y
+
+
+def _pick(a: jax.Array, best: jax.Array) -> jax.Array:
+    """a [B, K, ...] -> [B, ...]: each row's entry best [B]."""
+    return jnp.take_along_axis(a, best.reshape(-1, 1, *(1,) * (a.ndim - 2)), axis=1)[:, 0]
+
+
+_REPLAY = True  # off: __call__ draws the chosen code again (docs/performance.md, thirty-seventh session)
 
 
 def model_from_config(cfg, image_shape: Sequence[int]) -> Autoencoder:
