@@ -63,24 +63,28 @@ class _Replayed(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, value, weight, bias, conv):
         ctx.save_for_backward(x, weight)
-        ctx.conv = conv
+        ctx.conv, ctx.has_bias = conv, bias is not None
         return value.view_as(value)
 
     @staticmethod
     def backward(ctx, g):
-        x, weight = ctx.saved_tensors
-        conv = ctx.conv
+        # under bf16 autocast g and the recorded rows are bf16, the weight (and an input) float32: compute in g's
+        # dtype, as autocast's own backward does, and give each gradient its tensor's dtype
+        x0, w0 = ctx.saved_tensors
+        x, weight, conv = x0.to(g.dtype), w0.to(g.dtype), ctx.conv
         if conv is None:
-            return g @ weight, None, g.t() @ x, g.sum(0), None
-        gx, gw, gb = torch.ops.aten.convolution_backward(
-            g, x, weight, [weight.shape[0]], conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
-            [True, True, True])
-        return gx, None, gw, gb, None
+            gx, gw, gb = g @ weight, g.t() @ x, g.sum(0)
+        else:
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                g, x, weight, [weight.shape[0]], conv.stride, conv.padding, conv.dilation, False, [0, 0],
+                conv.groups, [True, True, True])
+        return gx.to(x0.dtype), None, gw.to(w0.dtype), gb.to(w0.dtype) if ctx.has_bias else None, None
 
 
 class _Tape:
     """How decode runs its Linear and Conv2d layers: plainly, recording each one's output, or replaying outputs
-    recorded before, in the order recorded (jaxae.models._Tape). Other layers (a transposed conv) run plainly."""
+    recorded before, in the order recorded (jaxae.models._Tape). Other layers (a transposed conv; a conv with
+    other than zero padding of given sizes, which _Replayed's backward does not do) run plainly."""
 
     def __init__(self, replay=None):
         self.replay, self.outputs = replay, []
@@ -88,7 +92,8 @@ class _Tape:
     def __call__(self, layer, x):
         if self.replay is None:
             y = layer(x)
-        elif isinstance(layer, nn.Linear) or (type(layer) is nn.Conv2d and layer.stride == (1, 1)):
+        elif isinstance(layer, nn.Linear) or (type(layer) is nn.Conv2d and layer.stride == (1, 1)
+                                              and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)):
             y = _Replayed.apply(x, self.replay[len(self.outputs)], layer.weight, layer.bias,
                                 None if isinstance(layer, nn.Linear) else layer)
         else:
@@ -170,17 +175,20 @@ class Autoencoder(nn.Module):
     def forward(self, x):
         """The drawing of x's code; with encoder_heads K, of the one of its K proposals drawn nearest x, chosen
         without gradient over K decoder passes that record each layer's output; the chosen code's drawing replays
-        its rows (replay False: draws it again), as jaxae does: K decoder passes forward and one backward."""
+        its rows, as jaxae does: K decoder passes forward (a transposed conv's K + 1) and one backward. replay
+        False: the chosen code is drawn again, as before the thirty-seventh session."""
         b = x.shape[0]
         z = self.encoder((x - 0.5) * 2.0).reshape(b, self.heads, self.latent_dim)
         if self.heads > 1:
-            tape = _Tape()
+            tape = _Tape() if self.replay else None
             with torch.no_grad():
                 y = self.decode(z.reshape(b * self.heads, self.latent_dim), tape)
                 best = (y.reshape(b, self.heads, *x.shape[1:]) - x[:, None]).square().flatten(2).mean(2).argmin(1)
             rows = torch.arange(b, device=x.device)
-            replay = [o.reshape(b, self.heads, *o.shape[1:])[rows, best] for o in tape.outputs]
-            return self.decode(z[rows, best], _Tape(replay) if self.replay else None)
+            if tape is None:
+                return self.decode(z[rows, best])
+            return self.decode(z[rows, best], _Tape([o.reshape(b, self.heads, *o.shape[1:])[rows, best]
+                                                     for o in tape.outputs]))
         return self.decode(z[:, 0])
 
     def decode(self, z, tape=None):

@@ -453,7 +453,7 @@ def cpu_step_temporaries(cfg: Config, height: int = 32, width: int = 32) -> int:
     residual block, 5.2 for the conv output head, and 1.0 + 1.8 per block for a smooth activation (GELU, SiLU)
     over ReLU; and for K encoder heads, 0.1 (K - 1)^2, plus 4.0 (K - 1) with the conv head, whose pass over the
     K proposals keeps its full-resolution outputs for the chosen code's replay (thirty-seventh session, fitted to
-    1-8 heads: docs/studies/s37-replay/memory.py; 0.25 (K - 1) and 0.6 with the conv head before had put 8 heads'
+    1-8 heads: docs/studies/s37-replay/cost.py; 0.25 (K - 1) and 0.6 with the conv head before had put 8 heads'
     77-80 MB at 50 MB, under LARGE_STEP). Fitted to XLA's memory_analysis of 18 steps (twenty-second session,
     docs/performance.md): within 15 % of it for the presets and their variants at batch 128-1024, and on the right
     side of LARGE_STEP for all 18; it over-estimates a batch of one pass (quick at batch 64: 17.6 MB for 10.5). The

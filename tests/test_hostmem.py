@@ -233,8 +233,8 @@ def test_the_step_temporaries_estimate_that_picks_the_arenas(overrides):
     state = train.create_train_state(cfg, (32, 32, 3), 10, 10)
     step = jax.jit(train.train_step, static_argnames="cfg").lower(
         state, np.zeros((cfg.batch_size, 32, 32, 3), np.uint8), jax.random.PRNGKey(0), cfg=cfg).compile()
-    measured = step.memory_analysis().temp_size_in_bytes  # 41, 184, 74 and 78 MB with jax 0.10.2
-    assert 0.8 * measured < train.cpu_step_temporaries(cfg) < 1.25 * measured  # 43, 187, 77 and 76 MB
+    measured = step.memory_analysis().temp_size_in_bytes  # 41, 184, 80 and 78 MB with jax 0.10.2
+    assert 0.8 * measured < train.cpu_step_temporaries(cfg) < 1.25 * measured  # 43, 187, 76 and 76 MB
     # and the choice it makes: two arenas for the default (and quick) model (one costs it 14-21 %), one for the
     # long preset's steps (the default model before the thirty-third session)
     assert train.large_cpu_steps(cfg) == bool(overrides)
