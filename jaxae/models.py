@@ -615,7 +615,7 @@ class Autoencoder(_Arch):
         four runs (docs/performance.md, thirty-second session)."""
         b, k = x.shape[0], self.encoder_heads
         z = self.proposals(x)
-        cells = cells and _CHOOSE_IN_CELLS and self.decoder.sub_pixel_output()
+        cells = self._in_cells(cells)
         target = space_to_depth(x) if cells else x
         y = self.decoder(z.reshape(b * k, self.latent_dim), shuffle=not cells, tape=tape)
         y = y.reshape(b, k, *target.shape[1:])
@@ -623,6 +623,10 @@ class Autoencoder(_Arch):
         err = (jnp.abs(d) if self.choose_by == "l1" else jnp.square(d)).mean(axis=tuple(range(2, d.ndim)))
         best = jnp.argmin(err, axis=1)
         return _pick(z, best), depth_to_space(_pick(y, best)) if cells else _pick(y, best), best
+
+    def _in_cells(self, cells: bool) -> bool:
+        """Whether a choice asked to compare in cells (_choose) does: with a sub-pixel output head only."""
+        return cells and _CHOOSE_IN_CELLS and self.decoder.sub_pixel_output()
 
     def encode(self, x):
         return self.encoder(x) if self.encoder_heads == 1 else self._choose(x, cells=True)[0]
@@ -646,7 +650,7 @@ class Autoencoder(_Arch):
         if self.encoder_heads == 1 or not _REPLAY:
             return self.decode(self.encode(x))
         b, k = x.shape[0], self.encoder_heads
-        cells = _CHOOSE_IN_CELLS and self.decoder.sub_pixel_output()
+        cells = self._in_cells(True)
         tape = _Tape()
         z, _, best = self._choose(x, cells=cells, tape=tape)
         rows = [lax.stop_gradient(_pick(y.reshape(b, k, *y.shape[1:]), best)) for y in tape.outputs]
