@@ -1,6 +1,7 @@
 """What the step studies share (docs/studies/s26-encode/ab.py and rss.py, s27-wino/quick.py, s29-encoder/speed.py,
-s32-heads/step.py): one device's train state, a synthetic epoch of CIFAR-shaped uint8 images and its order, set up
-as train.py sets them up, and an interleaved timing of steps. Import it after jaxae.hostmem's settings, which must
+s32-heads/step.py, s37-replay/step.py): one device's train state, a synthetic epoch of CIFAR-shaped uint8 images
+and its order, set up as train.py sets them up, the step traced under each value of a jaxae.models flag, and an
+interleaved timing of steps. Import it after jaxae.hostmem's settings, which must
 come before JAX starts."""
 import time
 
@@ -38,3 +39,24 @@ def time_interleaved(runs: dict, steps: int, rounds: int) -> dict:
             times[k].append((time.perf_counter() - t0) / steps)
             runs[k][1] = state
     return times
+
+
+def flag_runs(flag: str, values, preset: str, batch: int, spe: int = 4, **overrides) -> dict:
+    """{value: [fn, state, images, perm, the second step's loss]}: the preset's step (a jaxae.train._PassSteps of
+    `spe` steps, `batch` images) traced with jaxae.models' module-level `flag` set to each of `values` (the flags are
+    read while tracing, so each program keeps its way), after two warm-up steps; the flag is restored after. For
+    time_interleaved."""
+    from jaxae import models
+    before, runs = getattr(models, flag), {}
+    try:
+        for value in values:
+            setattr(models, flag, value)
+            cfg, state, images, perm, n_micro = step_inputs(preset, batch, spe, **overrides)
+            fn = T._PassSteps(cfg, 1, spe, batch, n_micro)
+            for _ in range(2):
+                state, m = fn(state, images, perm)
+            jax.block_until_ready(m)
+            runs[value] = [fn, state, images, perm, float(m["loss"][0])]
+    finally:
+        setattr(models, flag, before)
+    return runs

@@ -12,25 +12,12 @@ from jaxae import hostmem
 hostmem.keep_freed_memory(large_steps=False)
 hostmem.run_cpu_programs_inline()
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from docs.studies.steps import step_inputs, time_interleaved  # noqa: E402
-from jaxae import models  # noqa: E402
-from jaxae import train as T  # noqa: E402
+from docs.studies.steps import flag_runs, time_interleaved  # noqa: E402
 
 B, K, R = (int(os.environ.get(k, d)) for k, d in (("B", 128), ("K", 20), ("R", 6)))
-spe = 4
-runs = {}
-for cells in (False, True):
-    models._CHOOSE_IN_CELLS = cells  # read while tracing: each program keeps its way
-    cfg, state, images, perm, n_micro = step_inputs("quick", B, spe)
-    fn = T._PassSteps(cfg, 1, spe, B, n_micro)
-    for _ in range(2):
-        state, m = fn(state, images, perm)
-    jax.block_until_ready(m)
-    runs[cells] = [fn, state, images, perm, float(m["loss"][0])]
-models._CHOOSE_IN_CELLS = True
+runs = flag_runs("_CHOOSE_IN_CELLS", (False, True), "quick", B)
 print(f"the loss of the second step: {runs[False][4]:.7f} as images, {runs[True][4]:.7f} as cells")
 times = time_interleaved(runs, K, R)
 for c, ts in times.items():
